@@ -1,0 +1,3 @@
+"""revproxy: a TLS-terminating L4/L7 reverse proxy that keeps origins hidden."""
+
+__version__ = "0.1.0"
