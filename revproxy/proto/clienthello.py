@@ -38,11 +38,11 @@ the record "length MUST NOT exceed 2^14 bytes". So the ClientHello is reassemble
 consecutive handshake records, and any other record type before it is complete is an error.
 
 RFC 6066 section 3: "The ServerNameList MUST NOT contain more than one name of the same
-name_type." "HostName" contains the fully qualified DNS hostname of the server, as understood
-by the client. The hostname is represented as a byte string using ASCII encoding without a
-trailing dot." "Literal IPv4 and IPv6 addresses are not permitted in "HostName"." Only
-host_name (0) is defined; entries of other name types are skipped, read as a 16-bit
-length-prefixed opaque value as every deployed TLS stack does.
+name_type." And: "'HostName' contains the fully qualified DNS hostname of the server, as
+understood by the client. The hostname is represented as a byte string using ASCII encoding
+without a trailing dot." And: "Literal IPv4 and IPv6 addresses are not permitted in
+'HostName'." Only host_name (0) is defined; entries of other name types are skipped, read as a
+16-bit length-prefixed opaque value as every deployed TLS stack does.
 
 RFC 8701 (GREASE): clients offer reserved values 0x?A?A so that servers keep ignoring unknown
 ones. They are tolerated wherever they appear and left out of ``supported_versions`` and
@@ -210,7 +210,7 @@ def _check_handshake_header(
     """Check the handshake header once its bytes are in; return 4 + the message length."""
     if declared is not None:
         return declared
-    head = b"".join([*fragments, fragment])[:_HANDSHAKE_HEADER]
+    head = b"".join(f[:_HANDSHAKE_HEADER] for f in [*fragments, fragment])[:_HANDSHAKE_HEADER]
     if head and head[0] != _HANDSHAKE_CLIENT_HELLO:
         raise ClientHelloError(
             f"handshake message type {head[0]} is not ClientHello ({_HANDSHAKE_CLIENT_HELLO})"
