@@ -150,6 +150,8 @@ def load_cert_pair(cert: Path, key: Path) -> LoadedCert:
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
     except ssl.SSLError as exc:
         raise CertificateError(f"OpenSSL refuses {cert} with {key}: {exc.reason or exc}") from None
+    except OSError as exc:  # replaced under our feet, e.g. by a renewal
+        raise CertificateError(f"{exc.filename or cert} cannot be read: {exc.strerror}") from None
 
     return LoadedCert(
         cert_path=cert,
@@ -187,11 +189,11 @@ def scan_cert_dir(cert_dir: Path) -> tuple[list[LoadedCert], list[str]]:
         has_chain, has_key = os.path.lexists(chain), os.path.lexists(key)
         if not has_chain and not has_key:
             continue
-        if not has_key:
-            errors.append(f"{folder}: has {CERTBOT_CHAIN} but no {CERTBOT_KEY}")
-            continue
-        if not has_chain:
-            errors.append(f"{folder}: has {CERTBOT_KEY} but no {CERTBOT_CHAIN}")
+        if has_chain != has_key:
+            found, lacking = (
+                (CERTBOT_CHAIN, CERTBOT_KEY) if has_chain else (CERTBOT_KEY, CERTBOT_CHAIN)
+            )
+            errors.append(f"{folder}: has {found} but no {lacking}")
             continue
         try:
             certs.append(load_cert_pair(chain, key))
@@ -220,11 +222,8 @@ def _self_signed(subject: x509.Name, san: list[x509.GeneralName], days: int) -> 
     if san:
         builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
     cert = builder.sign(key, hashes.SHA256())
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+    pkcs8, plain = serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    key_pem = key.private_bytes(serialization.Encoding.PEM, pkcs8, plain)
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
@@ -257,9 +256,13 @@ def generate_self_signed(
         try:
             san.append(x509.IPAddress(ipaddress.ip_address(name)))
         except ValueError:
-            if not name or any(c.isspace() or c in "/:" for c in name):
+            try:
+                ascii_name = name.encode("idna").decode("ascii")
+            except UnicodeError:
+                ascii_name = ""
+            if not ascii_name or any(c.isspace() or c in "/:" for c in ascii_name):
                 raise CertificateError(f"{raw!r} is not a host name or IP address") from None
-            san.append(x509.DNSName(name.encode("idna").decode("ascii")))
+            san.append(x509.DNSName(ascii_name))
     if not san:
         raise CertificateError("a self-signed certificate needs at least one name")
     first = str(san[0].value)
@@ -317,7 +320,9 @@ def server_context(
         where = cert_path if cert_path is not None else "PEM data"
         raise CertificateError(f"OpenSSL refuses {where}: {exc.reason or exc}") from None
     except OSError as exc:
-        raise CertificateError(f"cannot read {exc.filename}: {exc.strerror}") from None
+        raise CertificateError(
+            f"{exc.filename or cert_path} cannot be read: {exc.strerror}"
+        ) from None
     return ctx
 
 
@@ -414,8 +419,7 @@ class ServerTLS:
         self._store = store  # one reference: the callback reads it once per handshake
 
     def _check_alpn(self, store: CertStore) -> None:
-        # After the SNI switch OpenSSL negotiates ALPN with the per-cert context, so the
-        # store's list must be the listener's or the protocol would depend on the name.
+        # OpenSSL negotiates ALPN with the context chosen by SNI: the lists must agree.
         if store.alpn != self._alpn:
             raise ValueError(f"store ALPN {store.alpn} differs from listener ALPN {self._alpn}")
 

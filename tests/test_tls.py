@@ -374,6 +374,27 @@ def test_rsa_key_exchange_refused(
     assert result.ok is accepted, result.output
 
 
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_session_ticket_resumes_through_sni_switch(
+    serve: Callable[..., EchoServer], sites: Sites, version: ssl.TLSVersion
+) -> None:
+    server = serve()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.maximum_version = version
+    session: ssl.SSLSession | None = None
+    for attempt in range(2):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        with ctx.wrap_socket(sock, server_hostname="www.example.com", session=session) as tls:
+            tls.sendall(b"x")
+            assert tls.recv(1) == b"x"  # TLS 1.3 tickets arrive after the handshake
+            assert tls.session_reused is (attempt == 1)
+            assert peer_serial(tls) == sites.www.serial
+            session = tls.session
+    assert session is not None and session.has_ticket
+
+
 def test_server_name_of_with_asyncio(sites: Sites) -> None:
     tls = ServerTLS(
         sites.store(), unknown_sni="generated", alpn=ALPN, default_pem=sites.default_pem
@@ -656,7 +677,7 @@ def test_generate_self_signed(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path / "demo")) == ["cert.pem", "key.pem"]  # no temp files left
 
 
-@pytest.mark.parametrize("names", [[], ["bad name"], ["a/b"]])
+@pytest.mark.parametrize("names", [[], ["bad name"], ["a/b"], ["a..b"], [""]])
 def test_generate_self_signed_refuses_bad_names(tmp_path: Path, names: list[str]) -> None:
     with pytest.raises(CertificateError):
         generate_self_signed(names, tmp_path / "c.pem", tmp_path / "k.pem")
