@@ -595,7 +595,12 @@ def _check_listeners(
     has_tls = any(read.listener.tls is not None for read in reads)
     for read in reads:
         listener = read.listener
-        if listener.redirect_https and listener.redirect_port is None and not has_tls:
+        if (
+            listener.mode == "http"
+            and listener.redirect_https
+            and listener.redirect_port is None
+            and not has_tls
+        ):
             read.table.problem(
                 "redirect_https",
                 "there is no TLS listener to redirect to (add one, or set redirect_port)",

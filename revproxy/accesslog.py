@@ -1,0 +1,96 @@
+"""Access log: one line per request (HTTP) or per connection (TCP).
+
+Rule of this room: formatting and writing stay off the hot path — records are queued and
+written in one batch per event-loop turn. Text by default, JSON optional.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from dataclasses import asdict, dataclass
+from typing import IO, Literal
+
+
+@dataclass(slots=True, kw_only=True)
+class AccessRecord:
+    id: str
+    client: str  # the client's address as established (socket or trusted PROXY header)
+    peer: str  # the address of the TCP peer (differs behind a load balancer)
+    listener: str
+    sni: str
+    host: str
+    method: str
+    path: str
+    status: int
+    bytes_in: int
+    bytes_out: int
+    route: str
+    pool: str
+    backend: str  # "-" when answered locally
+    duration_ms: float
+    upstream_ms: float
+    authority: str = ""  # PROXY v2 AUTHORITY TLV
+    vpce: str = ""  # PROXY v2 AWS VPC endpoint id
+
+    def text(self) -> str:
+        def q(s: str) -> str:
+            return s.replace("\\", "\\\\").replace('"', '\\"') if s else "-"
+
+        return (
+            f"{self.client} peer={self.peer} id={self.id} listener={self.listener} "
+            f"sni={q(self.sni)} "
+            f'host={q(self.host)} "{self.method} {q(self.path)}" {self.status} '
+            f"in={self.bytes_in} out={self.bytes_out} route={q(self.route)} pool={q(self.pool)} "
+            f"backend={q(self.backend)} time={self.duration_ms:.1f}ms "
+            f"upstream={self.upstream_ms:.1f}ms"
+            + (f" authority={self.authority}" if self.authority else "")
+            + (f" vpce={self.vpce}" if self.vpce else "")
+        )
+
+
+class AccessLog:
+    def __init__(self, target: str, fmt: Literal["text", "json"] = "text") -> None:
+        self.enabled = target != "off"
+        self._fmt = fmt
+        self._stream: IO[str] | None = None
+        self._own = False
+        if target == "stdout":
+            self._stream = sys.stdout
+        elif self.enabled:
+            self._stream = open(target, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            self._own = True
+        self._pending: list[AccessRecord] = []
+        self._scheduled = False
+
+    def record(self, rec: AccessRecord) -> None:
+        if not self.enabled:
+            return
+        self._pending.append(rec)
+        if not self._scheduled:
+            self._scheduled = True
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:
+                self.flush()
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if not self._pending or self._stream is None:
+            return
+        recs, self._pending = self._pending, []
+        if self._fmt == "json":
+            lines = [json.dumps(asdict(r), separators=(",", ":")) for r in recs]
+        else:
+            lines = [r.text() for r in recs]
+        try:
+            self._stream.write("\n".join(lines) + "\n")
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def close(self) -> None:
+        self.flush()
+        if self._own and self._stream is not None:
+            self._stream.close()

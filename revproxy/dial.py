@@ -1,0 +1,148 @@
+"""Backend-side connections: connect (with retry over the pool), PROXY header out, keep-alive.
+
+Rule of this room: a connection attempt that failed sent nothing, so any request may move to
+the next server; a pooled keep-alive connection is reused only when the last exchange on it
+completed cleanly. Connections that carry a PROXY header belong to one client identity and
+are pooled under it, never shared with another client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from revproxy.errors import BackendUnreachable, NoBackendAvailable
+from revproxy.pool import Backend, PickContext, Pool
+
+log = logging.getLogger("revproxy.dial")
+
+# Read size for backend sockets: large enough to move a 1 MiB body in few loop turns.
+READ_SIZE = 256 * 1024
+# asyncio's default stream limit is 64 KiB; lines are never read with readline here.
+STREAM_LIMIT = 1024 * 1024
+
+
+@dataclass(eq=False)
+class BackendConnection:
+    backend: Backend
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    identity: bytes | None  # PROXY header it was opened with (None: shareable)
+    reused: bool = False
+    last_used: float = field(default_factory=time.monotonic)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+    @property
+    def alive(self) -> bool:
+        return not (self.reader.at_eof() or self.writer.is_closing())
+
+
+class Dialer:
+    """Opens and keeps connections to the servers of one pool."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        *,
+        connect_timeout: float,
+        idle_timeout: float,
+        keepalive: int,
+    ) -> None:
+        self.pool = pool
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.keepalive = keepalive
+        self._idle: dict[tuple[int, bytes | None], deque[BackendConnection]] = {}
+
+    def _take_idle(self, backend: Backend, identity: bytes | None) -> BackendConnection | None:
+        q = self._idle.get((id(backend), identity))
+        now = time.monotonic()
+        while q:
+            conn = q.pop()
+            if conn.alive and now - conn.last_used < self.idle_timeout:
+                conn.reused = True
+                return conn
+            conn.close()
+        return None
+
+    def release(self, conn: BackendConnection, reusable: bool) -> None:
+        """Give a connection back after an exchange; it is closed unless it can carry another."""
+        if not reusable or not conn.alive or self.keepalive <= 0:
+            conn.close()
+            return
+        key = (id(conn.backend), conn.identity)
+        q = self._idle.setdefault(key, deque())
+        if len(q) >= self.keepalive:
+            q.popleft().close()
+        conn.last_used = time.monotonic()
+        q.append(conn)
+
+    async def _open(self, backend: Backend) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        targets = backend.addresses or ((backend.host, backend.port),)
+        last: Exception | None = None
+        for host, port in targets:
+            try:
+                async with asyncio.timeout(self.connect_timeout):
+                    reader, writer = await asyncio.open_connection(host, port, limit=STREAM_LIMIT)
+            except (OSError, TimeoutError) as exc:
+                last = exc
+                continue
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return reader, writer
+        raise last or OSError("no address")
+
+    async def connect(
+        self,
+        ctx: PickContext,
+        *,
+        identity: bytes | None = None,
+        exclude: set[Backend] | None = None,
+        fresh: bool = False,
+    ) -> BackendConnection:
+        """A connection to an available server, trying the next one when a connect fails."""
+        tried: set[Backend] = set(exclude or ())
+        attempts = 0
+        while True:
+            backend = self.pool.pick(ctx, exclude=tried)
+            if backend is None:
+                if attempts == 0 and not tried:
+                    raise NoBackendAvailable(f"pool {self.pool.name}: no server available")
+                raise BackendUnreachable(f"pool {self.pool.name}: every server failed")
+            if not fresh:
+                idle = self._take_idle(backend, identity)
+                if idle is not None:
+                    return idle
+            attempts += 1
+            try:
+                reader, writer = await self._open(backend)
+            except (OSError, TimeoutError) as exc:
+                backend.failures += 1
+                log.warning(
+                    "backend connect failed pool=%s backend=%s reason=%s",
+                    self.pool.name,
+                    backend.label,
+                    type(exc).__name__,
+                )
+                tried.add(backend)
+                continue
+            backend.failures = 0
+            if identity:
+                writer.write(identity)
+            return BackendConnection(backend, reader, writer, identity)
+
+    def close_idle(self) -> None:
+        for q in self._idle.values():
+            while q:
+                q.pop().close()
+        self._idle.clear()
