@@ -44,9 +44,9 @@ class RoundRobin:
     """Smooth weighted round robin, nginx's algorithm (``ngx_http_upstream_get_peer``).
 
     Each pick adds every candidate's weight to its credit, takes the candidate with the most
-    credit and charges it the total weight. Over any ``sum(weights)`` consecutive picks (with
-    an unchanged candidate set) each backend is picked exactly ``weight`` times, interleaved
-    rather than in bursts. Credits belong to the ``Backend`` object, so when a backend leaves
+    credit and charges it the total weight. From a fresh start, over any ``sum(weights)``
+    consecutive picks each backend is picked exactly ``weight`` times, interleaved rather than
+    in bursts. Credits belong to the ``Backend`` object, so when a backend leaves
     the candidates the others keep their place; a backend that leaves is forgotten and comes
     back with no credit and no debt.
 
@@ -83,7 +83,8 @@ class LeastConn:
     """Fewest in-flight requests per unit of weight (``active / effective_weight``).
 
     Ties are broken round-robin: the first tied candidate after the last one picked, in pool
-    order, so an idle pool is not funnelled to its first backend.
+    order (from its place, if it has left the candidates), so an idle pool is not funnelled to
+    its first backend.
     """
 
     name: ClassVar[str] = "leastconn"
@@ -98,7 +99,8 @@ class LeastConn:
         loads = [b.active / w if w else math.inf for b, w in zip(candidates, weights, strict=True)]
         least = min(loads)
         tied = [i for i, load in enumerate(loads) if load == least]
-        start = self._last_index
+        # Resume after the last pick; if it has left, its successor took its place.
+        start = self._last_index - 1
         for i, b in enumerate(candidates):
             if b is self._last:
                 start = i
@@ -112,7 +114,9 @@ class _HashPolicy:
     """Weighted rendezvous (highest random weight) hashing on a key taken from the context.
 
     Every candidate scores ``weight / -ln(u)`` with ``u`` a uniform draw in (0, 1] derived from
-    ``blake2b(key, backend label)``; the highest score wins. A key's backend changes only when
+    ``blake2b(key, backend label)``; the highest score wins. The label (``name``, else
+    ``pool/host:port``) is what makes a backend the same one across reloads and workers; a
+    renamed backend is a new one to the hash. A key's backend changes only when
     that backend leaves the candidates (then its keys spread over the others in proportion to
     weight) or when a backend joins and outscores it. Requests without a key are balanced round
     robin.
