@@ -25,7 +25,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 
 from revproxy.config import (
     BALANCE_NAMES,
@@ -67,9 +67,6 @@ __all__ = [
     "summary",
 ]
 
-_T = TypeVar("_T")
-_D = TypeVar("_D")
-_S = TypeVar("_S", bound=str)
 
 # The TOML keys of each table: the field names of config.py, minus what the loader fills in
 # itself (``source``, ``index``, a pool's ``name``, a server's ``port``).
@@ -623,24 +620,32 @@ def _check_routes(
             elif modes[name] != "http":
                 reason = f'listener "{name}" is a tcp listener; routes apply to http listeners'
                 t.ctx.add(t.file, key, reason)
-    # A later route with the same host and path on no listener the earlier one lacks is
-    # never used: ties keep config order. (Different listeners on one host is a fine setup.)
     for later_index, later in enumerate(reads):
         for earlier in reads[:later_index]:
-            a, b = earlier.route, later.route
-            if a.path != b.path or not set(b.listeners or http_names) <= set(
-                a.listeners or http_names
-            ):
-                continue
-            common = [host for host in b.host if host in a.host] if a.host else []
-            if (a.host and not common) or (not a.host and b.host):
-                continue
-            what = f'host "{common[0]}"' if common else "any host"
-            later.table.problem_here(
-                f'never used for {what} and path "{b.path}": route[{a.index}] '
-                f"({a.source}) matches them first"
-            )
-            break
+            what = _shadowed(earlier.route, later.route, http_names)
+            if what:
+                later.table.problem_here(
+                    f'never used for {what} and path "{later.route.path}": '
+                    f"route[{earlier.route.index}] ({earlier.route.source}) matches them first"
+                )
+                break
+
+
+def _shadowed(earlier: Route, later: Route, http_names: frozenset[str]) -> str | None:
+    """What `later` never gets because `earlier` takes it first, if anything.
+
+    Ties keep config order, so a later route with a host and path of an earlier one, on no
+    listener the earlier one lacks, never sees those requests. (The same host on different
+    listeners, say a redirect on "http" and a pool elsewhere, is a fine setup.)
+    """
+    if earlier.path != later.path:
+        return None
+    if not set(later.listeners or http_names) <= set(earlier.listeners or http_names):
+        return None
+    if not earlier.host and not later.host:
+        return "any host"
+    common = [host for host in later.host if host in earlier.host]
+    return f'host "{common[0]}"' if common else None
 
 
 def _load(
@@ -747,7 +752,7 @@ def _listener_line(listener: Listener, config: Config) -> str:
     if listener.tls is not None:
         tls = listener.tls
         sources = [f"certificates in {tls.cert_dir}"] if tls.cert_dir else []
-        sources += [f"{pair.cert}" for pair in tls.certs]
+        sources += [f"certificate {pair.cert}" for pair in tls.certs]
         facts.append(
             f"tls ({'; '.join(sources) or 'generated certificate only'}; "
             f"unknown sni: {tls.unknown_sni}; alpn: {', '.join(tls.alpn)})"
@@ -755,8 +760,9 @@ def _listener_line(listener: Listener, config: Config) -> str:
     if listener.redirect_https:
         port = listener.redirect_port
         if port is None:
-            port = next(lst.bind[0].port for lst in config.listeners if lst.tls is not None)
-        facts.append(f"redirects to https on port {port}")
+            tls_ports = (lst.bind[0].port for lst in config.listeners if lst.tls and lst.bind)
+            port = next(tls_ports, None)
+        facts.append("redirects to https" + (f" on port {port}" if port else ""))
     if listener.proxy_protocol.mode != "off":
         trusted = ", ".join(str(net) for net in listener.proxy_protocol.trusted)
         facts.append(f"PROXY protocol {listener.proxy_protocol.mode} from {trusted}")
