@@ -810,8 +810,8 @@ def summary(config: Config) -> str:
         key=lambda entry: _match_order(*entry),
     )
     lines.append(
-        f"routes ({len(config.routes)}, in match order: exact hosts, wildcards, any host; "
-        "longer paths first; then config order):"
+        f"routes ({len(config.routes)}; one line per host, in match order: exact hosts, "
+        "wildcards, any host; longer paths first; then config order):"
     )
     for number, (route, host) in enumerate(entries, 1):
         only = f" (listeners: {', '.join(route.listeners)})" if route.listeners else ""
