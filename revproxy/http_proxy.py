@@ -46,6 +46,7 @@ from revproxy.proto.events import (
 )
 from revproxy.proto.forwarding import ClientIdentity, request_headers, response_headers
 from revproxy.proto.http1 import H1Client, H1Server
+from revproxy.proto.proxy_protocol import ProxyHeader, build_v1, build_v2
 from revproxy.routing import normalise_host
 
 log = logging.getLogger("revproxy.http")
@@ -88,9 +89,13 @@ class ConnInfo:
 
     peer: tuple[str, int]  # TCP peer
     client: tuple[str, int]  # the client (PROXY header from a trusted peer, else the peer)
+    local: tuple[str, int]  # our socket's address
+    destination: tuple[str, int]  # what the client connected to (PROXY header, else local)
     local_port: int
     tls: bool
     sni: str | None = None
+    alpn: str = ""
+    proxy: ProxyHeader | None = None
     authority: str = ""  # PROXY v2 AUTHORITY TLV
     vpce: str = ""  # PROXY v2 AWS VPC endpoint id
 
@@ -299,10 +304,11 @@ class HttpConnection:
             forwarded=self.listener.config.forwarded,
         )
         ctx = PickContext(client_ip=self.info.client[0], uri=req.target.decode("latin-1"))
+        identity = proxy_header_for(pr.config.send_proxy, self.info)
         fresh = False
         while True:
             try:
-                conn = await pr.dialer.connect(ctx, fresh=fresh)
+                conn = await pr.dialer.connect(ctx, fresh=fresh, identity=identity)
             except BackendError as exc:
                 return await self._local_error(exc, req, rec)
             rec.backend = conn.backend.label
@@ -548,6 +554,20 @@ class HttpConnection:
             return False
         await self._send(data)
         return not close
+
+
+def proxy_header_for(version: str | None, info: ConnInfo) -> bytes | None:
+    """The PROXY header a backend connection for this client starts with, if its pool wants one."""
+    if version == "v1":
+        return build_v1(info.client, info.destination)
+    if version == "v2":
+        return build_v2(
+            info.client,
+            info.destination,
+            alpn=info.alpn.encode() if info.alpn else None,
+            authority=info.sni,
+        )
+    return None
 
 
 class _StaleConnection(Exception):

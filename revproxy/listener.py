@@ -2,8 +2,13 @@
 
 Rule of this room: a listening socket is bound once and kept for as long as some generation
 names it; a reload never closes a socket that stays in the config. Each accepted connection is
-served by the generation that was current when it was accepted, to its end. Out of file
-descriptors (EMFILE), asyncio pauses accepting on that socket for a second and logs it.
+served by the generation that was current when it was accepted, to its end.
+
+Accepting is our own loop (not ``start_server``) so that the first bytes of a connection can
+be inspected on the raw socket before any stream or TLS layer buffers them: a PROXY header is
+consumed exactly (peek, then read just its bytes), and what follows it is left in the kernel
+for the TLS handshake or the HTTP parser. Out of file descriptors (EMFILE/ENFILE), accepting
+on that socket pauses and retries with a growing back-off.
 """
 
 from __future__ import annotations
@@ -15,11 +20,14 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from revproxy.config import Bind
-from revproxy.generation import Generation
+from revproxy.config import Bind, ProxyProtocolIn
+from revproxy.errors import ProxyProtocolError
+from revproxy.generation import Generation, ListenerRuntime
 from revproxy.http_proxy import ConnInfo, HttpConnection
+from revproxy.proto import proxy_protocol as pp
+from revproxy.proto.forwarding import is_trusted
 from revproxy.tls import server_name_of
 
 log = logging.getLogger("revproxy.listener")
@@ -28,14 +36,20 @@ log = logging.getLogger("revproxy.listener")
 TLS_HANDSHAKE_TIMEOUT = 10.0
 # Pending connections the kernel queues per listening socket.
 BACKLOG = 1024
+# Out of file descriptors: first and longest pause before accepting again.
+EMFILE_BACKOFF_MIN = 0.05
+EMFILE_BACKOFF_MAX = 2.0
+# asyncio stream buffer limit (we never read lines, so it only bounds buffering).
+STREAM_LIMIT = 1024 * 1024
+# Largest PROXY header accepted (v2 with TLVs); HAProxy's own bound is similar.
+PROXY_MAX_SIZE = 4096
 
 
 def bind_socket(bind: Bind) -> list[socket.socket]:
     """Bind ``bind``; ``":443"`` binds every address (dual-stack where IPv6 exists)."""
     if not bind.host:
         try:
-            sock = _bind_one(socket.AF_INET6, ("::", bind.port), v6only=False)
-            return [sock]
+            return [_bind_one(socket.AF_INET6, ("::", bind.port), v6only=False)]
         except OSError as exc:
             if exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
                 raise
@@ -59,7 +73,7 @@ def bind_socket(bind: Bind) -> list[socket.socket]:
     return socks
 
 
-def _bind_one(family: int, addr: tuple[str | int, ...], v6only: bool = True) -> socket.socket:
+def _bind_one(family: int, addr: tuple[str, int], v6only: bool = True) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -76,19 +90,104 @@ def _bind_one(family: int, addr: tuple[str | int, ...], v6only: bool = True) -> 
 
 @dataclass(eq=False)
 class BoundListener:
-    """One listener name's sockets and the asyncio servers accepting on them."""
+    """The sockets bound for one address of a listener and the tasks accepting on them."""
 
     name: str
     binds: tuple[Bind, ...]
     sockets: list[socket.socket]
-    servers: list[asyncio.Server]
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def stop_accepting(self) -> None:
+        for t in self.tasks:
+            t.cancel()
 
     async def close(self) -> None:
-        for srv in self.servers:
-            srv.close()
-        for srv in self.servers:
-            with contextlib.suppress(Exception):
-                await srv.wait_closed()
+        self.stop_accepting()
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=1.0)
+        for s in self.sockets:
+            s.close()
+
+
+# --- reading the first bytes without over-reading ------------------------------------------
+
+
+async def _wait_readable(sock: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+    fd = sock.fileno()
+
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    loop.add_reader(fd, ready)
+    try:
+        await fut
+    finally:
+        loop.remove_reader(fd)
+
+
+async def peek(sock: socket.socket, size: int) -> bytes:
+    """Up to ``size`` bytes waiting on ``sock``, left in the kernel; b"" at end of stream."""
+    while True:
+        try:
+            return sock.recv(size, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            await _wait_readable(sock)
+
+
+def _consume(sock: socket.socket, size: int) -> None:
+    """Drop ``size`` bytes already seen by ``peek`` (so they are certainly there)."""
+    while size > 0:
+        got = sock.recv(size)
+        if not got:
+            raise ProxyProtocolError("connection closed inside a PROXY header")
+        size -= len(got)
+
+
+async def read_proxy_header(
+    sock: socket.socket, settings: ProxyProtocolIn, peer_ip: str
+) -> pp.ProxyHeader | None:
+    """The PROXY header at the start of ``sock``, consuming exactly its bytes.
+
+    Returns None when ``optional`` and the connection starts with something else. Raises
+    ProxyProtocolError when the header is required but missing, malformed, truncated,
+    oversized, or sent by a peer outside ``trusted`` (such a header is never believed).
+    """
+    trusted = is_trusted(peer_ip, settings.trusted)
+    if not trusted and settings.mode == "required":
+        raise ProxyProtocolError(f"PROXY header required but {peer_ip} is not a trusted sender")
+    consumed = bytearray()
+    async with asyncio.timeout(settings.timeout):
+        while True:
+            chunk = await peek(sock, PROXY_MAX_SIZE)
+            if not chunk:
+                if consumed or settings.mode == "required":
+                    raise ProxyProtocolError("connection closed before a PROXY header")
+                return None
+            data = bytes(consumed) + chunk
+            kind = pp.detect(data)
+            if kind == "none":
+                if consumed or settings.mode == "required":
+                    raise ProxyProtocolError("connection does not start with a PROXY header")
+                return None
+            if not trusted:
+                raise ProxyProtocolError(f"PROXY header from untrusted peer {peer_ip} refused")
+            header = pp.parse(data, max_size=PROXY_MAX_SIZE) if kind != "need_more" else None
+            if header is not None:
+                _consume(sock, header.length - len(consumed))
+                return header
+            if kind == "need_more":
+                # Fewer bytes than a signature; they may still turn out not to be one.
+                await asyncio.sleep(0.01)
+                continue
+            # Every byte seen so far belongs to the (incomplete) header: take it.
+            _consume(sock, len(chunk))
+            consumed += chunk
+
+
+# --- accepting -----------------------------------------------------------------------------
 
 
 class Acceptor:
@@ -98,26 +197,33 @@ class Acceptor:
         self.current = current
         self.connections: set[asyncio.Task[None]] = set()
 
-    async def start(self, addr: str, socks: list[socket.socket]) -> list[asyncio.Server]:
+    def start(self, addr: str, socks: list[socket.socket]) -> list[asyncio.Task[None]]:
         """Accept on ``socks``; each connection is served by the listener owning ``addr``."""
-        servers = []
-        for sock in socks:
+        loop = asyncio.get_running_loop()
+        return [loop.create_task(self._accept_loop(addr, s)) for s in socks]
 
-            async def handle(
-                reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _addr: str = addr
-            ) -> None:
-                await self.serve(_addr, reader, writer)
-
-            srv = await asyncio.start_server(handle, sock=sock, limit=1024 * 1024, backlog=BACKLOG)
-            servers.append(srv)
-        return servers
-
-    async def serve(
-        self, addr: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        task = asyncio.current_task()
-        if task is not None:
+    async def _accept_loop(self, addr: str, lsock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        backoff = EMFILE_BACKOFF_MIN
+        while True:
+            try:
+                csock, _ = await loop.sock_accept(lsock)
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("listener %s: out of resources accepting (%s); pausing", addr, exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, EMFILE_BACKOFF_MAX)
+                    continue
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
+                    continue
+                raise
+            backoff = EMFILE_BACKOFF_MIN
+            csock.setblocking(False)
+            task = loop.create_task(self.serve(addr, csock))
             self.connections.add(task)
+            task.add_done_callback(self.connections.discard)
+
+    async def serve(self, addr: str, csock: socket.socket) -> None:
         name = addr
         try:
             gen = self.current()
@@ -125,36 +231,82 @@ class Acceptor:
             lrt = gen.listeners.get(name)
             if lrt is None:
                 return
-            sock = writer.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            peer = writer.get_extra_info("peername") or ("", 0)
-            local = writer.get_extra_info("sockname") or ("", 0)
-            info = ConnInfo(
-                peer=(str(peer[0]), int(peer[1])),
-                client=(str(peer[0]), int(peer[1])),
-                local_port=int(local[1]),
-                tls=lrt.tls is not None,
-            )
-            if lrt.tls is not None:
+            with contextlib.suppress(OSError):
+                csock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            info = _conn_info(csock, lrt)
+            settings = lrt.config.proxy_protocol
+            if settings.mode != "off":
                 try:
-                    await writer.start_tls(
-                        lrt.tls.context, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT
-                    )
-                except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
-                    log.debug(
-                        "listener=%s client=%s TLS handshake failed: %s", name, info.client[0], exc
-                    )
+                    header = await read_proxy_header(csock, settings, info.peer[0])
+                except (ProxyProtocolError, TimeoutError, OSError) as exc:
+                    reason = str(exc) or "PROXY header not received in time"
+                    log.warning("listener=%s peer=%s closed: %s", name, info.peer[0], reason)
                     return
-                sslobj = writer.get_extra_info("ssl_object")
-                if sslobj is not None:
-                    info.sni = server_name_of(sslobj)
-            await HttpConnection(reader, writer, generation=gen, listener=lrt, info=info).run()
+                if header is not None:
+                    _apply_proxy_header(info, header)
+            await self._serve_http(gen, lrt, csock, info)
         except Exception:
             log.exception("listener=%s connection failed", name)
         finally:
-            with contextlib.suppress(Exception):
-                writer.close()
-            if task is not None:
-                self.connections.discard(task)
+            csock.close()
+
+    async def _serve_http(
+        self, gen: Generation, lrt: ListenerRuntime, csock: socket.socket, info: ConnInfo
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        ctx = lrt.tls.context if lrt.tls is not None else None
+        try:
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol,
+                csock,
+                ssl=ctx,
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if ctx else None,
+            )
+        except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
+            log.debug(
+                "listener=%s client=%s TLS handshake failed: %s",
+                lrt.config.name,
+                info.client[0],
+                exc,
+            )
+            return
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        if ctx is not None:
+            sslobj = writer.get_extra_info("ssl_object")
+            if sslobj is not None:
+                info.sni = server_name_of(sslobj)
+                info.alpn = sslobj.selected_alpn_protocol() or ""
+        await HttpConnection(reader, writer, generation=gen, listener=lrt, info=info).run()
+
+
+def _conn_info(csock: socket.socket, lrt: ListenerRuntime) -> ConnInfo:
+    try:
+        peer = csock.getpeername()
+        local = csock.getsockname()
+    except OSError:
+        peer = local = ("", 0)
+    p = (str(peer[0]), int(peer[1]))
+    d = (str(local[0]), int(local[1]))
+    return ConnInfo(
+        peer=p, client=p, local=d, destination=d, local_port=d[1], tls=lrt.tls is not None
+    )
+
+
+def _apply_proxy_header(info: ConnInfo, header: pp.ProxyHeader) -> None:
+    """The header's source becomes the client identity (DESIGN decision 5)."""
+    if (
+        header.command is pp.Command.PROXY
+        and header.family in (pp.Family.TCP4, pp.Family.TCP6)
+        and header.source is not None
+    ):
+        src_ip = header.source[0]
+        if src_ip.startswith("::ffff:") and "." in src_ip:
+            src_ip = src_ip[7:]
+        info.client = (src_ip, header.source[1])
+        if header.destination is not None:
+            info.destination = header.destination
+    info.proxy = header
+    info.authority = header.authority or ""
+    info.vpce = header.aws_vpce_id or ""

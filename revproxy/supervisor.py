@@ -102,7 +102,7 @@ class Instance:
                             )
                         ]
                     ) from None
-                new[addr] = BoundListener(name=name, binds=(bind,), sockets=socks, servers=[])
+                new[addr] = BoundListener(name=name, binds=(bind,), sockets=socks)
         except BaseException:
             for bl in new.values():
                 for s in bl.sockets:
@@ -112,7 +112,7 @@ class Instance:
         gen.bind_owner = wanted
         self.generation = gen  # the swap
         for addr, bl in new.items():
-            bl.servers = await self._acceptor.start(addr, bl.sockets)
+            bl.tasks = self._acceptor.start(addr, bl.sockets)
             self._bound[addr] = bl
             log.info("listener=%s bound %s", bl.name, addr)
         for addr in [a for a in self._bound if a not in wanted]:
@@ -176,8 +176,7 @@ class Instance:
     async def shutdown(self) -> None:
         timeout = self.generation.config.global_.shutdown_timeout if self.generation else 0
         for bl in self._bound.values():
-            for srv in bl.servers:
-                srv.close()
+            bl.stop_accepting()
         if self._resolver is not None:
             self._resolver.cancel()
         pending = set(self._acceptor.connections)
