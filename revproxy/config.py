@@ -36,6 +36,54 @@ class Global:
     max_body_size: int = 0
     # Where generated state lives (the generated default certificate of the demo, ...).
     state_dir: Path | None = None
+    # Reload automatically when conf/*.toml change (debounced).
+    watch: bool = True
+    # Written at start (the master's pid) for `revproxy reload` and the certbot hook.
+    pid_file: Path | None = None
+    # HTTP/2 SETTINGS offered to clients.
+    h2: H2Settings = field(default_factory=lambda: H2Settings())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class H2Settings:
+    max_concurrent_streams: int = 100
+    initial_window_size: int = 65535
+    max_frame_size: int = 16384
+    max_header_list_size: int = 16384
+    # A client that resets more streams than this per second is sent GOAWAY (CVE-2023-44487).
+    max_resets_per_second: int = 200
+    # Idle connections are pinged, then closed when the ping is not answered in time.
+    ping_interval: float = 60.0
+    ping_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BasicAuth:
+    user: str
+    password: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Admin:
+    # Unix socket for `revproxy ctl` (mode 0660); None = no socket.
+    socket: Path | None = None
+    # Optional HTTP address serving /metrics and /stats.
+    bind: Bind | None = None
+    auth: BasicAuth | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Acme:
+    # Challenge answers: files certbot --webroot wrote here (default) ...
+    webroot: Path | None = Path("/var/lib/revproxy/acme")
+    # ... or forwarded to certbot --standalone on this address while it runs.
+    forward: str | None = None  # "127.0.0.1:8081"
+    email: str | None = None
+    certbot: str = "certbot"
+    config_dir: Path = Path("/etc/letsencrypt")
+    work_dir: Path = Path("/var/lib/letsencrypt")
+    logs_dir: Path = Path("/var/log/letsencrypt")
+    server: str | None = None  # ACME directory URL; None = certbot's default
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,6 +134,12 @@ class Listener:
     # Add an RFC 7239 Forwarded header toward origins (X-Forwarded-* are always set).
     forwarded: bool = False
     pool: str | None = None  # mode = "tcp" only
+    # Answer ACME HTTP-01 challenges on this plain listener; None = on when bound to port 80.
+    acme: bool | None = None
+    # Accept HTTP/2 with prior knowledge (h2c) on this plain listener.
+    h2c: bool = False
+    # Most client connections served at once (None = no limit).
+    max_conns: int | None = None
     source: str = ""  # file it was read from
 
 
@@ -105,6 +159,9 @@ class Route:
     redirect_status: int = 308
     respond: Respond | None = None
     listeners: tuple[str, ...] = ()  # empty = every http listener
+    # TLS passthrough: connections whose ClientHello names one of these go to `pool` undecrypted.
+    sni: tuple[str, ...] = ()
+    passthrough: bool = False
     index: int = 0  # position in the merged config, for messages and stable ordering
     source: str = ""
 
@@ -128,6 +185,39 @@ class Timeouts:
     connect: float = 5.0
     response: float = 60.0
     idle: float = 60.0
+    # Upgraded connections (WebSocket) and L4 tunnels: no bytes either way for this long.
+    tunnel: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Health:
+    """Active checks: HTTP GET `path` (expect `expect`), or a TCP connect when `tcp`."""
+
+    path: str = "/"
+    interval: float = 2.0
+    timeout: float = 1.0
+    rise: int = 2
+    fall: int = 3
+    expect: str = "2xx"  # "2xx", "200", "200-399", "2xx,3xx"
+    tcp: bool = False
+    host: str | None = None  # Host header (default: the server's address)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Passive:
+    """Consecutive connect failures / timeouts that mark a server down until `cooldown`."""
+
+    failures: int = 3
+    cooldown: float = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolTLS:
+    """Re-encryption toward the origin servers."""
+
+    sni: str | None = None
+    verify: bool = True
+    ca: Path | None = None  # None = the system's trust store
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -145,6 +235,12 @@ class Pool:
     resolve_interval: float = 30.0
     # Idle keep-alive connections kept per server.
     keepalive: int = 32
+    health: Health | None = None
+    passive: Passive | None = field(default_factory=Passive)
+    # A server coming back ramps its weight up over this long (0 = at once).
+    slow_start: float = 0.0
+    protocol: Literal["http1", "h2", "h2c"] = "http1"
+    tls: PoolTLS | None = None
     source: str = ""
 
 
@@ -154,6 +250,8 @@ class Config:
     listeners: tuple[Listener, ...] = ()
     routes: tuple[Route, ...] = ()
     pools: tuple[Pool, ...] = ()
+    admin: Admin = field(default_factory=Admin)
+    acme: Acme = field(default_factory=Acme)
     files: tuple[Path, ...] = ()
 
     def pool(self, name: str) -> Pool:
