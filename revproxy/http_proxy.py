@@ -303,6 +303,10 @@ class HttpConnection:
             trusted=self.listener.config.trusted_proxies,
             forwarded=self.listener.config.forwarded,
         )
+        if expected == -1:
+            # Transfer-Encoding is hop-by-hop and was removed above, but a chunked body is
+            # still relayed chunked: without this the origin would read no body at all.
+            headers.append((b"transfer-encoding", b"chunked"))
         ctx = PickContext(client_ip=self.info.client[0], uri=req.target.decode("latin-1"))
         identity = proxy_header_for(pr.config.send_proxy, self.info)
         fresh = False
