@@ -374,6 +374,9 @@ class HttpConnection:
             return await self._aborted(exc.__cause__ or exc, req, rec)
         except ClientGone:
             raise
+        except TimeoutError:
+            # Before the OSError clause: TimeoutError is an OSError since Python 3.3.
+            return await self._aborted(BackendTimeout("origin did not answer in time"), req, rec)
         except (ConnectionError, OSError) as exc:
             if self.h1.response_started:
                 raise ClientGone() from exc
@@ -382,8 +385,6 @@ class HttpConnection:
             return await self._local_error(
                 BackendProtocolError("origin closed the connection"), req, rec
             )
-        except TimeoutError:
-            return await self._aborted(BackendTimeout("origin did not answer in time"), req, rec)
         except RevproxyError as exc:
             if (
                 isinstance(exc, BackendProtocolError)
