@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from revproxy.accesslog import AccessLog
-from revproxy.config import Config, Listener
+from revproxy.config import Config, Listener, Route
 from revproxy.config import Pool as PoolConfig
 from revproxy.dial import Dialer
 from revproxy.errors import CertificateError, ConfigError, ConfigProblem
@@ -39,6 +40,11 @@ class ListenerRuntime:
     router: Router
     tls: ServerTLS | None
     redirect_port: int | None
+    # TLS passthrough (tcp_proxy.py): (SNI pattern, pool) with exact names before wildcards,
+    # longer wildcards first. Empty: the listener never peeks at a ClientHello.
+    passthrough: tuple[tuple[str, str], ...] = ()
+    # Answers ACME HTTP-01 challenges (acme.py) before any redirect or route.
+    acme: bool = False
 
 
 @dataclass(eq=False)
@@ -105,6 +111,38 @@ def _backends(cfg: PoolConfig, previous: Pool | None) -> list[Backend]:
     return out
 
 
+def answers_acme(lst: Listener) -> bool:
+    """``listener.acme`` when set; else on for plain HTTP listeners bound to port 80."""
+    if lst.mode != "http":
+        return False
+    if lst.acme is not None:
+        return lst.acme
+    return lst.tls is None and any(b.port == 80 for b in lst.bind)
+
+
+def passthrough_table(lst: Listener, routes: Sequence[Route]) -> tuple[tuple[str, str], ...]:
+    """The passthrough routes of a TLS listener as (SNI pattern, pool), in matching order.
+
+    An exact name beats a wildcard; among wildcards the longest suffix wins; ties keep the
+    configuration order, and a name listed twice keeps its first route.
+    """
+    if lst.tls is None:
+        return ()
+    exact: list[tuple[str, str]] = []
+    wild: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for r in routes:
+        if not r.passthrough or r.pool is None:
+            continue
+        for name in (n.lower().rstrip(".") for n in r.sni):
+            if name in seen:
+                continue
+            seen.add(name)
+            (wild if name.startswith("*.") else exact).append((name, r.pool))
+    wild.sort(key=lambda entry: -len(entry[0]))
+    return (*exact, *wild)
+
+
 def listener_certs(lst: Listener) -> tuple[list[LoadedCert], list[ConfigProblem]]:
     """Every certificate a TLS listener serves, and what is wrong with the rest."""
     certs: list[LoadedCert] = []
@@ -165,9 +203,11 @@ def build_generation(
             )
         listeners[lst.name] = ListenerRuntime(
             config=lst,
-            router=Router(routes),
+            router=Router([r for r in routes if not r.passthrough]),
             tls=server_tls,
             redirect_port=lst.redirect_port or first_tls_port,
+            passthrough=passthrough_table(lst, routes),
+            acme=answers_acme(lst),
         )
     if problems:
         raise ConfigError(problems)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 
 from revproxy.accesslog import AccessRecord
+from revproxy.acme import challenge_answer
 from revproxy.dial import READ_SIZE, BackendConnection
 from revproxy.errors import (
     BackendError,
@@ -240,6 +241,13 @@ class HttpConnection:
             return await self._local_error(exc, req, rec)
         if req.method == b"CONNECT":
             return await self._local(req, rec, 405, close=True)
+        if lst.acme:  # ACME HTTP-01 challenges come before any redirect or route
+            answer = await challenge_answer(self.gen.config.acme, req.method, req.target, host)
+            if answer is not None:
+                rec.route = "acme"
+                return await self._local(
+                    req, rec, answer.status, headers=list(answer.headers), body=answer.body
+                )
         if lst.config.redirect_https:
             port = lst.redirect_port
             authority = host if ":" not in host else f"[{host}]"
