@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from revproxy.errors import BackendUnreachable, NoBackendAvailable
@@ -61,6 +63,21 @@ class Dialer:
         self.idle_timeout = idle_timeout
         self.keepalive = keepalive
         self._idle: dict[tuple[int, bytes | None], deque[BackendConnection]] = {}
+        # Passive health (health.py): told of every failed connect, and of the first success
+        # after failures; None when nobody listens.
+        self.observer: Callable[[Backend, bool], None] | None = None
+
+    def _observe(self, backend: Backend, ok: bool) -> None:
+        """Count a connect result on ``backend`` and tell passive health about it."""
+        if ok:
+            had_failures = backend.failures > 0
+            backend.failures = 0
+            if had_failures and self.observer is not None:
+                self.observer(backend, True)
+            return
+        backend.failures += 1
+        if self.observer is not None:
+            self.observer(backend, False)
 
     def _take_idle(self, backend: Backend, identity: bytes | None) -> BackendConnection | None:
         q = self._idle.get((id(backend), identity))
@@ -127,7 +144,7 @@ class Dialer:
             try:
                 reader, writer = await self._open(backend)
             except (OSError, TimeoutError) as exc:
-                backend.failures += 1
+                self._observe(backend, False)
                 log.warning(
                     "backend connect failed pool=%s backend=%s reason=%s",
                     self.pool.name,
@@ -136,13 +153,99 @@ class Dialer:
                 )
                 tried.add(backend)
                 continue
-            backend.failures = 0
+            self._observe(backend, True)
             if identity:
                 writer.write(identity)
             return BackendConnection(backend, reader, writer, identity)
+
+    # --- raw sockets (L4 tunnels, TLS passthrough) --------------------------------------------
+
+    async def _open_socket(self, backend: Backend) -> socket.socket:
+        """A connected non-blocking socket to ``backend`` (each resolved address in turn)."""
+        loop = asyncio.get_running_loop()
+        targets = backend.addresses or ((backend.host, backend.port),)
+        last: Exception | None = None
+        for host, port in targets:
+            try:
+                async with asyncio.timeout(self.connect_timeout):
+                    for family, addr in await _socket_addresses(loop, host, port):
+                        sock = socket.socket(family, socket.SOCK_STREAM)
+                        try:
+                            sock.setblocking(False)
+                            await loop.sock_connect(sock, addr)
+                        except BaseException as exc:
+                            sock.close()
+                            if not isinstance(exc, OSError):
+                                raise
+                            last = exc
+                            continue
+                        with contextlib.suppress(OSError):
+                            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                        return sock
+            except (OSError, TimeoutError) as exc:
+                last = exc
+        raise last or OSError("no address")
+
+    async def connect_socket(
+        self,
+        ctx: PickContext,
+        *,
+        identity: bytes | None = None,
+        exclude: set[Backend] | None = None,
+    ) -> tuple[Backend, socket.socket]:
+        """A raw connected socket to an available server, trying the next one on failure.
+
+        Same retry and passive-failure accounting as ``connect``; the connection is never
+        pooled. ``identity`` (a PROXY header) is sent before anything else. The caller owns
+        the socket and counts it on the backend (``acquire``/``release``).
+        """
+        tried: set[Backend] = set(exclude or ())
+        attempts = 0
+        loop = asyncio.get_running_loop()
+        while True:
+            backend = self.pool.pick(ctx, exclude=tried)
+            if backend is None:
+                if attempts == 0 and not tried:
+                    raise NoBackendAvailable(f"pool {self.pool.name}: no server available")
+                raise BackendUnreachable(f"pool {self.pool.name}: every server failed")
+            attempts += 1
+            try:
+                sock = await self._open_socket(backend)
+                if identity:
+                    try:
+                        async with asyncio.timeout(self.connect_timeout):
+                            await loop.sock_sendall(sock, identity)
+                    except BaseException:
+                        sock.close()
+                        raise
+            except (OSError, TimeoutError) as exc:
+                self._observe(backend, False)
+                log.warning(
+                    "backend connect failed pool=%s backend=%s reason=%s",
+                    self.pool.name,
+                    backend.label,
+                    type(exc).__name__,
+                )
+                tried.add(backend)
+                continue
+            self._observe(backend, True)
+            return backend, sock
 
     def close_idle(self) -> None:
         for q in self._idle.values():
             while q:
                 q.pop().close()
         self._idle.clear()
+
+
+async def _socket_addresses(
+    loop: asyncio.AbstractEventLoop, host: str, port: int
+) -> list[tuple[int, tuple[str, int]]]:
+    """(family, address) pairs to connect to; IP literals skip the resolver's thread."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        return [(int(i[0]), (str(i[4][0]), int(i[4][1]))) for i in infos]
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    return [(family, (host, port))]

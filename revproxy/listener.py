@@ -1,4 +1,4 @@
-"""Listeners: bind, accept, PROXY header in, TLS, dispatch by mode.
+"""Listeners: bind, accept, PROXY header in, SNI peek, TLS, dispatch by mode.
 
 Rule of this room: a listening socket is bound once and kept for as long as some generation
 names it; a reload never closes a socket that stays in the config. Each accepted connection is
@@ -9,6 +9,14 @@ be inspected on the raw socket before any stream or TLS layer buffers them: a PR
 consumed exactly (peek, then read just its bytes), and what follows it is left in the kernel
 for the TLS handshake or the HTTP parser. Out of file descriptors (EMFILE/ENFILE), accepting
 on that socket pauses and retries with a growing back-off.
+
+Dispatch: a ``mode = "tcp"`` listener relays every connection to its pool (``tcp_proxy``). A
+TLS listener with passthrough routes first peeks at the ClientHello — never consuming it,
+bounded in size and time — and relays connections whose server name matches a passthrough
+route to that route's pool undecrypted; every other name (and a ClientHello without one) is
+terminated as usual. Bytes that are not TLS close the connection. A TLS listener without
+passthrough routes does not peek at all. A listener at its ``max_conns`` closes new
+connections at once.
 """
 
 from __future__ import annotations
@@ -19,15 +27,18 @@ import errno
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from revproxy.config import Bind, ProxyProtocolIn
-from revproxy.errors import ProxyProtocolError
+from revproxy.errors import ClientHelloError, ProxyProtocolError
 from revproxy.generation import Generation, ListenerRuntime
 from revproxy.http_proxy import ConnInfo, HttpConnection
 from revproxy.proto import proxy_protocol as pp
+from revproxy.proto.clienthello import MAX_CLIENTHELLO, ClientHelloInfo, parse_client_hello
 from revproxy.proto.forwarding import is_trusted
+from revproxy.tcp_proxy import match_passthrough, record_refused, serve_passthrough, serve_tcp
 from revproxy.tls import server_name_of
 
 log = logging.getLogger("revproxy.listener")
@@ -43,6 +54,16 @@ EMFILE_BACKOFF_MAX = 2.0
 STREAM_LIMIT = 1024 * 1024
 # Largest PROXY header accepted (v2 with TLVs); HAProxy's own bound is similar.
 PROXY_MAX_SIZE = 4096
+# A client on a listener with passthrough routes has this long to send its whole ClientHello
+# (then the TLS handshake has its own TLS_HANDSHAKE_TIMEOUT).
+CLIENT_HELLO_TIMEOUT = 10.0
+# Waiting for more of a fragmented ClientHello where SO_RCVLOWAT can't be used: poll period.
+CLIENT_HELLO_POLL = 0.01
+# "Listener full" warnings: at most one per listener per this many seconds.
+REFUSED_LOG_INTERVAL = 1.0
+# Linux TCP state of an open connection (include/net/tcp_states.h); after the peer's FIN it
+# is CLOSE_WAIT or later.
+_TCP_ESTABLISHED = 1
 
 
 def bind_socket(bind: Bind) -> list[socket.socket]:
@@ -187,6 +208,66 @@ async def read_proxy_header(
             consumed += chunk
 
 
+async def _wait_for_more(sock: socket.socket, have: int) -> bool:
+    """Wait until more than ``have`` bytes are waiting; False where that can't be told apart.
+
+    SO_RCVLOWAT makes the socket readable only once ``have + 1`` bytes are queued (or the peer
+    closed), so a ClientHello split over several segments costs one wake-up per segment
+    instead of a poll loop.
+    """
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, have + 1)
+    except OSError:
+        await asyncio.sleep(CLIENT_HELLO_POLL)
+        return False
+    await _wait_readable(sock)
+    return True
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """Whether the peer sent its FIN (we may still hold unread bytes from it)."""
+    try:
+        state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)
+    except OSError:
+        return True
+    return state[0] != _TCP_ESTABLISHED
+
+
+async def peek_client_hello(
+    sock: socket.socket,
+    *,
+    timeout: float = CLIENT_HELLO_TIMEOUT,
+    max_size: int = MAX_CLIENTHELLO,
+) -> ClientHelloInfo:
+    """The ClientHello at the start of ``sock``, every byte of it left in the kernel.
+
+    Raises ClientHelloError for bytes that are not a ClientHello (plain HTTP is refused on
+    its first byte), one over ``max_size``, or a connection closed before it was complete;
+    TimeoutError when it took longer than ``timeout``.
+    """
+    lowat_set = False
+    try:
+        async with asyncio.timeout(timeout):
+            seen = 0
+            while True:
+                data = await peek(sock, max_size)
+                if not data:
+                    raise ClientHelloError("connection closed before a ClientHello")
+                hello = parse_client_hello(data, max_size=max_size)
+                if hello is not None:
+                    return hello
+                if len(data) >= max_size:
+                    raise ClientHelloError(f"ClientHello larger than {max_size} bytes")
+                if len(data) == seen and _peer_closed(sock):
+                    raise ClientHelloError("connection closed inside the ClientHello")
+                seen = len(data)
+                lowat_set = await _wait_for_more(sock, seen) or lowat_set
+    finally:
+        if lowat_set:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+
+
 # --- accepting -----------------------------------------------------------------------------
 
 
@@ -196,6 +277,9 @@ class Acceptor:
     def __init__(self, current: Callable[[], Generation]) -> None:
         self.current = current
         self.connections: set[asyncio.Task[None]] = set()
+        # Connections being served per listener name (across generations), for max_conns.
+        self.active: dict[str, int] = {}
+        self._refused: dict[str, tuple[float, int]] = {}  # name → (last warning, refused since)
 
     def start(self, addr: str, socks: list[socket.socket]) -> list[asyncio.Task[None]]:
         """Accept on ``socks``; each connection is served by the listener owning ``addr``."""
@@ -231,24 +315,73 @@ class Acceptor:
             lrt = gen.listeners.get(name)
             if lrt is None:
                 return
-            with contextlib.suppress(OSError):
-                csock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            info = _conn_info(csock, lrt)
-            settings = lrt.config.proxy_protocol
-            if settings.mode != "off":
-                try:
-                    header = await read_proxy_header(csock, settings, info.peer[0])
-                except (ProxyProtocolError, TimeoutError, OSError) as exc:
-                    reason = str(exc) or "PROXY header not received in time"
-                    log.warning("listener=%s peer=%s closed: %s", name, info.peer[0], reason)
-                    return
-                if header is not None:
-                    _apply_proxy_header(info, header)
-            await self._serve_http(gen, lrt, csock, info)
+            limit = lrt.config.max_conns
+            if limit is not None and self.active.get(name, 0) >= limit:
+                self._refuse(gen, lrt, csock)
+                return
+            self.active[name] = self.active.get(name, 0) + 1
+            try:
+                await self._serve_admitted(gen, lrt, csock)
+            finally:
+                self.active[name] -= 1
         except Exception:
             log.exception("listener=%s connection failed", name)
         finally:
             csock.close()
+
+    async def _serve_admitted(
+        self, gen: Generation, lrt: ListenerRuntime, csock: socket.socket
+    ) -> None:
+        name = lrt.config.name
+        with contextlib.suppress(OSError):
+            csock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        info = _conn_info(csock, lrt)
+        settings = lrt.config.proxy_protocol
+        if settings.mode != "off":
+            try:
+                header = await read_proxy_header(csock, settings, info.peer[0])
+            except (ProxyProtocolError, TimeoutError, OSError) as exc:
+                reason = str(exc) or "PROXY header not received in time"
+                log.warning("listener=%s peer=%s closed: %s", name, info.peer[0], reason)
+                return
+            if header is not None:
+                _apply_proxy_header(info, header)
+        if lrt.config.mode == "tcp":
+            await serve_tcp(gen, lrt, csock, info)
+            return
+        if lrt.tls is not None and lrt.passthrough:
+            try:
+                hello = await peek_client_hello(csock)
+            except (ClientHelloError, TimeoutError, OSError) as exc:
+                reason = str(exc) or "no ClientHello in time"
+                log.info("listener=%s client=%s closed: %s", name, info.client[0], reason)
+                return
+            if hello.server_name is not None:
+                entry = match_passthrough(lrt.passthrough, hello.server_name)
+                if entry is not None:
+                    info.sni = hello.server_name
+                    pattern, pool = entry
+                    await serve_passthrough(gen, lrt, csock, info, pattern=pattern, pool=pool)
+                    return
+        await self._serve_http(gen, lrt, csock, info)
+
+    def _refuse(self, gen: Generation, lrt: ListenerRuntime, csock: socket.socket) -> None:
+        """Close a connection over ``max_conns`` at once: one access-log line, few warnings."""
+        name = lrt.config.name
+        record_refused(gen, lrt, _conn_info(csock, lrt))
+        now = time.monotonic()
+        last, count = self._refused.get(name, (0.0, 0))
+        count += 1
+        if now - last >= REFUSED_LOG_INTERVAL:
+            log.warning(
+                "listener=%s full (max_conns %s): %d connection(s) refused",
+                name,
+                lrt.config.max_conns,
+                count,
+            )
+            self._refused[name] = (now, 0)
+        else:
+            self._refused[name] = (last, count)
 
     async def _serve_http(
         self, gen: Generation, lrt: ListenerRuntime, csock: socket.socket, info: ConnInfo
