@@ -193,7 +193,8 @@ async def read_proxy_header(
                 if consumed or settings.mode == "required":
                     raise ProxyProtocolError("connection does not start with a PROXY header")
                 return None
-            if not trusted:
+            if not trusted and kind != "need_more":
+                # "P" or "\r" may still begin a plain request: refuse only a real signature.
                 raise ProxyProtocolError(f"PROXY header from untrusted peer {peer_ip} refused")
             header = pp.parse(data, max_size=PROXY_MAX_SIZE) if kind != "need_more" else None
             if header is not None:
