@@ -1,0 +1,270 @@
+"""TLS listeners end to end: the certificate SNI chooses, the generated certificate for
+everything else, unknown_sni = "reject", ALPN, protocol versions, and Host against SNI.
+
+Clients are ``openssl s_client`` (with ``-servername`` and ``-noservername``), curl with
+``--resolve`` and ``--cacert``, and Python's ssl module for requests curl will not make.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import ExtensionOID, NameOID
+from harness import (
+    LOOPBACK,
+    Origin,
+    Proxy,
+    Response,
+    curl_http,
+    first_certificate,
+    free_port,
+    make_cert,
+    openssl_client,
+    read_response,
+    split_response,
+    toml_path,
+)
+
+from revproxy.tls import DEFAULT_CERT_COMMON_NAME
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_peers")]
+
+HOSTS = ("www.site.test", "*.site.test", "other.test")
+
+
+@dataclass
+class TlsSite:
+    proxy: Proxy
+    port: int  # unknown_sni = "generated"
+    reject_port: int  # unknown_sni = "reject"
+    certs: dict[str, tuple[Path, Path]]  # "exact", "wildcard", "other"
+    origin: Origin
+
+    def fingerprint(self, which: str) -> bytes:
+        cert = x509.load_pem_x509_certificate(self.certs[which][0].read_bytes())
+        return cert.fingerprint(hashes.SHA256())
+
+    def get(self, name: str, path: str = "/", *args: str, ca: str = "") -> Response:
+        port = self.port
+        cafile = self.certs[ca or _cert_for(name)][0]
+        return curl_http(
+            f"https://{name}:{port}{path}",
+            "--resolve",
+            f"{name}:{port}:{LOOPBACK}",
+            "--cacert",
+            str(cafile),
+            *args,
+        )
+
+
+def _cert_for(name: str) -> str:
+    if name == "www.site.test":
+        return "exact"
+    if name.endswith(".site.test"):
+        return "wildcard"
+    return "other"
+
+
+@pytest.fixture(scope="module")
+def tls_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsSite]:
+    base = tmp_path_factory.mktemp("tls")
+    certs = {
+        "exact": make_cert(base, "exact", ["www.site.test"]),
+        "wildcard": make_cert(base, "wildcard", ["*.site.test"]),
+        "other": make_cert(base, "other", ["other.test"]),
+    }
+    pairs = ", ".join(
+        f"{{ cert = {toml_path(c)}, key = {toml_path(k)} }}" for c, k in certs.values()
+    )
+    port, reject_port = free_port(), free_port()
+    origin = Origin("tls-origin").start()
+    config = f"""
+[[listener]]
+name = "https"
+bind = ["127.0.0.1:{port}"]
+tls = {{ certs = [{pairs}] }}
+
+[[listener]]
+name = "strict"
+bind = ["127.0.0.1:{reject_port}"]
+tls = {{ certs = [{pairs}], unknown_sni = "reject" }}
+
+[[route]]
+host = {list(HOSTS)!r}
+pool = "web"
+
+[pool.web]
+servers = ["{origin.address}"]
+""".replace("'", '"')
+    try:
+        with Proxy(base, config, ports=[port, reject_port]) as proxy:
+            yield TlsSite(proxy, port, reject_port, certs, origin)
+            assert proxy.alive, "the proxy died:\n" + proxy.stderr()[-3000:]
+    finally:
+        origin.stop()
+
+
+def leaf(port: int, servername: str | None, *args: str) -> x509.Certificate:
+    res = openssl_client(port, *args, servername=servername)
+    return x509.load_pem_x509_certificate(first_certificate(res.stdout))
+
+
+def san_names(cert: x509.Certificate) -> list[str]:
+    try:
+        ext = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
+    except x509.ExtensionNotFound:
+        return []
+    return [str(v) for v in ext.value.get_values_for_type(x509.DNSName)]
+
+
+# --- certificate choice --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("servername", "which"),
+    [
+        ("www.site.test", "exact"),  # exact beats the wildcard that also covers it
+        ("WWW.Site.Test", "exact"),
+        ("api.site.test", "wildcard"),
+        ("other.test", "other"),
+    ],
+)
+def test_sni_picks_the_certificate(tls_site: TlsSite, servername: str, which: str) -> None:
+    cert = leaf(tls_site.port, servername)
+    assert cert.fingerprint(hashes.SHA256()) == tls_site.fingerprint(which)
+
+
+@pytest.mark.parametrize("servername", [None, "unknown.test", "a.b.site.test"])
+def test_no_or_unknown_sni_gets_a_generated_certificate(
+    tls_site: TlsSite, servername: str | None
+) -> None:
+    cert = leaf(tls_site.port, servername)
+    assert cert.fingerprint(hashes.SHA256()) not in {
+        tls_site.fingerprint(w) for w in ("exact", "wildcard", "other")
+    }
+    cn = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    assert cn == [DEFAULT_CERT_COMMON_NAME]
+    text = cert.subject.rfc4514_string() + " " + " ".join(san_names(cert))
+    for host in ("site.test", "other.test", "unknown.test"):
+        assert host not in text
+
+
+def test_curl_verifies_each_site(tls_site: TlsSite) -> None:
+    for name in ("www.site.test", "api.site.test", "other.test"):
+        r = tls_site.get(name, "/hello")
+        assert r.status == 200
+        assert r.body == b"tls-origin GET /hello\n"
+
+
+def test_unknown_name_is_answered_locally(tls_site: TlsSite) -> None:
+    before = len(tls_site.origin.requests())
+    r = curl_http(
+        f"https://unknown.test:{tls_site.port}/",
+        "--resolve",
+        f"unknown.test:{tls_site.port}:{LOOPBACK}",
+        "-k",
+    )
+    assert r.status in (404, 421)
+    assert len(tls_site.origin.requests()) == before
+
+
+@pytest.mark.parametrize("servername", ["unknown.test", None])
+def test_unknown_sni_reject_aborts_the_handshake(tls_site: TlsSite, servername: str | None) -> None:
+    res = openssl_client(tls_site.reject_port, servername=servername, send=b"Q\n")
+    assert res.returncode != 0
+    assert "BEGIN CERTIFICATE" not in res.stdout
+    # A known name on the same listener still works.
+    cert = leaf(tls_site.reject_port, "www.site.test")
+    assert cert.fingerprint(hashes.SHA256()) == tls_site.fingerprint("exact")
+
+
+# --- protocol ------------------------------------------------------------------------------------
+
+
+def test_alpn_selects_http11(tls_site: TlsSite) -> None:
+    for offer in ("http/1.1", "h2,http/1.1"):
+        res = openssl_client(tls_site.port, "-alpn", offer, servername="www.site.test")
+        assert "ALPN protocol: http/1.1" in res.stdout, res.stdout[-2000:]
+    ctx = ssl.create_default_context(cafile=str(tls_site.certs["exact"][0]))
+    ctx.set_alpn_protocols(["http/1.1"])
+    with (
+        socket.create_connection((LOOPBACK, tls_site.port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="www.site.test") as tls,
+    ):
+        assert tls.selected_alpn_protocol() == "http/1.1"
+
+
+def test_tls11_is_refused(tls_site: TlsSite) -> None:
+    res = openssl_client(
+        tls_site.port, "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0", servername="www.site.test"
+    )
+    assert res.returncode != 0
+    assert "BEGIN CERTIFICATE" not in res.stdout
+
+
+@pytest.mark.parametrize(("flag", "version"), [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")])
+def test_tls12_and_tls13_are_accepted(tls_site: TlsSite, flag: str, version: str) -> None:
+    res = openssl_client(tls_site.port, flag, servername="www.site.test")
+    assert f"Protocol  : {version}" in res.stdout or f"New, {version}" in res.stdout
+    assert "BEGIN CERTIFICATE" in res.stdout
+
+
+# --- Host and SNI --------------------------------------------------------------------------------
+
+
+def tls_request(site: TlsSite, servername: str, host: str) -> tuple[int, bytes]:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with (
+        socket.create_connection((LOOPBACK, site.port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname=servername) as tls,
+    ):
+        tls.sendall(f"GET /sni HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        status, _, body, _ = split_response(read_response(tls))
+    return status, body
+
+
+@pytest.mark.parametrize(
+    ("servername", "host"),
+    [
+        ("www.site.test", "other.test"),
+        ("www.site.test", "api.site.test"),  # covered by another certificate of ours
+        ("other.test", "www.site.test"),
+    ],
+)
+def test_host_not_matching_sni_gets_421(tls_site: TlsSite, servername: str, host: str) -> None:
+    before = len(tls_site.origin.requests())
+    status, body = tls_request(tls_site, servername, host)
+    assert status == 421
+    assert body == b"421 Misdirected Request\n"
+    assert len(tls_site.origin.requests()) == before, "the origin received a misdirected request"
+    r = tls_site.get("www.site.test", "/x", "-H", "Host: other.test")
+    assert r.status == 421
+    assert len(tls_site.origin.requests()) == before
+
+
+def test_host_matching_sni_is_served(tls_site: TlsSite) -> None:
+    assert tls_request(tls_site, "www.site.test", "www.site.test:443")[0] == 200
+    assert tls_request(tls_site, "www.site.test", "WWW.SITE.TEST")[0] == 200
+    # One certificate covers both names: the same connection may serve both (RFC 9110 §7.4).
+    assert tls_request(tls_site, "a.site.test", "b.site.test")[0] == 200
+
+
+def test_https_request_reaches_the_origin_with_https_forwarding(tls_site: TlsSite) -> None:
+    tls_site.origin.reset()
+    r = tls_site.get("www.site.test", "/fwd")
+    assert r.status == 200
+    (seen,) = tls_site.origin.requests()
+    assert seen.header("x-forwarded-proto") == "https"
+    assert seen.header("x-forwarded-port") == str(tls_site.port)
+    assert seen.header("host") == f"www.site.test:{tls_site.port}"
+    line = tls_site.proxy.wait_access(lambda s: '"GET /fwd"' in s)
+    assert "listener=https" in line and "sni=www.site.test" in line
