@@ -18,6 +18,7 @@ from revproxy.config import Config, Listener, Route
 from revproxy.config import Pool as PoolConfig
 from revproxy.dial import Dialer
 from revproxy.errors import CertificateError, ConfigError, ConfigProblem
+from revproxy.metrics import RequestMetrics
 from revproxy.pool import Backend, Pool
 from revproxy.proto.forwarding import HidingPolicy
 from revproxy.routing import Router
@@ -54,6 +55,8 @@ class Generation:
     listeners: dict[str, ListenerRuntime]
     pools: dict[str, PoolRuntime]
     access_log: AccessLog
+    # Request counters; the same object is handed from generation to generation.
+    metrics: RequestMetrics = field(default_factory=RequestMetrics)
     # Bind address (as written in the config) → name of the listener that owns it.
     bind_owner: dict[str, str] = field(default_factory=dict)
     retired: bool = field(default=False)
@@ -105,10 +108,20 @@ def _backends(cfg: PoolConfig, previous: Pool | None) -> list[Backend]:
         if prev is not None:
             b.state = prev.state
             b.failures = prev.failures
+            b.total = prev.total
+            b.weight_factor = prev.weight_factor
             if prev.addresses:
                 b.addresses = prev.addresses
+        if cfg.slow_start > 0 and cfg.balance in SLOW_START_BALANCE:
+            b.weight_scale = SLOW_START_SCALE
         out.append(b)
     return out
+
+
+# Slow start ramps weights in these policies; the hashing ones keep their keys where they are.
+SLOW_START_BALANCE = ("roundrobin", "leastconn", "random")
+# Weights in slow-start pools are scaled by this so that a weight-1 backend ramps in 1% steps.
+SLOW_START_SCALE = 100
 
 
 def answers_acme(lst: Listener) -> bool:
@@ -172,6 +185,7 @@ def build_generation(
     default_pem: tuple[bytes, bytes],
     previous: Generation | None = None,
     access_log: AccessLog | None = None,
+    metrics: RequestMetrics | None = None,
 ) -> Generation:
     """Compile ``config`` into live objects; raises ConfigError and leaves nothing behind."""
     problems: list[ConfigProblem] = []
@@ -214,5 +228,11 @@ def build_generation(
     if access_log is None:
         access_log = AccessLog(config.global_.access_log, config.global_.access_log_format)
     return Generation(
-        number=number, config=config, listeners=listeners, pools=pools, access_log=access_log
+        number=number,
+        config=config,
+        listeners=listeners,
+        pools=pools,
+        access_log=access_log,
+        # Counters continue across reloads: the previous generation's object is handed on.
+        metrics=metrics or (previous.metrics if previous is not None else RequestMetrics()),
     )

@@ -55,6 +55,11 @@ class Backend:
     failures: int = 0
     # Resolved (ip, port) pairs; set by the resolver in the I/O layer.
     addresses: tuple[tuple[str, int], ...] = ()
+    # Slow start (written by health only): the share of its weight a backend that came back
+    # up gets while it ramps, 0.0 to 1.0. Pools with slow start scale every weight by
+    # ``weight_scale`` so that a weight-1 backend can ramp in small steps.
+    weight_factor: float = 1.0
+    weight_scale: int = 1
 
     @property
     def label(self) -> str:
@@ -73,8 +78,16 @@ class Backend:
 
     @property
     def effective_weight(self) -> int:
-        """The weight balancing uses (the one place slow start would scale it)."""
-        return self.weight
+        """The weight balancing uses: ``weight``, scaled and ramped in slow-start pools.
+
+        A ramping backend never drops below 1 so that it is still sent a trickle.
+        """
+        if self.weight_scale == 1 and self.weight_factor >= 1.0:
+            return self.weight
+        if self.weight <= 0:
+            return self.weight
+        factor = min(max(self.weight_factor, 0.0), 1.0)
+        return max(1, round(self.weight * self.weight_scale * factor))
 
     def acquire(self) -> None:
         """Count one request or connection sent to this backend."""
