@@ -51,6 +51,10 @@ class Instance:
         gen = build_generation(config, number=1, default_pem=self._default_pem)
         await self._apply(gen)
         self._resolver = asyncio.get_running_loop().create_task(self._resolve_forever())
+        from revproxy.certwatch import CertWatcher  # hot certificate swap (certwatch.py)
+
+        self.cert_watcher = CertWatcher(lambda: self.generation)  # `reload certs` uses it too
+        self.cert_watcher.start()
 
     async def reload(self) -> list[str]:
         """Swap in the config on disk; returns the problems (empty on success)."""
