@@ -169,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_version = sub.add_parser("version", help="print the version")
     p_version.set_defaults(func=cmd_version)
+
+    from revproxy.cert_cli import add_parser as add_cert_parser  # revproxy cert issue|renew|list
+
+    add_cert_parser(sub)
     return parser
 
 
