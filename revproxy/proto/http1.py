@@ -249,8 +249,11 @@ class H1Client:
     """The backend side of an exchange: serialises requests, parses responses."""
 
     def __init__(self, *, max_header_size: int = DEFAULT_MAX_HEADER_SIZE) -> None:
+        self._max = max_header_size
         self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_header_size)
         self.stream_id = 0
+        self._fed = 0  # bytes handed to h11 so far
+        self._head_start = 0  # offset of the response head being parsed
 
     def send_request(
         self, method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]]
@@ -271,8 +274,20 @@ class H1Client:
             raise ClientProtocolError(f"cannot relay request: {exc}") from None
         return out or b""
 
+    def _head_end(self) -> int:
+        """Offset just past what h11 has parsed so far."""
+        return self._fed - len(self._conn.trailing_data[0])
+
+    def _check_head_size(self) -> None:
+        # h11 bounds a head only while it is incomplete; one that arrived whole is bounded here.
+        end = self._head_end()
+        size, self._head_start = end - self._head_start, end
+        if size > self._max:
+            raise BackendProtocolError(f"response head over {self._max} bytes")
+
     def receive_data(self, data: bytes) -> list[Event]:
         self._conn.receive_data(data)
+        self._fed += len(data)
         out: list[Event] = []
         sid = self.stream_id
         while True:
@@ -282,6 +297,8 @@ class H1Client:
                 raise BackendProtocolError(f"malformed response: {exc}") from None
             if ev is h11.NEED_DATA or ev is h11.PAUSED:
                 return out
+            if isinstance(ev, h11.InformationalResponse | h11.Response):
+                self._check_head_size()
             if isinstance(ev, h11.InformationalResponse):
                 out.append(
                     InformationalReceived(
@@ -301,6 +318,7 @@ class H1Client:
             elif isinstance(ev, h11.Data):
                 out.append(DataReceived(stream_id=sid, data=bytes(ev.data)))
             elif isinstance(ev, h11.EndOfMessage):
+                self._head_start = self._head_end()
                 out.append(MessageEnded(stream_id=sid, trailers=list(ev.headers)))
             elif isinstance(ev, h11.ConnectionClosed):
                 out.append(ConnectionClosed(stream_id=sid))
