@@ -42,6 +42,8 @@ def misbehave(req: Seen) -> Reply:
         return Reply(raw=b"this is not HTTP at all\r\n\r\n")
     if req.target.startswith("/hangup"):
         return Reply(raw=b"")
+    if req.target.startswith("/huge-head"):
+        return Reply(headers=[("x-huge", "h" * (2 * MAX_HEADER))], body=b"never seen\n")
     if req.target.startswith("/reveal-error"):
         return Reply(
             status=500,
@@ -280,6 +282,10 @@ def test_origin_garbage_gets_502(errsite: ErrSite) -> None:
 
 def test_origin_hanging_up_gets_502(errsite: ErrSite) -> None:
     assert_discreet(errsite, errsite.get("app.test", "/hangup"), 502)
+
+
+def test_origin_head_over_the_limit_gets_502(errsite: ErrSite) -> None:
+    assert_discreet(errsite, errsite.get("app.test", "/huge-head"), 502)
 
 
 def test_no_route_gets_a_discreet_404(errsite: ErrSite) -> None:
