@@ -1,49 +1,44 @@
-"""Reading configuration values: durations, sizes, addresses, networks, host names, and the
-table reader that hands them out with their key paths.
+"""Reading configuration values: durations, sizes, addresses, networks, host names, status
+patterns and URLs, and how durations and sizes are written back in messages.
 
 Rule of this room: a parser takes one TOML value and returns a typed value, or raises
 ``ValueError`` whose message is the whole reason, written for the operator: what is wrong and
-what to write instead. A parser never knows where its value came from; ``TableReader`` puts the
-file and key path in front of the reason and records it, and never stops at the first problem.
-What the values mean together (references, clashes, merging files) is ``config_load.py``'s.
+what to write instead. A parser never knows where its value came from; ``TableReader``
+(``config_reader.py``) puts the file and key path in front of the reason and records it. What
+the values mean together (references, clashes, merging files) is the loaders'.
 """
 
 from __future__ import annotations
 
 import datetime
-import difflib
 import ipaddress
 import json
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TypeVar
 
 from revproxy.config import Bind, Network
-from revproxy.errors import ConfigProblem
 
 __all__ = [
-    "MISSING",
-    "ReadContext",
-    "TableReader",
+    "as_str",
     "describe",
+    "format_duration",
+    "format_size",
+    "header_value",
+    "no_crlf",
+    "parse_acme_server",
     "parse_bind",
+    "parse_check_path",
     "parse_duration",
+    "parse_email",
+    "parse_expect",
+    "parse_host_name",
     "parse_host_pattern",
     "parse_network",
     "parse_server",
     "parse_size",
-    "unknown_key",
+    "parse_sni_name",
+    "parse_sni_pattern",
 ]
-
-
-_T = TypeVar("_T")
-_D = TypeVar("_D")
-_S = TypeVar("_S", bound=str)
-
-MISSING = object()  # what TableReader.raw returns for a key that is not there
 
 
 def describe(value: object) -> str:
@@ -274,16 +269,71 @@ def parse_host_pattern(value: str) -> str:
     if host == "*":
         raise ValueError('"*" is not needed: leave host out to match any host')
     if host.startswith("["):
-        end = host.find("]")
-        address = _ipv6(host[1:end]) if end > 0 else None
-        if address is None:
-            raise ValueError(f"{shown} is not a bracketed IPv6 address")
-        if host[end + 1 :]:
-            raise ValueError(
-                f'{shown}: no port in host (write "[{address}]"; '
-                "pick ports with the route's listeners)"
-            )
+        address = _bracketed(host, shown, "pick ports with the route's listeners")
         return f"[{address}]"
+    _no_port(host, shown, "pick ports with the route's listeners")
+    return _wildcard_or_name(host, shown)
+
+
+def parse_sni_pattern(value: str) -> str:
+    """A passthrough route's server name: "legacy.example.com" or "*.example.com".
+
+    The rules of a route host, except that an IP address is an error: RFC 6066 section 3,
+    "Literal IPv4 and IPv6 addresses are not permitted in "HostName"", so no client sends one.
+    """
+    shown = _q(value)
+    if not value:
+        raise ValueError('empty server name (write e.g. "legacy.example.com")')
+    host = value.lower()
+    if host == "*":
+        raise ValueError('"*" is not a server name (write e.g. "*.example.com")')
+    _no_ip_sni(host, shown)
+    _no_port(host, shown, "pick ports with the route's listeners")
+    return _wildcard_or_name(host, shown)
+
+
+_SERVER_PORT = "the port is the server's"
+
+
+def parse_sni_name(value: str) -> str:
+    """The server name sent to origins in the ClientHello: a DNS name, no wildcard, no IP."""
+    shown = _q(value)
+    if not value:
+        raise ValueError('empty server name (write e.g. "app.internal")')
+    host = value.lower()
+    _no_ip_sni(host, shown)
+    _no_port(host, shown, _SERVER_PORT)
+    if "*" in host:
+        raise ValueError(f"{shown}: a server name sent to origins cannot be a wildcard")
+    return _check_name(host, shown)
+
+
+def parse_host_name(value: str) -> str:
+    """One host for a Host header: "app.internal", "192.0.2.1" or "[2001:db8::1]"."""
+    shown = _q(value)
+    if not value:
+        raise ValueError('empty host name (write e.g. "app.internal")')
+    host = value.lower()
+    if host.startswith("["):
+        return f"[{_bracketed(host, shown, _SERVER_PORT)}]"
+    _no_port(host, shown, _SERVER_PORT)
+    if "*" in host:
+        raise ValueError(f"{shown}: one host name, not a wildcard")
+    return _check_name(host, shown)
+
+
+def _bracketed(host: str, shown: str, port_hint: str) -> ipaddress.IPv6Address:
+    end = host.find("]")
+    address = _ipv6(host[1:end]) if end > 0 else None
+    if address is None:
+        raise ValueError(f"{shown} is not a bracketed IPv6 address")
+    if host[end + 1 :]:
+        raise ValueError(f'{shown}: no port in host (write "[{address}]"; {port_hint})')
+    return address
+
+
+def _no_port(host: str, shown: str, port_hint: str) -> None:
+    """Reject "name:port" and bare IPv6 addresses."""
     if host.count(":") > 1:
         address = _ipv6(host)
         if address is None:
@@ -291,9 +341,15 @@ def parse_host_pattern(value: str) -> str:
         raise ValueError(f'{shown}: an IPv6 address needs brackets (write "[{address}]")')
     if ":" in host:
         name = host.partition(":")[0]
-        raise ValueError(
-            f'{shown}: no port in host (write "{name}"; pick ports with the route\'s listeners)'
-        )
+        raise ValueError(f'{shown}: no port in host (write "{name}"; {port_hint})')
+
+
+def _no_ip_sni(host: str, shown: str) -> None:
+    if host.startswith("[") or _ipv6(host) is not None or re.fullmatch(r"[\d.]+", host):
+        raise ValueError(f"{shown}: SNI carries host names, never IP addresses (RFC 6066)")
+
+
+def _wildcard_or_name(host: str, shown: str) -> str:
     if "*" in host:
         rest = host[2:]
         if not host.startswith("*.") or "*" in rest or not rest:
@@ -304,204 +360,110 @@ def parse_host_pattern(value: str) -> str:
     return _check_name(host, shown)
 
 
-# --- reading tables ----------------------------------------------------------------------
+# --- HTTP details -------------------------------------------------------------------------
+
+_EXPECT_ITEM = re.compile(r"([2-5])xx|([1-9]\d\d)(?:-([1-9]\d\d))?")
+_EXPECT_HINT = 'write e.g. "2xx", "200", "200-399" or "2xx,3xx"'
 
 
-@dataclass
-class ReadContext:
-    """What every reader shares: where relative paths start, and the problems so far."""
+def parse_expect(value: str) -> str:
+    """Health check statuses: classes ("2xx"), codes ("200"), ranges ("200-399"), listed
+    with commas ("2xx,3xx") → the same, lower-case, without spaces."""
+    shown = _q(value)
+    items = [item.strip().lower() for item in value.split(",")]
+    for item in items:
+        if not item:
+            raise ValueError(f"{shown} has an empty item ({_EXPECT_HINT})")
+        match = _EXPECT_ITEM.fullmatch(item)
+        if match is None:
+            raise ValueError(
+                f"{shown}: {_q(item)} is not a status, range or class ({_EXPECT_HINT})"
+            )
+        if match[2] is None:
+            continue
+        low, high = int(match[2]), int(match[3] or match[2])
+        for status in (low, high):
+            if not 200 <= status <= 599:
+                # h11 and h2 hand interim 1xx responses over separately; a check sees the
+                # final status only.
+                raise ValueError(f"{shown}: {status} is not a final status (200 to 599)")
+        if low > high:
+            raise ValueError(f'{shown}: the range {item} goes down (write "{high}-{low}")')
+    return ",".join(items)
 
-    base_dir: Path | None
-    problems: list[ConfigProblem] = field(default_factory=list)
 
-    def add(self, file: str, key: str, reason: str) -> None:
-        self.problems.append(ConfigProblem(file, key, reason))
-
-    def resolve(self, raw: str) -> Path:
-        path = Path(raw)
-        if self.base_dir is not None and not path.is_absolute():
-            return self.base_dir / path
-        return path
-
-
-def unknown_key(name: str, allowed: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, allowed, n=1)
-    hint = f'did you mean "{close[0]}"? ' if close else ""
-    return f"unknown key ({hint}allowed keys: {', '.join(allowed)})"
+def parse_check_path(value: str) -> str:
+    """The request target of an HTTP health check: "/healthz", "/status?full=1"."""
+    shown = _q(value)
+    if not value.startswith("/"):
+        raise ValueError(f'{shown} must start with "/" (write "/{value}")')
+    if any(c.isspace() or ord(c) < 0x20 or c == "\x7f" for c in value):
+        raise ValueError(f"{shown} contains white space or control characters")
+    if "#" in value:
+        raise ValueError(f'{shown}: a fragment ("#...") is never sent to a server')
+    return value
 
 
-class TableReader:
-    """One TOML table being read: hands out typed values, records problems under key paths.
+def parse_acme_server(value: str) -> str:
+    """An ACME directory URL: "https://acme-staging-v02.api.letsencrypt.org/directory"."""
+    scheme, sep, rest = value.partition("://")
+    host = rest.split("/", 1)[0]
+    if not sep or scheme not in ("https", "http") or not host or any(c.isspace() for c in value):
+        raise ValueError(
+            f"{_q(value)} is not an ACME directory URL (write one starting with https://, e.g. "
+            '"https://acme-staging-v02.api.letsencrypt.org/directory")'
+        )
+    return value
 
-    Every reader returns the default when the key is missing *or* wrong, having recorded why;
-    the object built from a table with problems is thrown away with the ConfigError.
-    """
 
-    def __init__(
-        self,
-        data: Mapping[str, object],
-        where: str,
-        file: str,
-        ctx: ReadContext,
-        allowed: Sequence[str],
-        key_files: Mapping[str, str] | None = None,
-    ) -> None:
-        self.data = data
-        self.where = where
-        self.file = file
-        self.ctx = ctx
-        self.key_files = key_files or {}
-        for name in data:
-            if name not in allowed:
-                self.problem(name, unknown_key(name, allowed))
+_EMAIL = re.compile(r"[^@\s,]+@[^@\s,]+\.[^@\s,.][^@\s,]*")
 
-    def key(self, name: str) -> str:
-        """The key path of `name` in this table, e.g. listener[0].tls.certs."""
-        return f"{self.where}.{name}" if self.where else name
 
-    def problem(self, name: str, reason: str) -> None:
-        self.ctx.add(self.key_files.get(name, self.file), self.key(name), reason)
+def parse_email(value: str) -> str:
+    """A contact address for the ACME account; certbot takes several separated by commas."""
+    for address in value.split(","):
+        if not _EMAIL.fullmatch(address.strip()):
+            raise ValueError(
+                f'{_q(address.strip())} is not an email address (write e.g. "admin@example.com")'
+            )
+    return ",".join(address.strip() for address in value.split(","))
 
-    def problem_here(self, reason: str) -> None:
-        self.ctx.add(self.file, self.where, reason)
 
-    def has(self, name: str) -> bool:
-        return name in self.data
+def as_str(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {describe(value)}")
+    return value
 
-    def raw(self, name: str) -> object:
-        return self.data.get(name, MISSING)
 
-    def parsed(self, name: str, parse: Callable[[object], _T], default: _D) -> _T | _D:
-        value = self.raw(name)
-        if value is MISSING:
-            return default
-        try:
-            return parse(value)
-        except ValueError as exc:
-            self.problem(name, str(exc))
-            return default
+def no_crlf(value: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise ValueError("must not contain line breaks (it is sent in a header)")
+    return value
 
-    def string(self, name: str, default: _D, *, required: str = "") -> str | _D:
-        value = self.raw(name)
-        if value is MISSING:
-            if required:
-                self.problem(name, f"required ({required})")
-            return default
-        if isinstance(value, str) and value:
-            return value
-        self.problem(name, f"expected a non-empty string, got {describe(value)}")
-        return default
 
-    def text(self, name: str, default: str) -> str:
-        """A string that may be empty."""
-        value = self.raw(name)
-        if value is MISSING:
-            return default
-        if not isinstance(value, str):
-            self.problem(name, f"expected a string, got {describe(value)}")
-            return default
-        return value
+def header_value(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a non-empty string, got {describe(value)}")
+    return no_crlf(value)
 
-    def integer(self, name: str, default: _D, low: int, high: int | None = None) -> int | _D:
-        value = self.raw(name)
-        if value is MISSING:
-            return default
-        if (
-            isinstance(value, int)
-            and not isinstance(value, bool)
-            and low <= value <= (value if high is None else high)
-        ):
-            return value
-        wanted = f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
-        self.problem(name, f"expected {wanted}, got {describe(value)}")
-        return default
 
-    def boolean(self, name: str, default: bool) -> bool:
-        value = self.raw(name)
-        if value is MISSING:
-            return default
-        if isinstance(value, bool):
-            return value
-        self.problem(name, f"expected true or false, got {describe(value)}")
-        return default
+# --- written back -------------------------------------------------------------------------
 
-    def choice(self, name: str, allowed: Sequence[_S], default: _D) -> _S | _D:
-        value = self.raw(name)
-        if value is MISSING:
-            return default
-        for option in allowed:
-            if value == option:
-                return option
-        listed = ", ".join(f'"{option}"' for option in allowed)
-        self.problem(name, f"expected one of {listed}, got {describe(value)}")
-        return default
 
-    def duration(self, name: str, default: float, *, positive: bool = True) -> float:
-        seconds = self.parsed(name, parse_duration, default)
-        if positive and seconds <= 0:
-            self.problem(name, f"must be more than zero, got {describe(self.raw(name))}")
-            return default
-        return seconds
+def format_duration(seconds: float) -> str:
+    """90.0 → "1m30s", 0.5 → "500ms": how messages and `revproxy check` show durations."""
+    if seconds < 1 and seconds != 0:
+        return f"{seconds * 1000:g}ms"
+    minutes, rest = divmod(seconds, 60)
+    hours, minutes = divmod(int(minutes), 60)
+    parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else ""]
+    parts.append(f"{rest:g}s" if rest or not (hours or minutes) else "")
+    return "".join(parts)
 
-    def size(self, name: str, default: int, low: int = 0) -> int:
-        size = self.parsed(name, parse_size, default)
-        if size < low:
-            self.problem(name, f"must be at least {low} bytes, got {describe(self.raw(name))}")
-            return default
-        return size
 
-    def path(self, name: str, default: _D, *, required: str = "") -> Path | _D:
-        raw = self.string(name, None, required=required)
-        return default if raw is None else self.ctx.resolve(raw)
-
-    def table(self, name: str, allowed: Sequence[str]) -> TableReader | None:
-        value = self.raw(name)
-        if value is MISSING:
-            return None
-        if not isinstance(value, dict):
-            self.problem(name, f"expected a table, got {describe(value)}")
-            return None
-        return TableReader(value, self.key(name), self.file, self.ctx, allowed)
-
-    def items(self, name: str, *, single: bool = True) -> Iterator[tuple[str, object]]:
-        """(key path, value) of each element of an array; a lone value counts as one."""
-        value = self.raw(name)
-        if value is MISSING:
-            return
-        if isinstance(value, list):
-            for index, item in enumerate(value):
-                yield f"{self.key(name)}[{index}]", item
-        elif single:
-            yield self.key(name), value
-        else:
-            self.problem(name, f"expected an array, got {describe(value)}")
-
-    def tables(self, name: str, allowed: Sequence[str]) -> Iterator[TableReader]:
-        for key, item in self.items(name, single=False):
-            if isinstance(item, dict):
-                yield TableReader(item, key, self.file, self.ctx, allowed)
-            else:
-                self.ctx.add(self.file, key, f"expected a table, got {describe(item)}")
-
-    def strings(self, name: str, parse: Callable[[str], _T]) -> list[tuple[str, _T]]:
-        """A string or an array of strings, each parsed; (key path, parsed value) pairs."""
-        out: list[tuple[str, _T]] = []
-        for key, item in self.items(name):
-            if not isinstance(item, str):
-                self.ctx.add(self.file, key, f"expected a string, got {describe(item)}")
-                continue
-            try:
-                out.append((key, parse(item)))
-            except ValueError as exc:
-                self.ctx.add(self.file, key, str(exc))
-        return out
-
-    def unique(self, name: str, items: Sequence[tuple[str, object]]) -> None:
-        """Report each value listed twice in one array."""
-        first: dict[str, str] = {}
-        for key, value in items:
-            shown = str(value)
-            if shown in first:
-                self.ctx.add(self.file, key, f'"{shown}" is listed twice (also {first[shown]})')
-            else:
-                first[shown] = key
+def format_size(size: int) -> str:
+    """16384 → "16k"; sizes that are no whole multiple stay in bytes."""
+    for unit, factor in (("g", 1 << 30), ("m", 1 << 20), ("k", 1 << 10)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
