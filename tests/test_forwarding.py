@@ -1,0 +1,260 @@
+"""Header policy at the two borders of an exchange, table-driven.
+
+Toward the origin: hop-by-hop headers out (and whatever Connection names), the client's
+identity in, forwarding headers from untrusted peers dropped, from trusted ones appended to.
+Toward the client: hop-by-hop and identity headers out, origin addresses rewritten out of
+Location-like headers and cookie domains.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from revproxy.proto.events import Headers
+from revproxy.proto.forwarding import (
+    ClientIdentity,
+    HidingPolicy,
+    is_trusted,
+    remove_hop_by_hop,
+    request_headers,
+    response_headers,
+    strip_forwarding,
+)
+
+LOCAL = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("10.0.0.0/8")]
+CLIENT = ClientIdentity(address="203.0.113.7", scheme="https", host=b"app.test", port=443)
+PROXY = ClientIdentity(address="10.0.0.2", scheme="https", host=b"app.test:8443", port=8443)
+SPOOF: Headers = [
+    (b"x-forwarded-for", b"6.6.6.6"),
+    (b"x-forwarded-proto", b"http"),
+    (b"x-forwarded-host", b"evil.test"),
+    (b"x-forwarded-port", b"1"),
+    (b"x-real-ip", b"6.6.6.6"),
+    (b"forwarded", b"for=6.6.6.6"),
+]
+
+
+def values(headers: Headers, name: bytes) -> list[bytes]:
+    return [v for n, v in headers if n == name]
+
+
+# --- hop-by-hop ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "kept"),
+    [
+        ([(b"connection", b"keep-alive"), (b"x-a", b"1")], [(b"x-a", b"1")]),
+        (
+            [(b"connection", b"x-foo, X-Bar"), (b"x-foo", b"1"), (b"x-bar", b"2"), (b"x-c", b"3")],
+            [(b"x-c", b"3")],
+        ),
+        ([(b"connection", b"x-foo"), (b"connection", b"x-bar"), (b"x-bar", b"2")], []),
+        ([(b"connection", b" , ,"), (b"x-a", b"1")], [(b"x-a", b"1")]),
+        (
+            [
+                (b"keep-alive", b"timeout=5"),
+                (b"te", b"trailers"),
+                (b"trailer", b"x-sum"),
+                (b"transfer-encoding", b"chunked"),
+                (b"upgrade", b"websocket"),
+                (b"proxy-connection", b"keep-alive"),
+                (b"proxy-authenticate", b"Basic"),
+                (b"proxy-authorization", b"Basic eA=="),
+                (b"authorization", b"Bearer x"),
+            ],
+            [(b"authorization", b"Bearer x")],
+        ),
+        ([(b"x-a", b"1"), (b"x-a", b"2")], [(b"x-a", b"1"), (b"x-a", b"2")]),
+    ],
+)
+def test_remove_hop_by_hop(headers: Headers, kept: Headers) -> None:
+    assert remove_hop_by_hop(headers) == kept
+
+
+@pytest.mark.parametrize(
+    ("address", "trusted"),
+    [
+        ("127.0.0.1", True),
+        ("10.1.2.3", True),
+        ("::ffff:10.1.2.3", True),  # IPv4-mapped
+        ("192.168.0.1", False),
+        ("::1", False),
+        ("not an address", False),
+        ("", False),
+    ],
+)
+def test_is_trusted(address: str, trusted: bool) -> None:
+    assert is_trusted(address, LOCAL) is trusted
+    assert is_trusted(address, []) is False
+
+
+# --- toward the origin ----------------------------------------------------------------------
+
+
+def test_untrusted_peer_forwarding_headers_are_replaced() -> None:
+    out = request_headers([(b"host", b"app.test"), *SPOOF], CLIENT, trusted=LOCAL)
+    assert values(out, b"x-forwarded-for") == [b"203.0.113.7"]
+    assert values(out, b"x-real-ip") == [b"203.0.113.7"]
+    assert values(out, b"x-forwarded-proto") == [b"https"]
+    assert values(out, b"x-forwarded-host") == [b"app.test"]
+    assert values(out, b"x-forwarded-port") == [b"443"]
+    assert values(out, b"forwarded") == []
+    assert values(out, b"host") == [b"app.test"]
+
+
+def test_no_trust_configured_means_replace() -> None:
+    out = request_headers(SPOOF, PROXY, trusted=[])
+    assert values(out, b"x-forwarded-for") == [b"10.0.0.2"]
+    assert b"6.6.6.6" not in b"".join(v for _, v in out)
+
+
+def test_trusted_peer_forwarding_headers_are_appended_to() -> None:
+    out = request_headers(SPOOF, PROXY, trusted=LOCAL, forwarded=True)
+    assert values(out, b"x-forwarded-for") == [b"6.6.6.6, 10.0.0.2"]
+    assert values(out, b"x-real-ip") == [b"6.6.6.6"]
+    assert values(out, b"x-forwarded-proto") == [b"http"]
+    assert values(out, b"x-forwarded-host") == [b"evil.test"]
+    assert values(out, b"x-forwarded-port") == [b"1"]
+    assert values(out, b"forwarded") == [
+        b'for=6.6.6.6, for=10.0.0.2;proto=https;host="app.test:8443"'
+    ]
+
+
+def test_real_ip_is_the_rightmost_untrusted_hop() -> None:
+    headers: Headers = [
+        (b"x-forwarded-for", b"198.51.100.1, 203.0.113.9"),
+        (b"x-forwarded-for", b"10.0.0.9"),
+    ]
+    out = request_headers(headers, PROXY, trusted=LOCAL)
+    assert values(out, b"x-forwarded-for") == [b"198.51.100.1, 203.0.113.9, 10.0.0.9, 10.0.0.2"]
+    assert values(out, b"x-real-ip") == [b"203.0.113.9"]
+
+
+def test_forwarded_header_for_ipv6_is_quoted() -> None:
+    v6 = ClientIdentity(address="2001:db8::1", scheme="http", host=b"app.test", port=80)
+    out = request_headers([], v6, forwarded=True)
+    assert values(out, b"forwarded") == [b'for="[2001:db8::1]";proto=http;host="app.test"']
+
+
+def test_forwarded_host_cannot_break_out_of_its_quotes() -> None:
+    odd = ClientIdentity(address="192.0.2.1", scheme="http", host=b'a"b.test', port=80)
+    out = request_headers([], odd, forwarded=True)
+    assert values(out, b"forwarded") == [b'for=192.0.2.1;proto=http;host="ab.test"']
+
+
+def test_hop_by_hop_headers_do_not_reach_the_origin() -> None:
+    headers: Headers = [
+        (b"host", b"app.test"),
+        (b"connection", b"x-foo"),
+        (b"x-foo", b"private"),
+        (b"keep-alive", b"300"),
+        (b"te", b"trailers"),
+        (b"trailer", b"x-sum"),
+        (b"upgrade", b"websocket"),
+        (b"proxy-authorization", b"Basic eA=="),
+        (b"cookie", b"a=1"),
+    ]
+    out = request_headers(headers, CLIENT)
+    names = [n for n, _ in out]
+    assert names[:2] == [b"host", b"cookie"]
+    assert not {b"connection", b"x-foo", b"keep-alive", b"te", b"trailer", b"upgrade"} & set(names)
+    assert b"proxy-authorization" not in names
+
+
+def test_connection_can_name_forwarding_headers_away() -> None:
+    """A trusted peer's Connection header removes what it names before anything is kept."""
+    out = request_headers(
+        [(b"connection", b"x-forwarded-for"), (b"x-forwarded-for", b"6.6.6.6")],
+        PROXY,
+        trusted=LOCAL,
+    )
+    assert values(out, b"x-forwarded-for") == [b"10.0.0.2"]
+
+
+def test_strip_forwarding() -> None:
+    assert strip_forwarding([*SPOOF, (b"x-a", b"1")]) == [(b"x-a", b"1")]
+
+
+# --- toward the client ----------------------------------------------------------------------
+
+
+POLICY = HidingPolicy(
+    origin_authorities=frozenset({b"10.0.0.5:8080", b"10.0.0.5", b"app.internal:8080"}),
+    origin_hosts=frozenset({b"10.0.0.5", b"app.internal"}),
+    hide=frozenset({b"x-internal-id"}),
+)
+
+
+def client_side(headers: Headers, policy: HidingPolicy = POLICY) -> Headers:
+    return response_headers(headers, policy, scheme=b"https", host=b"www.example.com")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [b"x-powered-by", b"x-aspnet-version", b"x-runtime", b"x-backend-server", b"via",
+     b"x-served-by", b"x-internal-id", b"keep-alive", b"transfer-encoding", b"connection"],
+)  # fmt: skip
+def test_identity_and_hop_by_hop_headers_are_removed(name: bytes) -> None:
+    assert client_side([(name, b"something"), (b"x-kept", b"1")]) == [(b"x-kept", b"1")]
+
+
+@pytest.mark.parametrize(
+    ("server_header", "expected"),
+    [("remove", []), ("keep", [b"Apache/2.4"]), ("edge", [b"edge"])],
+)
+def test_server_header(server_header: str, expected: list[bytes]) -> None:
+    policy = HidingPolicy(server_header=server_header)
+    assert values(client_side([(b"server", b"Apache/2.4")], policy), b"server") == expected
+
+
+@pytest.mark.parametrize(
+    ("location", "rewritten"),
+    [
+        (b"http://10.0.0.5:8080/login?next=/", b"https://www.example.com/login?next=/"),
+        (b"http://10.0.0.5/x", b"https://www.example.com/x"),
+        (b"http://APP.internal:8080/", b"https://www.example.com/"),
+        (b"https://app.internal/a#f", b"https://www.example.com/a#f"),
+        (b"//10.0.0.5:8080/p", b"https://www.example.com/p"),
+        (b"http://user@10.0.0.5:8080/p", b"https://www.example.com/p"),
+        (b"http://10.0.0.5:8080", b"https://www.example.com"),
+        (b"/relative/path", b"/relative/path"),
+        (b"https://elsewhere.example.org/", b"https://elsewhere.example.org/"),
+        (b"http://10.0.0.50/", b"http://10.0.0.50/"),
+    ],
+)
+def test_location_naming_an_origin_is_rewritten(location: bytes, rewritten: bytes) -> None:
+    for name in (b"location", b"content-location"):
+        assert client_side([(name, location)]) == [(name, rewritten)]
+
+
+def test_refresh_naming_an_origin_is_rewritten() -> None:
+    out = client_side([(b"refresh", b"5; url=http://10.0.0.5:8080/next")])
+    assert out == [(b"refresh", b"5; url=https://www.example.com/next")]
+    assert client_side([(b"refresh", b"5")]) == [(b"refresh", b"5")]
+
+
+@pytest.mark.parametrize(
+    ("cookie", "expected"),
+    [
+        (b"a=1; Domain=app.internal; Path=/", b"a=1; Path=/"),
+        (b"a=1; domain=.internal; Secure", b"a=1; Secure"),
+        (b"a=1; Domain=example.com; Path=/", b"a=1; Domain=example.com; Path=/"),
+        (b"a=1; HttpOnly", b"a=1; HttpOnly"),
+    ],
+)
+def test_cookie_domain_naming_an_origin_is_dropped(cookie: bytes, expected: bytes) -> None:
+    assert client_side([(b"set-cookie", cookie)]) == [(b"set-cookie", expected)]
+
+
+def test_ordinary_headers_pass_unchanged_and_in_order() -> None:
+    headers: Headers = [
+        (b"content-type", b"text/html"),
+        (b"set-cookie", b"a=1"),
+        (b"set-cookie", b"b=2"),
+        (b"cache-control", b"max-age=60"),
+        (b"content-length", b"10"),
+    ]
+    assert client_side(headers) == headers
