@@ -13,19 +13,15 @@ import json
 from revproxy.config import Config, Listener, Pool, Route
 from revproxy.config_values import format_duration, format_size
 
-__all__ = ["answers_acme", "summary"]
+__all__ = ["summary"]
 
 
-def answers_acme(listener: Listener) -> bool:
-    """Whether `listener` answers ACME HTTP-01 challenges: as configured, or by default when
-    it is a plain http listener bound to port 80 (where the CA sends them)."""
-    if listener.acme is not None:
-        return listener.acme
-    return (
-        listener.mode == "http"
-        and listener.tls is None
-        and any(bind.port == 80 for bind in listener.bind)
-    )
+def _answers_acme(listener: Listener) -> bool:
+    """generation.py owns the rule (plain listeners on port 80 by default); imported late so
+    reading a config does not pull in TLS, dialing and pools."""
+    from revproxy.generation import answers_acme
+
+    return answers_acme(listener)
 
 
 def _global_lines(config: Config) -> list[str]:
@@ -69,7 +65,7 @@ def _admin_line(config: Config) -> str:
 
 def _acme_line(config: Config) -> str:
     acme = config.acme
-    names = [lst.name for lst in config.listeners if answers_acme(lst)]
+    names = [lst.name for lst in config.listeners if _answers_acme(lst)]
     if not names:
         return "acme: no listener answers HTTP-01 challenges"
     facts = [f"challenges answered on {', '.join(names)}"]
@@ -96,7 +92,7 @@ def _listener_line(listener: Listener, config: Config) -> str:
         )
     if listener.h2c:
         facts.append("h2c (HTTP/2 without TLS)")
-    if answers_acme(listener):
+    if _answers_acme(listener):
         default = "" if listener.acme is not None else " (port 80)"
         facts.append(f"answers ACME challenges{default}")
     if listener.redirect_https:
