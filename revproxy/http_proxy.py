@@ -45,7 +45,12 @@ from revproxy.proto.events import (
     RequestReceived,
     ResponseReceived,
 )
-from revproxy.proto.forwarding import ClientIdentity, request_headers, response_headers
+from revproxy.proto.forwarding import (
+    ClientIdentity,
+    interim_headers,
+    request_headers,
+    response_headers,
+)
 from revproxy.proto.http1 import H1Client, H1Server
 from revproxy.proto.proxy_protocol import ProxyHeader, build_v1, build_v2
 from revproxy.routing import normalise_host
@@ -231,6 +236,7 @@ class HttpConnection:
             self._accounted_in = self.client.bytes_read
             rec.bytes_out = self.bytes_out - rec.bytes_out
             self.gen.access_log.record(rec)
+            self.gen.metrics.record(rec)
 
     async def _route(self, req: RequestReceived, rec: AccessRecord) -> bool:
         host = normalise_host(req.authority)
@@ -416,7 +422,7 @@ class HttpConnection:
     ) -> None:
         timeouts = pr.config.timeouts
         async with asyncio.timeout(timeouts.response):
-            resp = await self._response_head(backend, upload)
+            resp = await self._response_head(backend, upload, pr)
         rec.status = resp.status
         out_headers = response_headers(
             resp.headers,
@@ -432,13 +438,13 @@ class HttpConnection:
             if isinstance(ev, DataReceived):
                 await self._send(self.h1.send_data(ev.data))
             elif isinstance(ev, MessageEnded):
-                await self._send(self.h1.send_end(ev.trailers))
+                await self._send(self.h1.send_end(interim_headers(ev.trailers, pr.hiding)))
                 return
             else:
                 raise BackendProtocolError("origin closed inside the response body")
 
     async def _response_head(
-        self, backend: _Source, upload: asyncio.Task[None] | None
+        self, backend: _Source, upload: asyncio.Task[None] | None, pr: PoolRuntime
     ) -> ResponseReceived:
         """The origin's final response head, relaying 1xx; a failed upload ends the wait."""
         while True:
@@ -460,7 +466,8 @@ class HttpConnection:
                 ev = await backend.next()
             if isinstance(ev, InformationalReceived):
                 if ev.status != 101:
-                    await self._send(self.h1.send_informational(ev.status, ev.headers))
+                    headers = interim_headers(ev.headers, pr.hiding)
+                    await self._send(self.h1.send_informational(ev.status, headers))
                 continue
             if isinstance(ev, ResponseReceived):
                 return ev

@@ -257,6 +257,16 @@ def response_headers(
     return out
 
 
+def interim_headers(headers: Iterable[tuple[bytes, bytes]], policy: HidingPolicy) -> Headers:
+    """Headers of an origin's 1xx response or trailer section, for the client.
+
+    They name the origin as easily as a final head does (``Server`` in a 103, an
+    ``X-Powered-By`` trailer), so the same identity rules apply; there is no URL in them to
+    rewrite.
+    """
+    return response_headers(headers, policy, scheme=b"", host=b"")
+
+
 def strip_forwarding(headers: Collection[tuple[bytes, bytes]]) -> Headers:
     """Drop every forwarding header (used where no identity should be passed on)."""
     return [(n, v) for n, v in headers if n not in FORWARDING_HEADERS]
