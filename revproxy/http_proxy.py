@@ -430,7 +430,8 @@ class HttpConnection:
             scheme=self.scheme.encode(),
             host=req.authority,
         )
-        await self._send(self.h1.send_response(resp.status, out_headers, resp.reason))
+        # The origin's reason phrase is not relayed: it is free text that may name it.
+        await self._send(self.h1.send_response(resp.status, out_headers))
         idle = timeouts.idle
         while True:
             async with asyncio.timeout(idle):
