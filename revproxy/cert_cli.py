@@ -368,8 +368,8 @@ def _is_revproxy(pid: int) -> bool:
     return b"revproxy" in cmdline
 
 
-def _admin_reload(path: Path) -> tuple[bool, str]:
-    """Send ``reload certs`` on the admin socket: (done, what happened)."""
+def _admin_reload(path: Path) -> tuple[bool | None, str]:
+    """Send ``reload certs`` on the admin socket: (done; None when unreachable, message)."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(ADMIN_TIMEOUT)
@@ -380,10 +380,13 @@ def _admin_reload(path: Path) -> tuple[bool, str]:
             while chunk := s.recv(65536):
                 reply += chunk
     except OSError as exc:
-        return False, f"admin socket {path}: {exc.strerror or exc}"
-    text = reply.decode(errors="replace").strip()
-    failed = text.lower().startswith(("error", "err ", "fail", "unknown"))
-    return not failed, f"admin socket {path}: {text or 'no answer'}"
+        return None, f"admin socket {path}: {exc.strerror or exc}"
+    # The admin answers "ok" or "error" on the first line, then text (admin.py).
+    first, _, rest = reply.decode(errors="replace").partition("\n")
+    if first.strip() not in ("ok", "error"):
+        return None, f"admin socket {path}: unexpected answer {first.strip()[:80]!r}"
+    detail = "; ".join(line.strip() for line in rest.splitlines() if line.strip())
+    return first.strip() == "ok", f"admin socket {path}: reload certs: {detail or first}"
 
 
 def _sighup(pid_file: Path) -> tuple[bool, str]:
@@ -424,17 +427,24 @@ def _systemd(unit: str) -> tuple[bool, str]:
     return True, f"systemctl reload {unit}"
 
 
-def notify_running(config: Config | None, env: Mapping[str, str]) -> tuple[bool, list[str]]:
-    """Ask the running revproxy to reload certificates; (done, what was tried)."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Notified:
+    done: bool  # a running revproxy was asked, and took the certificates
+    refused: bool  # a running revproxy answered, but could not load them
+    tried: tuple[str, ...]  # each way tried, and what came of it
+
+
+def notify_running(config: Config | None, env: Mapping[str, str]) -> Notified:
+    """Ask the running revproxy to reload certificates: admin socket, pid file, systemd."""
     tried: list[str] = []
     admin = env.get(ENV_ADMIN_SOCKET) or (
         str(config.admin.socket) if config and config.admin.socket else ""
     )
     if admin and os.path.exists(admin):
-        ok, what = _admin_reload(Path(admin))
+        answer, what = _admin_reload(Path(admin))
         tried.append(what)
-        if ok:
-            return True, tried
+        if answer is not None:  # it is running and answered: no fallback would do better
+            return Notified(done=answer, refused=not answer, tried=tuple(tried))
     elif admin:
         tried.append(f"no admin socket at {admin}")
     pid_file = env.get(ENV_PID_FILE) or (
@@ -444,16 +454,16 @@ def notify_running(config: Config | None, env: Mapping[str, str]) -> tuple[bool,
         ok, what = _sighup(Path(pid_file))
         tried.append(what)
         if ok:
-            return True, tried
+            return Notified(done=True, refused=False, tried=tuple(tried))
     unit = env.get(ENV_UNIT, DEFAULT_UNIT)
     if unit:
         ok, what = _systemd(unit)
         tried.append(what)
         if ok:
-            return True, tried
+            return Notified(done=True, refused=False, tried=tuple(tried))
     if not admin and not pid_file:
         tried.append("neither [admin] socket nor [global] pid_file is configured")
-    return False, tried
+    return Notified(done=False, refused=False, tried=tuple(tried))
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
@@ -466,14 +476,18 @@ def cmd_reload(args: argparse.Namespace) -> int:
         config = None  # still try what the environment names
         _say(f"{conf}: configuration does not load ({len(exc.problems)} problem(s))")
     lineage = env.get("RENEWED_LINEAGE")
-    ok, tried = notify_running(config, env)
-    if ok:
+    outcome = notify_running(config, env)
+    if outcome.done:
         what = f" for {lineage}" if lineage else ""
         # stdout: certbot shows a hook's stderr as "error output".
-        print(f"revproxy: asked revproxy to reload its certificates{what}: {tried[-1]}")
+        print(f"revproxy: asked revproxy to reload its certificates{what}: {outcome.tried[-1]}")
         return EXIT_OK
+    if outcome.refused:
+        _say("revproxy could not load the new certificates (it keeps serving the old ones):")
+        print(f"  {outcome.tried[-1]}", file=sys.stderr)
+        return EXIT_FAILED
     _say("no running revproxy could be reached; certificates not reloaded:")
-    for t in tried:
+    for t in outcome.tried:
         print(f"  {t}", file=sys.stderr)
     print(
         "  (a revproxy started later loads the new certificate; a running one without an"

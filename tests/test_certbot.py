@@ -8,9 +8,12 @@ certbot (a shell script that prints what certbot prints and records its argument
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -35,7 +38,7 @@ from revproxy.certbot import (
     run_certbot,
 )
 from revproxy.cli import main
-from revproxy.config import Acme, Bind, Config, Global, Listener, ListenerTLS
+from revproxy.config import Acme, Admin, Bind, Config, Global, Listener, ListenerTLS
 from revproxy.tls import generate_self_signed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -455,26 +458,85 @@ def test_notify_running_sighup(
     pid_file = tmp_path / "revproxy.pid"
     pid_file.write_text(f"{proc.pid}\n")
     config = Config(global_=Global(pid_file=pid_file))
-    ok, tried = notify_running(config, {"REVPROXY_UNIT": ""})
-    assert ok, tried
-    assert f"sent SIGHUP to revproxy (pid {proc.pid}" in tried[-1]
+    outcome = notify_running(config, {"REVPROXY_UNIT": ""})
+    assert outcome.done, outcome.tried
+    assert f"sent SIGHUP to revproxy (pid {proc.pid}" in outcome.tried[-1]
     assert _wait_file(marker)
 
 
 def test_notify_running_refuses_other_processes_and_stale_pids(tmp_path: Path) -> None:
     pid_file = tmp_path / "revproxy.pid"
     pid_file.write_text(f"{os.getpid()}\n")  # alive, but pytest, not revproxy
-    ok, tried = notify_running(None, {"REVPROXY_PID_FILE": str(pid_file), "REVPROXY_UNIT": ""})
-    assert not ok and "not a running revproxy" in tried[0]
+    outcome = notify_running(None, {"REVPROXY_PID_FILE": str(pid_file), "REVPROXY_UNIT": ""})
+    assert not outcome.done and "not a running revproxy" in outcome.tried[0]
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait(timeout=10)
     pid_file.write_text(f"{dead.pid}\n")
-    ok, tried = notify_running(None, {"REVPROXY_PID_FILE": str(pid_file), "REVPROXY_UNIT": ""})
-    assert not ok and "not a running revproxy" in tried[0]
+    outcome = notify_running(None, {"REVPROXY_PID_FILE": str(pid_file), "REVPROXY_UNIT": ""})
+    assert not outcome.done and "not a running revproxy" in outcome.tried[0]
 
-    ok, tried = notify_running(Config(), {"REVPROXY_UNIT": ""})
-    assert not ok and "neither [admin] socket nor [global] pid_file" in tried[-1]
+    outcome = notify_running(Config(), {"REVPROXY_UNIT": ""})
+    assert not outcome.done and not outcome.refused
+    assert "neither [admin] socket nor [global] pid_file" in outcome.tried[-1]
+
+
+@contextlib.contextmanager
+def admin_socket(path: Path, answer: bytes) -> Iterator[list[bytes]]:
+    """A Unix socket answering each command line like revproxy's admin (ok/error, text)."""
+    received: list[bytes] = []
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(4)
+    server.settimeout(10)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = server.accept()
+            with conn:
+                data = b""
+                while not data.endswith(b"\n"):
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                received.append(data)
+                conn.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield received
+    finally:
+        thread.join(timeout=10)
+        server.close()
+
+
+def test_notify_running_admin_socket(tmp_path: Path) -> None:
+    sock = tmp_path / "admin.sock"
+    env = {"REVPROXY_UNIT": ""}
+    config = Config(admin=Admin(socket=sock), global_=Global(pid_file=tmp_path / "absent.pid"))
+    with admin_socket(sock, b"ok\ncertificates reloaded\n") as received:
+        outcome = notify_running(config, env)
+    assert received == [b"reload certs\n"]
+    assert outcome.done and outcome.tried == (
+        f"admin socket {sock}: reload certs: certificates reloaded",
+    )
+    sock.unlink()
+    # a running revproxy that cannot load the pair: no fallback, its reasons are reported
+    reasons = b"error\nlistener=https /le/live/x/fullchain.pem: new pair does not load\n"
+    with admin_socket(sock, reasons):
+        outcome = notify_running(config, env)
+    assert not outcome.done and outcome.refused and len(outcome.tried) == 1
+    assert "new pair does not load" in outcome.tried[0]
+    sock.unlink()
+    # a dead socket file: fall back to the pid file
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(sock))
+    dead.close()
+    outcome = notify_running(config, env)
+    assert not outcome.done and not outcome.refused
+    assert "Connection refused" in outcome.tried[0] and "no pid file" in outcome.tried[1]
 
 
 def _hook_env(tmp_path: Path, **extra: str) -> dict[str, str]:

@@ -213,6 +213,9 @@ def conf_text(d: Path, http_port: int, https_port: int, acme: str) -> str:
 pid_file = {toml_path(d / "revproxy.pid")}
 watch = false
 
+[admin]
+socket = {toml_path(d / "admin.sock")}
+
 [[listener]]
 name = "http"
 bind = "{LOOPBACK}:{http_port}"
@@ -459,9 +462,10 @@ def test_forced_renewal_under_load_swaps_the_serial_without_a_failed_request(
             res = cli(site.pebble, "cert", "renew", "--force", "-c", str(site.proxy.conf))
             assert res.returncode == 0, f"stdout:\n{res.stdout}\nstderr:\n{res.stderr}"
             assert "--force-renewal" in res.stderr and "--no-random-sleep-on-renew" in res.stderr
-            # certbot ran our deploy hook, which reached the running revproxy
+            # certbot ran our deploy hook, which reached the running revproxy's admin socket
             assert "Hook 'deploy-hook' ran with output" in res.stdout, res.stdout
             assert "asked revproxy to reload its certificates" in res.stdout
+            assert "reload certs: certificates reloaded" in res.stdout
             assert wait_until(
                 lambda: load.latest_serial() not in (None, old_serial), SWAP_TIMEOUT
             ), "the renewed certificate never reached new handshakes"
