@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import socket
@@ -238,14 +239,22 @@ class Dialer:
         self._idle.clear()
 
 
+@functools.lru_cache(maxsize=1024)
+def _ip_family(host: str) -> int | None:
+    """AF_INET / AF_INET6 for an IP literal, None for a name (cached: once per backend)."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+
+
 async def _socket_addresses(
     loop: asyncio.AbstractEventLoop, host: str, port: int
 ) -> list[tuple[int, tuple[str, int]]]:
     """(family, address) pairs to connect to; IP literals skip the resolver's thread."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
+    family = _ip_family(host)
+    if family is None:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         return [(int(i[0]), (str(i[4][0]), int(i[4][1]))) for i in infos]
-    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
     return [(family, (host, port))]
