@@ -1,4 +1,4 @@
-"""The ``revproxy`` command: run | check | version.
+"""The ``revproxy`` command: run | check | reload | ctl | cert | version.
 
 Rule of this room: user-facing. A bad config prints every problem (file, key, reason) and
 exits non-zero; nothing here prints a stack trace for a mistake the user can fix.
@@ -10,7 +10,9 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
+import tomllib
 from pathlib import Path
 
 from revproxy import __version__
@@ -37,10 +39,10 @@ def _print_problems(exc: ConfigError) -> None:
         print(f"  {p}", file=sys.stderr)
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, who: str = "") -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s",
         stream=sys.stderr,
     )
 
@@ -71,7 +73,9 @@ def _run_loop(coro_main: object) -> int:
         return int(runner.run(coro_main))  # type: ignore[arg-type]
 
 
-async def _serve(load_files: object, banner: str | None, demo_origin: bool) -> int:
+async def _serve(
+    load_files: object, banner: str | None, demo_origin: bool, conf_dir: Path | None = None
+) -> int:
     from revproxy.demo import start_demo_origin
     from revproxy.supervisor import Instance
 
@@ -83,12 +87,15 @@ async def _serve(load_files: object, banner: str | None, demo_origin: bool) -> i
     else:
         loader = load_files
     assert callable(loader)
-    instance = Instance(loader)
+    instance = Instance(loader, conf_dir=conf_dir)
     try:
         await instance.start()
     except ConfigError as exc:
         _print_problems(exc)
         return EXIT_CONFIG
+    except RuntimeError as exc:  # workers that would not start
+        print(f"revproxy: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
     gen = instance.generation
     assert gen is not None
     for lst in gen.config.listeners:
@@ -108,6 +115,7 @@ async def _serve(load_files: object, banner: str | None, demo_origin: bool) -> i
 
 def cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level)
+    os.environ["REVPROXY_LOG_LEVEL"] = args.log_level  # workers log at the same level
     if args.demo:
         from revproxy.demo import DEMO_HTTP_PORT, DEMO_HTTPS_PORT, demo_config
 
@@ -134,7 +142,107 @@ def cmd_run(args: argparse.Namespace) -> int:
     def load() -> Config:
         return load_config(conf)
 
-    return _run_loop(_serve(load, None, demo_origin=False))
+    return _run_loop(_serve(load, None, demo_origin=False, conf_dir=conf))
+
+
+# --- talking to a running instance: reload, ctl ---------------------------------------------
+
+
+def _peek_settings(conf: Path) -> tuple[Path | None, Path | None]:
+    """``[admin] socket`` and ``[global] pid_file`` straight from the TOML files, so that a
+    running instance can be found even when the configuration on disk no longer loads."""
+    socket_path = pid_file = None
+    for f in sorted(conf.glob("*.toml")):
+        try:
+            data = tomllib.loads(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            continue
+        admin, glob = data.get("admin"), data.get("global")
+        if isinstance(admin, dict) and isinstance(admin.get("socket"), str):
+            socket_path = conf / admin["socket"]  # an absolute path stays as it is
+        if isinstance(glob, dict) and isinstance(glob.get("pid_file"), str):
+            pid_file = conf / glob["pid_file"]
+    return socket_path, pid_file
+
+
+def _admin_socket(args: argparse.Namespace) -> Path | None:
+    if args.socket:
+        return Path(args.socket)
+    return _peek_settings(Path(args.conf))[0]
+
+
+def _ask(path: Path, line: str) -> tuple[bool, str]:
+    from revproxy.admin import send_command
+
+    return asyncio.run(send_command(path, line))
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Reload a running instance: through its admin socket (which reports the result), else
+    by SIGHUP to ``--pid`` or the ``pid_file`` after checking the configuration here."""
+    conf = Path(args.conf)
+    path = _admin_socket(args)
+    if path is not None and not args.pid:
+        try:
+            ok, text = _ask(path, "reload")
+        except (OSError, TimeoutError) as exc:
+            print(f"revproxy: admin socket {path}: {exc}; trying a signal", file=sys.stderr)
+        else:
+            print(text, file=sys.stdout if ok else sys.stderr)
+            return EXIT_OK if ok else EXIT_CONFIG
+    pid = args.pid
+    if pid is None:
+        pid_file = Path(args.pid_file) if args.pid_file else _peek_settings(conf)[1]
+        if pid_file is None:
+            print(
+                "revproxy: no running instance found: set [admin] socket (or [global] pid_file) "
+                "in the configuration, or pass --socket / --pid",
+                file=sys.stderr,
+            )
+            return EXIT_RUNTIME
+        try:
+            pid = int(pid_file.read_text().strip())
+        except (OSError, ValueError) as exc:
+            print(f"revproxy: cannot read pid_file {pid_file}: {exc}", file=sys.stderr)
+            return EXIT_RUNTIME
+    try:
+        load_config(conf)  # a signal cannot report errors: check here first
+    except ConfigError as exc:
+        _print_problems(exc)
+        print("revproxy: reload not sent; the running configuration is unchanged", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as exc:
+        print(f"revproxy: cannot signal pid {pid}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    print(f"configuration OK; sent SIGHUP to pid {pid}")
+    return EXIT_OK
+
+
+def cmd_ctl(args: argparse.Namespace) -> int:
+    path = _admin_socket(args)
+    if path is None:
+        print(
+            "revproxy: no admin socket: set [admin] socket in the configuration or pass --socket",
+            file=sys.stderr,
+        )
+        return EXIT_RUNTIME
+    try:
+        ok, text = _ask(path, " ".join(args.words) or "help")
+    except (OSError, TimeoutError) as exc:
+        print(f"revproxy: admin socket {path}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    print(text, file=sys.stdout if ok else sys.stderr)
+    return EXIT_OK if ok else EXIT_RUNTIME
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """A worker process (started by the master, never by hand)."""
+    _setup_logging(os.environ.get("REVPROXY_LOG_LEVEL", "info"), f"worker{args.slot} ")
+    from revproxy.workers import worker_main
+
+    return _run_loop(worker_main(args.channel, args.slot))
 
 
 def cmd_version(_args: argparse.Namespace) -> int:
@@ -146,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="revproxy", description=__doc__.splitlines()[0] if __doc__ else None
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def conf_arg(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -160,12 +268,36 @@ def build_parser() -> argparse.ArgumentParser:
     conf_arg(p_run)
     p_run.add_argument("--demo", action="store_true", help="run the embedded demo configuration")
     p_run.add_argument("--state-dir", help="where generated files go (demo certificate)")
-    p_run.add_argument("--log-level", default="info")
+    p_run.add_argument("--log-level", default=os.environ.get("REVPROXY_LOG_LEVEL", "info"))
     p_run.set_defaults(func=cmd_run)
 
     p_check = sub.add_parser("check", help="validate the configuration and print a summary")
     conf_arg(p_check)
     p_check.set_defaults(func=cmd_check)
+
+    p_reload = sub.add_parser(
+        "reload", help="reload a running instance; prints the problems if it is rejected"
+    )
+    conf_arg(p_reload)
+    p_reload.add_argument("-s", "--socket", help="admin socket (default: [admin] socket)")
+    p_reload.add_argument("--pid", type=int, help="send SIGHUP to this pid (e.g. $MAINPID)")
+    p_reload.add_argument("--pid-file", help="read the pid here (default: [global] pid_file)")
+    p_reload.set_defaults(func=cmd_reload)
+
+    p_ctl = sub.add_parser(
+        "ctl",
+        help="talk to a running instance: show servers|certs|info|metrics, drain|disable|enable "
+        "POOL/SERVER, reload, reload certs",
+    )
+    conf_arg(p_ctl)
+    p_ctl.add_argument("-s", "--socket", help="admin socket (default: [admin] socket)")
+    p_ctl.add_argument("words", nargs="*", help='the command, e.g. "show servers"')
+    p_ctl.set_defaults(func=cmd_ctl)
+
+    p_worker = sub.add_parser("worker")  # started by the master; listed nowhere
+    p_worker.add_argument("--channel", type=int, required=True)
+    p_worker.add_argument("--slot", type=int, default=0)
+    p_worker.set_defaults(func=cmd_worker)
 
     p_version = sub.add_parser("version", help="print the version")
     p_version.set_defaults(func=cmd_version)

@@ -523,8 +523,13 @@ class HealthMonitor:
                 self.metrics.checks.inc((t.pool.name, t.backend.label, "ok" if ok else "fail"))
                 self.metrics.check_duration.observe((t.pool.name,), duration)
             if not ok:
-                log.info(
-                    "pool=%s backend=%s check failed: %s", t.pool.name, t.backend.label, detail
+                # News while it is up; while it is down, every interval would say the same.
+                log.log(
+                    logging.INFO if t.record.health is Health.UP else logging.DEBUG,
+                    "pool=%s backend=%s check failed: %s",
+                    t.pool.name,
+                    t.backend.label,
+                    detail,
                 )
             self.feed(t, Event.CHECK_OK if ok else Event.CHECK_FAIL, detail)
             await asyncio.sleep(health.interval * self.rng.uniform(1 - JITTER, 1 + JITTER))
