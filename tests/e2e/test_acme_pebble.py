@@ -207,11 +207,12 @@ class Site:
         return self.dir / "le"
 
 
-def conf_text(d: Path, http_port: int, https_port: int, acme: str) -> str:
+def conf_text(d: Path, http_port: int, https_port: int, acme: str, workers: int = 1) -> str:
     return f"""
 [global]
 pid_file = {toml_path(d / "revproxy.pid")}
 watch = false
+workers = {workers}
 
 [admin]
 socket = {toml_path(d / "admin.sock")}
@@ -268,14 +269,18 @@ def cli(
     )
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    d = tmp_path_factory.mktemp("acme")
+# One process, and a master with two workers (each worker swaps its own certificate stores).
+@pytest.fixture(scope="module", params=[1, 2], ids=["workers=1", "workers=2"])
+def site(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Site]:
+    workers = int(request.param)
+    d = tmp_path_factory.mktemp(f"acme-w{workers}")
     http_port, https_port = free_port(), free_port()
     with run_pebble(d / "pebble", http_port) as pebble:
         acme = acme_table(d, pebble)
-        proxy = Proxy(d, conf_text(d, http_port, https_port, acme), ports=[http_port, https_port])
-        with proxy:
+        text = conf_text(d, http_port, https_port, acme, workers)
+        with Proxy(d, text, ports=[http_port, https_port]) as proxy:
             assert wait_until(lambda: (d / "revproxy.pid").exists(), 10), "no pid file written"
             yield Site(d, proxy, pebble, http_port, https_port, acme)
 
