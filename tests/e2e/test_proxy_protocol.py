@@ -54,6 +54,8 @@ DEST_V4 = ("192.0.2.1", 443)
 DEST_V6 = ("2001:db8::1", 443)
 # How long a listener waits for a complete PROXY header here.
 HEADER_TIMEOUT = "1s"
+# Active health checks of the pools that send PROXY headers.
+HEALTH_INTERVAL = "1s"
 # Bound on starting a peer (HAProxy, nginx).
 PEER_START_TIMEOUT = 20.0
 
@@ -203,7 +205,8 @@ master_process off;
 worker_processes 1;
 events {{ worker_connections 64; }}
 http {{
-    access_log off;
+    log_format pp '$proxy_protocol_addr|$request_uri|$http_user_agent';
+    access_log {tmp}/access.log pp;
     client_body_temp_path {tmp}/body;
     proxy_temp_path {tmp}/proxy;
     fastcgi_temp_path {tmp}/fastcgi;
@@ -319,7 +322,9 @@ class Setup:
     plain: int  # no PROXY protocol
     web: Origin
     rec: PPOrigin
+    hc: PPOrigin
     nginx: int
+    nginx_dir: Path
     haproxy: HAProxy
     ca: ssl.SSLContext
     cert: Path
@@ -343,6 +348,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         web = stack.enter_context(Origin("web"))
         rec = PPOrigin().start()
         stack.callback(rec.stop)
+        hc = PPOrigin().start()  # only health checks reach it
+        stack.callback(hc.stop)
+        health = f'{{ path = "/healthz", interval = "{HEALTH_INTERVAL}", timeout = "0.5s" }}'
         nginx = stack.enter_context(nginx_origin(tmp / "nginx"))
         config = f"""
 [[listener]]
@@ -399,16 +407,42 @@ servers = ["{rec.address}"]
 [pool.ngx_v1]
 send_proxy = "v1"
 servers = ["127.0.0.1:{nginx}"]
+health = {health}
 
 [pool.ngx_v2]
 send_proxy = "v2"
 servers = ["127.0.0.1:{nginx}"]
+health = {health}
+
+[pool.hc_v1]
+send_proxy = "v1"
+servers = ["{hc.address}"]
+health = {health}
+
+[pool.hc_v2]
+send_proxy = "v2"
+servers = ["{hc.address}"]
+health = {health}
 """
         proxy = stack.enter_context(
             Proxy(tmp / "proxy", config, ports=[required, optional, tls, plain])
         )
         front = stack.enter_context(haproxy_front(tmp / "haproxy", required, pem))
-        yield Setup(proxy, required, optional, tls, plain, web, rec, nginx, front, ca, cert)
+        yield Setup(
+            proxy,
+            required,
+            optional,
+            tls,
+            plain,
+            web,
+            rec,
+            hc,
+            nginx,
+            tmp / "nginx",
+            front,
+            ca,
+            cert,
+        )
         assert proxy.alive, "the proxy died:\n" + proxy.stderr()[-3000:]
 
 
@@ -991,3 +1025,44 @@ def test_local_header_in_gives_the_socket_address_out(setup: Setup) -> None:
     assert status == 200
     got = setup.rec.last_for(path).header
     assert got is not None and got.source is not None and got.source[0] == "127.0.0.1"
+
+
+# --- health checks send LOCAL ------------------------------------------------------------------
+
+
+def test_health_checks_send_a_local_header(setup: Setup) -> None:
+    """A health check is the proxy's own connection: v2 pools get LOCAL, v1 pools UNKNOWN."""
+
+    def checked() -> set[tuple[int, pp.Command, pp.Family]]:
+        return {
+            (r.header.version, r.header.command, r.header.family)
+            for r in list(setup.hc.received)
+            if r.header is not None and b" /healthz " in r.request_head
+        }
+
+    assert wait_until(lambda: len(checked()) == 2, 15.0), setup.hc.received
+    assert checked() == {
+        (1, pp.Command.PROXY, pp.Family.UNSPEC),  # "PROXY UNKNOWN"
+        (2, pp.Command.LOCAL, pp.Family.UNSPEC),
+    }
+    assert not any(r.error for r in setup.hc.received)
+
+
+def test_nginx_accepts_the_health_checks(setup: Setup) -> None:
+    """nginx answers the checks (so the pools stay up) and sees no client address in them."""
+    log = setup.nginx_dir / "access.log"
+
+    def checks() -> list[str]:
+        if not log.exists():
+            return []
+        return [line for line in log.read_text().splitlines() if "revproxy-health" in line]
+
+    assert wait_until(lambda: len(checks()) >= 4, 15.0), checks()
+    # nginx logs an empty $proxy_protocol_addr (LOCAL, UNKNOWN) as "-".
+    assert all(line.startswith("-|/healthz|") for line in checks()), checks()
+    port = setup.plain
+    for host in ("ngx1.test", "ngx2.test"):
+        r = curl_from(
+            CURL_CLIENT, f"http://{host}:{port}/", "--resolve", f"{host}:{port}:{LOOPBACK}"
+        )
+        assert r.status == 200 and r.body.startswith(f"nginx addr={CURL_CLIENT} ".encode())
