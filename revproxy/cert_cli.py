@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import secrets
 import shlex
 import signal
 import socket
@@ -57,6 +58,8 @@ DEFAULT_UNIT = "revproxy.service"
 # Bound of one admin-socket exchange and of `systemctl`.
 ADMIN_TIMEOUT = 10.0
 SYSTEMCTL_TIMEOUT = 30.0
+# Bound of the local check that revproxy answers challenges before certbot runs.
+PROBE_TIMEOUT = 3.0
 
 
 def add_parser(subparsers: Any) -> None:
@@ -199,6 +202,8 @@ def cmd_issue(args: argparse.Namespace) -> int:
         except OSError as exc:
             _say(f"[acme] webroot {acme.webroot} cannot be created: {exc.strerror or exc}")
             return EXIT_FAILED
+        for warning in probe_challenge_route(config, args.domains[0]):
+            _say(f"warning: {warning}")
     try:
         argv = issue_args(
             acme,
@@ -251,6 +256,70 @@ def cmd_renew(args: argparse.Namespace) -> int:
     if not result.ok:
         return _report_failure(result.returncode, result.lines, "renewal")
     return EXIT_OK
+
+
+def _probe_addresses(config: Config) -> list[tuple[str, int]]:
+    """Where this machine reaches each listener that answers challenges."""
+    out: list[tuple[str, int]] = []
+    for lst in config.listeners:
+        if answers_acme(lst):
+            for b in lst.bind:
+                host = b.host if b.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+                out.append((host, b.port))
+    return out
+
+
+def probe_challenge_route(config: Config, domain: str) -> list[str]:
+    """Check that the running revproxy serves [acme] webroot before asking the ACME server.
+
+    A probe token is written to the webroot and fetched from each listener that answers
+    challenges. A failed validation counts against the CA's rate limits; a local probe costs
+    nothing. Returns warnings (empty: some listener answered with the probe).
+    """
+    webroot = config.acme.webroot
+    addresses = _probe_addresses(config)
+    if webroot is None or config.acme.forward or not addresses:
+        return []
+    token = f"revproxy-probe-{secrets.token_hex(8)}"
+    content = secrets.token_urlsafe(24).encode()
+    path = webroot / ".well-known" / "acme-challenge" / token
+    try:
+        path.write_bytes(content)
+    except OSError as exc:
+        return [f"cannot write to [acme] webroot {webroot}: {exc.strerror or exc}"]
+    warnings: list[str] = []
+    try:
+        for host, port in addresses:
+            where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+            request = (
+                f"GET /.well-known/acme-challenge/{token} HTTP/1.1\r\nhost: {domain}\r\n"
+                "connection: close\r\nuser-agent: revproxy-cert-probe\r\n\r\n"
+            ).encode()
+            try:
+                with socket.create_connection((host, port), timeout=PROBE_TIMEOUT) as s:
+                    s.settimeout(PROBE_TIMEOUT)
+                    s.sendall(request)
+                    reply = b""
+                    while len(reply) < 65536 and (chunk := s.recv(65536)):
+                        reply += chunk
+            except OSError as exc:
+                warnings.append(
+                    f"nothing answers on {where} ({exc.strerror or exc}): is revproxy running"
+                    " with this configuration? The ACME server fetches the challenge there."
+                )
+                continue
+            status_line = reply.split(b"\r\n", 1)[0].decode("latin-1")
+            if status_line.split()[1:2] == ["200"] and reply.endswith(b"\r\n\r\n" + content):
+                return []  # revproxy answers from this webroot: good
+            warnings.append(
+                f"{where} answered {status_line or 'nothing'!r} for a probe token written to"
+                f" {webroot}: the running revproxy does not serve this [acme] webroot"
+                " (is it running with this configuration?)"
+            )
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    return warnings
 
 
 # --- list ---------------------------------------------------------------------------------

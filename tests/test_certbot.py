@@ -8,6 +8,7 @@ certbot (a shell script that prints what certbot prints and records its argument
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -23,7 +24,13 @@ from pathlib import Path
 import pytest
 
 from revproxy import cert_cli
-from revproxy.cert_cli import CertRow, format_rows, notify_running, served_certificates
+from revproxy.cert_cli import (
+    CertRow,
+    format_rows,
+    notify_running,
+    probe_challenge_route,
+    served_certificates,
+)
 from revproxy.certbot import (
     DEPLOY_HOOK_ENV,
     DEPLOY_HOOK_SCRIPT,
@@ -39,6 +46,7 @@ from revproxy.certbot import (
 )
 from revproxy.cli import main
 from revproxy.config import Acme, Admin, Bind, Config, Global, Listener, ListenerTLS
+from revproxy.supervisor import Instance
 from revproxy.tls import generate_self_signed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -269,11 +277,26 @@ def test_run_certbot_streams_stdout_and_stderr(tmp_path: Path) -> None:
     assert record.read_text().split() == ["renew", "--x"]
 
 
-def _config(tmp_path: Path, certbot: str, **acme: object) -> Config:
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _config(
+    tmp_path: Path, certbot: str, *, http_port: int | None = None, **acme: object
+) -> Config:
+    port = http_port or _free_port()  # nothing listens there unless a test starts revproxy
     return Config(
         global_=Global(access_log="off"),
         listeners=(
-            Listener(name="http", bind=(Bind(host="", port=80),), redirect_https=True),
+            Listener(
+                name="http",
+                bind=(Bind(host="127.0.0.1", port=port),),
+                redirect_https=True,
+                redirect_port=8443,
+                acme=True,
+            ),
             Listener(
                 name="https",
                 bind=(Bind(host="", port=443),),
@@ -281,12 +304,14 @@ def _config(tmp_path: Path, certbot: str, **acme: object) -> Config:
             ),
         ),
         acme=Acme(
-            webroot=tmp_path / "webroot",
-            certbot=certbot,
-            config_dir=tmp_path / "le",
-            work_dir=tmp_path / "work",
-            logs_dir=tmp_path / "logs",
-            **acme,  # type: ignore[arg-type]
+            **{
+                "webroot": tmp_path / "webroot",
+                "certbot": certbot,
+                "config_dir": tmp_path / "le",
+                "work_dir": tmp_path / "work",
+                "logs_dir": tmp_path / "logs",
+                **acme,
+            }  # type: ignore[arg-type]
         ),
     )
 
@@ -581,3 +606,48 @@ def test_deploy_hook_script_fails_when_nothing_runs(tmp_path: Path) -> None:
     assert "no running revproxy could be reached" in done.stderr
     assert f"no pid file at {tmp_path / 'absent.pid'}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# --- the local probe before certbot runs ------------------------------------------------------
+
+
+def test_probe_challenge_route(tmp_path: Path) -> None:
+    port = _free_port()
+    config = _config(tmp_path, "certbot", http_port=port)
+    assert config.acme.webroot is not None
+    (config.acme.webroot / ".well-known" / "acme-challenge").mkdir(parents=True)
+    other = _config(tmp_path, "certbot", http_port=port, webroot=tmp_path / "elsewhere")
+    assert other.acme.webroot is not None
+    (other.acme.webroot / ".well-known" / "acme-challenge").mkdir(parents=True)
+
+    warnings = probe_challenge_route(config, "example.com")
+    assert len(warnings) == 1 and f"nothing answers on 127.0.0.1:{port}" in warnings[0]
+
+    running: dict[str, list[str]] = {}
+
+    async def main() -> None:
+        instance = Instance(lambda: config)
+        await instance.start()
+        try:
+            running["same"] = await asyncio.to_thread(probe_challenge_route, config, "a.example")
+            running["other"] = await asyncio.to_thread(probe_challenge_route, other, "a.example")
+        finally:
+            instance.request_stop()
+            await instance.shutdown()
+
+    asyncio.run(main())
+    assert running["same"] == []
+    assert len(running["other"]) == 1
+    assert "does not serve this [acme] webroot" in running["other"][0]
+    assert "404" in running["other"][0]
+    # the probe tokens are gone
+    for cfg in (config, other):
+        assert cfg.acme.webroot is not None
+        assert list((cfg.acme.webroot / ".well-known" / "acme-challenge").iterdir()) == []
+    # with forward, certbot --standalone is not running yet: nothing to probe
+    assert (
+        probe_challenge_route(
+            _config(tmp_path, "certbot", webroot=None, forward="127.0.0.1:1"), "a.example"
+        )
+        == []
+    )

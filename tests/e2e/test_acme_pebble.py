@@ -414,6 +414,7 @@ def test_issue_through_the_running_proxy(issued: Site) -> None:
     assert res is not None
     assert res.returncode == 0, f"stdout:\n{res.stdout}\nstderr:\n{res.stderr}"
     assert "Successfully received certificate." in res.stdout  # certbot's progress, streamed
+    assert "warning:" not in res.stderr  # the local probe found revproxy serving the webroot
     assert "--no-random-sleep-on-renew" not in res.stderr  # (that is for renew)
     # Pebble fetched every token through revproxy's side route on the redirecting listener
     for name in NAMES:
@@ -513,6 +514,9 @@ def test_challenge_404_when_the_token_is_not_where_revproxy_looks(site: Site) ->
     conf = _conf(site, "conf-404", acme_table(site.dir, site.pebble, webroot=elsewhere))
     res = cli(site.pebble, "cert", "issue", "-c", str(conf), "other.example")
     assert res.returncode == 1, res.stdout
+    # the local probe saw it coming ...
+    assert "does not serve this [acme] webroot" in res.stderr, res.stderr
+    # ... and Pebble's validation through revproxy confirms it
     assert "returned 404" in res.stderr, res.stderr
     assert "hint:" in res.stderr and "[acme] webroot" in res.stderr
     assert "Traceback" not in res.stderr + res.stdout
