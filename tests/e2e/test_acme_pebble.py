@@ -237,11 +237,21 @@ respond = {{ status = 200, body = {json.dumps(BODY.decode())} }}
 
 
 def acme_table(
-    d: Path, pebble: Pebble, *, webroot: Path | None = None, certbot: str = "certbot"
+    d: Path,
+    pebble: Pebble,
+    *,
+    webroot: Path | None = None,
+    certbot: str = "certbot",
+    forward: str | None = None,
 ) -> str:
+    answers = (
+        f"forward = {json.dumps(forward)}"
+        if forward
+        else (f"webroot = {toml_path(webroot or d / 'acme')}")
+    )
     return f"""
 [acme]
-webroot = {toml_path(webroot or d / "acme")}
+{answers}
 email = "ops@site.example"
 certbot = {json.dumps(certbot)}
 config_dir = {toml_path(d / "le")}
@@ -535,3 +545,60 @@ def test_certbot_missing(site: Site) -> None:
         assert res.returncode == 1
         assert 'certbot not found: "/nonexistent/certbot"' in res.stderr, res.stderr
         assert "Traceback" not in res.stderr
+
+
+# --- forward: challenges relayed to certbot --standalone ------------------------------------
+
+
+def admin(site: Site, command: str) -> str:
+    """One command on the running proxy's admin socket; its answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(30)
+        s.connect(str(site.dir / "admin.sock"))
+        s.sendall(command.encode() + b"\n")
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    return answer.decode()
+
+
+def test_issue_with_challenges_forwarded_to_certbot_standalone(issued: Site) -> None:
+    """[acme] forward: revproxy relays Pebble's challenge requests to certbot --standalone,
+    which listens on the forward address only while it runs."""
+    site = issued
+    conf_file = site.proxy.conf / "10-test.toml"
+    original = conf_file.read_text()
+    forward = f"{LOOPBACK}:{free_port()}"
+    conf_file.write_text(
+        conf_text(
+            site.dir, site.http_port, site.https_port,
+            acme_table(site.dir, site.pebble, forward=forward),
+            workers=2 if "workers = 2" in original else 1,
+        )
+    )  # fmt: skip
+    try:
+        assert admin(site, "reload").startswith("ok"), "the forward config did not load"
+        name = "fwd.example"
+        res = cli(site.pebble, "cert", "issue", "-c", str(site.proxy.conf), name)
+        assert res.returncode == 0, f"stdout:\n{res.stdout}\nstderr:\n{res.stderr}"
+        assert f"--standalone --http-01-port {forward.rsplit(':', 1)[1]}" in res.stderr
+        line = site.proxy.wait_access(
+            lambda line: f"host={name}:" in line and "/.well-known/acme-challenge/" in line
+        )
+        assert '" 200 ' in line and "route=acme" in line
+
+        def served() -> bool:
+            cert, verdict = served_cert(site, name)
+            return verdict == "Verify return code: 0 (ok)" and "Pebble" in str(cert.issuer)
+
+        assert wait_until(served, SWAP_TIMEOUT), served_cert(site, name)
+        # certbot is gone: a challenge now has nowhere to go (502), never a file or a redirect
+        with socket.create_connection((LOOPBACK, site.http_port), timeout=10) as s:
+            s.sendall(
+                f"GET /.well-known/acme-challenge/abc HTTP/1.1\r\nhost: {name}\r\n"
+                "connection: close\r\n\r\n".encode()
+            )
+            assert s.recv(65536).startswith(b"HTTP/1.1 502")
+    finally:
+        conf_file.write_text(original)
+        assert admin(site, "reload").startswith("ok")
