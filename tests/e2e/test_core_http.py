@@ -272,6 +272,7 @@ balance = "random"
 servers = ["{o["rnd1"]}", "{o["rnd2"]}"]
 
 [pool.bk]
+passive = {{ failures = 2, cooldown = "1s" }}
 servers = ["{o["primary"]}", {{ address = "{o["backup"]}", backup = true }}]
 
 [pool.retry]
@@ -539,7 +540,10 @@ def test_head(site: Site) -> None:
     (seen,) = web.requests()
     assert seen.method == "HEAD" and seen.target == "/page"
     # The response to HEAD carries no body: a second request on the connection still works.
-    request = b"HEAD /a HTTP/1.1\r\nHost: app.test\r\n\r\nGET /b HTTP/1.1\r\nHost: app.test\r\n\r\n"
+    request = (
+        b"HEAD /a HTTP/1.1\r\nHost: app.test\r\n\r\n"
+        b"GET /b HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"
+    )
     data, _ = raw_exchange(site.http, request, timeout=10.0)
     status, headers, body, rest = split_response(data, head_only=True)
     assert status == 200 and ("content-length", "12") in headers and body == b""
@@ -669,7 +673,9 @@ def test_no_route_gets_a_local_404_and_the_origin_gets_nothing(site: Site) -> No
     r = site.get("nobody.test", "/")
     assert r.status == 404
     assert r.body == b"404 Not Found\n"
-    data, _ = raw_exchange(site.http, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    data, _ = raw_exchange(
+        site.http, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
     assert split_response(data)[0] == 404
     after = {name: len(o.requests()) for name, o in site.origins.items()}
     assert after == before
@@ -760,6 +766,10 @@ def test_backup_only_when_primaries_are_down(site: Site) -> None:
         assert counts == {"backup": 5}
     finally:
         primary.start(port)
+    # Passive health rests a server whose connects failed (cooldown 1 s); then it is back.
+    assert wait_until(
+        lambda: site.get("backup.test", "/back").header("x-origin") == "primary", 15.0, 0.2
+    )
     counts = served_by(site, ("primary", "backup"), "backup.test", [f"/{i}" for i in range(5)])
     assert counts == {"primary": 5}
 
