@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from harness import Proxy
 from l4_peers import (
     LOOPBACK,
     ConfigProxy,
@@ -386,3 +387,71 @@ def test_large_download_through_passthrough(setup: Setup) -> None:
     assert bytes(got[:16]) == b"0123456789abcdef"
     line = setup.proxy.wait_access(lambda ln: int(access_field(ln, "out")) > size)
     assert '"TLS-PASSTHROUGH -"' in line
+
+
+def test_toml_config_through_revproxy_run(tmp_path: Path) -> None:
+    """The same features configured as a user writes them, through ``revproxy run -c``: a
+    passthrough route beside a terminated one, and a tcp listener with max_conns and
+    send_proxy."""
+    origin_cert = _cert(tmp_path, "origin", "legacy.example.com")
+    proxy_cert = _cert(tmp_path, "proxy", "www.example.com")
+    proxy_lines: list[bytes] = []
+
+    def echo(sock: socket.socket, _n: int) -> None:
+        line = b""
+        while not line.endswith(b"\r\n"):
+            if not (b := sock.recv(1)):
+                return
+            line += b
+        proxy_lines.append(line)
+        while data := sock.recv(65536):
+            sock.sendall(data)
+
+    tls_port, tcp_port = free_port(), free_port()
+    with openssl_server(*origin_cert) as s_port, TcpOrigin(echo) as origin:
+        toml = f"""
+[[listener]]
+name = "tls"
+bind = ["{LOOPBACK}:{tls_port}"]
+tls = {{ certs = [{{ cert = "{proxy_cert[0]}", key = "{proxy_cert[1]}" }}] }}
+
+[[listener]]
+name = "l4"
+bind = ["{LOOPBACK}:{tcp_port}"]
+mode = "tcp"
+pool = "echo"
+max_conns = 5
+
+[[route]]
+sni = ["legacy.example.com"]
+passthrough = true
+pool = "legacy"
+
+[[route]]
+host = ["www.example.com"]
+respond = {{ body = "local" }}
+
+[pool.legacy]
+servers = ["{LOOPBACK}:{s_port}"]
+timeouts = {{ tunnel = "30s" }}
+
+[pool.echo]
+servers = ["{LOOPBACK}:{origin.port}"]
+send_proxy = "v1"
+"""
+        with Proxy(tmp_path / "run", toml, ports=(tls_port,)) as proxy:
+            res = s_client(tls_port, "legacy.example.com")
+            assert _pem_of(res.stdout) == _der(origin_cert[0])
+            res = s_client(tls_port, "www.example.com")
+            assert _pem_of(res.stdout) == _der(proxy_cert[0])
+            got = curl_https(tls_port, "www.example.com")
+            assert got.stdout == b"local"
+
+            sock = socket.create_connection((LOOPBACK, tcp_port), timeout=20)
+            sock.sendall(b"ping")
+            assert sock.recv(10) == b"ping"
+            sock.close()
+            assert wait_until(lambda: bool(proxy_lines), 10)
+            assert proxy_lines[-1].startswith(b"PROXY TCP4 127.0.0.1 127.0.0.1 ")
+            proxy.wait_access(lambda ln: '"TLS-PASSTHROUGH -"' in ln)
+            proxy.wait_access(lambda ln: '"TCP -"' in ln and "in=4 out=4" in ln)
