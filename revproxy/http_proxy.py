@@ -582,11 +582,15 @@ def proxy_header_for(version: str | None, info: ConnInfo) -> bytes | None:
     if version == "v1":
         return build_v1(info.client, info.destination)
     if version == "v2":
+        # What is known of the client's connection: our own TLS handshake, else the TLVs of
+        # the PROXY header a trusted load balancer sent with it.
+        upstream = info.proxy
+        alpn = info.alpn.encode() if info.alpn else (upstream.alpn if upstream else None)
         return build_v2(
             info.client,
             info.destination,
-            alpn=info.alpn.encode() if info.alpn else None,
-            authority=info.sni,
+            alpn=alpn,
+            authority=info.sni or info.authority or None,
         )
     return None
 
