@@ -1066,3 +1066,15 @@ def test_nginx_accepts_the_health_checks(setup: Setup) -> None:
             CURL_CLIENT, f"http://{host}:{port}/", "--resolve", f"{host}:{port}:{LOOPBACK}"
         )
         assert r.status == 200 and r.body.startswith(f"nginx addr={CURL_CLIENT} ".encode())
+
+
+def test_send_proxy_v2_passes_on_tlvs_from_an_incoming_header(setup: Setup) -> None:
+    """Behind a TLS-terminating load balancer the client's SNI and ALPN arrive as TLVs of its
+    PROXY header; they are what is known of the client, so they go on to the origin."""
+    path = "/out-v2-relayed-tlvs"
+    header = v2((CLIENT_V4, 40006), authority="rec2.test", alpn=b"h2")
+    status, _ = ok(raw_exchange(setup.required, header + get(path, "rec2.test"))[0])
+    assert status == 200
+    got = setup.rec.last_for(path).header
+    assert got is not None and got.source == (CLIENT_V4, 40006)
+    assert got.authority == "rec2.test" and got.alpn == b"h2"
