@@ -357,12 +357,16 @@ class HttpConnection:
         conn.writer.write(b1.send_request(req.method, req.target, headers))
         upload: asyncio.Task[None] | None = None
         reusable = False
+        # A pooled connection the origin had closed is retried on a fresh one, but only for a
+        # request that is whole in hand and idempotent: the origin may have acted on it.
+        retry_ok = conn.reused and req.method in _IDEMPOTENT
         try:
             if self.client.events and isinstance(self.client.events[0], MessageEnded):
                 ev = self.client.events.popleft()
                 assert isinstance(ev, MessageEnded)
                 conn.writer.write(b1.send_end(ev.trailers))
             else:
+                retry_ok = False
                 upload = asyncio.get_running_loop().create_task(
                     self._upload(b1, conn, timeouts.idle, g.max_body_size)
                 )
@@ -394,18 +398,13 @@ class HttpConnection:
         except (ConnectionError, OSError) as exc:
             if self.h1.response_started:
                 raise ClientGone() from exc
-            if backend.bytes_read == 0 and conn.reused and upload is None:
+            if backend.bytes_read == 0 and retry_ok:
                 raise _StaleConnection() from exc
             return await self._local_error(
                 BackendProtocolError("origin closed the connection"), req, rec
             )
         except RevproxyError as exc:
-            if (
-                isinstance(exc, BackendProtocolError)
-                and backend.bytes_read == 0
-                and conn.reused
-                and upload is None
-            ):
+            if isinstance(exc, BackendProtocolError) and backend.bytes_read == 0 and retry_ok:
                 raise _StaleConnection() from exc
             return await self._aborted(exc, req, rec)
         finally:
@@ -593,6 +592,10 @@ def proxy_header_for(version: str | None, info: ConnInfo) -> bytes | None:
             authority=info.sni or info.authority or None,
         )
     return None
+
+
+# RFC 9110 §9.2.2: "A proxy MUST NOT automatically retry non-idempotent requests."
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
 class _StaleConnection(Exception):
