@@ -88,6 +88,7 @@ class Seen:
     body_len: int = 0
     body_sha256: str = ""
     http_version: str = "1.1"
+    nth: int = 1  # this request's place on its connection (2 = the connection was reused)
 
     def header(self, name: str) -> str | None:
         values = self.all(name)
@@ -248,6 +249,7 @@ class Origin:
         sock.settimeout(60.0)
         seen: Seen | None = None
         digest = hashlib.sha256()
+        served = 0
         try:
             while not self._stop.is_set():
                 ev = conn.next_event()
@@ -266,6 +268,8 @@ class Origin:
                         headers=[(n.decode(), v.decode("latin-1")) for n, v in ev.headers],
                         http_version=ev.http_version.decode(),
                     )
+                    served += 1
+                    seen.nth = served
                     digest = hashlib.sha256()
                     if self.send_100 and conn.they_are_waiting_for_100_continue:
                         sock.sendall(

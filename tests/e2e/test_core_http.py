@@ -61,6 +61,8 @@ def behaviour(name: str) -> Handler:
         path, query = parts.path, parse_qs(parts.query)
         body = f"{name} {req.method} {req.target}\n".encode()
         base = [("x-origin", name), ("content-type", "text/plain")]
+        if path.startswith("/hangup-reused") and req.nth > 1:
+            return Reply(raw=b"")  # as if its keep-alive timer fired just as the request came
         if path.startswith("/slow"):
             return Reply(headers=base, body=body, delay=SLOW)
         if path == "/stream":
@@ -123,7 +125,7 @@ class Site:
 
 ORIGINS = (
     "web", "api", "wild", "ka", "rr1", "rr2", "lc1", "lc2", "src1", "src2", "uri1", "uri2",
-    "rnd1", "rnd2", "primary", "backup", "retry", "bh", "full", "slow", "idle", "big",
+    "rnd1", "rnd2", "primary", "backup", "retry", "bh", "full", "slow", "idle", "big", "stale",
 )  # fmt: skip
 
 
@@ -239,6 +241,10 @@ pool = "idle"
 host = "big.test"
 pool = "big"
 
+[[route]]
+host = "stale.test"
+pool = "stale"
+
 [pool.web]
 servers = ["{o["web"]}"]
 
@@ -302,6 +308,9 @@ servers = ["{o["idle"]}"]
 
 [pool.big]
 servers = ["{o["big"]}"]
+
+[pool.stale]
+servers = ["{o["stale"]}"]
 """
     proxy = Proxy(tmp_path_factory.mktemp("http"), config, ports=[http, trusting, other])
     try:
@@ -352,6 +361,29 @@ def test_origin_keep_alive_reuses_one_connection(site: Site) -> None:
     assert [s.target for s in seen] == [f"/r{i}" for i in range(6)]
     assert {s.conn for s in seen} == {seen[0].conn}, "the origin connection was not reused"
     assert ka.connections == 1
+
+
+def test_pooled_connection_closed_by_the_origin_is_retried_for_get(site: Site) -> None:
+    stale = site.o("stale")
+    stale.reset()
+    assert site.get("stale.test", "/hangup-reused/1").status == 200
+    r = site.get("stale.test", "/hangup-reused/2")
+    assert r.status == 200 and r.body == b"stale GET /hangup-reused/2\n"
+    seen = [(s.target, s.nth) for s in stale.requests()]
+    assert seen == [("/hangup-reused/1", 1), ("/hangup-reused/2", 2), ("/hangup-reused/2", 1)]
+
+
+@pytest.mark.parametrize(("method", "body"), [("POST", "buy=1"), ("PATCH", "x"), ("POST", "")])
+def test_non_idempotent_request_is_not_retried(site: Site, method: str, body: str) -> None:
+    """RFC 9110 §9.2.2: "A proxy MUST NOT automatically retry non-idempotent requests." The
+    origin may have acted on the request before it hung up."""
+    stale = site.o("stale")
+    stale.reset()
+    assert site.get("stale.test", "/warm").status == 200
+    r = site.get("stale.test", "/hangup-reused/order", "-X", method, "--data", body)
+    assert r.status == 502
+    seen = [(s.method, s.target) for s in stale.requests()]
+    assert seen == [("GET", "/warm"), (method, "/hangup-reused/order")], "request sent twice"
 
 
 def test_idle_client_connection_is_closed(site: Site) -> None:
