@@ -74,6 +74,7 @@ def errsite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ErrSite]:
 [global]
 access_log_format = "json"
 max_header_size = {MAX_HEADER}
+max_body_size = "1m"
 header_timeout = "2s"
 
 [[listener]]
@@ -237,6 +238,15 @@ def test_head_just_under_the_limit_is_served(errsite: ErrSite) -> None:
     filler = b"X-Fill: " + b"f" * (MAX_HEADER - len(head) - 200) + b"\r\n"
     reply, _ = raw_exchange(errsite.port, head + filler + b"\r\n", timeout=15.0)
     assert split_response(reply)[0] == 200
+
+
+def test_body_over_max_body_size_gets_413(errsite: ErrSite) -> None:
+    body = b"x" * (2 << 20)
+    declared = b"POST /big HTTP/1.1\r\nHost: app.test\r\nContent-Length: %d\r\n\r\n" % len(body)
+    assert_rejected(errsite, declared + body, 413)
+    chunk = b"100000\r\n" + b"x" * 0x100000 + b"\r\n"
+    chunked = b"POST /big HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+    assert_rejected(errsite, chunked + chunk * 2 + b"0\r\n\r\n", 413)
 
 
 def test_slow_head_gets_408(errsite: ErrSite) -> None:
