@@ -346,6 +346,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
 
     with contextlib.ExitStack() as stack:
         web = stack.enter_context(Origin("web"))
+        src = [stack.enter_context(Origin(f"src{i}")) for i in (1, 2)]
         rec = PPOrigin().start()
         stack.callback(rec.stop)
         hc = PPOrigin().start()  # only health checks reach it
@@ -393,8 +394,16 @@ pool = "ngx_v1"
 host = "ngx2.test"
 pool = "ngx_v2"
 
+[[route]]
+host = "src.test"
+pool = "src"
+
 [pool.web]
 servers = ["{web.address}"]
+
+[pool.src]
+balance = "source"
+servers = ["{src[0].address}", "{src[1].address}"]
 
 [pool.rec_v1]
 send_proxy = "v1"
@@ -1078,3 +1087,19 @@ def test_send_proxy_v2_passes_on_tlvs_from_an_incoming_header(setup: Setup) -> N
     got = setup.rec.last_for(path).header
     assert got is not None and got.source == (CLIENT_V4, 40006)
     assert got.authority == "rec2.test" and got.alpn == b"h2"
+
+
+def test_source_balancing_uses_the_client_from_the_header(setup: Setup) -> None:
+    """balance = "source" hashes the header's client, not the load balancer that carried it:
+    every request arrives from 127.0.0.1, yet clients spread over both servers, each client
+    always to the same one."""
+    served: dict[str, set[str]] = {}
+    for _round in range(2):
+        for i in range(1, 25):
+            client = f"198.51.100.{i}"
+            got, _ = raw_exchange(setup.required, v2((client, 40000)) + get("/src", "src.test"))
+            status, headers, _, _ = split_response(got)
+            assert status == 200
+            served.setdefault(client, set()).update(v for n, v in headers if n == "x-origin")
+    assert all(len(origins) == 1 for origins in served.values()), served
+    assert set().union(*served.values()) == {"src1", "src2"}
