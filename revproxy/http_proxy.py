@@ -528,9 +528,14 @@ class HttpConnection:
         return await self._local(req, rec, exc.status, close=close)
 
     async def _fail(self, exc: RevproxyError, _req: None) -> None:
-        """Answer a request whose head could not be parsed, then the connection closes."""
+        """Answer a request whose head could not be parsed, then the connection closes.
+
+        It is still a request the client sent, so it gets its access-log line (method and
+        path "-": they could not be read)."""
+        rid = f"{_ID_PREFIX}{next(_ids):x}"
         log.info(
-            "client=%s listener=%s %s: %s",
+            "id=%s client=%s listener=%s %s: %s",
+            rid,
             self.info.client[0],
             self.listener.config.name,
             type(exc).__name__,
@@ -539,8 +544,32 @@ class HttpConnection:
         status = exc.status
         body = _error_body(status)
         head = _raw_head(status, len(body))
+        sent = self.bytes_out
         with contextlib.suppress(ClientGone):
             await self._send(head + body)
+        rec = AccessRecord(
+            id=rid,
+            client=self.info.client[0],
+            peer=self.info.peer[0],
+            listener=self.listener.config.name,
+            sni=self.info.sni or "",
+            host="",
+            method="-",
+            path="-",
+            status=status,
+            bytes_in=self.client.bytes_read - self._accounted_in,
+            bytes_out=self.bytes_out - sent,
+            route="",
+            pool="",
+            backend="-",
+            duration_ms=0.0,
+            upstream_ms=0.0,
+            authority=self.info.authority,
+            vpce=self.info.vpce,
+        )
+        self._accounted_in = self.client.bytes_read
+        self.gen.access_log.record(rec)
+        self.gen.metrics.record(rec)
 
     async def _local(
         self,
