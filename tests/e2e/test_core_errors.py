@@ -26,6 +26,7 @@ from harness import (
     free_port,
     raw_exchange,
     split_response,
+    wait_until,
 )
 
 from revproxy import __version__
@@ -339,3 +340,25 @@ def test_access_log_json_lines(errsite: ErrSite) -> None:
     down = [r for r in records if r["host"].startswith("down.test")]
     assert down and all(r["status"] == 502 for r in down)
     assert all(re.fullmatch(r"[0-9a-f]+", r["id"]) for r in records)
+
+
+def test_refused_requests_get_an_access_log_line(errsite: ErrSite) -> None:
+    """A request refused before it could be parsed is still a request: 400, 431 and 408 are
+    logged like any other answer, with the client, the listener and the bytes."""
+    before = len(errsite.proxy.access_lines())
+    bad = MALFORMED["cl-and-te"]
+    raw_exchange(errsite.port, bad, source="127.0.0.9", timeout=15.0)
+    huge = b"GET / HTTP/1.1\r\nHost: app.test\r\nX: " + b"a" * (MAX_HEADER + 10) + b"\r\n\r\n"
+    raw_exchange(errsite.port, huge, source="127.0.0.9", timeout=15.0)
+    raw_exchange(errsite.port, b"GET / HTTP/1.1\r\n", source="127.0.0.9", timeout=15.0)
+
+    def refused() -> list[dict[str, object]]:
+        records = [json.loads(line) for line in errsite.proxy.access_lines()[before:]]
+        return [r for r in records if r["client"] == "127.0.0.9"]
+
+    assert wait_until(lambda: len(refused()) == 3, 10.0), refused()
+    assert sorted(int(str(r["status"])) for r in refused()) == [400, 408, 431]
+    for rec in refused():
+        assert rec["listener"] == "plain"
+        assert rec["backend"] == "-"
+        assert int(str(rec["bytes_in"])) > 0 and int(str(rec["bytes_out"])) > 0
