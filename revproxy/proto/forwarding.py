@@ -195,11 +195,21 @@ def _rewrite_url(url: bytes, policy: HidingPolicy, scheme: bytes, host: bytes) -
     bare = authority
     if bare.startswith(b"["):
         bare = bare[1 : bare.find(b"]")] if b"]" in bare else bare
+        bare = _compressed_ipv6(bare)
     elif bare.count(b":") == 1:
         bare = bare.split(b":", 1)[0]
+    bare = bare.rstrip(b".")  # "app.internal." is app.internal
     if authority not in policy.origin_authorities and bare not in policy.origin_hosts:
         return None
     return scheme + b"://" + host + rest[cut:]
+
+
+def _compressed_ipv6(text: bytes) -> bytes:
+    """``2001:DB8:0::5`` as the config stores it (``2001:db8::5``); other text unchanged."""
+    try:
+        return ipaddress.IPv6Address(text.decode("ascii")).compressed.encode()
+    except (ValueError, UnicodeDecodeError):
+        return text
 
 
 def _rewrite_refresh(value: bytes, policy: HidingPolicy, scheme: bytes, host: bytes) -> bytes:

@@ -38,6 +38,8 @@ def rewrite(name: bytes, value: bytes, policy: HidingPolicy = POLICY) -> list[by
         (b"http://user:pw@10.0.0.5:8080/u", ME + b"/u"),
         (b"http://[fd00::5]:8443/v6", ME + b"/v6"),
         (b"http://[FD00::5]/v6", ME + b"/v6"),
+        (b"http://[fd00:0:0::0005]:8443/v6", ME + b"/v6"),
+        (b"http://app.internal./dot", ME + b"/dot"),
         (b"  http://10.0.0.5:8080/space  ", ME + b"/space"),
         (b"/relative", b"/relative"),
         (b"https://example.org/x", b"https://example.org/x"),
