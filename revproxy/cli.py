@@ -88,6 +88,9 @@ async def _serve(
         loader = load_files
     assert callable(loader)
     instance = Instance(loader, conf_dir=conf_dir)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # a stop during start is a stop, not a kill
+        loop.add_signal_handler(sig, instance.request_stop)
     try:
         await instance.start()
     except ConfigError as exc:
@@ -182,7 +185,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
     by SIGHUP to ``--pid`` or the ``pid_file`` after checking the configuration here."""
     conf = Path(args.conf)
     path = _admin_socket(args)
-    if path is not None and not args.pid:
+    if path is not None:
         try:
             ok, text = _ask(path, "reload")
         except (OSError, TimeoutError) as exc:

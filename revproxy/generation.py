@@ -60,6 +60,9 @@ class Generation:
     # Bind address (as written in the config) → name of the listener that owns it.
     bind_owner: dict[str, str] = field(default_factory=dict)
     retired: bool = field(default=False)
+    # The generation that replaced this one: keep-alive connections move to it between
+    # requests, so that routes, drains and health apply to them too (http_proxy.py).
+    successor: Generation | None = field(default=None)
 
     def close(self) -> None:
         self.retired = True

@@ -206,6 +206,8 @@ class HttpConnection:
     # --- one exchange -------------------------------------------------------------------
 
     async def _exchange(self, req: RequestReceived) -> bool:
+        if self.gen.retired:
+            self._follow_reload()
         started = time.monotonic()
         rid = f"{_ID_PREFIX}{next(_ids):x}"
         rec = AccessRecord(
@@ -237,6 +239,17 @@ class HttpConnection:
             rec.bytes_out = self.bytes_out - rec.bytes_out
             self.gen.access_log.record(rec)
             self.gen.metrics.record(rec)
+
+    def _follow_reload(self) -> None:
+        """A reload happened since the last request: serve the next one with the current
+        generation (the one in flight finished on its own), if it still has this listener."""
+        gen = self.gen
+        while gen.successor is not None:
+            gen = gen.successor
+        lrt = gen.listeners.get(self.listener.config.name)
+        same_kind = lrt is not None and (lrt.tls is None) == (not self.info.tls)
+        if lrt is not None and same_kind and lrt.config.mode == "http":
+            self.gen, self.listener = gen, lrt
 
     async def _route(self, req: RequestReceived, rec: AccessRecord) -> bool:
         host = normalise_host(req.authority)

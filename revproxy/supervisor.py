@@ -144,6 +144,7 @@ class Frontend:
             await bl.close()
             log.info("listener=%s closed %s", bl.name, addr)
         if old is not None:
+            old.successor = gen
             old.close()
 
     # --- name resolution
@@ -260,13 +261,13 @@ class Instance:
         if count > 1:
             self.frontend.accept = False
         gen = self.frontend.build(config, number=1)
-        new = self.frontend.bind_new(gen, _bind)
+        # The admin socket first: once a listener answers, so does `revproxy ctl`.
+        await self._prepare_admin(config)
         try:
-            await self._prepare_admin(config)
+            new = self.frontend.bind_new(gen, _bind)
         except BaseException:
-            for bl in new.values():
-                for s in bl.sockets:
-                    s.close()
+            if self.admin is not None:
+                await self.admin.close()
             raise
         self._adopt(gen)
         await self.frontend.swap(gen, new)

@@ -281,12 +281,11 @@ class WorkerPool:
                 *(self._spawn(slot) for slot in range(count)), return_exceptions=True
             )
         failed = [h for h in handles if isinstance(h, BaseException)]
-        for h in handles:
-            if isinstance(h, WorkerHandle):
-                self.handles[h.slot] = h
-        if failed:
+        if len(failed) == count:  # not one: something is wrong with every worker
             await self.stop(0.0)
-            raise RuntimeError(f"a worker did not start: {failed[0]}")
+            raise RuntimeError(f"no worker started: {failed[0]}")
+        for exc in failed:
+            log.error("%s; starting another shortly", exc)
         self.count = count
         for slot in range(count):
             self._supervisors[slot] = asyncio.get_running_loop().create_task(self._supervise(slot))
@@ -322,6 +321,8 @@ class WorkerPool:
             theirs.close()
         handle = WorkerHandle(slot=slot, proc=proc, channel=Channel(ours), number=self.number)
         handle.reader = asyncio.get_running_loop().create_task(self._read(handle))
+        # Known at once: broadcasts queue behind the init message, in order.
+        self.handles[slot] = handle
         layout, fds = _flatten(self.listeners)
         cert, key = self.default_pem
         handle.channel.post(
@@ -336,18 +337,22 @@ class WorkerPool:
             },
             fds,
         )
+        why = ""
         try:
             async with asyncio.timeout(READY_TIMEOUT):
                 await handle.ready.wait()
         except TimeoutError:
+            why = "did not become ready in time"
+        if handle.failed or why:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
-            raise RuntimeError(f"worker {slot} did not become ready in time") from None
-        if handle.failed:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-            raise RuntimeError(f"worker {slot} {describe_exit(proc.returncode or 0)} at start")
+            rc = await proc.wait()
+            if self.handles.get(slot) is handle:
+                del self.handles[slot]
+            if handle.reader is not None:
+                handle.reader.cancel()
+            await handle.channel.close()
+            raise RuntimeError(f"worker {slot} {why or describe_exit(rc) + ' at start'}")
         log.info("worker %d (pid %d) ready", slot, proc.pid)
         return handle
 
@@ -438,9 +443,9 @@ class WorkerPool:
         return [a for a in answers if isinstance(a, dict)]
 
     def broadcast(self, msg: Message) -> None:
+        """To every worker, those still starting included (it follows their init)."""
         for h in self.handles.values():
-            if h.ready.is_set():
-                h.channel.post(msg)
+            h.channel.post(msg)
 
     def broadcast_states(self, rows: list[StateRow]) -> None:
         self.broadcast({"op": "states", "states": rows})
@@ -542,7 +547,12 @@ class WorkerPool:
 
     @property
     def pids(self) -> list[int]:
-        return [h.pid for h in self.handles.values() if h.proc.returncode is None]
+        """Workers that are up and accepting."""
+        return [
+            h.pid
+            for h in self.handles.values()
+            if h.ready.is_set() and not h.failed and h.proc.returncode is None
+        ]
 
 
 def describe_exit(returncode: int) -> str:
