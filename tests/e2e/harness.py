@@ -36,6 +36,8 @@ START_TIMEOUT = 20.0
 STOP_TIMEOUT = 5.0
 # Default bound of a client exchange in a test.
 CLIENT_TIMEOUT = 30.0
+# Longest an origin holds a reply for a test's gate.
+GATE_TIMEOUT = 30.0
 
 
 def free_port() -> int:
@@ -113,6 +115,7 @@ class Reply:
     length: int | None = None  # Content-Length to declare (for HEAD, or a streamed body)
     informational: list[tuple[int, list[tuple[str, str]]]] = field(default_factory=list)
     delay: float = 0.0  # seconds before the response head
+    gate: threading.Event | None = None  # wait for it (at most GATE_TIMEOUT) before the head
     raw: bytes | None = None  # send these bytes instead of a response, then close
     close: bool = False  # close the connection after the response
     stall_after_head: float = 0.0  # send the head and part of the body, then sit silent
@@ -305,6 +308,11 @@ class Origin:
         """Send ``reply``; False when the connection must close now."""
         if reply.delay and self._stop.wait(reply.delay):
             return False
+        if reply.gate is not None:
+            deadline = time.monotonic() + GATE_TIMEOUT
+            while not reply.gate.wait(0.1):
+                if self._stop.is_set() or time.monotonic() > deadline:
+                    return False
         if reply.raw is not None:
             if reply.raw:
                 sock.sendall(reply.raw)

@@ -51,6 +51,8 @@ BIG = 200 * 1024 * 1024
 RSS_GROWTH_LIMIT_KIB = 30 * 1024
 # How long /slow makes the origin wait before answering.
 SLOW = 3.0
+# /hold waits for this (tests set it when done): a request held for exactly as long as needed.
+HOLD = threading.Event()
 
 
 def behaviour(name: str) -> Handler:
@@ -65,6 +67,8 @@ def behaviour(name: str) -> Handler:
             return Reply(raw=b"")  # as if its keep-alive timer fired just as the request came
         if path.startswith("/slow"):
             return Reply(headers=base, body=body, delay=SLOW)
+        if path.startswith("/hold"):
+            return Reply(headers=base, body=body, gate=HOLD)
         if path == "/stream":
             size = int(query["size"][0])
             chunked = query.get("framing", ["length"])[0] == "chunked"
@@ -744,8 +748,9 @@ def test_leastconn_avoids_the_busy_server(site: Site) -> None:
     lc1, lc2 = site.o("lc1"), site.o("lc2")
     lc1.reset()
     lc2.reset()
-    slow: list[Response] = []
-    t = threading.Thread(target=lambda: slow.append(site.get("lc.test", "/slow")))
+    held: list[Response] = []
+    HOLD.clear()
+    t = threading.Thread(target=lambda: held.append(site.get("lc.test", "/hold")))
     t.start()
     try:
         assert wait_until(lambda: len(lc1.requests()) + len(lc2.requests()) == 1, 10.0)
@@ -754,8 +759,9 @@ def test_leastconn_avoids_the_busy_server(site: Site) -> None:
         counts = served_by(site, ("lc1", "lc2"), "lc.test", [f"/{i}" for i in range(6)])
         assert counts == {idle: 6}
     finally:
-        t.join(timeout=SLOW + 20)
-    assert slow and slow[0].status == 200
+        HOLD.set()
+        t.join(timeout=30)
+    assert held and held[0].status == 200
 
 
 def test_source_sends_one_client_to_one_server(site: Site) -> None:
@@ -820,8 +826,9 @@ def test_every_server_down_gets_a_local_502(site: Site) -> None:
 def test_every_server_full_gets_a_local_503(site: Site) -> None:
     full = site.o("full")
     full.reset()
-    slow: list[Response] = []
-    t = threading.Thread(target=lambda: slow.append(site.get("full.test", "/slow")))
+    held: list[Response] = []
+    HOLD.clear()
+    t = threading.Thread(target=lambda: held.append(site.get("full.test", "/hold")))
     t.start()
     try:
         assert wait_until(lambda: len(full.requests()) == 1, 10.0)
@@ -829,9 +836,10 @@ def test_every_server_full_gets_a_local_503(site: Site) -> None:
         assert r.status == 503
         assert r.body == b"503 Service Unavailable\n"
     finally:
-        t.join(timeout=SLOW + 20)
-    assert slow and slow[0].status == 200
-    assert [s.target for s in full.requests()] == ["/slow"]
+        HOLD.set()
+        t.join(timeout=30)
+    assert held and held[0].status == 200
+    assert [s.target for s in full.requests()] == ["/hold"]
 
 
 # --- forwarded headers ------------------------------------------------------------------------
