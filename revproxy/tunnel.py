@@ -11,12 +11,18 @@ ends the relay. Memory per connection is bounded: one pipe or one buffer per dir
 Two relays live here:
 
 ``SocketRelay`` / ``relay()`` moves bytes between two raw non-blocking sockets from event-loop
-callbacks (no task switch per chunk). On Linux it splices through a pipe per direction, so
-the payload never enters Python (zero copy); where ``splice`` is missing or refused by a
-socket it copies through a 256 KiB buffer instead. A direction's reader stays registered
-while data flows and is swapped for a writer only while the other side is full (the same
-readiness dance as HAProxy's), so the hot path is one ``epoll_wait`` and two ``splice`` calls
-per chunk.
+callbacks (no task switch per chunk). On Linux it splices through a pipe, so the payload
+never enters Python (zero copy); where ``splice`` is missing or refused by a socket it copies
+through a 256 KiB buffer instead. A direction's reader stays registered while data flows and
+is swapped for a writer only while the other side is full (the same readiness dance as
+HAProxy's), so the hot path is one ``epoll_wait`` and two ``splice`` calls per chunk.
+
+Pipes are lent, not owned (``PipePool``, as HAProxy's pipe pool): a direction holds one only
+while bytes are in flight and gives it back, empty, when its source has nothing more to read.
+An idle or short connection therefore holds no pipe, a busy process reuses a few instead of
+creating two per connection, and the kernel's per-user pipe allowance
+(``/proc/sys/fs/pipe-user-pages-soft``) lasts for the connections that actually move data.
+When no pipe can be had (out of descriptors), that direction copies instead.
 
 ``relay_streams()`` moves bytes between asyncio stream pairs (a TLS-terminated side, a
 WebSocket after the upgrade, bytes already buffered by a parser) or a stream pair and a raw
@@ -38,7 +44,9 @@ from typing import NamedTuple, Protocol
 
 __all__ = [
     "COPY_BUFFER",
+    "PIPES",
     "SPLICE_AVAILABLE",
+    "PipePool",
     "RelayEnd",
     "RelayResult",
     "SocketRelay",
@@ -50,8 +58,12 @@ __all__ = [
 # os.splice exists on Linux with Python 3.10+; anywhere else the copy path is used.
 SPLICE_AVAILABLE = hasattr(os, "splice")
 # Pipe capacity asked for with F_SETPIPE_SZ: bytes moved per splice pair. 1 MiB is Linux's
-# default /proc/sys/fs/pipe-max-size; a refusal keeps the kernel's default (64 KiB).
+# default /proc/sys/fs/pipe-max-size; a refusal (over the per-user pipe allowance) keeps the
+# kernel's default (64 KiB), which only costs more system calls per byte.
 PIPE_SIZE = 1024 * 1024
+# Empty pipes a process keeps for reuse. Each counts its capacity against the user's pipe
+# allowance (16384 pages, 64 MiB, by default) even while empty: 16 pipes of 1 MiB are a quarter.
+PIPES_KEPT = 16
 # Buffer per direction when copying (no splice, or a TLS/stream side).
 COPY_BUFFER = 256 * 1024
 # Chunks one direction moves per wake-up before letting other connections run.
@@ -97,6 +109,62 @@ def _shutdown_write(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_WR)
 
 
+class _Pipe:
+    __slots__ = ("r", "size", "w")
+
+    def __init__(self, r: int, w: int, size: int) -> None:
+        self.r = r
+        self.w = w
+        self.size = size
+
+    def close(self) -> None:
+        os.close(self.r)
+        os.close(self.w)
+
+
+class PipePool:
+    """Empty pipes for splicing, lent to a direction while it has bytes in flight.
+
+    Single-threaded by design (one per process, used from the event loop's thread). A pipe
+    is given back only empty; one that still holds bytes is closed instead.
+    """
+
+    def __init__(self, size: int = PIPE_SIZE, keep: int = PIPES_KEPT) -> None:
+        self.size = size
+        self.keep = keep
+        self._idle: list[_Pipe] = []
+        self.created = 0  # pipes ever opened (tests and metrics: reuse works)
+
+    def take(self) -> _Pipe | None:
+        """An empty pipe, or None when none can be opened (the caller copies instead)."""
+        if self._idle:
+            return self._idle.pop()
+        try:
+            r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            size = fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, self.size)
+        except OSError:
+            size = fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)
+        self.created += 1
+        return _Pipe(r, w, size)
+
+    def give(self, pipe: _Pipe) -> None:
+        """Return an empty pipe."""
+        if len(self._idle) < self.keep:
+            self._idle.append(pipe)
+        else:
+            pipe.close()
+
+    def clear(self) -> None:
+        while self._idle:
+            self._idle.pop().close()
+
+
+PIPES = PipePool()
+
+
 class _Pump:
     """One direction, src → dst, driven by readiness callbacks."""
 
@@ -111,10 +179,9 @@ class _Pump:
         "offset",
         "owner",
         "pending",
-        "pipe_r",
-        "pipe_size",
-        "pipe_w",
+        "pipe",
         "spliced",
+        "splicing",
         "src",
         "src_fd",
         "src_side",
@@ -143,49 +210,45 @@ class _Pump:
         self.eof = False
         self.done = False
         self.waiting = 0
-        self.pipe_r = self.pipe_w = -1
-        self.pipe_size = 0
+        self.pipe: _Pipe | None = None  # lent by PIPES while bytes are in it
         self.buf: bytearray | None = None
         self.view: memoryview | None = None
+        self.splicing = use_splice  # the path this direction is on now
         self.spliced = use_splice  # stays true while this direction never left the splice path
-        if use_splice:
-            self._open_pipe()
-        else:
+        if not use_splice:
             self._use_copy()
 
-    @property
-    def splicing(self) -> bool:
-        return self.pipe_r >= 0
-
-    def _open_pipe(self) -> None:
-        self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            self.pipe_size = fcntl.fcntl(self.pipe_w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError:
-            self.pipe_size = fcntl.fcntl(self.pipe_w, fcntl.F_GETPIPE_SZ)
-
     def _use_copy(self) -> None:
+        self.splicing = False
         self.buf = bytearray(COPY_BUFFER)
         self.view = memoryview(self.buf)
 
     def _fall_back_to_copy(self) -> None:
-        """splice was refused for this pair: move what the pipe holds to a buffer, copy on."""
+        """splice was refused or no pipe could be had: move what the pipe holds to a buffer
+        and copy from now on."""
         self._use_copy()
         self.spliced = False
         assert self.buf is not None
-        got = 0
-        while got < self.pending:
-            chunk = os.read(self.pipe_r, self.pending - got)
-            self.buf[got : got + len(chunk)] = chunk
-            got += len(chunk)
+        pipe = self.pipe
+        if pipe is not None:
+            got = 0
+            while got < self.pending:
+                chunk = os.read(pipe.r, self.pending - got)
+                self.buf[got : got + len(chunk)] = chunk
+                got += len(chunk)
+            self.pipe = None
+            PIPES.give(pipe)
         self.offset = 0
-        self.close_pipe()
 
-    def close_pipe(self) -> None:
-        for fd in (self.pipe_r, self.pipe_w):
-            if fd >= 0:
-                os.close(fd)
-        self.pipe_r = self.pipe_w = -1
+    def release_pipe(self) -> None:
+        """Give the pipe back if empty; close it if bytes were left in it (relay ended)."""
+        pipe, self.pipe = self.pipe, None
+        if pipe is None:
+            return
+        if self.pending and self.splicing:
+            pipe.close()
+        else:
+            PIPES.give(pipe)
 
     # --- readiness -------------------------------------------------------------------------
 
@@ -221,9 +284,11 @@ class _Pump:
 
     def _splice(self) -> None:
         for _ in range(MAX_ROUNDS):
+            pipe = self.pipe
             if self.pending:
+                assert pipe is not None
                 try:
-                    n = os.splice(self.pipe_r, self.dst_fd, self.pending, flags=_SPLICE_FLAGS)
+                    n = os.splice(pipe.r, self.dst_fd, self.pending, flags=_SPLICE_FLAGS)
                 except BlockingIOError:
                     self._wait(_WRITE)
                     return
@@ -240,11 +305,19 @@ class _Pump:
                     self._wait(_WRITE)  # a short write: the other side's buffer is full
                     return
             if self.eof:
+                self.release_pipe()
                 self._finish()
                 return
+            if pipe is None:
+                pipe = self.pipe = PIPES.take()
+                if pipe is None:
+                    self._fall_back_to_copy()
+                    self._copy()
+                    return
             try:
-                n = os.splice(self.src_fd, self.pipe_w, self.pipe_size, flags=_SPLICE_FLAGS)
+                n = os.splice(self.src_fd, pipe.w, pipe.size, flags=_SPLICE_FLAGS)
             except BlockingIOError:
+                self.release_pipe()  # nothing in flight: the pipe goes back to the pool
                 self._wait(_READ)
                 return
             except OSError as exc:
@@ -257,6 +330,8 @@ class _Pump:
                 self.eof = True
             else:
                 self.pending = n
+        if not self.pending:
+            self.release_pipe()
         self._wait(_WRITE if self.pending else _READ)
 
     def _copy(self) -> None:
@@ -374,7 +449,7 @@ class SocketRelay:
             self._timer = None
         for p in self._pumps:
             p.stop()
-            p.close_pipe()
+            p.release_pipe()
 
     def _end(self, result: RelayResult) -> None:
         if self._result is not None and not self._result.done():

@@ -290,11 +290,11 @@ def test_cancelled_relay_unregisters_and_keeps_counts(loop_name: str) -> None:
             loop = asyncio.get_running_loop()
             loop.add_reader(a.fileno(), lambda: None)
             loop.remove_reader(a.fileno())
-            return r.a_to_b, all(p.pipe_r == -1 for p in r._pumps)
+            return r.a_to_b, all(p.pipe is None for p in r._pumps)
 
-        count, pipes_closed = run(loop_name, go)
+        count, pipes_released = run(loop_name, go)
         assert count == 5
-        assert pipes_closed
+        assert pipes_released
         assert b_peer.recv(10) == b"12345"
 
 
@@ -429,3 +429,115 @@ def test_streams_relay_idle_and_buffered_bytes(loop_name: str) -> None:
         assert result.a_to_b == 3
         b_peer.settimeout(2)
         assert b_peer.recv(10) == b"rly"
+
+
+# --- the pipe pool ----------------------------------------------------------------------------
+
+
+def _idle_pipes_are_empty() -> bool:
+    for pipe in tunnel.PIPES._idle:
+        try:
+            os.read(pipe.r, 1)
+        except BlockingIOError:
+            continue
+        return False
+    return True
+
+
+def test_pipes_are_reused_across_connections() -> None:
+    if not tunnel.SPLICE_AVAILABLE:
+        pytest.skip("no os.splice on this platform")
+
+    async def one() -> RelayResult:
+        with sockets("tcp") as (a_peer, a, b, b_peer):
+            a_peer.sendall(b"x" * 100000)
+            a_peer.shutdown(socket.SHUT_WR)
+            b_peer.sendall(b"y" * 1000)
+            b_peer.shutdown(socket.SHUT_WR)
+            result = await relay(a, b, idle_timeout=10, splice=True)
+            assert read_all(b_peer) == b"x" * 100000
+            assert read_all(a_peer) == b"y" * 1000
+            return result
+
+    async def many() -> int:
+        await one()
+        created = tunnel.PIPES.created
+        for _ in range(20):
+            assert (await one()).end is RelayEnd.CLOSED
+        return tunnel.PIPES.created - created
+
+    assert run("asyncio", many) == 0  # every relay after the first used pooled pipes
+    assert _idle_pipes_are_empty()
+    assert len(tunnel.PIPES._idle) <= tunnel.PIPES.keep
+
+
+def test_idle_connection_holds_no_pipe() -> None:
+    if not tunnel.SPLICE_AVAILABLE:
+        pytest.skip("no os.splice on this platform")
+    with sockets("tcp") as (a_peer, a, b, b_peer):
+
+        async def go() -> list[bool]:
+            r = SocketRelay(a, b, idle_timeout=10, splice=True)
+            task = asyncio.ensure_future(r.run())
+            await asyncio.sleep(0.05)
+            held = [p.pipe is not None for p in r._pumps]  # nothing sent yet
+            a_peer.sendall(b"z")
+            while r.a_to_b < 1:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
+            held += [p.pipe is not None for p in r._pumps]  # moved, then given back
+            a_peer.shutdown(socket.SHUT_WR)
+            b_peer.shutdown(socket.SHUT_WR)
+            await task
+            return held
+
+        assert run("asyncio", go) == [False, False, False, False]
+
+
+def test_pipe_left_with_bytes_is_closed_not_pooled() -> None:
+    """A relay that ends (here: cancelled) while the other side is full must not hand a pipe
+    that still holds bytes to the next connection."""
+    if not tunnel.SPLICE_AVAILABLE:
+        pytest.skip("no os.splice on this platform")
+    with sockets("tcp") as (a_peer, a, b, _b_peer):
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+
+        def flood() -> None:
+            with contextlib.suppress(OSError):
+                a_peer.sendall(b"f" * (8 << 20))
+
+        t = Thread(flood)
+
+        async def go() -> bool:
+            r = SocketRelay(a, b, idle_timeout=10, splice=True)
+            task = asyncio.ensure_future(r.run())
+            while not (r._pumps and r._pumps[0].pending):  # b_peer reads nothing: b fills up
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return r._pumps[0].pipe is None
+
+        assert run("asyncio", go)
+        a_peer.shutdown(socket.SHUT_RDWR)  # wakes the flooding thread
+        t.result()
+        assert _idle_pipes_are_empty()
+
+
+def test_no_pipe_to_be_had_copies_instead(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not tunnel.SPLICE_AVAILABLE:
+        pytest.skip("no os.splice on this platform")
+    monkeypatch.setattr(tunnel.PIPES, "take", lambda: None)  # as when out of descriptors
+    with sockets("tcp") as (a_peer, a, b, b_peer):
+        a_peer.sendall(b"data" * 1000)
+        a_peer.shutdown(socket.SHUT_WR)
+        b_peer.shutdown(socket.SHUT_WR)
+
+        async def go() -> tuple[RelayResult, bool]:
+            r = SocketRelay(a, b, idle_timeout=10, splice=True)
+            return await r.run(), r.splicing
+
+        result, spliced = run("asyncio", go)
+        assert result == RelayResult(4000, 0, RelayEnd.CLOSED)
+        assert not spliced
+        assert read_all(b_peer) == b"data" * 1000
