@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.x509.oid import NameOID
 from harness import (
     LOOPBACK,
     Origin,
@@ -118,7 +118,7 @@ def leaf(port: int, servername: str | None, *args: str) -> x509.Certificate:
 
 def san_names(cert: x509.Certificate) -> list[str]:
     try:
-        ext = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
         return []
     return [str(v) for v in ext.value.get_values_for_type(x509.DNSName)]
