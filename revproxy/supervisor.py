@@ -349,9 +349,10 @@ class Instance:
                 config.global_.workers,
             )
         self._adopt(gen)
-        problems: list[str] = []
         if self.workers is not None:
-            problems = await self.workers.reload(
+            # A worker that cannot follow (say, a certificate file vanished since the master
+            # read it) is replaced by one started on the new config: logged, not a rejection.
+            await self.workers.reload(
                 config,
                 gen.number,
                 self.frontend.listeners_after(gen, new),
@@ -363,7 +364,7 @@ class Instance:
         self._write_pid_file(config)
         self._follow_watch(config)
         log.info("reload done: generation %d", gen.number)
-        return problems
+        return []
 
     async def _prepare_admin(self, config: Config) -> None:
         adm = config.admin
