@@ -668,6 +668,18 @@ def test_origin_silent_inside_body_ends_the_response(site: Site) -> None:
     assert site.get("app.test", "/after").status == 200
 
 
+def test_client_silent_inside_its_body_gets_408(site: Site) -> None:
+    idle = site.o("idle")
+    idle.reset()
+    head = b"POST /upload HTTP/1.1\r\nHost: idle.test\r\nContent-Length: 100\r\n\r\n"
+    data, closed = raw_exchange(site.http, head + b"only ten b", timeout=15.0)
+    assert closed
+    status, headers, _, _ = split_response(data)
+    assert status == 408
+    assert ("connection", "close") in headers
+    assert idle.requests() == []  # the origin never got a complete request
+
+
 def test_connect_timeout_moves_to_the_next_server(site: Site) -> None:
     counts = served_by(site, ("bh",), "bh.test", ["/a", "/b", "/c"])
     assert counts == {"bh": 3}
