@@ -1,0 +1,563 @@
+"""HTTP/1.1 on llhttp (httptools): the fast implementation of the API in ``http1.py``.
+
+Rule of this room: for the same bytes and the same calls, the same events or the same error
+as ``http1.H1Server`` / ``http1.H1Client`` — h11 is the reference, and
+``tests/proto/test_http1_differential.py`` holds this module to it. Bytes in, events out;
+commands in, bytes out; no I/O.
+
+The work is split three ways: ``http1_wire.py`` reads and writes header fields (llhttp lexes,
+h11's grammar decides whatever llhttp refuses), ``http1_state.py`` holds h11's state table and
+its body readers and writers, and this module is the API ``http_proxy.py`` uses. Request heads
+get the screening of ``http1.py`` (bare CR/LF, obs-fold, 431 however the head arrives,
+Content-Length with Transfer-Encoding, absolute-form reduced to origin-form) through the same
+functions; on the fast path llhttp's strict lexer refuses every head that screen refuses, and
+a refused head is screened again before h11's grammar says why. One check is added to what
+h11 does: a reason phrase a peer could not parse back is never sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import ClassVar, Final
+
+from revproxy.errors import BackendProtocolError, ClientProtocolError, HeaderTooLarge
+from revproxy.proto.events import (
+    ConnectionClosed,
+    DataReceived,
+    Event,
+    Headers,
+    InformationalReceived,
+    MessageEnded,
+    RequestReceived,
+    ResponseReceived,
+)
+from revproxy.proto.http1 import DEFAULT_MAX_HEADER_SIZE, _screen_head, _split_absolute
+from revproxy.proto.http1_state import (
+    CLIENT,
+    CLOSE,
+    DONE,
+    END,
+    ERROR,
+    IDLE,
+    LENGTH,
+    MIGHT_SWITCH_PROTOCOL,
+    SEND_BODY,
+    SEND_RESPONSE,
+    SERVER,
+    STATE_NAMES,
+    SWITCHED_PROTOCOL,
+    UNTIL_CLOSE,
+    Connection,
+)
+from revproxy.proto.http1_wire import (
+    NAME_RE,
+    PHRASES,
+    REASON_RE,
+    REQUEST_LINE_RE,
+    STATUS_LINE_RE,
+    TARGET_RE,
+    Message,
+    Outgoing,
+    Violation,
+    decode_fields,
+    field_block,
+    find_blank_line,
+    lex,
+    outgoing,
+    split_lines,
+    tokens,
+)
+
+_NO_TRAILERS: Final = Outgoing(b"", [])
+
+
+class H1Server(Connection):
+    """The client side of an exchange: parses requests, serialises responses."""
+
+    __slots__ = ("_eof", "_head_done", "_limit", "_max", "_pending", "stream_id")
+    _IS_CLIENT: ClassVar[bool] = False
+
+    def __init__(self, *, max_header_size: int = DEFAULT_MAX_HEADER_SIZE) -> None:
+        self._max = max_header_size
+        self._limit = max_header_size + 1024  # h11's max_incomplete_event_size in http1.py
+        self._reset()
+        self._pending = bytearray()  # bytes of a request head not yet parsed
+        self._head_done = False
+        self._eof = False
+        self.stream_id = 0
+
+    # --- receiving ---------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Feed bytes from the client (``b""`` = end of stream); return the events completed."""
+        if not self._head_done:
+            if not data:
+                self._eof = True
+                return self._try_head(self._pending)
+            if self._pending:
+                self._pending += data
+                return self._try_head(self._pending)
+            return self._try_head(data)
+        if (
+            data
+            and not self._buf
+            and self._client == SEND_BODY
+            and self._reader == LENGTH
+            and len(data) <= self._read_left
+            and not self._closed
+        ):
+            # The common case of a body arriving: hand the bytes on without copying them.
+            self._read_left -= len(data)
+            return self._drain([DataReceived(stream_id=self.stream_id, data=data)])
+        self._feed(data)
+        return self._drain([])
+
+    def _try_head(self, buf: bytes | bytearray) -> list[Event]:
+        # RFC 9112 §2.2: "a server that is expecting to receive and parse a request-line
+        # SHOULD ignore at least one empty line (CRLF) received prior to the request-line".
+        start = 0
+        while buf.startswith(b"\r\n", start):
+            start += 2
+        end = buf.find(b"\r\n\r\n", start)
+        if end == -1:
+            pending = self._keep_pending(buf, start)
+            if len(pending) > self._max:
+                raise HeaderTooLarge("request head too large")
+            if b"\n\n" in pending or b"\r\r" in pending:
+                raise ClientProtocolError("bare CR or LF in request head")
+            if self._eof:
+                if pending:
+                    raise ClientProtocolError("connection closed inside a request head")
+                return [ConnectionClosed(stream_id=self.stream_id)]
+            return []
+        end += 4
+        if end - start > self._max:
+            self._keep_pending(buf, start)
+            raise HeaderTooLarge("request head too large")
+        head = bytes(buf[start:end])
+        line_end = head.find(b"\r\n")
+        line = REQUEST_LINE_RE.fullmatch(head, 0, line_end)
+        lexed = lex(head, line_end + 2) if line is not None else None
+        if lexed is None:
+            # llhttp refused the fields, or the request line is wrong: screen as http1.py
+            # does before anything else, then let h11's grammar say what is wrong.
+            try:
+                _screen_head(head[:-2])
+            except ClientProtocolError:
+                self._keep_pending(buf, start)
+                raise
+        self._head_done = True
+        self._buf = bytearray(buf[end:])
+        self._pending = bytearray()
+        self._closed = self._eof
+        try:
+            if line is None:
+                raise Violation(f"illegal request line: {head[:line_end]!r}")
+            if lexed is None:
+                msg = Message(decode_fields(split_lines(head)[1:]))
+            else:
+                msg = Message(*lexed)
+            method, target, version = line[1], line[2], line[3]
+            if msg.hosts == 0 and version == b"1.1":
+                raise Violation("Missing mandatory Host: header")
+            if msg.hosts > 1:
+                raise Violation("Found multiple Host: headers")
+            self._on_request(method, version, msg)
+            self._their_version = version
+        except Violation as exc:
+            self._error(CLIENT)
+            raise ClientProtocolError(str(exc)) from None
+        return self._drain([self._request(method, target, version, msg)])
+
+    def _keep_pending(self, buf: bytes | bytearray, start: int) -> bytearray:
+        """Keep the bytes of an incomplete head (empty lines before it dropped)."""
+        if start or buf is not self._pending:
+            self._pending = bytearray(buf[start:])
+        return self._pending
+
+    def _request(
+        self, method: bytes, target: bytes, version: bytes, msg: Message
+    ) -> RequestReceived:
+        self.stream_id += 1
+        headers = msg.fields
+        host = msg.host
+        if msg.chunked and msg.length >= 0:
+            raise ClientProtocolError("both Content-Length and Transfer-Encoding")
+        absolute = _split_absolute(target)
+        if absolute is not None:
+            host, target = absolute
+            headers = [(n, v) for n, v in headers if n != b"host"]
+            headers.insert(0, (b"host", host))
+        elif not (target.startswith(b"/") or target == b"*" or method == b"CONNECT"):
+            raise ClientProtocolError("invalid request target")
+        return RequestReceived(
+            stream_id=self.stream_id,
+            method=method,
+            target=target,
+            authority=host,
+            headers=headers,
+            http_version=version,
+        )
+
+    def _drain(self, out: list[Event]) -> list[Event]:
+        sid = self.stream_id
+        try:
+            while True:
+                state = self._client
+                if state == SEND_BODY:
+                    item = self._read_body()
+                    if item is None and self._closed and not self._buf:
+                        item = self._read_eof()
+                elif (state == DONE and self._buf) or state in (
+                    MIGHT_SWITCH_PROTOCOL,
+                    SWITCHED_PROTOCOL,
+                ):
+                    return out  # pipelined bytes wait for start_next_cycle; or not HTTP now
+                elif state == ERROR:
+                    raise Violation("Can't receive data when peer state is ERROR")
+                else:
+                    if self._buf:
+                        raise Violation("Got data when expecting EOF")
+                    if self._closed:
+                        self._fire(CLIENT, CLOSE)
+                        self._settle()
+                        out.append(ConnectionClosed(stream_id=sid))
+                        return out
+                    item = None
+                if item is None:
+                    if len(self._buf) > self._limit:
+                        raise Violation("Receive buffer too long")
+                    if self._closed:
+                        raise Violation("peer unexpectedly closed connection")
+                    return out
+                if type(item) is bytes:
+                    out.append(DataReceived(stream_id=sid, data=item))
+                else:
+                    assert isinstance(item, list)
+                    self._fire(CLIENT, END)
+                    self._settle()
+                    out.append(MessageEnded(stream_id=sid, trailers=item))
+        except Violation as exc:
+            if self._client != ERROR:
+                self._error(CLIENT)
+            raise ClientProtocolError(str(exc) or "malformed request") from None
+
+    # --- sending -----------------------------------------------------------------------
+
+    def send_informational(self, status: int, headers: Headers) -> bytes:
+        try:
+            fields, _ = outgoing(headers)
+            if not isinstance(status, int) or not 100 <= status < 200:
+                raise Violation(
+                    f"InformationalResponse status_code should be in range [100, 200), not {status}"
+                )
+            if self._server == ERROR:
+                raise Violation("Can't send data when our state is ERROR")
+        except Violation as exc:
+            raise BackendProtocolError(f"cannot relay response: {exc}") from None
+        try:
+            self._on_informational(int(status))
+        except Violation as exc:
+            self._error(SERVER)
+            raise BackendProtocolError(f"cannot relay response: {exc}") from None
+        return b"HTTP/1.1 %d \r\n%b\r\n" % (status, fields.block)
+
+    def send_response(self, status: int, headers: Headers, reason: bytes = b"") -> bytes:
+        try:
+            fields, listed = outgoing(headers)
+            if not isinstance(status, int) or not 200 <= status < 1000:
+                raise Violation(
+                    f"Response status_code should be in range [200, 1000), not {status}"
+                )
+            status = int(status)
+            reason = reason or PHRASES.get(status, b"")
+            if REASON_RE.fullmatch(reason) is None:
+                raise Violation(f"illegal reason phrase {reason!r}")
+            if self._server == ERROR:
+                raise Violation("Can't send data when our state is ERROR")
+        except Violation as exc:
+            raise BackendProtocolError(f"cannot relay response: {exc}") from None
+        try:
+            self._clean_up(status, fields, listed)
+            self._on_response(status, b"1.1", fields)
+        except Violation as exc:
+            self._error(SERVER)
+            raise BackendProtocolError(f"cannot relay response: {exc}") from None
+        return b"HTTP/1.1 %d %b\r\n%b\r\n" % (status, reason, fields.block)
+
+    def _clean_up(self, status: int, fields: Outgoing, listed: list[tuple[bytes, bytes]]) -> None:
+        """h11's _clean_up_response_headers_for_sending: a response without a length goes out
+        chunked to an HTTP/1.1 client, and delimited by close (``Connection: close``) to an
+        HTTP/1.0 one; a connection that will close says so."""
+        method = self._method
+        delimited = not (
+            status in (204, 304) or (method == b"CONNECT" and 200 <= status < 300)
+        ) and (fields.chunked or fields.length < 0)
+        need_close = False
+        if delimited:
+            items = [
+                t
+                for t in fields.fields(listed)
+                if t[1] != b"content-length" and t[1] != b"transfer-encoding"
+            ]
+            fields.length = -1
+            if self._their_version is None or self._their_version < b"1.1":
+                fields.chunked = False
+                need_close = method != b"HEAD"
+            else:
+                items.append((b"Transfer-Encoding", b"transfer-encoding", b"chunked"))
+                fields.chunked = True
+            fields.items = items
+        if not self._keep_alive or need_close:
+            items = fields.fields(listed)
+            connection = tokens(items, b"connection")
+            connection.discard(b"keep-alive")
+            connection.add(b"close")
+            items = [t for t in items if t[1] != b"connection"]
+            items.extend((b"Connection", b"connection", t) for t in sorted(connection))
+            fields.items = items
+            fields.close = True
+        if delimited or fields.close:
+            fields.block = field_block(fields.fields(listed))
+
+    def send_data(self, data: bytes) -> bytes:
+        if not data:
+            return b""
+        try:
+            return self._write_data(SERVER, data)
+        except Violation as exc:
+            raise BackendProtocolError(f"cannot relay response: {exc}") from None
+
+    def send_end(self, trailers: Headers | None = None) -> bytes:
+        try:
+            return self._write_end(SERVER, outgoing(trailers)[0] if trailers else _NO_TRAILERS)
+        except Violation as exc:
+            raise BackendProtocolError(f"cannot relay response: {exc}") from None
+
+    # --- life cycle --------------------------------------------------------------------
+
+    @property
+    def has_partial_head(self) -> bool:
+        """Some bytes of a request head arrived but not all of it."""
+        return not self._head_done and bool(self._pending)
+
+    @property
+    def response_started(self) -> bool:
+        """A response head went out: a local error page can no longer replace it."""
+        return self._server != IDLE and self._server != SEND_RESPONSE
+
+    @property
+    def request_complete(self) -> bool:
+        return self._client == DONE
+
+    @property
+    def keep_alive(self) -> bool:
+        """Both messages done and neither side asked to close."""
+        return self._server == DONE and self._client == DONE
+
+    def start_next_cycle(self) -> list[Event]:
+        """Prepare for the next request; returns events from bytes already received."""
+        leftover, closed = self._buf, self._closed
+        self._reset()
+        self._head_done = False
+        self._pending = leftover
+        self._eof = closed
+        if leftover or closed:
+            return self._try_head(leftover)
+        return []
+
+
+class H1Client(Connection):
+    """The backend side of an exchange: serialises requests, parses responses."""
+
+    __slots__ = ("_max", "stream_id")
+    _IS_CLIENT: ClassVar[bool] = True
+
+    def __init__(self, *, max_header_size: int = DEFAULT_MAX_HEADER_SIZE) -> None:
+        self._max = max_header_size
+        self._reset()
+        self.stream_id = 0
+
+    # --- sending -----------------------------------------------------------------------
+
+    def send_request(
+        self, method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]]
+    ) -> bytes:
+        self.stream_id += 1
+        try:
+            fields, _ = outgoing(headers)
+            if fields.hosts == 0:
+                raise Violation("Missing mandatory Host: header")
+            if fields.hosts > 1:
+                raise Violation("Found multiple Host: headers")
+            if NAME_RE.fullmatch(method) is None:
+                raise Violation("Illegal method characters")
+            if TARGET_RE.fullmatch(target) is None:
+                raise Violation("Illegal target characters")
+            if self._client == ERROR:
+                raise Violation("Can't send data when our state is ERROR")
+        except Violation as exc:
+            raise ClientProtocolError(f"cannot relay request: {exc}") from None
+        try:
+            self._on_request(method, b"1.1", fields)
+        except Violation as exc:
+            self._error(CLIENT)
+            raise ClientProtocolError(f"cannot relay request: {exc}") from None
+        return b"%b %b HTTP/1.1\r\n%b\r\n" % (method, target, fields.block)
+
+    def send_data(self, data: bytes) -> bytes:
+        if not data:
+            return b""
+        try:
+            return self._write_data(CLIENT, data)
+        except Violation as exc:
+            raise ClientProtocolError(f"cannot relay request: {exc}") from None
+
+    def send_end(self, trailers: Headers | None = None) -> bytes:
+        try:
+            return self._write_end(CLIENT, outgoing(trailers)[0] if trailers else _NO_TRAILERS)
+        except Violation as exc:
+            raise ClientProtocolError(f"cannot relay request: {exc}") from None
+
+    # --- receiving ---------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        if (
+            data
+            and not self._buf
+            and self._server == SEND_BODY
+            and not self._closed
+            and (
+                self._reader == UNTIL_CLOSE
+                or (self._reader == LENGTH and len(data) <= self._read_left)
+            )
+        ):
+            # The common case of a body arriving: hand the bytes on without copying them.
+            if self._reader == LENGTH:
+                self._read_left -= len(data)
+            return self._drain([DataReceived(stream_id=self.stream_id, data=data)])
+        self._feed(data)
+        return self._drain([])
+
+    def _drain(self, out: list[Event]) -> list[Event]:
+        sid = self.stream_id
+        try:
+            while True:
+                state = self._server
+                item: bytes | Headers | Event | None
+                if state == SEND_BODY:
+                    item = self._read_body()
+                    if item is None and self._closed and not self._buf:
+                        item = self._read_eof()
+                elif state in (IDLE, SEND_RESPONSE):
+                    item = self._read_head(sid)
+                    if item is None and self._closed and not self._buf:
+                        self._fire(SERVER, CLOSE)
+                        self._settle()
+                        out.append(ConnectionClosed(stream_id=sid))
+                        return out
+                elif (state == DONE and self._buf) or state == SWITCHED_PROTOCOL:
+                    return out  # bytes beyond the response, or not HTTP any more: not ours
+                elif state == ERROR:
+                    raise Violation("Can't receive data when peer state is ERROR")
+                else:
+                    if self._buf:
+                        raise Violation("Got data when expecting EOF")
+                    if self._closed:
+                        self._fire(SERVER, CLOSE)
+                        self._settle()
+                        out.append(ConnectionClosed(stream_id=sid))
+                        return out
+                    item = None
+                if item is None:
+                    if len(self._buf) > self._max:
+                        raise Violation("Receive buffer too long")
+                    if self._closed:
+                        raise Violation("peer unexpectedly closed connection")
+                    return out
+                if type(item) is bytes:
+                    out.append(DataReceived(stream_id=sid, data=item))
+                elif type(item) is list:
+                    self._fire(SERVER, END)
+                    self._settle()
+                    out.append(MessageEnded(stream_id=sid, trailers=item))
+                else:
+                    assert isinstance(item, InformationalReceived | ResponseReceived)
+                    out.append(item)
+        except Violation as exc:
+            if self._server != ERROR:
+                self._error(SERVER)
+            raise BackendProtocolError(f"malformed response: {exc}") from None
+
+    def _read_head(self, sid: int) -> Event | None:
+        buf = self._buf
+        if buf[:1] == b"\n" or buf[:2] == b"\r\n":
+            raise Violation("no response line received")
+        end = find_blank_line(buf, self._lines_search)
+        if end < 0:
+            self._lines_search = max(0, len(buf) - 2)
+            if buf and buf[0] < 0x21:
+                raise Violation("illegal request line")
+            return None
+        head = self._take(end)
+        line_end = head.find(b"\r\n")
+        line = None
+        lexed = None
+        if line_end > 0 and head.endswith(b"\r\n\r\n"):
+            line = STATUS_LINE_RE.fullmatch(head, 0, line_end)
+            if line is not None:
+                lexed = lex(head, line_end + 2)
+        if lexed is not None:
+            msg = Message(*lexed)
+        else:
+            # Bare LF, obs-fold, a control character llhttp refuses ...: h11's grammar decides.
+            lines = split_lines(head)
+            line = STATUS_LINE_RE.fullmatch(lines[0])
+            if line is None:
+                raise Violation(f"illegal status line: {lines[0]!r}")
+            msg = Message(decode_fields(lines[1:]))
+        assert line is not None
+        version = line[1]
+        status = int(line[2])
+        self._their_version = version
+        if status < 200:
+            if status < 100:
+                raise Violation(
+                    f"InformationalResponse status_code should be in range [100, 200), not {status}"
+                )
+            self._on_informational(status)
+            self._check_head_size(head)
+            return InformationalReceived(stream_id=sid, status=status, headers=msg.fields)
+        self._on_response(status, version, msg)
+        self._check_head_size(head)
+        return ResponseReceived(
+            stream_id=sid,
+            status=status,
+            headers=msg.fields,
+            reason=line[3] or b"",
+            http_version=version,
+        )
+
+    def _check_head_size(self, head: bytes) -> None:
+        # As http1.py: a head that arrived whole is bounded too (h11 bounds only incomplete
+        # ones), once the head was taken in, so the connection's state is not ERROR.
+        if len(head) > self._max:
+            raise BackendProtocolError(f"response head over {self._max} bytes")
+
+    @property
+    def response_complete(self) -> bool:
+        return self._server == DONE
+
+    @property
+    def reusable(self) -> bool:
+        """Request and response both finished and the connection may carry another."""
+        return self._client == DONE and self._server == DONE
+
+    def start_next_cycle(self) -> None:
+        if self._client != DONE or self._server != DONE:
+            raise RuntimeError(
+                f"not in a reusable state: client {STATE_NAMES[self._client]}, "
+                f"server {STATE_NAMES[self._server]}"
+            )
+        self._client = self._server = IDLE
+        self._method = None

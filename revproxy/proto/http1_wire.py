@@ -1,0 +1,417 @@
+"""HTTP/1.1 header fields on the wire, for the fast implementation (``http1_fast.py``).
+
+Rule of this room: h11's grammar and h11's normalisation, bit for bit (``h11/_abnf.py``,
+``_headers.py``, ``_readers.py``), done faster. llhttp (strict: no lenient flag is ever set)
+lexes a header block; when it refuses one, the block is decided again by a port of h11's line
+reader, so llhttp can make the common case fast but never the answer different. Outgoing
+fields are checked as h11 checks them — names are tokens and values RFC 9110 §5.5 field
+values, so no CR, LF or NUL can reach the wire — with a few scans over the serialised block,
+falling back to field-by-field checks when a scan sees anything unusual.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from http import HTTPStatus
+from operator import itemgetter
+from typing import Final
+
+import httptools
+
+from revproxy.proto.events import Headers
+
+# --- grammar (RFC 9110 §5.5, RFC 9112 §3-§7, as h11/_abnf.py writes it) ---------------------
+
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
+# h11 allows control characters but NUL in values (real cookies carry \x01); \s excludes
+# SP, HTAB, CR, LF, VT and FF, of which SP and HTAB may sit between visible characters.
+_FIELD_CONTENT = rb"[^\x00\s]+(?:[ \t]+[^\x00\s]+)*"
+NAME_RE: Final = re.compile(_TOKEN)
+VALUE_RE: Final = re.compile(rb"(?:" + _FIELD_CONTENT + rb")?")
+FIELD_LINE_RE: Final = re.compile(
+    rb"(" + _TOKEN + rb"):[ \t]*((?:" + _FIELD_CONTENT + rb")?)[ \t]*"
+)
+REQUEST_LINE_RE: Final = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])")
+STATUS_LINE_RE: Final = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: ((?:[ \t]|[^\x00\s])*))?")
+REASON_RE: Final = re.compile(rb"(?:[ \t]|[^\x00\s])*")
+TARGET_RE: Final = re.compile(rb"[\x21-\x7e]+")
+# h11 bounds a chunk size to 20 hex digits and skips extensions whatever they hold.
+CHUNK_HEADER_RE: Final = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;.*)?[ \t]*\r\n")
+_OBS_FOLD_RE: Final = re.compile(rb"[ \t]+")
+MAX_LENGTH_DIGITS: Final = 20
+
+_TCHARS: Final = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+# Bytes a value may hold anywhere (whitespace at its ends is checked apart).
+_VALUE_BYTES: Final = bytes(b for b in range(256) if b not in b"\x00\r\n\x0b\x0c")
+_NOTABLE: Final = frozenset(
+    [b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade"]
+)
+PHRASES: Final = {int(s): s.phrase.encode() for s in HTTPStatus}
+
+
+class Violation(Exception):
+    """A protocol rule was broken; the caller says whose fault it is."""
+
+
+# --- received fields ---------------------------------------------------------------------
+
+
+def content_length(value: bytes) -> bytes:
+    """h11's reading of one Content-Length field: a list of equal numbers is one number."""
+    lengths = {length.strip() for length in value.split(b",")}
+    if len(lengths) != 1:
+        raise Violation("conflicting Content-Length headers")
+    value = lengths.pop()
+    if not value.isdigit() or len(value) > MAX_LENGTH_DIGITS:
+        raise Violation("bad Content-Length")
+    return value
+
+
+def normalise(fields: Headers) -> Headers:
+    """h11's normalize_and_validate for parsed fields: one Content-Length, one chunked."""
+    out: Headers = []
+    seen_length: bytes | None = None
+    chunked = False
+    for name, value in fields:
+        if name == b"content-length":
+            value = content_length(value)
+            if seen_length is None:
+                seen_length = value
+                out.append((name, value))
+            elif seen_length != value:
+                raise Violation("conflicting Content-Length headers")
+        elif name == b"transfer-encoding":
+            if chunked:
+                raise Violation("multiple Transfer-Encoding headers")
+            value = value.lower()
+            if value != b"chunked":
+                raise Violation("Only Transfer-Encoding: chunked is supported")
+            chunked = True
+            out.append((name, value))
+        else:
+            out.append((name, value))
+    return out
+
+
+def has_token(value: bytes, token: bytes) -> bool:
+    """``token`` is one of the comma-separated, case-insensitive values."""
+    return any(t.strip() == token for t in value.lower().split(b","))
+
+
+class Message:
+    """A received head's fields (normalised) and what they say about framing and the
+    connection."""
+
+    __slots__ = ("chunked", "close", "fields", "host", "hosts", "length", "upgrade")
+
+    def __init__(self, fields: Headers, unique: dict[bytes, bytes] | None = None) -> None:
+        """``unique``: the same fields as a dict, when no name occurs twice."""
+        if (unique is None or not self._take(unique)) and not self._scan(fields):
+            fields = normalise(fields)
+            self._scan(fields)
+        self.fields = fields
+
+    def _take(self, unique: dict[bytes, bytes]) -> bool:
+        host = unique.get(b"host")
+        self.hosts = 0 if host is None else 1
+        self.host = host or b""
+        length = unique.get(b"content-length")
+        self.length = -1
+        if length is not None:
+            if not length.isdigit() or len(length) > MAX_LENGTH_DIGITS:
+                return False
+            self.length = int(length)
+        coding = unique.get(b"transfer-encoding")
+        if coding is not None and coding != b"chunked":
+            return False
+        self.chunked = coding is not None
+        connection = unique.get(b"connection")
+        self.close = (
+            connection is not None
+            and b"close" in connection.lower()
+            and has_token(connection, b"close")
+        )
+        upgrade = unique.get(b"upgrade")
+        self.upgrade = upgrade is not None and any(t.strip() for t in upgrade.split(b","))
+        return True
+
+    def _scan(self, fields: Headers) -> bool:
+        """False when a Content-Length or Transfer-Encoding needs h11's normalisation first."""
+        self.length = -1
+        self.chunked = self.close = self.upgrade = False
+        self.hosts = 0
+        self.host = b""
+        for name, value in fields:
+            if name not in _NOTABLE:
+                continue
+            if name == b"host":
+                self.hosts += 1
+                self.host = value
+            elif name == b"content-length":
+                if self.length >= 0 or not value.isdigit() or len(value) > MAX_LENGTH_DIGITS:
+                    return False
+                self.length = int(value)
+            elif name == b"transfer-encoding":
+                if self.chunked or value != b"chunked":
+                    return False
+                self.chunked = True
+            elif name == b"connection":
+                if b"close" in value.lower() and has_token(value, b"close"):
+                    self.close = True
+            elif any(t.strip() for t in value.split(b",")):
+                self.upgrade = True
+        return True
+
+
+class _Lexer:
+    """llhttp lexing header blocks behind a fixed status line, into a dict (names unique)."""
+
+    __slots__ = ("fields", "on_header", "parser")
+
+    def __init__(self) -> None:
+        self.fields: dict[bytes, bytes] = {}
+        # Called by llhttp once per field: keeps the first of two equal names, which the
+        # caller notices by counting.
+        self.on_header = self.fields.setdefault
+        self.parser = httptools.HttpResponseParser(self)
+
+
+class _ListLexer:
+    """llhttp lexing into a list: for blocks with a repeated name or trailing whitespace."""
+
+    __slots__ = ("fields", "parser")
+
+    def __init__(self) -> None:
+        self.fields: Headers = []
+        self.parser = httptools.HttpResponseParser(self)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # llhttp drops leading whitespace of a value but keeps trailing whitespace.
+        self.fields.append((name.lower(), value.rstrip(b" \t")))
+
+
+_LEXER_LINE: Final = b"HTTP/1.1 204 No Content\r\n"
+# Lexers ready for another block. A free list, not shared state: a lexer is popped for one
+# call and pushed back after it (both atomic), so no two callers ever hold the same one.
+_free: list[_Lexer] = []
+_MAX_FREE: Final = 16
+
+
+def _feed(parser: httptools.HttpResponseParser, block: memoryview) -> bool:
+    try:
+        parser.feed_data(_LEXER_LINE)
+        parser.feed_data(block)
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+        return False
+    return True
+
+
+Lexed = tuple[Headers, dict[bytes, bytes] | None]
+
+
+def lex(head: bytes, start: int) -> Lexed | None:
+    """The fields of ``head[start:]`` (CRLF lines ending in the empty line), names lower-case,
+    and the same as a dict when no name repeats (for ``Message``); None when llhttp refuses
+    the block and h11's grammar must decide (``decode_fields``)."""
+    block = memoryview(head)[start:]
+    reused = bool(_free)
+    lexer = _free.pop() if reused else _Lexer()
+    fields = lexer.fields
+    if not _feed(lexer.parser, block):
+        fields.clear()
+        if not reused:
+            return None
+        # A reused lexer is closed by the "Connection: close" it lexed last time.
+        lexer = _Lexer()
+        fields = lexer.fields
+        if not _feed(lexer.parser, block):
+            return None
+    # llhttp accepted the whole block, so it reached its end: every field was seen.
+    unique = dict(zip(map(bytes.lower, fields), fields.values(), strict=True))
+    fields.clear()
+    if len(_free) < _MAX_FREE:
+        _free.append(lexer)
+    if (
+        len(unique) == head.count(b"\r\n", start) - 1
+        and head.find(b" \r\n", start) < 0
+        and head.find(b"\t\r\n", start) < 0
+    ):
+        return list(unique.items()), unique
+    listing = _ListLexer()
+    _feed(listing.parser, block)
+    return listing.fields, None
+
+
+def _unfold(lines: list[bytes]) -> list[bytes]:
+    """h11's obsolete line folding: a line starting with whitespace continues the previous."""
+    out: list[bytes] = []
+    for line in lines:
+        m = _OBS_FOLD_RE.match(line)
+        if m is None:
+            out.append(line)
+        elif not out:
+            raise Violation("continuation line at start of headers")
+        else:
+            out[-1] = out[-1] + b" " + line[m.end() :]
+    return out
+
+
+def decode_fields(lines: list[bytes]) -> Headers:
+    """Header lines (without terminators) read by h11's grammar; names lower-case."""
+    fields: Headers = []
+    for line in _unfold(lines):
+        m = FIELD_LINE_RE.fullmatch(line)
+        if m is None:
+            raise Violation(f"illegal header line: {line!r}")
+        fields.append((m[1].lower(), m[2]))
+    return fields
+
+
+def split_lines(head: bytes) -> list[bytes]:
+    """A head up to its empty line, split as h11 does (on LF, one CR trimmed); the empty
+    line is dropped."""
+    lines = [line[:-1] if line.endswith(b"\r") else line for line in head.split(b"\n")]
+    return lines[:-2]
+
+
+def find_blank_line(buf: bytes | bytearray, start: int) -> int:
+    """The end of the first empty line (h11: ``\\n\\r?\\n``) at or after ``start``, or -1."""
+    crlf = buf.find(b"\n\r\n", start)
+    lf = buf.find(b"\n\n", start, len(buf) if crlf < 0 else crlf + 1)
+    if lf >= 0:
+        return lf + 2
+    return crlf + 3 if crlf >= 0 else -1
+
+
+# --- fields to send ------------------------------------------------------------------------
+
+_FIELD_LINE: Final = b": ".join
+_NAME: Final = itemgetter(0)
+
+
+class Outgoing:
+    """Fields to send, checked and normalised as h11's event constructors do them.
+
+    ``block`` is the serialised field lines (Host first, as RFC 9110 §7.2 asks of a user
+    agent, and as h11 writes them), each ending in CRLF."""
+
+    __slots__ = ("block", "chunked", "close", "hosts", "items", "length", "upgrade")
+
+    def __init__(self, block: bytes, items: list[tuple[bytes, bytes, bytes]] | None) -> None:
+        self.block = block
+        self.items = items  # (raw name, lower-case name, value); None: build when needed
+        self.length = -1
+        self.chunked = self.close = self.upgrade = False
+        self.hosts = 0
+
+    def fields(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes, bytes]]:
+        if self.items is None:
+            self.items = [(raw, raw.lower(), value) for raw, value in headers]
+        return self.items
+
+
+def outgoing(headers: Iterable[tuple[bytes, bytes]]) -> tuple[Outgoing, list[tuple[bytes, bytes]]]:
+    """The checked fields, and ``headers`` as a list; raises Violation as h11 would."""
+    if type(headers) is not list:
+        headers = list(headers)
+    if not headers:
+        return Outgoing(b"", []), headers
+    n = len(headers)
+    try:
+        block = b"\r\n".join(map(_FIELD_LINE, headers)) + b"\r\n"
+        names = b"\n".join(map(_NAME, headers))
+    except TypeError:
+        return _outgoing_exactly(headers), headers
+    if (
+        block.translate(None, _VALUE_BYTES) != b"\r\n" * n
+        or b":  " in block
+        or b": \t" in block
+        or b" \r\n" in block
+        or b"\t\r\n" in block
+        or names.translate(None, _TCHARS) != b"\n" * (n - 1)
+        or b"\n\n" in names
+        or not names
+        or names[0] == 10
+        or names[-1] == 10
+    ):
+        # Something may be wrong, or a value is merely empty or holds ":  ".
+        return _outgoing_exactly(headers), headers
+    low = b"\n" + block.lower()
+    if b"\ntransfer-encoding:" in low or b"\nconnection:" in low or b"\nupgrade:" in low:
+        return _outgoing_exactly(headers), headers
+    out = Outgoing(block, None)
+    hosts = low.count(b"\nhost:")
+    if hosts > 1 or (hosts == 1 and not low.startswith(b"\nhost:")):
+        return _outgoing_exactly(headers), headers
+    out.hosts = hosts
+    at = low.find(b"\ncontent-length:")
+    if at >= 0:
+        if low.find(b"\ncontent-length:", at + 1) >= 0:
+            return _outgoing_exactly(headers), headers
+        value = block[at + 16 : block.find(b"\r", at)]
+        if not value.isdigit() or len(value) > MAX_LENGTH_DIGITS:
+            return _outgoing_exactly(headers), headers
+        out.length = int(value)
+    return out, headers
+
+
+def check_field(raw: bytes, value: bytes) -> None:
+    if NAME_RE.fullmatch(raw) is None:
+        raise Violation(f"Illegal header name {raw!r}")
+    if VALUE_RE.fullmatch(value) is None:
+        raise Violation(f"Illegal header value {value!r}")
+
+
+def _outgoing_exactly(headers: list[tuple[bytes, bytes]]) -> Outgoing:
+    """Field by field, in h11's order of checks."""
+    items: list[tuple[bytes, bytes, bytes]] = []
+    length: bytes | None = None
+    chunked = close = upgrade = False
+    hosts = 0
+    for raw, value in headers:
+        check_field(raw, value)
+        name = raw.lower()
+        if name == b"content-length":
+            value = content_length(value)
+            if length is None:
+                length = value
+            elif length != value:
+                raise Violation("conflicting Content-Length headers")
+            else:
+                continue
+        elif name == b"transfer-encoding":
+            if chunked:
+                raise Violation("multiple Transfer-Encoding headers")
+            value = value.lower()
+            if value != b"chunked":
+                raise Violation("Only Transfer-Encoding: chunked is supported")
+            chunked = True
+        elif name == b"host":
+            hosts += 1
+        elif name == b"connection":
+            close = close or has_token(value, b"close")
+        elif name == b"upgrade":
+            upgrade = upgrade or any(t.strip() for t in value.split(b","))
+        items.append((raw, name, value))
+    out = Outgoing(field_block(items), items)
+    out.length = -1 if length is None else int(length)
+    out.chunked, out.close, out.upgrade, out.hosts = chunked, close, upgrade, hosts
+    return out
+
+
+def field_block(items: list[tuple[bytes, bytes, bytes]]) -> bytes:
+    """Serialised field lines, Host first (h11's write_headers)."""
+    hosts = [b"%s: %s\r\n" % (raw, value) for raw, name, value in items if name == b"host"]
+    rest = [b"%s: %s\r\n" % (raw, value) for raw, name, value in items if name != b"host"]
+    return b"".join(hosts + rest)
+
+
+def tokens(items: list[tuple[bytes, bytes, bytes]], name: bytes) -> set[bytes]:
+    """The comma-separated values of every ``name`` field, lower-case (h11's
+    get_comma_header)."""
+    out: set[bytes] = set()
+    for _, n, value in items:
+        if n == name:
+            out.update(t for t in (t.strip() for t in value.lower().split(b",")) if t)
+    return out
