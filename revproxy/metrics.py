@@ -211,8 +211,9 @@ class RequestMetrics:
         )
         self.tcp = r.counter(
             "revproxy_tcp_connections_total",
-            "L4 connections relayed, by listener and pool.",
-            ("listener", "pool"),
+            "L4 connections (mode tcp, TLS passthrough) by listener, pool and the status class "
+            "of how they ended (as in the access log).",
+            ("listener", "pool", "code"),
         )
 
     def record(self, rec: AccessRecord) -> None:
@@ -226,6 +227,13 @@ class RequestMetrics:
         if rec.backend != "-":
             self.backend_responses.inc((rec.pool, rec.backend, code))
             self.upstream.observe((rec.pool,), rec.upstream_ms / 1000.0)
+
+    def connection(self, rec: AccessRecord) -> None:
+        """Count one finished L4 connection (its access-log record)."""
+        listener = rec.listener
+        self.tcp.inc((listener, rec.pool or "-", status_class(rec.status)))
+        self.received.inc((listener,), rec.bytes_in)
+        self.sent.inc((listener,), rec.bytes_out)
 
 
 class InstanceMetrics:

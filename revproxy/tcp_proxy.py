@@ -102,6 +102,7 @@ def record_refused(gen: Generation, lrt: ListenerRuntime, info: ConnInfo) -> Non
     rec = _record(lrt, info, method, lrt.config.pool or "", "")
     rec.status = STATUS_FULL
     gen.access_log.record(rec)
+    gen.metrics.connection(rec)
 
 
 async def serve_tcp(
@@ -168,3 +169,4 @@ async def _serve(
             rec.bytes_out = relay.b_to_a
         rec.duration_ms = (time.monotonic() - started) * 1000
         gen.access_log.record(rec)
+        gen.metrics.connection(rec)

@@ -199,3 +199,14 @@ def test_the_channel_carries_messages_and_sockets_in_order() -> None:
         await worker.close()
 
     asyncio.run(main())
+
+
+def test_an_l4_connection_is_counted_apart_from_requests() -> None:
+    m = RequestMetrics()
+    m.connection(record(listener="db", method="TCP", path="", status=200, bytes_in=5, bytes_out=7))
+    m.connection(record(listener="db", method="TCP", path="", status=502, pool=""))
+    s = samples(m.registry.render())
+    assert s['revproxy_tcp_connections_total{listener="db",pool="app",code="2xx"}'] == 1
+    assert s['revproxy_tcp_connections_total{listener="db",pool="-",code="5xx"}'] == 1
+    assert s['revproxy_received_bytes_total{listener="db"}'] == 105
+    assert not any(k.startswith("revproxy_requests_total") for k in s)

@@ -313,6 +313,7 @@ tls = {{ certs = [{{ cert = {toml_path(cert)}, key = {toml_path(key)} }}] }}
     text = config(tmp_path, port, servers(f'"{a.address}"'), extra=extra)
     with Proxy(tmp_path, text, ports=[port, tls_port]) as proxy:
         ops = Ops(proxy, port)
+        assert (tmp_path / "admin.sock").stat().st_mode & 0o777 == 0o660
         code, out = ops.ctl("show", "certs")
         assert code == 0
         assert re.search(
