@@ -19,14 +19,11 @@ carrying the ``id`` of the request they answer.
 
 from __future__ import annotations
 
-import array
 import asyncio
 import base64
 import contextlib
-import json
 import logging
 import os
-import pickle
 import signal
 import socket
 import sys
@@ -36,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from revproxy.channel import Channel, Message, flatten, pack_config, unflatten, unpack_config
 from revproxy.config import Bind, Config
 from revproxy.errors import ConfigError
 from revproxy.generation import Generation
@@ -44,8 +42,6 @@ from revproxy.pool import BackendState
 
 log = logging.getLogger("revproxy.workers")
 
-# Largest number of descriptors passed in one message (every socket of every listener).
-MAX_FDS = 512
 # How long a new worker has to start and say it is ready.
 READY_TIMEOUT = 30.0
 # How long a worker has to answer a request (stats, reload).
@@ -57,9 +53,6 @@ RESTART_STABLE_AFTER = 30.0
 # Worker processes killed at stop when they have not exited this long after shutdown_timeout.
 STOP_GRACE = 5.0
 
-Message = dict[str, Any]
-
-
 def worker_count(setting: int | str) -> int:
     """``workers``: a number, or "auto" = the CPUs this process may run on."""
     if setting == "auto":
@@ -68,156 +61,6 @@ def worker_count(setting: int | str) -> int:
         except AttributeError:  # not Linux
             return os.cpu_count() or 1
     return max(int(setting), 1)
-
-
-def pack_config(config: Config) -> str:
-    return base64.b64encode(pickle.dumps(config, protocol=pickle.HIGHEST_PROTOCOL)).decode()
-
-
-def unpack_config(blob: str) -> Config:
-    # The channel is a socketpair between this process and its own parent: trusted.
-    config = pickle.loads(base64.b64decode(blob))
-    if not isinstance(config, Config):
-        raise TypeError("the master sent something that is not a Config")
-    return config
-
-
-# --- the channel -----------------------------------------------------------------------------
-
-
-class Channel:
-    """JSON lines over a Unix stream socket; file descriptors travel with their line.
-
-    ``post`` queues (never blocks) and keeps order; a writer task sends. Received descriptors
-    are handed to the message whose ``nfds`` claims them, in order.
-    """
-
-    def __init__(self, sock: socket.socket) -> None:
-        sock.setblocking(False)
-        self.sock = sock
-        self._out: asyncio.Queue[tuple[bytes, list[int]] | None] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
-        self._buf = bytearray()
-        self._fds: list[int] = []
-        self._msgs: list[Message] = []
-        self.closed = False
-
-    def post(self, msg: Message, fds: Sequence[int] = ()) -> None:
-        if self.closed:
-            return
-        if fds:
-            msg = {**msg, "nfds": len(fds)}
-        line = json.dumps(msg, separators=(",", ":")).encode() + b"\n"
-        self._out.put_nowait((line, list(fds)))
-        if self._writer is None:
-            self._writer = asyncio.get_running_loop().create_task(self._write_forever())
-
-    async def _write_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            item = await self._out.get()
-            if item is None:
-                return
-            data, fds = item
-            try:
-                if fds:
-                    sent = await self._sendmsg(data, fds)
-                    data = data[sent:]
-                if data:
-                    await loop.sock_sendall(self.sock, data)
-            except OSError as exc:
-                log.debug("channel send failed: %s", exc)
-                self.closed = True
-                return
-
-    async def _sendmsg(self, data: bytes, fds: list[int]) -> int:
-        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
-        while True:
-            try:
-                return self.sock.sendmsg([data], anc)
-            except (BlockingIOError, InterruptedError):
-                await _ready(self.sock, write=True)
-
-    async def recv(self) -> tuple[Message, list[int]]:
-        """The next message and the descriptors it carries; EOFError when the peer is gone."""
-        while not self._msgs:
-            try:
-                data, anc, _flags, _addr = self.sock.recvmsg(
-                    1 << 16, socket.CMSG_SPACE(MAX_FDS * 4)
-                )
-            except (BlockingIOError, InterruptedError):
-                await _ready(self.sock, write=False)
-                continue
-            except OSError as exc:
-                raise EOFError(str(exc)) from None
-            for level, kind, payload in anc:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds = array.array("i")
-                    fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-                    self._fds.extend(fds)
-            if not data:
-                raise EOFError("channel closed")
-            self._buf += data
-            while (end := self._buf.find(b"\n")) >= 0:
-                self._msgs.append(json.loads(self._buf[:end]))
-                del self._buf[: end + 1]
-        msg = self._msgs.pop(0)
-        n = int(msg.get("nfds", 0))
-        taken, self._fds = self._fds[:n], self._fds[n:]
-        return msg, taken
-
-    async def close(self) -> None:
-        if self._writer is not None and not self._writer.done():
-            self._out.put_nowait(None)
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(2.0):
-                    await self._writer
-        self.closed = True
-        self.sock.close()
-
-
-async def _ready(sock: socket.socket, *, write: bool) -> None:
-    """Wait until ``sock`` can be written (or read)."""
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[None] = loop.create_future()
-
-    def wake() -> None:
-        if not fut.done():
-            fut.set_result(None)
-
-    fd = sock.fileno()
-    if write:
-        loop.add_writer(fd, wake)
-    else:
-        loop.add_reader(fd, wake)
-    try:
-        await fut
-    finally:
-        if write:
-            loop.remove_writer(fd)
-        else:
-            loop.remove_reader(fd)
-
-
-def _flatten(listeners: dict[str, list[socket.socket]]) -> tuple[list[list[Any]], list[int]]:
-    """[[address, number of sockets], ...] and the descriptors in the same order."""
-    layout: list[list[Any]] = []
-    fds: list[int] = []
-    for addr, socks in listeners.items():
-        layout.append([addr, len(socks)])
-        fds.extend(s.fileno() for s in socks)
-    return layout, fds
-
-
-def _unflatten(layout: list[list[Any]], fds: list[int]) -> dict[str, list[socket.socket]]:
-    out: dict[str, list[socket.socket]] = {}
-    i = 0
-    for addr, n in layout:
-        out[str(addr)] = [socket.socket(fileno=fd) for fd in fds[i : i + int(n)]]
-        i += int(n)
-    for fd in fds[i:]:
-        os.close(fd)
-    return out
 
 
 # --- master side -------------------------------------------------------------------------------
@@ -323,7 +166,7 @@ class WorkerPool:
         handle.reader = asyncio.get_running_loop().create_task(self._read(handle))
         # Known at once: broadcasts queue behind the init message, in order.
         self.handles[slot] = handle
-        layout, fds = _flatten(self.listeners)
+        layout, fds = flatten(self.listeners)
         cert, key = self.default_pem
         handle.channel.post(
             {
@@ -464,7 +307,7 @@ class WorkerPool:
         async with self._lock:
             added = {a: s for a, s in listeners.items() if a not in self.listeners}
             self._set(config, number, listeners)
-            layout, fds = _flatten(added)
+            layout, fds = flatten(added)
             msg = {
                 "op": "reload",
                 "config": self.config_blob,
@@ -597,7 +440,7 @@ class Worker:
             raise RuntimeError(f"expected init from the master, got {msg.get('op')!r}")
         cert, key = (base64.b64decode(x) for x in msg["default_pem"])
         self.frontend = self._frontend_cls((cert, key), accept=True)
-        self._received = _unflatten(msg["listeners"], fds)
+        self._received = unflatten(msg["listeners"], fds)
         self._apply_states(msg["states"])
         config = unpack_config(msg["config"])
         gen = self.frontend.build(config, number=int(msg["number"]))
@@ -696,7 +539,7 @@ class Worker:
             self._apply_states(msg["states"])
             return
         if op == "reload":
-            self._received.update(_unflatten(msg["listeners"], fds))
+            self._received.update(unflatten(msg["listeners"], fds))
             reply["problems"] = await self._reload(msg)
         elif op == "stats":
             reply.update(self.stats())

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from revproxy.accesslog import AccessRecord
-from revproxy.admin import RateMeter
+from revproxy.channel import Channel
 from revproxy.metrics import (
     LATENCY_BUCKETS,
     InstanceMetrics,
@@ -22,7 +22,8 @@ from revproxy.metrics import (
     merged,
     status_class,
 )
-from revproxy.workers import Channel, describe_exit, worker_count
+from revproxy.stats import RateMeter
+from revproxy.workers import describe_exit, worker_count
 
 
 def record(**kw: object) -> AccessRecord:
