@@ -233,6 +233,19 @@ def set_admin(rec: HealthRecord, admin: BackendState | None, now: float) -> Chan
     return Change(before, after, f"{verb} by the operator")
 
 
+def checks_removed(rec: HealthRecord, now: float) -> Change | None:
+    """A reload removed the pool's active checks: nothing could bring a server that they
+    took down back, so it is up again (passive checks, if any, still watch it)."""
+    if rec.health is not Health.DOWN:
+        return None
+    before = rec.state
+    rec.health, rec.changed_at, rec.up_since = Health.UP, now, now
+    rec.fails = rec.passes = rec.passive = 0
+    if rec.state is before:
+        return None
+    return Change(before, rec.state, "active checks removed from the configuration")
+
+
 def slow_start_factor(up_since: float | None, now: float, slow_start: float) -> float:
     """Share of its weight a backend gets ``now``: ramps 0 → 1 over ``slow_start`` seconds."""
     if up_since is None or slow_start <= 0:
@@ -407,6 +420,8 @@ class HealthMonitor:
                     t.backend, t.pool = b, pool
                 if restart:
                     self._restart(t)
+                    if pool.health is None:
+                        self._apply(t, checks_removed(t.record, now))
                 self._write(t, now)
         for key in [k for k in self.targets if k not in seen]:
             t = self.targets.pop(key)

@@ -302,6 +302,8 @@ class Instance:
     async def reload(self) -> list[str]:
         """Swap in the config on disk; returns the problems (empty on success)."""
         async with self._reload_lock:
+            if self._stop.is_set():
+                return ["revproxy is stopping; not reloading"]
             self.notifier.reloading()
             problems = await self._reload()
             self.last_reload = (time.time(), problems)

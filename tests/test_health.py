@@ -464,3 +464,22 @@ async def test_monitor_finds_backends_by_the_names_operators_use() -> None:
     mon.set_admin(t, DRAIN)
     assert b2.state is DRAIN
     assert not b2.available
+
+
+@asynctest
+async def test_a_reload_that_removes_active_checks_brings_their_downs_back() -> None:
+    mon = HealthMonitor()
+    checked = PoolConfig(
+        name="web", servers=(Server(address="127.0.0.1", port=1),), health=HealthConfig()
+    )
+    b = Backend("web", "127.0.0.1", 1)
+    mon.adopt([(checked, [b])])
+    t = mon.targets[("web", "127.0.0.1", 1)]
+    mon.feed(t, FAIL, "connection refused")
+    assert b.state is DOWN
+    unchecked = PoolConfig(name="web", servers=checked.servers)
+    b2 = Backend("web", "127.0.0.1", 1)
+    mon.adopt([(unchecked, [b2])])
+    assert b2.state is UP
+    assert t.task is None
+    mon.close()
