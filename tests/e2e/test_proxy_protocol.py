@@ -1,11 +1,11 @@
 """PROXY protocol end to end: headers in from HAProxy, curl and raw sockets; headers out to
-nginx and to a recording origin.
+nginx and to a recording origin, for requests and for health checks.
 
 One proxy serves the module. Its listeners trust 127.0.0.1 (HAProxy and the raw clients) and
-127.0.0.5 (curl, which writes its own connection's addresses into a v1 header); clients that
-must not be believed connect from 127.0.0.66. Every client address a test expects to see is
-distinct from the TCP peer that carried it, so a test can tell "the header was used" from
-"the socket was used". Access-log lines are found by a path unique to each test.
+127.0.0.5/.6 (curl, which writes its own connection's addresses into a v1 header); clients
+that must not be believed connect from 127.0.0.66. Raw clients name documentation addresses
+(198.51.100.7, 2001:db8::7) that no socket can have, so a test tells "the header was used"
+from "the socket was used". Access-log lines are found by a path unique to each test.
 """
 
 from __future__ import annotations
