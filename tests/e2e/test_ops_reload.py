@@ -295,3 +295,35 @@ def test_config_watch_reloads_when_a_toml_file_changes(tmp_path: Path, origin: O
         assert wait_until(lambda: "reload rejected" in proxy.stderr(), 15)
         assert served()
         assert proxy.stop() == 0
+
+
+def test_reload_without_an_admin_socket_checks_then_signals_the_pid_file(
+    tmp_path: Path, origin: Origin
+) -> None:
+    port = free_port()
+    pid_file = tmp_path / "revproxy.pid"
+
+    def text(body: str) -> str:
+        t = config(tmp_path, port, [origin], body=body)
+        t = t.replace(f"[admin]\nsocket = {toml_path(tmp_path / 'admin.sock')}\n", "")
+        return t.replace("[global]\n", f"[global]\npid_file = {toml_path(pid_file)}\n")
+
+    with Proxy(tmp_path, text("one"), ports=[port]) as proxy:
+        assert wait_until(pid_file.exists, 10)
+        assert pid_file.read_text().strip() == str(proxy.pid)
+        write(proxy, text("two").replace('pool = "app"', 'pool = "nope"'))
+        res = reload(proxy)
+        assert res.returncode == 2
+        assert "reload not sent" in res.stderr and 'no pool named "nope"' in res.stderr
+        assert "reload rejected" not in proxy.stderr()  # it was never asked
+        write(proxy, text("two"))
+        res = reload(proxy)
+        assert res.returncode == 0, res.stderr
+        assert f"sent SIGHUP to pid {proxy.pid}" in res.stdout
+
+        def served() -> bool:
+            return curl_http(f"http://{LOOPBACK}:{port}/fixed").body == b"two"
+
+        assert wait_until(served, 10)
+        assert proxy.stop() == 0
+    assert not pid_file.exists()
