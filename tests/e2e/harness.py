@@ -474,11 +474,8 @@ class Proxy:
         return self.proc is not None and self.proc.poll() is None
 
     def rss_kib(self) -> int:
-        """Resident memory of the proxy process (VmRSS, KiB)."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise RuntimeError("no VmRSS in /proc status")
+        """Resident memory (VmRSS, KiB) of the proxy and its worker processes, if any."""
+        return sum(_rss_kib(pid) for pid in [self.pid, *_descendants(self.pid)])
 
     def stdout(self) -> str:
         return self.stdout_path.read_text(errors="replace")
@@ -500,6 +497,34 @@ class Proxy:
         if not wait_until(check, timeout):
             raise AssertionError("no matching access log line in:\n" + self.stdout()[-4000:])
         return found[0]
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0  # it just exited
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
 
 
 def run_cli(

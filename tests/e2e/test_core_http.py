@@ -141,6 +141,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     o = {name: origins[name].address for name in ORIGINS}
     config = f"""
 [global]
+workers = 1
 header_timeout = "1s"
 keepalive_timeout = "2s"
 
