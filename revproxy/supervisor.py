@@ -389,11 +389,14 @@ class Instance:
     async def reload_certs(self) -> list[str]:
         """``reload certs``: certificates from disk now (the whole config when there is no
         certificate watcher)."""
+        from revproxy.workers import REPLY_TIMEOUT
+
         if self.cert_watcher is None:
             return await self.reload()
         problems: list[str] = list(self.cert_watcher.reload_now())
         if self.workers is not None:
-            for answer in await self.workers.ask_all({"op": "reload_certs"}):
+            answers = await self.workers.ask_all({"op": "reload_certs"}, timeout=REPLY_TIMEOUT)
+            for answer in answers:
                 problems.extend(answer.get("problems") or [])
         return problems
 

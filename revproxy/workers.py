@@ -44,14 +44,17 @@ log = logging.getLogger("revproxy.workers")
 
 # How long a new worker has to start and say it is ready.
 READY_TIMEOUT = 30.0
-# How long a worker has to answer a request (stats, reload).
+# How long a worker has to answer a reload, and a question (stats for /metrics: a worker that
+# is stuck must not hold the scrape for long).
 REPLY_TIMEOUT = 30.0
+QUESTION_TIMEOUT = 5.0
 # Restart back-off: first wait, longest wait, and how long a worker must live to reset it.
 RESTART_BACKOFF_MIN = 0.5
 RESTART_BACKOFF_MAX = 30.0
 RESTART_STABLE_AFTER = 30.0
 # Worker processes killed at stop when they have not exited this long after shutdown_timeout.
 STOP_GRACE = 5.0
+
 
 def worker_count(setting: int | str) -> int:
     """``workers``: a number, or "auto" = the CPUs this process may run on."""
@@ -267,22 +270,30 @@ class WorkerPool:
 
     # --- talking to workers
 
-    async def ask(self, handle: WorkerHandle, msg: Message, fds: Sequence[int] = ()) -> Message:
+    async def ask(
+        self,
+        handle: WorkerHandle,
+        msg: Message,
+        fds: Sequence[int] = (),
+        timeout: float = REPLY_TIMEOUT,
+    ) -> Message:
         self._ids += 1
         rid = self._ids
         fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         handle.pending[rid] = fut
         handle.channel.post({**msg, "id": rid}, fds)
         try:
-            async with asyncio.timeout(REPLY_TIMEOUT):
+            async with asyncio.timeout(timeout):
                 return await fut
         finally:
             handle.pending.pop(rid, None)
 
-    async def ask_all(self, msg: Message) -> list[Message]:
+    async def ask_all(self, msg: Message, timeout: float = QUESTION_TIMEOUT) -> list[Message]:
         """Ask every ready worker; the answers that came (a dying worker gives none)."""
         live = [h for h in self.handles.values() if h.ready.is_set() and h.proc.returncode is None]
-        answers = await asyncio.gather(*(self.ask(h, msg) for h in live), return_exceptions=True)
+        answers = await asyncio.gather(
+            *(self.ask(h, msg, timeout=timeout) for h in live), return_exceptions=True
+        )
         return [a for a in answers if isinstance(a, dict)]
 
     def broadcast(self, msg: Message) -> None:
