@@ -183,6 +183,8 @@ class Origin:
     def stop(self) -> None:
         self._stop.set()
         if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked accept() at once
             self._sock.close()
         with self._lock:
             clients = list(self._clients)
