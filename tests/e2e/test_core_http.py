@@ -565,6 +565,40 @@ def test_large_streamed_download(site: Site, tmp_path: Path, framing: str) -> No
     assert rss.growth < RSS_GROWTH_LIMIT_KIB, f"RSS grew by {rss.growth} KiB"
 
 
+def test_slow_reader_gets_backpressure_not_buffering(site: Site) -> None:
+    """A client that stops reading must stop the origin, not fill the proxy's memory."""
+    site.get("big.test", "/warm-up")
+    request = f"GET /stream?size={BIG} HTTP/1.1\r\nHost: big.test\r\n\r\n".encode()
+    digest = hashlib.sha256()
+    received = 0
+    with (
+        RssSampler(site.proxy) as rss,
+        socket.create_connection((LOOPBACK, site.http), timeout=60) as sock,
+    ):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.sendall(request)
+        time.sleep(3.0)  # read nothing while the origin could send everything
+        stalled = rss.peak - rss.baseline
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(65536)
+            assert chunk, "connection closed before the response head"
+            head += chunk
+        head, _, body = head.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        digest.update(body)
+        received = len(body)
+        while received < BIG:
+            chunk = sock.recv(1 << 20)
+            assert chunk, f"connection closed after {received} bytes"
+            digest.update(chunk)
+            received += len(chunk)
+    assert digest.hexdigest() == generated_sha256(BIG)
+    print(f"RSS grew by {stalled} KiB while the client read nothing, {rss.growth} KiB in all")
+    assert stalled < RSS_GROWTH_LIMIT_KIB
+    assert rss.growth < RSS_GROWTH_LIMIT_KIB
+
+
 def test_head(site: Site) -> None:
     web = site.o("web")
     web.reset()
