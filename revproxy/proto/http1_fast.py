@@ -422,22 +422,45 @@ class H1Client(Connection):
     # --- receiving ---------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> list[Event]:
-        if (
-            data
-            and not self._buf
-            and self._server == SEND_BODY
-            and not self._closed
-            and (
+        if data and not self._buf and not self._closed:
+            state = self._server
+            if state == SEND_BODY and (
                 self._reader == UNTIL_CLOSE
                 or (self._reader == LENGTH and len(data) <= self._read_left)
-            )
-        ):
-            # The common case of a body arriving: hand the bytes on without copying them.
-            if self._reader == LENGTH:
-                self._read_left -= len(data)
-            return self._drain([DataReceived(stream_id=self.stream_id, data=data)])
+            ):
+                # The common case of a body arriving: hand the bytes on without copying them.
+                if self._reader == LENGTH:
+                    self._read_left -= len(data)
+                return self._drain([DataReceived(stream_id=self.stream_id, data=data)])
+            if state == SEND_RESPONSE and data[0] >= 0x21:
+                end = find_blank_line(data, 0)
+                if end > 0:
+                    return self._whole_head(data, end)
         self._feed(data)
         return self._drain([])
+
+    def _whole_head(self, data: bytes, end: int) -> list[Event]:
+        """A response head that arrived at the start of ``data``: what ``_drain`` would do,
+        without copying the bytes into the receive buffer first."""
+        sid = self.stream_id
+        try:
+            event = self._parse_head(data[:end], sid)
+        except Violation as exc:
+            self._error(SERVER)
+            raise BackendProtocolError(f"malformed response: {exc}") from None
+        out: list[Event] = [event]
+        if end < len(data):
+            rest = data[end:]
+            if self._server == SEND_BODY and (
+                self._reader == UNTIL_CLOSE
+                or (self._reader == LENGTH and len(rest) <= self._read_left)
+            ):
+                if self._reader == LENGTH:
+                    self._read_left -= len(rest)
+                out.append(DataReceived(stream_id=sid, data=rest))
+            else:
+                self._buf += rest
+        return self._drain(out)
 
     def _drain(self, out: list[Event]) -> list[Event]:
         sid = self.stream_id
@@ -499,7 +522,10 @@ class H1Client(Connection):
             if buf and buf[0] < 0x21:
                 raise Violation("illegal request line")
             return None
-        head = self._take(end)
+        return self._parse_head(self._take(end), sid)
+
+    def _parse_head(self, head: bytes, sid: int) -> Event:
+        """A complete response head (status line to empty line): its event, state updated."""
         line_end = head.find(b"\r\n")
         line = None
         lexed = None

@@ -41,7 +41,6 @@ CHUNK_HEADER_RE: Final = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;.*)?[ \t]*\r\n")
 _OBS_FOLD_RE: Final = re.compile(rb"[ \t]+")
 MAX_LENGTH_DIGITS: Final = 20
 
-_TCHARS: Final = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 # Bytes a value may hold anywhere (whitespace at its ends is checked apart).
 _VALUE_BYTES: Final = bytes(b for b in range(256) if b not in b"\x00\r\n\x0b\x0c")
 _NOTABLE: Final = frozenset(
@@ -215,14 +214,13 @@ def lex(head: bytes, start: int) -> Lexed | None:
     and the same as a dict when no name repeats (for ``Message``); None when llhttp refuses
     the block and h11's grammar must decide (``decode_fields``)."""
     block = memoryview(head)[start:]
-    reused = bool(_free)
-    lexer = _free.pop() if reused else _Lexer()
+    lexer = _free.pop() if _free else _Lexer()
     fields = lexer.fields
-    if not _feed(lexer.parser, block):
-        fields.clear()
-        if not reused:
-            return None
-        # A reused lexer is closed by the "Connection: close" it lexed last time.
+    try:
+        lexer.parser.feed_data(_LEXER_LINE)
+        lexer.parser.feed_data(block)
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+        # Refused; or a reused lexer closed by the "Connection: close" it lexed last time.
         lexer = _Lexer()
         fields = lexer.fields
         if not _feed(lexer.parser, block):
@@ -311,45 +309,54 @@ class Outgoing:
         return self.items
 
 
+# Header names seen valid, and what they are to framing: a memo of a pure function (bounded,
+# never consulted to refuse anything), so the common case checks no name twice.
+_ORDINARY, _HOST, _LENGTH, _CODING, _CONNECTION, _UPGRADE = range(6)
+_NAME_KINDS: Final = {
+    b"host": _HOST,
+    b"content-length": _LENGTH,
+    b"transfer-encoding": _CODING,
+    b"connection": _CONNECTION,
+    b"upgrade": _UPGRADE,
+}
+_known_names: dict[bytes, int] = {}
+_MAX_KNOWN_NAMES: Final = 1024
+_CRLFS: Final = [b"\r\n" * n for n in range(128)]
+
+
 def outgoing(headers: Iterable[tuple[bytes, bytes]]) -> tuple[Outgoing, list[tuple[bytes, bytes]]]:
     """The checked fields, and ``headers`` as a list; raises Violation as h11 would."""
     if type(headers) is not list:
         headers = list(headers)
-    if not headers:
-        return Outgoing(b"", []), headers
     n = len(headers)
+    if not n:
+        return Outgoing(b"", []), headers
     try:
+        kinds = list(map(_known_names.get, map(_NAME, headers)))
         block = b"\r\n".join(map(_FIELD_LINE, headers)) + b"\r\n"
-        names = b"\n".join(map(_NAME, headers))
     except TypeError:
         return _outgoing_exactly(headers), headers
     if (
-        block.translate(None, _VALUE_BYTES) != b"\r\n" * n
+        n >= len(_CRLFS)
+        or None in kinds
+        or block.translate(None, _VALUE_BYTES) != _CRLFS[n]
         or b":  " in block
         or b": \t" in block
         or b" \r\n" in block
         or b"\t\r\n" in block
-        or names.translate(None, _TCHARS) != b"\n" * (n - 1)
-        or b"\n\n" in names
-        or not names
-        or names[0] == 10
-        or names[-1] == 10
     ):
-        # Something may be wrong, or a value is merely empty or holds ":  ".
+        # A name not seen before, or a value that may be wrong (or is merely empty).
         return _outgoing_exactly(headers), headers
-    low = b"\n" + block.lower()
-    if b"\ntransfer-encoding:" in low or b"\nconnection:" in low or b"\nupgrade:" in low:
+    hosts = kinds.count(_HOST)
+    if hosts > 1 or (hosts and kinds[0] != _HOST):
         return _outgoing_exactly(headers), headers
     out = Outgoing(block, None)
-    hosts = low.count(b"\nhost:")
-    if hosts > 1 or (hosts == 1 and not low.startswith(b"\nhost:")):
-        return _outgoing_exactly(headers), headers
     out.hosts = hosts
-    at = low.find(b"\ncontent-length:")
-    if at >= 0:
-        if low.find(b"\ncontent-length:", at + 1) >= 0:
+    rest = n - hosts - kinds.count(_ORDINARY)
+    if rest:
+        if rest > 1 or _LENGTH not in kinds:
             return _outgoing_exactly(headers), headers
-        value = block[at + 16 : block.find(b"\r", at)]
+        value = headers[kinds.index(_LENGTH)][1]
         if not value.isdigit() or len(value) > MAX_LENGTH_DIGITS:
             return _outgoing_exactly(headers), headers
         out.length = int(value)
@@ -372,6 +379,8 @@ def _outgoing_exactly(headers: list[tuple[bytes, bytes]]) -> Outgoing:
     for raw, value in headers:
         check_field(raw, value)
         name = raw.lower()
+        if len(_known_names) < _MAX_KNOWN_NAMES:
+            _known_names[raw] = _NAME_KINDS.get(name, _ORDINARY)
         if name == b"content-length":
             value = content_length(value)
             if length is None:

@@ -1044,3 +1044,31 @@ def test_both_implementations_have_the_api_the_pipeline_uses() -> None:
     clients: list[http1.H1ClientAPI] = [http1.H1Client(), http1_fast.H1Client()]
     assert [s.stream_id for s in servers] == [0, 0]
     assert [c.reusable for c in clients] == [False, False]
+
+
+def test_outgoing_fields_are_the_same_before_and_after_their_names_are_known() -> None:
+    """The fast checks use a memo of header names already seen valid; it must never change
+    what is sent or refused."""
+    cases: list[list[tuple[bytes, bytes]]] = [
+        [(b"X-Memo-A", b"1"), (b"Content-Length", b"5")],
+        [(b"Host", b"h"), (b"X-Memo-B", b"")],
+        [(b"x-memo-c", b"a  b"), (b"X-Memo-C", b" lead")],
+        [(b"X-Memo-D", b"v"), (b"Host", b"late")],
+        [(b"X-Memo-E", b"ok"), (b"content-length", b"1, 1")],
+    ]
+    for headers in cases:
+        outcomes = []
+        for _ in range(2):
+            s = http1_fast.H1Server()
+            s.receive_data(GET)
+            try:
+                outcomes.append(s.send_response(200, headers))
+            except RevproxyError as exc:
+                outcomes.append(type(exc).__name__.encode())
+        assert outcomes[0] == outcomes[1]
+        r = http1.H1Server()
+        r.receive_data(GET)
+        try:
+            assert r.send_response(200, headers) == outcomes[0]
+        except (RevproxyError, h11.LocalProtocolError):
+            assert outcomes[0] == b"BackendProtocolError"
