@@ -355,6 +355,11 @@ class H1Server(Connection):
         """Both messages done and neither side asked to close."""
         return self._server == DONE and self._client == DONE
 
+    @property
+    def trailing_data(self) -> bytes:
+        """After a protocol switch (101): the bytes received past the request, unparsed."""
+        return bytes(self._buf)
+
     def start_next_cycle(self) -> list[Event]:
         """Prepare for the next request; returns events from bytes already received."""
         leftover, closed = self._buf, self._closed
@@ -445,7 +450,10 @@ class H1Client(Connection):
         sid = self.stream_id
         try:
             event = self._parse_head(data[:end], sid)
-        except Violation as exc:
+        except (Violation, BackendProtocolError) as exc:
+            self._buf += data[end:]  # what follows a refused head stays unparsed, as in _drain
+            if isinstance(exc, BackendProtocolError):
+                raise
             self._error(SERVER)
             raise BackendProtocolError(f"malformed response: {exc}") from None
         out: list[Event] = [event]
@@ -515,6 +523,7 @@ class H1Client(Connection):
     def _read_head(self, sid: int) -> Event | None:
         buf = self._buf
         if buf[:1] == b"\n" or buf[:2] == b"\r\n":
+            self._take(1 if buf[0] == 10 else 2)  # h11 takes the empty line, then refuses it
             raise Violation("no response line received")
         end = find_blank_line(buf, self._lines_search)
         if end < 0:
@@ -578,6 +587,11 @@ class H1Client(Connection):
     def reusable(self) -> bool:
         """Request and response both finished and the connection may carry another."""
         return self._client == DONE and self._server == DONE
+
+    @property
+    def trailing_data(self) -> bytes:
+        """After a protocol switch (101): the bytes received past its head, unparsed."""
+        return bytes(self._buf)
 
     def start_next_cycle(self) -> None:
         if self._client != DONE or self._server != DONE:

@@ -74,12 +74,20 @@ def _error(exc: BaseException) -> tuple[str, object]:
     return (type(exc).__name__, None)
 
 
+# Properties compared after every step; trailing_data once the reference has it too.
+_SERVER_PROPERTIES = ["has_partial_head", "response_started", "request_complete", "keep_alive"]
+_CLIENT_PROPERTIES = ["response_complete", "reusable"]
+if hasattr(http1.H1Server, "trailing_data"):
+    _SERVER_PROPERTIES.append("trailing_data")
+    _CLIENT_PROPERTIES.append("trailing_data")
+
+
 def _server_state(s: Any) -> tuple[object, ...]:
-    return (s.has_partial_head, s.response_started, s.request_complete, s.keep_alive, s.stream_id)
+    return (*(getattr(s, p) for p in _SERVER_PROPERTIES), s.stream_id)
 
 
 def _client_state(c: Any) -> tuple[object, ...]:
-    return (c.response_complete, c.reusable, c.stream_id)
+    return (*(getattr(c, p) for p in _CLIENT_PROPERTIES), c.stream_id)
 
 
 def _pieces(data: bytes, how: str) -> list[bytes]:
