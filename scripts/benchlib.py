@@ -652,7 +652,7 @@ class Bench:
                     revproxy_conf(w, http, https, origin, workers, parser)
                 )
                 argv = (
-                    [py, "-c", _LAUNCH_WITH_PARSER, inject, str(conf)]
+                    [py, "-c", _LAUNCH_WITH_PARSER, str(conf)]
                     if inject
                     else [py, "-m", "revproxy", "run", "-c", str(conf)]
                 )
@@ -692,9 +692,10 @@ class Bench:
             )
         else:
             self.notes.append(
-                "http_proxy.py does not read `global.http1_parser` yet, so the `revproxy` rows "
-                "run the h11 adapters; the row marked *llhttp injected* starts the same "
-                "revproxy with `http1_fast` swapped in by this script (a preview of the switch)."
+                "revproxy does not read `global.http1_parser` yet, so the `revproxy` rows run the "
+                "h11 adapters; the row marked *llhttp injected* starts the same revproxy with "
+                "`http1_fast`'s classes swapped into `revproxy.proto.http1` by this script, for "
+                "every user of them (a preview of the switch)."
             )
             add(
                 "revproxy-llhttp",
@@ -965,23 +966,26 @@ def _short(frame: str) -> str:
     return f"{m[1]} ({path})"
 
 
-# revproxy with another HTTP/1.1 implementation swapped into the pipeline (argv: parser, conf
-# dir), for as long as http_proxy.py does not read global.http1_parser itself. Run with -c so
-# the measured process holds nothing of this script.
+# revproxy with the llhttp classes swapped into revproxy.proto.http1 before any other module
+# imports them (argv: conf dir), for as long as the code does not read global.http1_parser
+# itself. Run with -c so that the measured process holds nothing of this script.
 _LAUNCH_WITH_PARSER = """
 import sys
-import revproxy.http_proxy as pipeline
+from revproxy.proto import http1, http1_fast
+http1.H1Server = http1_fast.H1Server
+http1.H1Client = http1_fast.H1Client
 from revproxy.cli import main
-from revproxy.proto import http1
-pipeline.H1Server = http1.server_class(sys.argv[1])
-pipeline.H1Client = http1.client_class(sys.argv[1])
-sys.exit(main(["run", "-c", sys.argv[2]]))
+sys.exit(main(["run", "-c", sys.argv[1]]))
 """
 
 
 def pipeline_reads_http1_parser() -> bool:
-    text = (REPO / "revproxy" / "http_proxy.py").read_text()
-    return "server_class(" in text or "client_class(" in text
+    """Whether revproxy chooses its HTTP/1.1 classes by global.http1_parser yet."""
+    for path in (REPO / "revproxy").glob("*.py"):
+        text = path.read_text()
+        if "server_class(" in text or "client_class(" in text:
+            return True
+    return False
 
 
 # --- environment ---------------------------------------------------------------------------
