@@ -1,4 +1,5 @@
-"""Backend-side connections: connect (with retry over the pool), PROXY header out, keep-alive.
+"""Backend-side connections: connect (with retry over the pool), PROXY header out, keep-alive,
+and the origin side of an exchange (``OriginStream``).
 
 Rule of this room: a connection attempt that failed sent nothing, so any request may move to
 the next server; a pooled keep-alive connection is reused only when the last exchange on it
@@ -18,9 +19,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from revproxy.errors import BackendUnreachable, NoBackendAvailable
 from revproxy.pool import Backend, PickContext, Pool
+from revproxy.proto.events import Event, Headers, MessageEnded
+from revproxy.proto.http1 import H1Client
 
 log = logging.getLogger("revproxy.dial")
 
@@ -28,6 +32,104 @@ log = logging.getLogger("revproxy.dial")
 READ_SIZE = 256 * 1024
 # asyncio's default stream limit is 64 KiB; lines are never read with readline here.
 STREAM_LIMIT = 1024 * 1024
+
+
+class OriginStream(Protocol):
+    """The backend side of one exchange (HTTP/1.1: ``H1Origin``)."""
+
+    backend: Backend
+    reused: bool  # on a connection that served before: it may have closed meanwhile
+    bytes_read: int  # response bytes received (0: nothing came back yet)
+    events: deque[Event]  # parsed and not yet taken
+
+    def send_head(
+        self,
+        method: bytes,
+        target: bytes,
+        authority: bytes,
+        scheme: bytes,
+        headers: Headers,
+        *,
+        end: MessageEnded | None,
+    ) -> None:
+        """Send the request head (and its end, when ``end`` says the body is empty)."""
+        ...
+
+    async def next(self) -> Event:
+        """The next response event; the chunk taken before is taken as consumed."""
+        ...
+
+    async def send_data(self, data: bytes) -> None: ...
+
+    async def send_end(self, trailers: Headers) -> None: ...
+
+    def finish(self, complete: bool) -> None:
+        """The exchange is over (``complete``: both messages ended cleanly)."""
+        ...
+
+
+class H1Origin:
+    """An HTTP/1.1 exchange on one backend connection."""
+
+    __slots__ = (
+        "backend",
+        "bytes_read",
+        "conn",
+        "dialer",
+        "eof",
+        "events",
+        "parser",
+        "reused",
+    )
+
+    def __init__(self, dialer: Dialer, conn: BackendConnection, max_header_size: int) -> None:
+        self.dialer = dialer
+        self.conn = conn
+        self.backend = conn.backend
+        self.reused = conn.reused
+        self.parser = H1Client(max_header_size=max_header_size)
+        self.events: deque[Event] = deque()
+        self.bytes_read = 0
+        self.eof = False
+
+    def send_head(
+        self,
+        method: bytes,
+        target: bytes,
+        authority: bytes,
+        scheme: bytes,
+        headers: Headers,
+        *,
+        end: MessageEnded | None,
+    ) -> None:
+        data = self.parser.send_request(method, target, headers)
+        if end is not None:
+            data += self.parser.send_end(end.trailers)
+        self.conn.writer.write(data)
+
+    async def next(self) -> Event:
+        while not self.events:
+            if self.eof:
+                raise ConnectionResetError("peer closed the connection")
+            data = await self.conn.reader.read(READ_SIZE)
+            if not data:
+                self.eof = True
+            self.bytes_read += len(data)
+            self.events.extend(self.parser.receive_data(data))
+        return self.events.popleft()
+
+    async def send_data(self, data: bytes) -> None:
+        writer = self.conn.writer
+        writer.write(self.parser.send_data(data))
+        await writer.drain()
+
+    async def send_end(self, trailers: Headers) -> None:
+        writer = self.conn.writer
+        writer.write(self.parser.send_end(trailers))
+        await writer.drain()
+
+    def finish(self, complete: bool) -> None:
+        self.dialer.release(self.conn, complete and self.parser.reusable)
 
 
 @dataclass(eq=False)
@@ -58,11 +160,13 @@ class Dialer:
         connect_timeout: float,
         idle_timeout: float,
         keepalive: int,
+        max_header_size: int = 16384,
     ) -> None:
         self.pool = pool
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.keepalive = keepalive
+        self.max_header_size = max_header_size
         self._idle: dict[tuple[int, bytes | None], deque[BackendConnection]] = {}
         # Passive health (health.py): told of every failed connect, and of the first success
         # after failures; None when nobody listens.
@@ -119,6 +223,14 @@ class Dialer:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             return reader, writer
         raise last or OSError("no address")
+
+    async def open_stream(
+        self, ctx: PickContext, *, identity: bytes | None = None, fresh: bool = False
+    ) -> OriginStream:
+        """The backend side of one exchange, on a server the pool picks (connect retries
+        move to the next server; ``fresh`` skips pooled connections)."""
+        conn = await self.connect(ctx, fresh=fresh, identity=identity)
+        return H1Origin(self, conn, self.max_header_size)
 
     async def connect(
         self,

@@ -201,6 +201,7 @@ def build_generation(
             connect_timeout=pc.timeouts.connect,
             idle_timeout=pc.timeouts.idle,
             keepalive=pc.keepalive,
+            max_header_size=config.global_.max_header_size,
         )
         pools[pc.name] = PoolRuntime(config=pc, pool=pool, dialer=dialer, hiding=_hiding(pc))
 

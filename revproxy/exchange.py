@@ -1,0 +1,544 @@
+"""One exchange: a request routed, then answered locally or forwarded to a server of its pool.
+
+Rule of this room: this is the one place that turns errors into responses, whatever the
+client's protocol. The client side of an exchange is a ``ClientStream`` (an HTTP/1.1
+connection: http_proxy.py) and its backend side an ``OriginStream`` from the pool's dialer
+(dial.py). The exchange never knows which protocol either speaks: the differences live behind
+those two interfaces. Bodies stream both ways with backpressure: a chunk is asked for only
+once the previous one was written to the other side. A request that was not fully read or
+forwarded ends the client connection. Every wait has a timeout; every origin stream is
+finished in ``finally``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import time
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Protocol
+
+from revproxy.accesslog import AccessRecord
+from revproxy.acme import challenge_answer
+from revproxy.dial import OriginStream
+from revproxy.errors import (
+    BackendError,
+    BackendProtocolError,
+    BackendTimeout,
+    BodyTooLarge,
+    ClientProtocolError,
+    MisdirectedRequest,
+    RequestTimeout,
+    RevproxyError,
+)
+from revproxy.generation import Generation, ListenerRuntime, PoolRuntime
+from revproxy.pool import PickContext
+from revproxy.proto.events import (
+    DataReceived,
+    Event,
+    Headers,
+    InformationalReceived,
+    MessageEnded,
+    RequestReceived,
+    ResponseReceived,
+)
+from revproxy.proto.forwarding import (
+    ClientIdentity,
+    interim_headers,
+    request_headers,
+    response_headers,
+)
+from revproxy.proto.proxy_protocol import ProxyHeader, build_v1, build_v2
+from revproxy.routing import normalise_host
+
+log = logging.getLogger("revproxy.http")
+
+_ids = itertools.count(1)
+_ID_PREFIX = os.urandom(3).hex()
+
+# Access-log status of a request whose client went away before any answer (nginx's 499).
+STATUS_CLIENT_GONE = 499
+
+
+def request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ids):x}"
+
+
+class ClientGone(Exception):
+    """The client closed or reset its connection (or stream); nothing more can be sent."""
+
+
+@dataclass(slots=True, kw_only=True)
+class ConnInfo:
+    """Facts about a client connection, established once when it is accepted."""
+
+    peer: tuple[str, int]  # TCP peer
+    client: tuple[str, int]  # the client (PROXY header from a trusted peer, else the peer)
+    local: tuple[str, int]  # our socket's address
+    destination: tuple[str, int]  # what the client connected to (PROXY header, else local)
+    local_port: int
+    tls: bool
+    sni: str | None = None
+    alpn: str = ""
+    proxy: ProxyHeader | None = None
+    authority: str = ""  # PROXY v2 AUTHORITY TLV
+    vpce: str = ""  # PROXY v2 AWS VPC endpoint id
+
+
+class ClientStream(Protocol):
+    """The client side of one exchange (http_proxy.py: a connection).
+
+    Every ``send_*`` raises ClientGone when the client can no longer be written to."""
+
+    bytes_out: int  # bytes sent to the client so far (the exchange takes differences)
+
+    @property
+    def response_started(self) -> bool:
+        """A response head went out: a local error page can no longer replace it."""
+        ...
+
+    @property
+    def request_complete(self) -> bool:
+        """The whole request (body and trailers) was received."""
+        ...
+
+    def take_bytes_in(self) -> int:
+        """Client bytes received since the last call (for the access log)."""
+        ...
+
+    def body_end_ready(self) -> MessageEnded | None:
+        """The request's end, when nothing of its body is left to read; else None."""
+        ...
+
+    async def next_body_event(self) -> Event:
+        """The next DataReceived or MessageEnded of the request body; the previous chunk is
+        taken as consumed. Raises ClientGone."""
+        ...
+
+    async def send_informational(self, status: int, headers: Headers) -> None: ...
+
+    async def send_response(self, status: int, headers: Headers, end: bool = False) -> None: ...
+
+    async def send_data(self, data: bytes) -> None: ...
+
+    async def send_end(self, trailers: Headers) -> None: ...
+
+    async def send_whole(self, status: int, headers: Headers, body: bytes, close: bool) -> bool:
+        """A whole local response; False when the client connection must close after it."""
+        ...
+
+
+def _body_expected(req: RequestReceived) -> int:
+    """-1 for chunked, else the Content-Length (0 when absent)."""
+    for name, value in req.headers:
+        if name == b"transfer-encoding":
+            return -1
+        if name == b"content-length":
+            return int(value)
+    return 0
+
+
+# RFC 9110 §9.2.2: "A proxy MUST NOT automatically retry non-idempotent requests."
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+
+class _StaleConnection(Exception):
+    """A reused keep-alive connection turned out closed before any response byte."""
+
+
+class _UploadFailed(Exception):
+    """The request body could not be relayed; the cause says why."""
+
+
+class Exchange:
+    """Routes and serves the requests of one client stream, one at a time.
+
+    An HTTP/1.1 connection keeps one for all its requests: nothing is allocated per request
+    for it."""
+
+    __slots__ = ("gen", "info", "listener", "rec", "req", "scheme", "stream")
+
+    def __init__(
+        self,
+        stream: ClientStream,
+        *,
+        generation: Generation,
+        listener: ListenerRuntime,
+        info: ConnInfo,
+    ) -> None:
+        self.stream = stream
+        self.gen = generation
+        self.listener = listener
+        self.info = info
+        self.scheme = "https" if info.tls else "http"
+
+    async def run(self, req: RequestReceived) -> bool:
+        """Serve ``req``; True when the client connection may carry another request."""
+        started = time.monotonic()
+        stream = self.stream
+        rec = AccessRecord(
+            id=request_id(),
+            client=self.info.client[0],
+            peer=self.info.peer[0],
+            listener=self.listener.config.name,
+            sni=self.info.sni or "",
+            host=req.authority.decode("latin-1"),
+            method=req.method.decode("latin-1"),
+            path=req.target.decode("latin-1"),
+            status=0,
+            bytes_in=0,
+            bytes_out=stream.bytes_out,
+            route="",
+            pool="",
+            backend="-",
+            duration_ms=0.0,
+            upstream_ms=0.0,
+            authority=self.info.authority,
+            vpce=self.info.vpce,
+        )
+        self.req = req
+        self.rec = rec
+        try:
+            return await self._route()
+        except BaseException:
+            if rec.status == 0:
+                rec.status = STATUS_CLIENT_GONE
+            raise
+        finally:
+            rec.duration_ms = (time.monotonic() - started) * 1000
+            rec.bytes_in = stream.take_bytes_in()
+            rec.bytes_out = stream.bytes_out - rec.bytes_out
+            self.gen.access_log.record(rec)
+            self.gen.metrics.record(rec)
+
+    # --- routing ---------------------------------------------------------------------------
+
+    async def _route(self) -> bool:
+        req = self.req
+        host = normalise_host(req.authority)
+        lst = self.listener
+        try:
+            self._check_authority(host)
+        except MisdirectedRequest as exc:
+            return await self._local_error(exc)
+        if req.method == b"CONNECT":
+            return await self._local(405, close=True)
+        if lst.acme:  # ACME HTTP-01 challenges come before any redirect or route
+            answer = await challenge_answer(self.gen.config.acme, req.method, req.target, host)
+            if answer is not None:
+                self.rec.route = "acme"
+                return await self._local(
+                    answer.status, headers=list(answer.headers), body=answer.body
+                )
+        if lst.config.redirect_https:
+            port = lst.redirect_port
+            authority = host if ":" not in host else f"[{host}]"
+            if port and port != 443:
+                authority += f":{port}"
+            location = f"https://{authority}".encode() + req.target
+            return await self._local(308, headers=[(b"location", location)], body=b"")
+        path = req.target.split(b"?", 1)[0].decode("latin-1")
+        route = lst.router.match(host, path)
+        if route is None:
+            return await self._local(404)
+        self.rec.route = str(route.index)
+        if route.redirect is not None:
+            return await self._local(
+                route.redirect_status, headers=[(b"location", route.redirect.encode())], body=b""
+            )
+        if route.respond is not None:
+            r = route.respond
+            return await self._local(
+                r.status, body=r.body.encode(), headers=[(b"content-type", r.content_type.encode())]
+            )
+        assert route.pool is not None
+        self.rec.pool = route.pool
+        return await self._proxy(self.gen.pools[route.pool])
+
+    def _check_authority(self, host: str) -> None:
+        """RFC 9110 §7.4: a request for a name this TLS connection does not serve gets 421."""
+        sni = self.info.sni
+        tls = self.listener.tls
+        if tls is None or sni is None or host == sni:
+            return
+        store = tls.store
+        cert = store.lookup(sni)
+        if cert is None or store.lookup(host) is not cert:
+            raise MisdirectedRequest(f"host {host!r} does not match TLS server name {sni!r}")
+
+    # --- forwarding ------------------------------------------------------------------------
+
+    async def _proxy(self, pr: PoolRuntime) -> bool:
+        req = self.req
+        g = self.gen.config.global_
+        expected = _body_expected(req)
+        if g.max_body_size and expected > g.max_body_size:
+            return await self._local_error(BodyTooLarge("request body too large"))
+        client_id = ClientIdentity(
+            address=self.info.client[0],
+            scheme=self.scheme,
+            host=req.authority,
+            port=self.info.local_port,
+        )
+        headers = request_headers(
+            req.headers,
+            client_id,
+            trusted=self.listener.config.trusted_proxies,
+            forwarded=self.listener.config.forwarded,
+        )
+        if expected == -1:
+            # Transfer-Encoding is hop-by-hop and was removed above, but a chunked body is
+            # still relayed chunked: without this the origin would read no body at all.
+            headers.append((b"transfer-encoding", b"chunked"))
+        ctx = PickContext(client_ip=self.info.client[0], uri=req.target.decode("latin-1"))
+        identity = proxy_header_for(pr.config.send_proxy, self.info)
+        fresh = False
+        while True:
+            try:
+                ostream = await pr.dialer.open_stream(ctx, fresh=fresh, identity=identity)
+            except BackendError as exc:
+                return await self._local_error(exc)
+            backend = ostream.backend
+            self.rec.backend = backend.label
+            backend.acquire()
+            t0 = time.monotonic()
+            try:
+                return await self._forward(ostream, pr, headers, retry=not fresh)
+            except _StaleConnection:
+                fresh = True  # the origin closed a pooled connection; nothing was lost
+                continue
+            finally:
+                backend.release()
+                self.rec.upstream_ms = (time.monotonic() - t0) * 1000
+
+    async def _forward(
+        self,
+        ostream: OriginStream,
+        pr: PoolRuntime,
+        headers: Headers,
+        *,
+        retry: bool,
+    ) -> bool:
+        req = self.req
+        stream = self.stream
+        g = self.gen.config.global_
+        timeouts = pr.config.timeouts
+        end = stream.body_end_ready()
+        upload: asyncio.Task[None] | None = None
+        complete = False
+        # A pooled connection the origin had closed is retried on a fresh one (once), but only
+        # for a request that is whole in hand and idempotent: the origin may have acted on it.
+        retry_ok = retry and ostream.reused and req.method in _IDEMPOTENT and end is not None
+        try:
+            ostream.send_head(
+                req.method,
+                req.target,
+                req.authority,
+                self.scheme.encode(),
+                headers,
+                end=end,
+            )
+            if end is None:
+                upload = asyncio.get_running_loop().create_task(
+                    self._upload(ostream, timeouts.idle, g.max_body_size)
+                )
+            try:
+                complete = await self._relay_response(ostream, pr, upload)
+            except BaseException:
+                if upload is not None and not upload.done():
+                    upload.cancel()
+                raise
+            if upload is not None:
+                if not upload.done():
+                    # The origin answered before the request body was complete: the rest
+                    # of that body can't be read, so neither connection carries another.
+                    complete = False
+                    upload.cancel()
+                    with contextlib.suppress(BaseException):
+                        await upload
+                    return False
+                upload.result()
+            return complete
+        except _UploadFailed as exc:
+            # The client's body broke off or was malformed.
+            return await self._aborted(exc.__cause__ or exc)
+        except ClientGone:
+            raise
+        except TimeoutError:
+            # Before the OSError clause: TimeoutError is an OSError since Python 3.3.
+            return await self._aborted(BackendTimeout("origin did not answer in time"))
+        except (ConnectionError, OSError) as exc:
+            if stream.response_started:
+                raise ClientGone() from exc
+            if ostream.bytes_read == 0 and retry_ok:
+                raise _StaleConnection() from exc
+            return await self._local_error(BackendProtocolError("origin closed the connection"))
+        except RevproxyError as exc:
+            stale = ostream.bytes_read == 0 and retry_ok
+            if isinstance(exc, BackendProtocolError) and stale:
+                raise _StaleConnection() from exc
+            return await self._aborted(exc)
+        finally:
+            ostream.finish(complete)
+
+    async def _relay_response(
+        self, ostream: OriginStream, pr: PoolRuntime, upload: asyncio.Task[None] | None
+    ) -> bool:
+        """Relay the origin's response; True when it ended cleanly."""
+        timeouts = pr.config.timeouts
+        async with asyncio.timeout(timeouts.response):
+            resp = await self._response_head(ostream, upload, pr)
+        stream = self.stream
+        self.rec.status = resp.status
+        out_headers = response_headers(
+            resp.headers,
+            pr.hiding,
+            scheme=self.scheme.encode(),
+            host=self.req.authority,
+        )
+        # The origin's reason phrase is not relayed: it is free text that may name it.
+        events = ostream.events
+        if events and isinstance(events[0], MessageEnded) and not events[0].trailers:
+            # Nothing follows the head: send it with its end.
+            events.popleft()
+            await stream.send_response(resp.status, out_headers, end=True)
+            return True
+        await stream.send_response(resp.status, out_headers)
+        idle = timeouts.idle
+        while True:
+            async with asyncio.timeout(idle):
+                ev = await ostream.next()
+            if isinstance(ev, DataReceived):
+                await stream.send_data(ev.data)
+            elif isinstance(ev, MessageEnded):
+                await stream.send_end(interim_headers(ev.trailers, pr.hiding))
+                return True
+            else:
+                raise BackendProtocolError("origin closed inside the response body")
+
+    async def _response_head(
+        self, ostream: OriginStream, upload: asyncio.Task[None] | None, pr: PoolRuntime
+    ) -> ResponseReceived:
+        """The origin's final response head, relaying 1xx; a failed upload ends the wait."""
+        while True:
+            if upload is not None and not upload.done():
+                waiter = asyncio.ensure_future(ostream.next())
+                try:
+                    await asyncio.wait({waiter, upload}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    if not waiter.done():
+                        waiter.cancel()
+                        with contextlib.suppress(BaseException):
+                            await waiter
+                if upload.done() and upload.exception() is not None:
+                    raise _UploadFailed() from upload.exception()
+                ev = waiter.result() if not waiter.cancelled() else await ostream.next()
+            else:
+                if upload is not None and upload.exception() is not None:
+                    raise _UploadFailed() from upload.exception()
+                ev = await ostream.next()
+            if isinstance(ev, InformationalReceived):
+                if ev.status == 101:
+                    continue  # a switch nobody asked for is not relayed
+                headers = interim_headers(ev.headers, pr.hiding)
+                await self.stream.send_informational(ev.status, headers)
+                continue
+            if isinstance(ev, ResponseReceived):
+                return ev
+            raise BackendProtocolError("origin sent no response head")
+
+    async def _upload(self, ostream: OriginStream, idle: float, limit: int) -> None:
+        stream = self.stream
+        sent = 0
+        while True:
+            try:
+                async with asyncio.timeout(idle):
+                    ev = await stream.next_body_event()
+            except TimeoutError:
+                raise RequestTimeout("request body not received in time") from None
+            if isinstance(ev, DataReceived):
+                sent += len(ev.data)
+                if limit and sent > limit:
+                    raise BodyTooLarge("request body too large")
+                await ostream.send_data(ev.data)
+            elif isinstance(ev, MessageEnded):
+                await ostream.send_end(ev.trailers)
+                return
+            else:
+                raise ClientGone()
+
+    # --- local answers ---------------------------------------------------------------------
+
+    async def _aborted(self, exc: BaseException) -> bool:
+        """An exchange failed after forwarding began: answer if we still can, else hang up."""
+        if isinstance(exc, ClientGone):
+            raise exc
+        err = exc if isinstance(exc, RevproxyError) else BackendProtocolError(str(exc))
+        if self.stream.response_started:
+            log.warning("id=%s response aborted: %s", self.rec.id, err)
+            return False
+        return await self._local_error(err)
+
+    async def _local_error(self, exc: RevproxyError) -> bool:
+        log.info("id=%s %s: %s", self.rec.id, type(exc).__name__, exc)
+        close = isinstance(exc, ClientProtocolError) or not self.stream.request_complete
+        return await self._local(exc.status, close=close)
+
+    async def _local(
+        self,
+        status: int,
+        *,
+        headers: Headers | None = None,
+        body: bytes | None = None,
+        close: bool = False,
+    ) -> bool:
+        stream = self.stream
+        self.rec.status = status
+        if stream.response_started:
+            return False
+        if body is None:
+            body = _error_body(status)
+        out: Headers = list(headers or [])
+        if not any(n == b"content-type" for n, _ in out) and body:
+            out.append((b"content-type", b"text/plain; charset=utf-8"))
+        out.append((b"content-length", str(len(body)).encode()))
+        out.append((b"cache-control", b"no-store"))
+        close = close or not stream.request_complete
+        if self.req.method == b"HEAD":
+            body = b""
+        return await stream.send_whole(status, out, body, close)
+
+
+def proxy_header_for(version: str | None, info: ConnInfo) -> bytes | None:
+    """The PROXY header a backend connection for this client starts with, if its pool wants one."""
+    if version == "v1":
+        return build_v1(info.client, info.destination)
+    if version == "v2":
+        # What is known of the client's connection: our own TLS handshake, else the TLVs of
+        # the PROXY header a trusted load balancer sent with it.
+        upstream = info.proxy
+        alpn = info.alpn.encode() if info.alpn else (upstream.alpn if upstream else None)
+        return build_v2(
+            info.client,
+            info.destination,
+            alpn=alpn,
+            authority=info.sni or info.authority or None,
+        )
+    return None
+
+
+def _error_body(status: int) -> bytes:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    return f"{status} {phrase}\n".encode()
+
+
+def error_body(status: int) -> bytes:
+    """The body of a locally generated error page: "404 Not Found"."""
+    return _error_body(status)
