@@ -22,9 +22,9 @@ request-smuggling or resource vector), so the request head is screened before h1
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from http import HTTPStatus
-from typing import Protocol
+from typing import Any, Protocol
 
 import h11
 
@@ -193,22 +193,23 @@ class H1Server:
     # --- sending -----------------------------------------------------------------------
 
     def send_informational(self, status: int, headers: Headers) -> bytes:
-        return self._send(h11.InformationalResponse(status_code=status, headers=headers))
+        return self._send(h11.InformationalResponse, status_code=status, headers=headers)
 
     def send_response(self, status: int, headers: Headers, reason: bytes = b"") -> bytes:
         return self._send(
-            h11.Response(status_code=status, headers=headers, reason=reason or _phrase(status))
+            h11.Response, status_code=status, headers=headers, reason=reason or _phrase(status)
         )
 
     def send_data(self, data: bytes) -> bytes:
-        return self._send(h11.Data(data=data)) if data else b""
+        return self._send(h11.Data, data=data) if data else b""
 
     def send_end(self, trailers: Headers | None = None) -> bytes:
-        return self._send(h11.EndOfMessage(headers=trailers or []))
+        return self._send(h11.EndOfMessage, headers=trailers or [])
 
-    def _send(self, event: h11.Event) -> bytes:
+    def _send(self, kind: Callable[..., h11.Event], **fields: Any) -> bytes:
+        # The event is built inside the try: h11 validates fields in its constructors.
         try:
-            out = self._conn.send(event)
+            out = self._conn.send(kind(**fields))
         except h11.LocalProtocolError as exc:
             raise BackendProtocolError(f"cannot relay response: {exc}") from None
         return out or b""
@@ -233,6 +234,11 @@ class H1Server:
     def keep_alive(self) -> bool:
         """Both messages done and neither side asked to close."""
         return self._conn.our_state is h11.DONE and self._conn.their_state is h11.DONE
+
+    @property
+    def trailing_data(self) -> bytes:
+        """After a protocol switch (101): the bytes received past the request, unparsed."""
+        return bytes(self._conn.trailing_data[0])
 
     def start_next_cycle(self) -> list[Event]:
         """Prepare for the next request; returns events from bytes already received."""
@@ -260,17 +266,23 @@ class H1Client:
         self, method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]]
     ) -> bytes:
         self.stream_id += 1
-        return self._send(h11.Request(method=method, target=target, headers=list(headers)))
+        fields = list(headers)
+        if not any(name == b"host" for name, _ in fields):
+            # RFC 9112 §3.2: "If the authority component is missing or undefined for the
+            # target URI, then a client MUST send a Host header field with an empty field
+            # value." (an HTTP/1.0 client may have sent none)
+            fields.insert(0, (b"host", b""))
+        return self._send(h11.Request, method=method, target=target, headers=fields)
 
     def send_data(self, data: bytes) -> bytes:
-        return self._send(h11.Data(data=data)) if data else b""
+        return self._send(h11.Data, data=data) if data else b""
 
     def send_end(self, trailers: Headers | None = None) -> bytes:
-        return self._send(h11.EndOfMessage(headers=trailers or []))
+        return self._send(h11.EndOfMessage, headers=trailers or [])
 
-    def _send(self, event: h11.Event) -> bytes:
+    def _send(self, kind: Callable[..., h11.Event], **fields: Any) -> bytes:
         try:
-            out = self._conn.send(event)
+            out = self._conn.send(kind(**fields))
         except h11.LocalProtocolError as exc:
             raise ClientProtocolError(f"cannot relay request: {exc}") from None
         return out or b""
@@ -331,8 +343,21 @@ class H1Client:
 
     @property
     def reusable(self) -> bool:
-        """Request and response both finished and the connection may carry another."""
-        return self._conn.our_state is h11.DONE and self._conn.their_state is h11.DONE
+        """Request and response both finished and the connection may carry another.
+
+        Bytes the origin sent past its response make the connection unusable: reusing it
+        would read them as the next response (a desync).
+        """
+        return (
+            self._conn.our_state is h11.DONE
+            and self._conn.their_state is h11.DONE
+            and not self._conn.trailing_data[0]
+        )
+
+    @property
+    def trailing_data(self) -> bytes:
+        """After a protocol switch (101): the bytes received past its head, unparsed."""
+        return bytes(self._conn.trailing_data[0])
 
     def start_next_cycle(self) -> None:
         self._conn.start_next_cycle()

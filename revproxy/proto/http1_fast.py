@@ -389,6 +389,9 @@ class H1Client(Connection):
         self, method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]]
     ) -> bytes:
         self.stream_id += 1
+        headers = list(headers)
+        if not any(name == b"host" for name, _ in headers):
+            headers.insert(0, (b"host", b""))  # RFC 9112 §3.2, as in http1.H1Client
         try:
             fields, _ = outgoing(headers)
             if fields.hosts == 0:
@@ -585,8 +588,9 @@ class H1Client(Connection):
 
     @property
     def reusable(self) -> bool:
-        """Request and response both finished and the connection may carry another."""
-        return self._client == DONE and self._server == DONE
+        """Request and response both finished and the connection may carry another
+        (never with bytes past the response: see http1.H1Client.reusable)."""
+        return self._client == DONE and self._server == DONE and not self._buf
 
     @property
     def trailing_data(self) -> bytes:
