@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import select
 import sys
 from dataclasses import asdict, dataclass
 from typing import IO, Literal
@@ -85,8 +87,10 @@ class AccessLog:
         else:
             lines = [r.text() for r in recs]
         try:
-            self._stream.write("\n".join(lines) + "\n")
-            self._stream.flush()
+            self._stream.flush()  # anything written through the text layer goes first
+            fd = self._stream.fileno()
+            for chunk in _chunks(lines):
+                _write_all(fd, chunk)
         except (OSError, ValueError):
             pass
 
@@ -94,3 +98,34 @@ class AccessLog:
         self.flush()
         if self._own and self._stream is not None:
             self._stream.close()
+
+
+# Several worker processes share one log (stdout pipe or O_APPEND file). A write() of at most
+# PIPE_BUF bytes to a pipe is atomic (POSIX), and an O_APPEND write lands whole at the end:
+# batches are cut at line boundaries into writes of at most this size so lines never interleave.
+ATOMIC_WRITE = 4096
+
+
+def _chunks(lines: list[str]) -> list[bytes]:
+    out: list[bytes] = []
+    buf = bytearray()
+    for line in lines:
+        data = line.encode("utf-8", "replace") + b"\n"
+        if buf and len(buf) + len(data) > ATOMIC_WRITE:
+            out.append(bytes(buf))
+            buf.clear()
+        buf += data
+    if buf:
+        out.append(bytes(buf))
+    return out
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            select.select([], [fd], [], 1.0)
+            continue
+        view = view[n:]
