@@ -117,7 +117,8 @@ class ListenerTLS:
     cert_dir: Path | None = None
     certs: tuple[CertPair, ...] = ()
     unknown_sni: Literal["generated", "reject"] = "generated"
-    alpn: tuple[str, ...] = ("http/1.1",)
+    # Offered in this order; "h2" is served by h2_proxy.py, "http/1.1" by http_proxy.py.
+    alpn: tuple[str, ...] = ("h2", "http/1.1")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,10 +1,17 @@
-"""Backend-side connections: connect (with retry over the pool), PROXY header out, keep-alive,
-and the origin side of an exchange (``OriginStream``).
+"""Backend-side connections: connect (with retry over the pool), PROXY header out, TLS,
+keep-alive, and the origin side of an exchange (``OriginStream``).
 
 Rule of this room: a connection attempt that failed sent nothing, so any request may move to
 the next server; a pooled keep-alive connection is reused only when the last exchange on it
 completed cleanly. Connections that carry a PROXY header belong to one client identity and
 are pooled under it, never shared with another client.
+
+TLS to origins (``pool.tls``): the PROXY header (if any) goes first, in clear, then the
+handshake; the certificate is verified against ``tls.ca`` or the system's store, for the name
+``tls.sni`` or else the server's host name (an IP literal is checked against the certificate's
+IP addresses). A handshake that fails is a failed connect: the next server is tried and
+passive health counts it. ALPN offers ``h2`` to ``protocol = "h2"`` pools, ``http/1.1`` to the
+others. HTTP/2 origins (``h2``, ``h2c``) are multiplexed: see ``dial_h2.py``.
 """
 
 from __future__ import annotations
@@ -15,16 +22,21 @@ import functools
 import ipaddress
 import logging
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from revproxy.config import H2Settings, PoolTLS
 from revproxy.errors import BackendUnreachable, NoBackendAvailable
 from revproxy.pool import Backend, PickContext, Pool
 from revproxy.proto.events import Event, Headers, MessageEnded
 from revproxy.proto.http1 import H1Client
+
+if TYPE_CHECKING:
+    from revproxy.dial_h2 import H2Origins
 
 log = logging.getLogger("revproxy.dial")
 
@@ -33,12 +45,38 @@ READ_SIZE = 256 * 1024
 # asyncio's default stream limit is 64 KiB; lines are never read with readline here.
 STREAM_LIMIT = 1024 * 1024
 
+StreamPair = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+def origin_tls_context(tls: PoolTLS, protocol: str) -> ssl.SSLContext:
+    """The client context for a pool's TLS: verification as configured, ALPN by protocol."""
+    if tls.verify:
+        ctx = ssl.create_default_context(cafile=str(tls.ca) if tls.ca else None)
+    else:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["h2"] if protocol == "h2" else ["http/1.1"])
+    return ctx
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A connect failure as operators read it (TLS reasons spelled out)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate: {exc.verify_message or exc.reason}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or exc}"
+    return type(exc).__name__
+
 
 class OriginStream(Protocol):
-    """The backend side of one exchange (HTTP/1.1: ``H1Origin``)."""
+    """The backend side of one exchange (HTTP/1.1: ``H1Origin``; HTTP/2: dial_h2.py)."""
 
     backend: Backend
     reused: bool  # on a connection that served before: it may have closed meanwhile
+    refused: bool  # the origin refused it unprocessed (HTTP/2): any request may go again
+    upgrading: bool  # the request asked to switch to WebSocket
     bytes_read: int  # response bytes received (0: nothing came back yet)
     events: deque[Event]  # parsed and not yet taken
 
@@ -51,6 +89,7 @@ class OriginStream(Protocol):
         headers: Headers,
         *,
         end: MessageEnded | None,
+        upgrade: bool,
     ) -> None:
         """Send the request head (and its end, when ``end`` says the body is empty)."""
         ...
@@ -67,6 +106,10 @@ class OriginStream(Protocol):
         """The exchange is over (``complete``: both messages ended cleanly)."""
         ...
 
+    def take_over(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes] | None:
+        """After a 101: the raw connection and the bytes read past the 101 head."""
+        ...
+
 
 class H1Origin:
     """An HTTP/1.1 exchange on one backend connection."""
@@ -79,7 +122,9 @@ class H1Origin:
         "eof",
         "events",
         "parser",
+        "refused",
         "reused",
+        "upgrading",
     )
 
     def __init__(self, dialer: Dialer, conn: BackendConnection, max_header_size: int) -> None:
@@ -87,6 +132,8 @@ class H1Origin:
         self.conn = conn
         self.backend = conn.backend
         self.reused = conn.reused
+        self.refused = False
+        self.upgrading = False
         self.parser = H1Client(max_header_size=max_header_size)
         self.events: deque[Event] = deque()
         self.bytes_read = 0
@@ -101,7 +148,11 @@ class H1Origin:
         headers: Headers,
         *,
         end: MessageEnded | None,
+        upgrade: bool,
     ) -> None:
+        self.upgrading = upgrade
+        if upgrade and method == b"CONNECT":
+            method = b"GET"  # RFC 8441 extended CONNECT, as the HTTP/1.1 handshake (RFC 6455)
         data = self.parser.send_request(method, target, headers)
         if end is not None:
             data += self.parser.send_end(end.trailers)
@@ -130,6 +181,11 @@ class H1Origin:
 
     def finish(self, complete: bool) -> None:
         self.dialer.release(self.conn, complete and self.parser.reusable)
+
+    def take_over(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes] | None:
+        # finish(False) closes the connection once the tunnel is over: it is never pooled.
+        conn = self.conn
+        return conn.reader, conn.writer, self.parser.trailing_data
 
 
 @dataclass(eq=False)
@@ -160,17 +216,28 @@ class Dialer:
         connect_timeout: float,
         idle_timeout: float,
         keepalive: int,
+        protocol: str = "http1",
+        tls: PoolTLS | None = None,
+        h2: H2Settings | None = None,
         max_header_size: int = 16384,
     ) -> None:
         self.pool = pool
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.keepalive = keepalive
+        self.protocol = protocol
         self.max_header_size = max_header_size
+        self.tls = tls
+        self.ssl = origin_tls_context(tls, protocol) if tls is not None else None
         self._idle: dict[tuple[int, bytes | None], deque[BackendConnection]] = {}
         # Passive health (health.py): told of every failed connect, and of the first success
         # after failures; None when nobody listens.
         self.observer: Callable[[Backend, bool], None] | None = None
+        self.h2: H2Origins | None = None
+        if protocol != "http1":
+            from revproxy.dial_h2 import H2Origins
+
+            self.h2 = H2Origins(self, h2 or H2Settings())
 
     def _observe(self, backend: Backend, ok: bool) -> None:
         """Count a connect result on ``backend`` and tell passive health about it."""
@@ -207,7 +274,10 @@ class Dialer:
         conn.last_used = time.monotonic()
         q.append(conn)
 
-    async def _open(self, backend: Backend) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def open(
+        self, backend: Backend, identity: bytes | None = None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection to ``backend``: TCP, the PROXY header, then TLS when the pool has it."""
         targets = backend.addresses or ((backend.host, backend.port),)
         last: Exception | None = None
         for host, port in targets:
@@ -221,14 +291,39 @@ class Dialer:
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if identity:
+                writer.write(identity)
+            if self.ssl is not None:
+                sni = (self.tls.sni if self.tls is not None else None) or backend.host
+                try:
+                    async with asyncio.timeout(self.connect_timeout):
+                        await writer.start_tls(self.ssl, server_hostname=sni)
+                except BaseException:
+                    writer.close()
+                    raise
             return reader, writer
         raise last or OSError("no address")
+
+    def failed(self, backend: Backend, exc: BaseException) -> None:
+        """A connect to ``backend`` failed: passive health hears of it, operators too."""
+        self._observe(backend, False)
+        log.warning(
+            "backend connect failed pool=%s backend=%s reason=%s",
+            self.pool.name,
+            backend.label,
+            describe_failure(exc),
+        )
+
+    def connected(self, backend: Backend) -> None:
+        self._observe(backend, True)
 
     async def open_stream(
         self, ctx: PickContext, *, identity: bytes | None = None, fresh: bool = False
     ) -> OriginStream:
         """The backend side of one exchange, on a server the pool picks (connect retries
         move to the next server; ``fresh`` skips pooled connections)."""
+        if self.h2 is not None:
+            return await self.h2.open_stream(ctx, identity=identity, fresh=fresh)
         conn = await self.connect(ctx, fresh=fresh, identity=identity)
         return H1Origin(self, conn, self.max_header_size)
 
@@ -255,20 +350,12 @@ class Dialer:
                     return idle
             attempts += 1
             try:
-                reader, writer = await self._open(backend)
+                reader, writer = await self.open(backend, identity)
             except (OSError, TimeoutError) as exc:
-                self._observe(backend, False)
-                log.warning(
-                    "backend connect failed pool=%s backend=%s reason=%s",
-                    self.pool.name,
-                    backend.label,
-                    type(exc).__name__,
-                )
+                self.failed(backend, exc)
                 tried.add(backend)
                 continue
             self._observe(backend, True)
-            if identity:
-                writer.write(identity)
             return BackendConnection(backend, reader, writer, identity)
 
     # --- raw sockets (L4 tunnels, TLS passthrough) --------------------------------------------
@@ -345,10 +432,14 @@ class Dialer:
             return backend, sock
 
     def close_idle(self) -> None:
+        """Close idle connections (HTTP/2 ones once their streams are done): the generation
+        this dialer belongs to was retired."""
         for q in self._idle.values():
             while q:
                 q.pop().close()
         self._idle.clear()
+        if self.h2 is not None:
+            self.h2.close_idle()
 
 
 @functools.lru_cache(maxsize=1024)

@@ -1,18 +1,30 @@
 """One exchange: a request routed, then answered locally or forwarded to a server of its pool.
 
-Rule of this room: this is the one place that turns errors into responses, whatever the
-client's protocol. The client side of an exchange is a ``ClientStream`` (an HTTP/1.1
-connection: http_proxy.py) and its backend side an ``OriginStream`` from the pool's dialer
-(dial.py). The exchange never knows which protocol either speaks: the differences live behind
-those two interfaces. Bodies stream both ways with backpressure: a chunk is asked for only
-once the previous one was written to the other side. A request that was not fully read or
-forwarded ends the client connection. Every wait has a timeout; every origin stream is
-finished in ``finally``.
+Rule of this room: this is the one place that turns errors into responses, for both client
+protocols. The client side of an exchange is a ``ClientStream`` — an HTTP/1.1 connection
+(http_proxy.py) or one HTTP/2 stream (h2_proxy.py) — and its backend side an ``OriginStream``
+from the pool's dialer (HTTP/1.1 or HTTP/2, dial.py / dial_h2.py). The exchange never knows
+which: protocol differences live behind those two interfaces. Bodies stream both ways with
+backpressure: a chunk is asked for only once the previous one was written to the other side
+(which is when HTTP/2 acknowledges it). A request that was not fully read or forwarded ends
+the client connection (HTTP/1.1) or its stream (HTTP/2). Every wait has a timeout; every origin
+stream is finished in ``finally``.
+
+gRPC (grpc/doc/PROTOCOL-HTTP2.md): a gRPC call that cannot reach its service — no server
+available or reachable, an origin error before any answer, a pool that speaks HTTP/1.1 — is
+answered Trailers-Only with ``grpc-status`` UNAVAILABLE (14); one whose ``grpc-timeout``
+elapses before the answer gets DEADLINE_EXCEEDED (4).
+
+WebSocket (RFC 6455 §4, RFC 8441): an HTTP/1.1 ``Upgrade: websocket`` request, or an HTTP/2
+extended CONNECT with ``:protocol = websocket``, goes to an HTTP/1.1 origin as an Upgrade
+request; on its 101 the client gets the switch (101, or 200 on HTTP/2) and both sides become a
+byte tunnel with ``timeouts.tunnel`` as idle timeout. Any other answer is relayed as usual.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import logging
@@ -37,6 +49,7 @@ from revproxy.errors import (
 )
 from revproxy.generation import Generation, ListenerRuntime, PoolRuntime
 from revproxy.pool import PickContext
+from revproxy.proto import grpc
 from revproxy.proto.events import (
     DataReceived,
     Event,
@@ -90,7 +103,7 @@ class ConnInfo:
 
 
 class ClientStream(Protocol):
-    """The client side of one exchange (http_proxy.py: a connection).
+    """The client side of one exchange (http_proxy.py: a connection; h2_proxy.py: a stream).
 
     Every ``send_*`` raises ClientGone when the client can no longer be written to."""
 
@@ -131,23 +144,56 @@ class ClientStream(Protocol):
         """A whole local response; False when the client connection must close after it."""
         ...
 
+    async def tunnel(
+        self,
+        headers: Headers,
+        origin: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        leftover: bytes,
+        idle_timeout: float,
+    ) -> tuple[int, int]:
+        """Accept a protocol switch with ``headers`` (101 over HTTP/1.1, 200 over HTTP/2),
+        send the origin's ``leftover`` bytes, then relay bytes both ways until both directions
+        end or nothing moves for ``idle_timeout``; returns (bytes up, bytes down)."""
+        ...
+
 
 def _body_expected(req: RequestReceived) -> int:
-    """-1 for chunked, else the Content-Length (0 when absent)."""
+    """-1 for a body of unknown length (chunked, or HTTP/2 without content-length), else the
+    Content-Length (0 when there is no body)."""
     for name, value in req.headers:
         if name == b"transfer-encoding":
             return -1
         if name == b"content-length":
             return int(value)
+    if req.http_version == b"2" and not req.ended:
+        return -1
     return 0
+
+
+def _wants_websocket(req: RequestReceived) -> bool:
+    """RFC 6455 §4.1 (``Upgrade: websocket`` with ``Connection: Upgrade``) or RFC 8441 §4."""
+    if req.protocol:
+        return req.method == b"CONNECT" and req.protocol.lower() == b"websocket"
+    if req.method != b"GET":
+        return False
+    upgrade = connection = False
+    for name, value in req.headers:
+        if name == b"upgrade":
+            upgrade = upgrade or b"websocket" in value.lower()
+        elif name == b"connection":
+            connection = connection or b"upgrade" in value.lower()
+    return upgrade and connection
 
 
 # RFC 9110 §9.2.2: "A proxy MUST NOT automatically retry non-idempotent requests."
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+# The WebSocket handshake headers an origin's 101 carries to the client (RFC 6455 §4.2.2).
+_UPGRADE_HEADERS = [(b"upgrade", b"websocket"), (b"connection", b"Upgrade")]
 
 
 class _StaleConnection(Exception):
-    """A reused keep-alive connection turned out closed before any response byte."""
+    """A reused keep-alive connection turned out closed before any response byte (or an
+    HTTP/2 origin refused the stream unprocessed): the request may go again."""
 
 
 class _UploadFailed(Exception):
@@ -157,10 +203,10 @@ class _UploadFailed(Exception):
 class Exchange:
     """Routes and serves the requests of one client stream, one at a time.
 
-    An HTTP/1.1 connection keeps one for all its requests: nothing is allocated per request
-    for it."""
+    An HTTP/1.1 connection keeps one for all its requests (nothing is allocated per request
+    for it); an HTTP/2 connection makes one per stream."""
 
-    __slots__ = ("gen", "info", "listener", "rec", "req", "scheme", "stream")
+    __slots__ = ("deadline", "gen", "grpc", "info", "listener", "rec", "req", "scheme", "stream")
 
     def __init__(
         self,
@@ -175,6 +221,8 @@ class Exchange:
         self.listener = listener
         self.info = info
         self.scheme = "https" if info.tls else "http"
+        self.grpc = False
+        self.deadline: float | None = None  # grpc-timeout, seconds
 
     async def run(self, req: RequestReceived) -> bool:
         """Serve ``req``; True when the client connection may carry another request."""
@@ -202,6 +250,8 @@ class Exchange:
         )
         self.req = req
         self.rec = rec
+        self.grpc = False
+        self.deadline = None
         try:
             return await self._route()
         except BaseException:
@@ -225,7 +275,7 @@ class Exchange:
             self._check_authority(host)
         except MisdirectedRequest as exc:
             return await self._local_error(exc)
-        if req.method == b"CONNECT":
+        if req.method == b"CONNECT" and not _wants_websocket(req):
             return await self._local(405, close=True)
         if lst.acme:  # ACME HTTP-01 challenges come before any redirect or route
             answer = await challenge_answer(self.gen.config.acme, req.method, req.target, host)
@@ -278,6 +328,14 @@ class Exchange:
         expected = _body_expected(req)
         if g.max_body_size and expected > g.max_body_size:
             return await self._local_error(BodyTooLarge("request body too large"))
+        self.grpc = grpc.is_grpc(req.headers)
+        protocol = pr.config.protocol
+        if self.grpc:
+            self.deadline = grpc.timeout_seconds(req.headers)
+            if protocol == "http1":
+                return await self._grpc_local(
+                    grpc.UNAVAILABLE, f"pool {pr.config.name} speaks HTTP/1.1; gRPC needs HTTP/2"
+                )
         client_id = ClientIdentity(
             address=self.info.client[0],
             scheme=self.scheme,
@@ -290,10 +348,21 @@ class Exchange:
             trusted=self.listener.config.trusted_proxies,
             forwarded=self.listener.config.forwarded,
         )
-        if expected == -1:
-            # Transfer-Encoding is hop-by-hop and was removed above, but a chunked body is
-            # still relayed chunked: without this the origin would read no body at all.
-            headers.append((b"transfer-encoding", b"chunked"))
+        websocket = False
+        if protocol == "http1":
+            if _wants_websocket(req):
+                websocket = True
+                headers.extend(_UPGRADE_HEADERS)
+                if req.http_version == b"2":
+                    # RFC 8441 §5: the HTTP/1.1 handshake the origin expects of a client.
+                    headers.append((b"sec-websocket-key", _websocket_key()))
+            elif expected == -1:
+                # Transfer-Encoding is hop-by-hop and was removed above, but a body of unknown
+                # length is still relayed chunked: without this the origin would read none.
+                headers.append((b"transfer-encoding", b"chunked"))
+        elif grpc.wants_trailers(req.headers):
+            # TE is hop-by-hop, but "te: trailers" is what an HTTP/2 origin (gRPC) requires.
+            headers.append((b"te", b"trailers"))
         ctx = PickContext(client_ip=self.info.client[0], uri=req.target.decode("latin-1"))
         identity = proxy_header_for(pr.config.send_proxy, self.info)
         fresh = False
@@ -307,7 +376,7 @@ class Exchange:
             backend.acquire()
             t0 = time.monotonic()
             try:
-                return await self._forward(ostream, pr, headers, retry=not fresh)
+                return await self._forward(ostream, pr, headers, websocket, retry=not fresh)
             except _StaleConnection:
                 fresh = True  # the origin closed a pooled connection; nothing was lost
                 continue
@@ -320,6 +389,7 @@ class Exchange:
         ostream: OriginStream,
         pr: PoolRuntime,
         headers: Headers,
+        websocket: bool,
         *,
         retry: bool,
     ) -> bool:
@@ -332,7 +402,9 @@ class Exchange:
         complete = False
         # A pooled connection the origin had closed is retried on a fresh one (once), but only
         # for a request that is whole in hand and idempotent: the origin may have acted on it.
+        # A stream an HTTP/2 origin refused unprocessed may go again whatever its method.
         retry_ok = retry and ostream.reused and req.method in _IDEMPOTENT and end is not None
+        refused_ok = retry and end is not None
         try:
             ostream.send_head(
                 req.method,
@@ -341,6 +413,7 @@ class Exchange:
                 self.scheme.encode(),
                 headers,
                 end=end,
+                upgrade=websocket,
             )
             if end is None:
                 upload = asyncio.get_running_loop().create_task(
@@ -374,11 +447,11 @@ class Exchange:
         except (ConnectionError, OSError) as exc:
             if stream.response_started:
                 raise ClientGone() from exc
-            if ostream.bytes_read == 0 and retry_ok:
+            if ostream.bytes_read == 0 and (retry_ok or (refused_ok and ostream.refused)):
                 raise _StaleConnection() from exc
             return await self._local_error(BackendProtocolError("origin closed the connection"))
         except RevproxyError as exc:
-            stale = ostream.bytes_read == 0 and retry_ok
+            stale = ostream.bytes_read == 0 and (retry_ok or (refused_ok and ostream.refused))
             if isinstance(exc, BackendProtocolError) and stale:
                 raise _StaleConnection() from exc
             return await self._aborted(exc)
@@ -390,10 +463,16 @@ class Exchange:
     ) -> bool:
         """Relay the origin's response; True when it ended cleanly."""
         timeouts = pr.config.timeouts
-        async with asyncio.timeout(timeouts.response):
+        wait = timeouts.response
+        if self.deadline is not None:
+            wait = min(wait, self.deadline)
+        async with asyncio.timeout(wait):
             resp = await self._response_head(ostream, upload, pr)
         stream = self.stream
         self.rec.status = resp.status
+        if resp.status == 101:
+            await self._tunnel(ostream, resp, pr)
+            return False
         out_headers = response_headers(
             resp.headers,
             pr.hiding,
@@ -403,7 +482,7 @@ class Exchange:
         # The origin's reason phrase is not relayed: it is free text that may name it.
         events = ostream.events
         if events and isinstance(events[0], MessageEnded) and not events[0].trailers:
-            # Nothing follows the head: send it with its end.
+            # Nothing follows the head: one block (HTTP/2: a gRPC "Trailers-Only" answer).
             events.popleft()
             await stream.send_response(resp.status, out_headers, end=True)
             return True
@@ -422,8 +501,9 @@ class Exchange:
 
     async def _response_head(
         self, ostream: OriginStream, upload: asyncio.Task[None] | None, pr: PoolRuntime
-    ) -> ResponseReceived:
-        """The origin's final response head, relaying 1xx; a failed upload ends the wait."""
+    ) -> ResponseReceived | InformationalReceived:
+        """The origin's final response head (or its 101 to an upgrade), relaying other 1xx;
+        a failed upload ends the wait."""
         while True:
             if upload is not None and not upload.done():
                 waiter = asyncio.ensure_future(ostream.next())
@@ -443,6 +523,8 @@ class Exchange:
                 ev = await ostream.next()
             if isinstance(ev, InformationalReceived):
                 if ev.status == 101:
+                    if ostream.upgrading:
+                        return ev
                     continue  # a switch nobody asked for is not relayed
                 headers = interim_headers(ev.headers, pr.hiding)
                 await self.stream.send_informational(ev.status, headers)
@@ -471,6 +553,31 @@ class Exchange:
             else:
                 raise ClientGone()
 
+    async def _tunnel(
+        self, ostream: OriginStream, resp: ResponseReceived | InformationalReceived, pr: PoolRuntime
+    ) -> None:
+        """The origin switched to WebSocket: switch the client too and relay bytes."""
+        origin = ostream.take_over()
+        if origin is None:
+            raise BackendProtocolError("origin switched protocols on a stream that cannot")
+        reader, writer, leftover = origin
+        headers = response_headers(
+            resp.headers, pr.hiding, scheme=self.scheme.encode(), host=self.req.authority
+        )
+        if self.req.http_version == b"2":
+            # RFC 8441 §5: the HTTP/1.1 handshake fields mean nothing on an HTTP/2 stream.
+            headers = [(n, v) for n, v in headers if n != b"sec-websocket-accept"]
+        else:
+            headers.extend(_UPGRADE_HEADERS)
+        try:
+            up, down = await self.stream.tunnel(
+                headers, (reader, writer), leftover, pr.config.timeouts.tunnel
+            )
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+        log.debug("id=%s tunnel closed up=%d down=%d", self.rec.id, up, down)
+
     # --- local answers ---------------------------------------------------------------------
 
     async def _aborted(self, exc: BaseException) -> bool:
@@ -485,8 +592,21 @@ class Exchange:
 
     async def _local_error(self, exc: RevproxyError) -> bool:
         log.info("id=%s %s: %s", self.rec.id, type(exc).__name__, exc)
+        if self.grpc and isinstance(exc, BackendError):
+            if isinstance(exc, BackendTimeout) and self.deadline is not None:
+                return await self._grpc_local(grpc.DEADLINE_EXCEEDED, "deadline exceeded")
+            return await self._grpc_local(grpc.UNAVAILABLE, f"upstream unavailable ({exc.status})")
         close = isinstance(exc, ClientProtocolError) or not self.stream.request_complete
         return await self._local(exc.status, close=close)
+
+    async def _grpc_local(self, status: int, message: str) -> bool:
+        """A gRPC Trailers-Only answer: HTTP 200, ``grpc-status`` in the only header block."""
+        stream = self.stream
+        self.rec.status = 200
+        if stream.response_started:
+            return False
+        headers = grpc.trailers_only(status, message)
+        return await stream.send_whole(200, headers, b"", not stream.request_complete)
 
     async def _local(
         self,
@@ -511,6 +631,11 @@ class Exchange:
         if self.req.method == b"HEAD":
             body = b""
         return await stream.send_whole(status, out, body, close)
+
+
+def _websocket_key() -> bytes:
+    """RFC 6455 §4.1: "a nonce consisting of a randomly selected 16-byte value" in base64."""
+    return base64.b64encode(os.urandom(16))
 
 
 def proxy_header_for(version: str | None, info: ConnInfo) -> bytes | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +25,48 @@ from revproxy.routing import Router
 from revproxy.tls import CertStore, LoadedCert, ServerTLS, load_cert_pair, scan_cert_dir
 
 log = logging.getLogger("revproxy.generation")
+
+
+class Signal:
+    """A one-shot notice to the connections that subscribed: "wind down" (a generation was
+    retired, a listener stopped accepting). HTTP/2 connections answer it with GOAWAY."""
+
+    __slots__ = ("_next", "_subscribers", "fired")
+
+    def __init__(self) -> None:
+        self.fired = False
+        self._subscribers: dict[int, Callable[[], None]] = {}
+        self._next = 0
+
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` when fired (at once if it was); returns the unsubscribe."""
+        if self.fired:
+            callback()
+            return _nothing
+        key = self._next
+        self._next += 1
+        self._subscribers[key] = callback
+
+        def unsubscribe() -> None:
+            self._subscribers.pop(key, None)
+
+        return unsubscribe
+
+    def fire(self) -> None:
+        if self.fired:
+            return
+        self.fired = True
+        callbacks = list(self._subscribers.values())
+        self._subscribers.clear()
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("a connection failed to wind down")
+
+
+def _nothing() -> None:
+    return None
 
 
 @dataclass(eq=False)
@@ -63,9 +105,13 @@ class Generation:
     # The generation that replaced this one: keep-alive connections move to it between
     # requests, so that routes, drains and health apply to them too (http_proxy.py).
     successor: Generation | None = field(default=None)
+    # Fired on retirement: HTTP/2 connections send GOAWAY and finish their streams
+    # (h2_proxy.py), HTTP/2 origin connections close once idle (dial_h2.py).
+    retiring: Signal = field(default_factory=Signal)
 
     def close(self) -> None:
         self.retired = True
+        self.retiring.fire()
         for p in self.pools.values():
             p.dialer.close_idle()
 
@@ -196,13 +242,20 @@ def build_generation(
     for pc in config.pools:
         prev_pool = previous.pools[pc.name].pool if previous and pc.name in previous.pools else None
         pool = Pool(pc.name, _backends(pc, prev_pool), pc.balance)
-        dialer = Dialer(
-            pool,
-            connect_timeout=pc.timeouts.connect,
-            idle_timeout=pc.timeouts.idle,
-            keepalive=pc.keepalive,
-            max_header_size=config.global_.max_header_size,
-        )
+        try:
+            dialer = Dialer(
+                pool,
+                connect_timeout=pc.timeouts.connect,
+                idle_timeout=pc.timeouts.idle,
+                keepalive=pc.keepalive,
+                protocol=pc.protocol,
+                tls=pc.tls,
+                h2=config.global_.h2,
+                max_header_size=config.global_.max_header_size,
+            )
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            problems.append(ConfigProblem(pc.source, f"pool.{pc.name}.tls.ca", str(exc)))
+            continue
         pools[pc.name] = PoolRuntime(config=pc, pool=pool, dialer=dialer, hiding=_hiding(pc))
 
     first_tls_port = next(

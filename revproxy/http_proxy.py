@@ -3,9 +3,9 @@
 Rule of this room: requests are read one at a time, each served by the connection's
 ``Exchange`` (exchange.py: routing, local answers, forwarding — the one place errors become
 responses), for which this connection is the ``ClientStream``. Here live what only HTTP/1.1
-has: keep-alive and its timeouts, following a reload between requests, and the 400/408/431 of
-a head that could not be parsed. Nothing is allocated per request beyond what the parser and
-the exchange need.
+has: keep-alive and its timeouts, following a reload between requests, the 400/408/431 of a
+head that could not be parsed, and the switch to a byte tunnel after a 101. Nothing is
+allocated per request beyond what the parser and the exchange need.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from revproxy.proto.events import (
     RequestReceived,
 )
 from revproxy.proto.http1 import H1Server
+from revproxy.tunnel import relay_streams
 
 __all__ = ["ClientGone", "ConnInfo", "HttpConnection", "proxy_header_for"]
 
@@ -226,6 +227,25 @@ class HttpConnection:
             return False
         await self._send(data)
         return not close
+
+    async def tunnel(
+        self,
+        headers: Headers,
+        origin: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        leftover: bytes,
+        idle_timeout: float,
+    ) -> tuple[int, int]:
+        """RFC 9110 §15.2.2 / RFC 6455 §4: the 101 switches this connection to a tunnel."""
+        await self._send(self.h1.send_informational(101, headers) + leftover)
+        early = self.h1.trailing_data  # bytes the client sent after its request
+        _reader, writer = origin
+        if early:
+            writer.write(early)
+            self.client.bytes_read += len(early)
+        result = await relay_streams((self.reader, self.writer), origin, idle_timeout=idle_timeout)
+        self.client.bytes_read += result.a_to_b
+        self.bytes_out += result.b_to_a
+        return result.a_to_b + len(early), result.b_to_a + len(leftover)
 
     async def _send(self, data: bytes) -> None:
         if not data:

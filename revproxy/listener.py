@@ -17,6 +17,13 @@ route to that route's pool undecrypted; every other name (and a ClientHello with
 terminated as usual. Bytes that are not TLS close the connection. A TLS listener without
 passthrough routes does not peek at all. A listener at its ``max_conns`` closes new
 connections at once.
+
+HTTP: a TLS connection whose ALPN chose ``h2`` is served by ``h2_proxy`` (HTTP/2), every
+other one by ``http_proxy`` (HTTP/1.1). A plain listener with ``h2c = true`` peeks at the
+first bytes: the HTTP/2 connection preface (prior knowledge, RFC 9113 §3.3) means HTTP/2,
+anything else HTTP/1.1 — decided on the first byte that differs, so HTTP/1.1 clients wait for
+nothing. When an accept loop stops (shutdown, or its address left the config) the connections
+it accepted are told to wind down (HTTP/2: GOAWAY).
 """
 
 from __future__ import annotations
@@ -33,11 +40,14 @@ from dataclasses import dataclass, field
 
 from revproxy.config import Bind, ProxyProtocolIn
 from revproxy.errors import ClientHelloError, ProxyProtocolError
-from revproxy.generation import Generation, ListenerRuntime
-from revproxy.http_proxy import ConnInfo, HttpConnection
+from revproxy.exchange import ConnInfo
+from revproxy.generation import Generation, ListenerRuntime, Signal
+from revproxy.h2_proxy import Http2Connection
+from revproxy.http_proxy import HttpConnection
 from revproxy.proto import proxy_protocol as pp
 from revproxy.proto.clienthello import MAX_CLIENTHELLO, ClientHelloInfo, parse_client_hello
 from revproxy.proto.forwarding import is_trusted
+from revproxy.proto.http2 import PREFACE
 from revproxy.tcp_proxy import match_passthrough, record_refused, serve_passthrough, serve_tcp
 from revproxy.tls import server_name_of
 
@@ -290,25 +300,32 @@ class Acceptor:
     async def _accept_loop(self, addr: str, lsock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         backoff = EMFILE_BACKOFF_MIN
-        while True:
-            try:
-                csock, _ = await loop.sock_accept(lsock)
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.error("listener %s: out of resources accepting (%s); pausing", addr, exc)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, EMFILE_BACKOFF_MAX)
-                    continue
-                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
-                    continue
-                raise
-            backoff = EMFILE_BACKOFF_MIN
-            csock.setblocking(False)
-            task = loop.create_task(self.serve(addr, csock))
-            self.connections.add(task)
-            task.add_done_callback(self.connections.discard)
+        # Fired when this loop ends (it is cancelled to stop accepting).
+        stopping = Signal()
+        try:
+            while True:
+                try:
+                    csock, _ = await loop.sock_accept(lsock)
+                except OSError as exc:
+                    if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                        log.error(
+                            "listener %s: out of resources accepting (%s); pausing", addr, exc
+                        )
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, EMFILE_BACKOFF_MAX)
+                        continue
+                    if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
+                        continue
+                    raise
+                backoff = EMFILE_BACKOFF_MIN
+                csock.setblocking(False)
+                task = loop.create_task(self.serve(addr, csock, stopping))
+                self.connections.add(task)
+                task.add_done_callback(self.connections.discard)
+        finally:
+            stopping.fire()
 
-    async def serve(self, addr: str, csock: socket.socket) -> None:
+    async def serve(self, addr: str, csock: socket.socket, stopping: Signal | None = None) -> None:
         name = addr
         try:
             gen = self.current()
@@ -322,7 +339,7 @@ class Acceptor:
                 return
             self.active[name] = self.active.get(name, 0) + 1
             try:
-                await self._serve_admitted(gen, lrt, csock)
+                await self._serve_admitted(gen, lrt, csock, stopping)
             finally:
                 self.active[name] -= 1
         except Exception:
@@ -331,7 +348,11 @@ class Acceptor:
             csock.close()
 
     async def _serve_admitted(
-        self, gen: Generation, lrt: ListenerRuntime, csock: socket.socket
+        self,
+        gen: Generation,
+        lrt: ListenerRuntime,
+        csock: socket.socket,
+        stopping: Signal | None = None,
     ) -> None:
         name = lrt.config.name
         with contextlib.suppress(OSError):
@@ -364,7 +385,7 @@ class Acceptor:
                     pattern, pool = entry
                     await serve_passthrough(gen, lrt, csock, info, pattern=pattern, pool=pool)
                     return
-        await self._serve_http(gen, lrt, csock, info)
+        await self._serve_http(gen, lrt, csock, info, stopping)
 
     def _refuse(self, gen: Generation, lrt: ListenerRuntime, csock: socket.socket) -> None:
         """Close a connection over ``max_conns`` at once: one access-log line, few warnings."""
@@ -385,9 +406,20 @@ class Acceptor:
             self._refused[name] = (last, count)
 
     async def _serve_http(
-        self, gen: Generation, lrt: ListenerRuntime, csock: socket.socket, info: ConnInfo
+        self,
+        gen: Generation,
+        lrt: ListenerRuntime,
+        csock: socket.socket,
+        info: ConnInfo,
+        stopping: Signal | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
+        h2c = False
+        if lrt.tls is None and lrt.config.h2c:
+            try:
+                h2c = await peek_preface(csock, timeout=gen.config.global_.header_timeout)
+            except (TimeoutError, OSError):
+                return
         reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
         ctx = lrt.tls.context if lrt.tls is not None else None
@@ -412,7 +444,35 @@ class Acceptor:
             if sslobj is not None:
                 info.sni = server_name_of(sslobj)
                 info.alpn = sslobj.selected_alpn_protocol() or ""
+        if h2c or info.alpn == "h2":
+            await Http2Connection(
+                reader, writer, generation=gen, listener=lrt, info=info, stopping=stopping
+            ).run()
+            return
         await HttpConnection(reader, writer, generation=gen, listener=lrt, info=info).run()
+
+
+async def peek_preface(sock: socket.socket, *, timeout: float) -> bool:
+    """Whether the connection starts with the HTTP/2 preface (prior knowledge h2c), decided on
+    the first byte that differs from it; nothing is consumed. False at end of stream."""
+    lowat_set = False
+    try:
+        async with asyncio.timeout(timeout):
+            seen = 0
+            while True:
+                data = await peek(sock, len(PREFACE))
+                if not data or not PREFACE.startswith(data):
+                    return False
+                if len(data) == len(PREFACE):
+                    return True
+                if len(data) == seen and _peer_closed(sock):
+                    return False
+                seen = len(data)
+                lowat_set = await _wait_for_more(sock, seen) or lowat_set
+    finally:
+        if lowat_set:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
 
 
 def _conn_info(csock: socket.socket, lrt: ListenerRuntime) -> ConnInfo:

@@ -1,0 +1,242 @@
+"""The asyncio shell around one HTTP/2 endpoint (``proto/http2.py``), for both roles.
+
+Rule of this room: every HTTP/2 duty goes through one ``flush()`` (as in hypercorn's
+``protocol/h2.py``): after any command to the sans-I/O endpoint its bytes are written at once,
+in order, by the connection's one writer; nothing else writes to the socket, so frames of
+different streams never interleave badly. Received DATA is acknowledged when a stream's reader
+asks for its next event — the previous chunk has been written to the other side by then —
+so a slow reader holds back its own sender only. Sending takes what the windows allow (the
+endpoint decides how much), then waits for ``WindowUpdated`` and for the socket to drain.
+The connection's reader task is the only one reading its socket.
+
+``h2_proxy.py`` (client connections, server role) and ``dial_h2.py`` (origin connections,
+client role) build on ``H2Link`` and ``H2Channel``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+
+from revproxy.proto.events import (
+    DataReceived,
+    Event,
+    InformationalReceived,
+    MessageEnded,
+    ResponseReceived,
+    StreamReset,
+    WindowUpdated,
+)
+from revproxy.proto.http2 import H2Endpoint, StreamClosed
+
+# Bytes read from the socket at a time.
+READ_SIZE = 256 * 1024
+# Our own frames (SETTINGS and PING acks, WINDOW_UPDATEs, RST_STREAMs) buffered unsent beyond
+# this stop the reading of more frames until the peer reads: a peer that floods PINGs or
+# SETTINGS and never reads can't make us buffer without bound.
+WRITE_BUFFER_LIMIT = 1024 * 1024
+
+
+class H2Link:
+    """One HTTP/2 connection: the endpoint, its one writer, and the streams being served."""
+
+    def __init__(
+        self, proto: H2Endpoint, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.proto = proto
+        self.reader = reader
+        self.writer = writer
+        self.channels: dict[int, H2Channel] = {}
+        self.closed = False
+
+    def flush(self) -> None:
+        """Write whatever the endpoint queued (the one place bytes go to the socket)."""
+        data = self.proto.data_to_send()
+        if data and not self.closed:
+            self.writer.write(data)
+
+    async def drain(self) -> None:
+        await self.writer.drain()
+
+    @property
+    def write_backlog(self) -> bool:
+        transport = self.writer.transport
+        return transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT
+
+    def dispatch(self, ev: Event) -> None:
+        """Hand a stream-level event to its channel."""
+        if isinstance(ev, WindowUpdated) and ev.stream_id == 0:
+            for each in self.channels.values():
+                each.window_opened()
+            return
+        ch = self.channels.get(ev.stream_id)
+        if ch is None:
+            return
+        if isinstance(ev, WindowUpdated):
+            ch.window_opened()
+            return
+        if isinstance(ev, StreamReset):
+            ch.reset_received(ev.error_code)
+        elif isinstance(ev, DataReceived | MessageEnded | ResponseReceived | InformationalReceived):
+            ch.deliver(ev)
+
+    def connection_lost(self) -> None:
+        """The socket is gone: every stream's waits end."""
+        self.closed = True
+        for ch in list(self.channels.values()):
+            ch.wake()
+
+
+class H2Channel:
+    """One stream of an ``H2Link``: an inbox of received events and flow-controlled sending."""
+
+    __slots__ = (
+        "_unacked",
+        "_waiter",
+        "_window",
+        "bytes_in",
+        "bytes_out",
+        "inbox",
+        "link",
+        "reset_code",
+        "stall_timeout",
+        "stream_id",
+    )
+
+    def __init__(self, link: H2Link, stream_id: int, stall_timeout: float) -> None:
+        self.link = link
+        self.stream_id = stream_id
+        self.inbox: deque[Event] = deque()
+        self.reset_code: int | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+        # Longest wait for the peer to open a window before the stream is given up.
+        self.stall_timeout = stall_timeout
+        self._unacked = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._window: asyncio.Future[None] | None = None
+
+    # --- what the link calls
+
+    def deliver(self, ev: Event) -> None:
+        self.inbox.append(ev)
+        if isinstance(ev, DataReceived):
+            self.bytes_in += len(ev.data)
+        self._wake(self._waiter)
+
+    def reset_received(self, code: int) -> None:
+        self.reset_code = code
+        self.wake()
+
+    def window_opened(self) -> None:
+        self._wake(self._window)
+
+    def wake(self) -> None:
+        self._wake(self._waiter)
+        self._wake(self._window)
+
+    @staticmethod
+    def _wake(fut: asyncio.Future[None] | None) -> None:
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    # --- what the stream's task calls
+
+    def gone(self) -> Exception:
+        """The exception a wait on a reset (or lost) stream raises; subclasses choose."""
+        return ConnectionResetError("HTTP/2 stream reset")
+
+    def stalled(self) -> Exception:
+        return TimeoutError("HTTP/2 peer kept its window closed")
+
+    @property
+    def broken(self) -> bool:
+        return self.reset_code is not None or self.link.closed
+
+    def acknowledge(self) -> None:
+        """The last chunk taken was consumed: give its bytes back to the peer's window."""
+        if self._unacked:
+            self.link.proto.acknowledge(self.stream_id, self._unacked)
+            self._unacked = 0
+            self.link.flush()
+
+    async def next_event(self) -> Event:
+        """The next received event; the chunk taken before is acknowledged first."""
+        self.acknowledge()
+        while not self.inbox:
+            if self.broken:
+                raise self.gone()
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiter = fut
+            try:
+                await fut
+            finally:
+                self._waiter = None
+        ev = self.inbox.popleft()
+        if isinstance(ev, DataReceived):
+            self._unacked = len(ev.data)
+        return ev
+
+    async def send_data(self, data: bytes, end: bool = False) -> None:
+        """Send ``data`` as the windows allow, waiting for them to open (RFC 9113 §5.2)."""
+        link = self.link
+        view: bytes | memoryview = data
+        while True:
+            if self.broken:
+                raise self.gone()
+            try:
+                taken = link.proto.send_data(self.stream_id, view, end)
+            except StreamClosed:
+                raise self.gone() from None
+            link.flush()
+            self.bytes_out += taken
+            if taken == len(view):
+                break
+            view = memoryview(view)[taken:]
+            if taken:
+                await self._drain()
+            else:
+                await self._wait_window()
+        await self._drain()
+
+    async def _drain(self) -> None:
+        try:
+            await self.link.drain()
+        except (ConnectionError, OSError, RuntimeError):
+            raise self.gone() from None
+
+    async def _wait_window(self) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._window = fut
+        try:
+            async with asyncio.timeout(self.stall_timeout):
+                await fut
+        except TimeoutError:
+            raise self.stalled() from None
+        finally:
+            self._window = None
+
+    async def send_end(self, trailers: list[tuple[bytes, bytes]] | None) -> None:
+        try:
+            self.link.proto.send_end(self.stream_id, trailers or None)
+        except StreamClosed:
+            raise self.gone() from None
+        self.link.flush()
+        await self._drain()
+
+    def close(self, code: int) -> None:
+        """Done with the stream: credit back unread data, reset it if still open."""
+        self.link.channels.pop(self.stream_id, None)
+        self.link.proto.forget(self.stream_id, code)
+        self.link.flush()
+        self.reset_code = code if self.reset_code is None else self.reset_code
+        self.inbox.clear()
+
+
+async def close_writer(writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(Exception):
+        writer.close()
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(1.0):
+            await writer.wait_closed()

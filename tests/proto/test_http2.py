@@ -1,0 +1,660 @@
+"""HTTP/2 sans-I/O adapters: frames in, events out; commands in, frames out.
+
+A well-behaved peer is an ``h2`` connection; a misbehaving one writes raw frames with
+``hyperframe`` (h2spec is not available here: these are the RFC 9113 rules it would check).
+Inputs are fed three ways (whole, one byte at a time, followed by the next stream's bytes) and
+must give the same events. Malformed requests are stream errors (RST_STREAM PROTOCOL_ERROR,
+the connection lives on); floods and window violations are connection errors (GOAWAY with
+their code, and the error raised carries it).
+"""
+
+from __future__ import annotations
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+from hpack import Encoder
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    RstStreamFrame,
+    WindowUpdateFrame,
+)
+
+from revproxy.errors import (
+    H2_CANCEL,
+    H2_ENHANCE_YOUR_CALM,
+    H2_NO_ERROR,
+    H2_PROTOCOL_ERROR,
+    H2_REFUSED_STREAM,
+    BackendProtocolError,
+    ClientProtocolError,
+)
+from revproxy.proto.events import (
+    DataReceived,
+    Event,
+    GoAwayReceived,
+    InformationalReceived,
+    MessageEnded,
+    RequestReceived,
+    ResponseReceived,
+    StreamReset,
+    WindowUpdated,
+)
+from revproxy.proto.http2 import PREFACE, H2Client, H2Server
+
+FLOW_CONTROL_ERROR = 0x3
+FRAME_SIZE_ERROR = 0x6
+
+GET = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"app.test"), (b":path", b"/")]
+
+
+def post(length: int | None = None, path: bytes = b"/up") -> list[tuple[bytes, bytes]]:
+    head = [
+        (b":method", b"POST"),
+        (b":scheme", b"https"),
+        (b":authority", b"app.test"),
+        (b":path", path),
+    ]
+    if length is not None:
+        head.append((b"content-length", str(length).encode()))
+    return head
+
+
+def frames(data: bytes) -> list[Frame]:
+    """Parse the frames a side sent (after its preface, if a client's)."""
+    if data.startswith(PREFACE):
+        data = data[len(PREFACE) :]
+    out: list[Frame] = []
+    while data:
+        frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+        frame.parse_body(memoryview(data[9 : 9 + length]))
+        out.append(frame)
+        data = data[9 + length :]
+    return out
+
+
+def of(kind: type[Frame], data: bytes) -> list[Frame]:
+    return [f for f in frames(data) if isinstance(f, kind)]
+
+
+def useful(events: list[Event]) -> list[Event]:
+    """Events minus window notices (their number depends on how bytes were split), with
+    adjacent DATA joined."""
+    out: list[Event] = []
+    for ev in events:
+        if isinstance(ev, WindowUpdated):
+            continue
+        if isinstance(ev, DataReceived) and out and isinstance(out[-1], DataReceived):
+            out[-1] = DataReceived(stream_id=ev.stream_id, data=out[-1].data + ev.data)
+        else:
+            out.append(ev)
+    return out
+
+
+class Peer:
+    """A client that speaks through h2 (validation of what it sends is off on purpose)."""
+
+    def __init__(self) -> None:
+        config = h2.config.H2Configuration(
+            client_side=True,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
+        self.conn = h2.connection.H2Connection(config=config)
+        self.conn.initiate_connection()
+        self.encoder = Encoder()
+
+    def bytes(self) -> bytes:
+        return self.conn.data_to_send()
+
+    def raw_headers(
+        self, sid: int, headers: list[tuple[bytes, bytes]], *, end: bool = True
+    ) -> bytes:
+        """A HEADERS frame encoded outside h2's state machine (h2 would refuse to send it)."""
+        f = HeadersFrame(sid)
+        f.data = self.encoder.encode(headers)
+        f.flags.add("END_HEADERS")
+        if end:
+            f.flags.add("END_STREAM")
+        return f.serialize()
+
+    def trailers(self, sid: int, headers: list[tuple[bytes, bytes]]) -> bytes:
+        f = HeadersFrame(sid)
+        f.data = self.encoder.encode(headers)
+        f.flags.add("END_HEADERS")
+        f.flags.add("END_STREAM")
+        return f.serialize()
+
+
+def connected(**settings: int) -> tuple[H2Server, Peer]:
+    server = H2Server(**settings)
+    peer = Peer()
+    server.receive_data(peer.bytes())
+    peer.conn.receive_data(server.data_to_send())
+    server.receive_data(peer.bytes())  # the SETTINGS ack
+    return server, peer
+
+
+def feed(server: H2Server, data: bytes, *, bytewise: bool = False, now: float = 0.0) -> list[Event]:
+    if not bytewise:
+        return server.receive_data(data, now)
+    events: list[Event] = []
+    for i in range(len(data)):
+        events += server.receive_data(data[i : i + 1], now)
+    return events
+
+
+def three_ways(data: bytes, trailing: bytes) -> list[Event]:
+    """Events for a client's preface + ``data``, fed whole, bytewise and with ``trailing``
+    (the events of ``trailing`` are dropped); all three agree."""
+    results = []
+    for mode in ("whole", "bytewise", "trailing"):
+        server = H2Server()
+        peer = Peer()
+        wire = peer.bytes() + data
+        if mode == "trailing":
+            events = useful(feed(server, wire + trailing))
+            sid_limit = max(getattr(e, "stream_id", 0) for e in useful(feed(H2Server(), wire)))
+            events = [e for e in events if getattr(e, "stream_id", 0) <= sid_limit]
+        else:
+            events = useful(feed(server, wire, bytewise=mode == "bytewise"))
+        results.append(events)
+    assert results[0] == results[1] == results[2]
+    return results[0]
+
+
+# --- requests -----------------------------------------------------------------------------
+
+
+def test_request_with_body_and_trailers_three_ways() -> None:
+    peer = Peer()
+    peer.bytes()
+    data = peer.raw_headers(1, [*post(5), (b"te", b"trailers")], end=False)
+    data += DataFrame(1, data=b"hel").serialize() + DataFrame(1, data=b"lo").serialize()
+    data += peer.trailers(1, [(b"x-checksum", b"abc")])
+    events = three_ways(data, peer.raw_headers(3, GET))
+    req, body, end = events
+    assert isinstance(req, RequestReceived)
+    assert (req.method, req.target, req.authority, req.http_version) == (
+        b"POST",
+        b"/up",
+        b"app.test",
+        b"2",
+    )
+    assert req.headers[0] == (b"host", b"app.test")  # :authority becomes Host for HTTP/1.1
+    assert (b"te", b"trailers") in req.headers
+    assert not req.ended
+    assert body == DataReceived(stream_id=1, data=b"hello")
+    assert end == MessageEnded(stream_id=1, trailers=[(b"x-checksum", b"abc")])
+
+
+def test_request_without_body_is_ended_with_its_head() -> None:
+    peer = Peer()
+    peer.bytes()
+    data = peer.raw_headers(1, GET)
+    events = three_ways(data, peer.raw_headers(3, GET))
+    assert isinstance(events[0], RequestReceived) and events[0].ended
+    assert events[1] == MessageEnded(stream_id=1, trailers=[])
+
+
+def test_split_cookies_are_joined() -> None:
+    server, peer = connected()
+    head = [*GET, (b"cookie", b"a=1"), (b"cookie", b"b=2")]
+    (req, _) = useful(server.receive_data(peer.raw_headers(1, head)))
+    assert isinstance(req, RequestReceived)
+    assert (b"cookie", b"a=1; b=2") in req.headers
+
+
+def test_host_stands_in_for_a_missing_authority() -> None:
+    server, peer = connected()
+    head = [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/"), (b"host", b"h.test")]
+    (req, _) = useful(server.receive_data(peer.raw_headers(1, head)))
+    assert isinstance(req, RequestReceived) and req.authority == b"h.test"
+
+
+# --- malformed requests are stream errors -------------------------------------------------
+
+MALFORMED = {
+    "no-path": [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a.test")],
+    "no-method": [(b":scheme", b"https"), (b":authority", b"a.test"), (b":path", b"/")],
+    "custom-pseudo": [*GET, (b":foo", b"bar")],
+    "pseudo-after-regular": [
+        (b":method", b"GET"),
+        (b"accept", b"*/*"),
+        (b":scheme", b"https"),
+        (b":path", b"/"),
+        (b":authority", b"a.test"),
+    ],
+    "duplicate-method": [(b":method", b"GET"), *GET],
+    "status-in-request": [*GET[:1], (b":status", b"200"), *GET[1:]],
+    "empty-path": [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"")],
+    "relative-path": [*GET[:3], (b":path", b"index.html")],
+    "uppercase-name": [*GET, (b"Accept", b"*/*")],
+    "connection": [*GET, (b"connection", b"keep-alive")],
+    "keep-alive": [*GET, (b"keep-alive", b"timeout=5")],
+    "proxy-connection": [*GET, (b"proxy-connection", b"keep-alive")],
+    "transfer-encoding": [*GET, (b"transfer-encoding", b"chunked")],
+    "upgrade": [*GET, (b"upgrade", b"websocket")],
+    "te-gzip": [*GET, (b"te", b"gzip")],
+    "host-differs": [*GET, (b"host", b"other.test")],
+    "no-authority": [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/")],
+    "value-with-newline": [*GET, (b"x-a", b"1\nx-b: 2")],
+    "value-with-spaces": [*GET, (b"x-a", b" 1 ")],
+    "connect-with-path": [
+        (b":method", b"CONNECT"),
+        (b":authority", b"a.test:443"),
+        (b":path", b"/"),
+    ],
+    "unknown-scheme": [(b":method", b"GET"), (b":scheme", b"ftp"), (b":path", b"/"), GET[2]],
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_request_resets_its_stream_only(case: str) -> None:
+    server, peer = connected()
+    events = useful(server.receive_data(peer.raw_headers(1, MALFORMED[case])))
+    assert len(events) == 1
+    reset = events[0]
+    assert isinstance(reset, StreamReset) and not reset.remote
+    assert reset.error_code == H2_PROTOCOL_ERROR and reset.reason
+    (rst,) = of(RstStreamFrame, server.data_to_send())
+    assert (rst.stream_id, rst.error_code) == (1, H2_PROTOCOL_ERROR)
+    # The connection lives on: the next request is served.
+    events = useful(server.receive_data(peer.raw_headers(3, GET)))
+    assert isinstance(events[0], RequestReceived) and events[0].stream_id == 3
+
+
+def test_te_trailers_is_allowed() -> None:
+    server, peer = connected()
+    events = useful(server.receive_data(peer.raw_headers(1, [*GET, (b"te", b"trailers")])))
+    assert isinstance(events[0], RequestReceived)
+
+
+def test_pseudo_header_in_trailers_resets_the_stream() -> None:
+    server, peer = connected()
+    data = peer.raw_headers(1, post(), end=False)
+    events = useful(server.receive_data(data + peer.trailers(1, [(b":path", b"/sneaky")])))
+    assert isinstance(events[-1], StreamReset) and events[-1].error_code == H2_PROTOCOL_ERROR
+
+
+# --- content-length against DATA (RFC 9113 §8.1.1) ----------------------------------------
+
+
+def body_frames(sid: int, chunks: list[bytes], *, padded: int = 0) -> bytes:
+    out = b""
+    for i, chunk in enumerate(chunks):
+        f = DataFrame(sid, data=chunk)
+        if padded:
+            f.flags.add("PADDED")
+            f.pad_length = padded
+        if i == len(chunks) - 1:
+            f.flags.add("END_STREAM")
+        out += f.serialize()
+    return out
+
+
+@pytest.mark.parametrize(
+    ("declared", "chunks"),
+    [
+        (5, [b"hello", b"!"]),  # more than declared
+        (5, [b"hel"]),  # ends short
+        (0, [b"x"]),
+        (5, [b"hello!"]),  # one frame over
+    ],
+)
+@pytest.mark.parametrize("bytewise", [False, True])
+def test_content_length_mismatch_is_a_stream_error(
+    declared: int, chunks: list[bytes], bytewise: bool
+) -> None:
+    server, peer = connected()
+    data = peer.raw_headers(1, post(declared), end=False) + body_frames(1, chunks)
+    events = useful(feed(server, data, bytewise=bytewise))
+    assert isinstance(events[0], RequestReceived)
+    assert isinstance(events[-1], StreamReset) and events[-1].error_code == H2_PROTOCOL_ERROR
+    assert not any(isinstance(e, MessageEnded) for e in events)
+    rst = of(RstStreamFrame, server.data_to_send())
+    assert rst and rst[0].error_code == H2_PROTOCOL_ERROR
+    # The connection window is credited back and the connection serves on.
+    events = useful(server.receive_data(peer.raw_headers(3, GET)))
+    assert isinstance(events[0], RequestReceived)
+
+
+def test_end_with_the_head_despite_content_length_is_a_stream_error() -> None:
+    server, peer = connected()
+    events = useful(server.receive_data(peer.raw_headers(1, post(10), end=True)))
+    assert isinstance(events[-1], StreamReset) and events[-1].error_code == H2_PROTOCOL_ERROR
+
+
+def test_trailers_ending_a_short_body_are_a_stream_error() -> None:
+    server, peer = connected()
+    data = peer.raw_headers(1, post(10), end=False) + DataFrame(1, data=b"abc").serialize()
+    events = useful(server.receive_data(data + peer.trailers(1, [(b"x-t", b"1")])))
+    assert isinstance(events[-1], StreamReset) and not events[-1].remote
+
+
+def test_padding_is_not_counted_as_content() -> None:
+    server, peer = connected()
+    data = peer.raw_headers(1, post(5), end=False) + body_frames(1, [b"hel", b"lo"], padded=7)
+    events = useful(server.receive_data(data))
+    assert events[1:] == [
+        DataReceived(stream_id=1, data=b"hello"),
+        MessageEnded(stream_id=1, trailers=[]),
+    ]
+
+
+# --- connection errors --------------------------------------------------------------------
+
+
+def goaway_code(server: H2Server | H2Client) -> int:
+    (frame,) = of(GoAwayFrame, server.data_to_send())
+    return int(frame.error_code)
+
+
+def test_rapid_reset_gets_goaway_enhance_your_calm() -> None:
+    server, peer = connected()
+    data = b""
+    for i in range(201):
+        sid = 1 + 2 * i
+        data += (
+            peer.raw_headers(sid, GET, end=False) + RstStreamFrame(sid, error_code=8).serialize()
+        )
+    with pytest.raises(ClientProtocolError) as err:
+        server.receive_data(data, now=100.0)
+    assert err.value.h2_code == H2_ENHANCE_YOUR_CALM
+    assert goaway_code(server) == H2_ENHANCE_YOUR_CALM
+
+
+def test_resets_spread_over_time_are_fine() -> None:
+    server, peer = connected()
+    for second in range(5):
+        data = b""
+        for i in range(150):
+            sid = 1 + 2 * (second * 150 + i)
+            data += peer.raw_headers(sid, GET, end=False)
+            data += RstStreamFrame(sid, error_code=8).serialize()
+        events = server.receive_data(data, now=float(second))
+        assert sum(isinstance(e, StreamReset) and e.remote for e in events) == 150
+    assert not of(GoAwayFrame, server.data_to_send())
+
+
+def test_continuation_flood_gets_goaway_before_it_is_buffered() -> None:
+    server, _peer = connected()
+    head = HeadersFrame(1)
+    head.data = b""
+    data = head.serialize()
+    for _ in range(100):
+        data += ContinuationFrame(1, data=b"").serialize()
+    with pytest.raises(ClientProtocolError) as err:
+        server.receive_data(data)
+    assert err.value.h2_code == H2_ENHANCE_YOUR_CALM
+    assert goaway_code(server) == H2_ENHANCE_YOUR_CALM
+
+
+def test_oversized_header_block_gets_goaway() -> None:
+    server, _peer = connected()
+    head = HeadersFrame(1)
+    head.data = b"\x00" * 16000
+    data = head.serialize()
+    for _ in range(3):
+        data += ContinuationFrame(1, data=b"\x00" * 16000).serialize()
+    with pytest.raises(ClientProtocolError) as err:
+        feed(server, data, bytewise=False)
+    assert err.value.h2_code == H2_ENHANCE_YOUR_CALM
+
+
+def test_header_list_over_the_limit_gets_goaway() -> None:
+    server, peer = connected()
+    # Small on the wire (HPACK indexes the repeats), large once decoded.
+    big = [*GET, *[(b"x-h", b"v" * 400)] * 60]
+    with pytest.raises(ClientProtocolError) as err:
+        server.receive_data(peer.raw_headers(1, big))
+    assert err.value.h2_code == H2_ENHANCE_YOUR_CALM
+
+
+def test_data_beyond_the_window_gets_flow_control_error() -> None:
+    server, peer = connected()
+    data = peer.raw_headers(1, post(), end=False)
+    for _ in range(5):  # 5 x 16 KiB > the 64 KiB stream window
+        data += DataFrame(1, data=b"x" * 16384).serialize()
+    with pytest.raises(ClientProtocolError) as err:
+        server.receive_data(data)
+    assert err.value.h2_code == FLOW_CONTROL_ERROR
+    assert goaway_code(server) == FLOW_CONTROL_ERROR
+
+
+def test_frame_over_max_frame_size_is_refused_on_its_header() -> None:
+    server, peer = connected()
+    header = (100_000).to_bytes(3, "big") + b"\x00\x00" + (1).to_bytes(4, "big")
+    with pytest.raises(ClientProtocolError) as err:
+        server.receive_data(peer.raw_headers(1, post(), end=False) + header)
+    assert err.value.h2_code == FRAME_SIZE_ERROR
+
+
+def test_bad_preface_is_a_connection_error() -> None:
+    with pytest.raises(ClientProtocolError):
+        H2Server().receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+
+
+# --- flow control -------------------------------------------------------------------------
+
+
+def test_received_data_is_acknowledged_only_once_consumed() -> None:
+    # One stream: the connection window is then one stream window, and h2 updates it too.
+    server, peer = connected(max_concurrent_streams=1)
+    data = peer.raw_headers(1, post(), end=False)
+    data += b"".join(DataFrame(1, data=b"x" * 10000).serialize() for _ in range(4))
+    server.receive_data(data)
+    assert not of(WindowUpdateFrame, server.data_to_send())
+    server.acknowledge(1, 40000)
+    updates = of(WindowUpdateFrame, server.data_to_send())
+    assert {f.stream_id for f in updates} == {0, 1}
+
+
+def test_forgetting_a_stream_credits_the_connection_window() -> None:
+    server, peer = connected(max_concurrent_streams=1)
+    data = peer.raw_headers(1, post(), end=False)
+    data += b"".join(DataFrame(1, data=b"x" * 10000).serialize() for _ in range(4))
+    server.receive_data(data)
+    server.data_to_send()
+    server.forget(1, H2_CANCEL)
+    out = server.data_to_send()
+    assert any(f.stream_id == 0 for f in of(WindowUpdateFrame, out))
+    (rst,) = of(RstStreamFrame, out)
+    assert rst.error_code == H2_CANCEL
+
+
+def test_a_finished_response_ends_an_unread_request_with_no_error() -> None:
+    server, peer = connected()
+    server.receive_data(peer.raw_headers(1, post(), end=False))
+    server.send_response(1, 200, [(b"content-length", b"0")], end=True)
+    server.forget(1, H2_CANCEL)
+    (rst,) = of(RstStreamFrame, server.data_to_send())
+    assert rst.error_code == H2_NO_ERROR
+
+
+def test_sending_respects_the_window_and_frame_size() -> None:
+    server, peer = connected()
+    peer.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1000})
+    server.receive_data(peer.bytes())
+    server.receive_data(peer.raw_headers(1, GET))
+    server.send_response(1, 200, [])
+    assert server.send_data(1, b"y" * 5000) == 1000
+    assert server.send_data(1, b"y" * 4000) == 0  # no window left
+    sent = of(DataFrame, server.data_to_send())
+    assert sum(len(f.data) for f in sent) == 1000
+    opened = server.receive_data(WindowUpdateFrame(1, window_increment=50000).serialize())
+    assert WindowUpdated(stream_id=1) in opened
+    assert server.send_data(1, b"z" * 40000, end=True) == 40000
+    sent = of(DataFrame, server.data_to_send())
+    assert max(len(f.data) for f in sent) <= 16384
+    assert "END_STREAM" in sent[-1].flags
+
+
+# --- GOAWAY --------------------------------------------------------------------------------
+
+
+def test_graceful_goaway_finishes_streams_in_flight_and_refuses_newer_ones() -> None:
+    server, peer = connected()
+    server.receive_data(peer.raw_headers(1, post(), end=False))
+    server.goaway()
+    (frame,) = of(GoAwayFrame, server.data_to_send())
+    assert (frame.last_stream_id, frame.error_code) == (1, H2_NO_ERROR)
+    # Stream 1 still receives its body and gets its answer...
+    events = useful(server.receive_data(body_frames(1, [b"abc"])))
+    assert events == [
+        DataReceived(stream_id=1, data=b"abc"),
+        MessageEnded(stream_id=1, trailers=[]),
+    ]
+    server.send_response(1, 200, [], end=True)
+    # ... stream 3, opened after the GOAWAY, is refused unprocessed.
+    events = useful(server.receive_data(peer.raw_headers(3, GET)))
+    assert events == []
+    rst = of(RstStreamFrame, server.data_to_send())
+    assert [(f.stream_id, f.error_code) for f in rst] == [(3, H2_REFUSED_STREAM)]
+
+
+def test_goaway_received_leaves_streams_in_flight_working() -> None:
+    server, peer = connected()
+    server.receive_data(peer.raw_headers(1, GET))
+    got = server.receive_data(GoAwayFrame(0, last_stream_id=0, error_code=0).serialize())
+    assert got == [GoAwayReceived(last_stream_id=0, error_code=0)]
+    server.send_response(1, 200, [])
+    assert server.send_data(1, b"still here", end=True) == 10
+
+
+def test_malformed_goaway_is_a_connection_error() -> None:
+    server, _ = connected()
+    bad = (4).to_bytes(3, "big") + b"\x07\x00" + (0).to_bytes(4, "big") + b"\x00\x00\x00\x01"
+    with pytest.raises(ClientProtocolError):
+        server.receive_data(bad)
+
+
+# --- the client side (origins over HTTP/2) ------------------------------------------------
+
+
+class Origin:
+    """A server that speaks through h2."""
+
+    def __init__(self) -> None:
+        self.conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding=None)
+        )
+        self.conn.initiate_connection()
+
+
+def client_connected() -> tuple[H2Client, Origin]:
+    client = H2Client()
+    origin = Origin()
+    origin.conn.receive_data(client.data_to_send())
+    client.receive_data(origin.conn.data_to_send())
+    origin.conn.receive_data(client.data_to_send())
+    return client, origin
+
+
+def test_client_request_response_with_trailers() -> None:
+    client, origin = client_connected()
+    sid = client.send_request(b"POST", b"http", b"api.test", b"/svc/M", [(b"te", b"trailers")])
+    assert client.send_data(sid, b"req", end=True) == 3
+    got = origin.conn.receive_data(client.data_to_send())
+    req = next(e for e in got if isinstance(e, h2.events.RequestReceived))
+    assert (b":authority", b"api.test") in req.headers
+    origin.conn.send_headers(sid, [(b":status", b"100")])
+    origin.conn.send_headers(sid, [(b":status", b"200"), (b"content-type", b"application/grpc")])
+    origin.conn.send_data(sid, b"resp")
+    origin.conn.send_headers(sid, [(b"grpc-status", b"0")], end_stream=True)
+    events = useful(client.receive_data(origin.conn.data_to_send()))
+    assert events == [
+        InformationalReceived(stream_id=sid, status=100, headers=[]),
+        ResponseReceived(
+            stream_id=sid,
+            status=200,
+            headers=[(b"content-type", b"application/grpc")],
+            http_version=b"2",
+        ),
+        DataReceived(stream_id=sid, data=b"resp"),
+        MessageEnded(stream_id=sid, trailers=[(b"grpc-status", b"0")]),
+    ]
+
+
+def test_client_trailers_only_response_is_ended_with_its_head() -> None:
+    client, origin = client_connected()
+    sid = client.send_request(b"POST", b"http", b"api.test", b"/svc/M", [], end=True)
+    origin.conn.receive_data(client.data_to_send())
+    origin.conn.send_headers(sid, [(b":status", b"200"), (b"grpc-status", b"14")], end_stream=True)
+    resp, end = useful(client.receive_data(origin.conn.data_to_send()))
+    assert isinstance(resp, ResponseReceived) and resp.ended
+    assert isinstance(end, MessageEnded)
+
+
+def test_client_response_content_length_mismatch_is_a_stream_error() -> None:
+    client, origin = client_connected()
+    sid = client.send_request(b"GET", b"http", b"api.test", b"/", [], end=True)
+    origin.conn.receive_data(client.data_to_send())
+    origin.conn.send_headers(sid, [(b":status", b"200"), (b"content-length", b"10")])
+    origin.conn.send_data(sid, b"short", end_stream=True)
+    events = useful(client.receive_data(origin.conn.data_to_send()))
+    assert isinstance(events[-1], StreamReset) and events[-1].error_code == H2_PROTOCOL_ERROR
+
+
+def test_client_head_response_content_length_is_not_weighed() -> None:
+    client, origin = client_connected()
+    sid = client.send_request(b"HEAD", b"http", b"api.test", b"/", [], end=True)
+    origin.conn.receive_data(client.data_to_send())
+    origin.conn.send_headers(
+        sid, [(b":status", b"200"), (b"content-length", b"99")], end_stream=True
+    )
+    events = useful(client.receive_data(origin.conn.data_to_send()))
+    assert isinstance(events[-1], MessageEnded)
+
+
+def test_client_invalid_response_head_is_a_stream_error() -> None:
+    client, origin = client_connected()
+    sid = client.send_request(b"GET", b"http", b"api.test", b"/", [], end=True)
+    origin.conn.receive_data(client.data_to_send())
+    bad = HeadersFrame(sid)
+    bad.data = Encoder().encode([(b":status", b"200"), (b"connection", b"close")])
+    bad.flags.add("END_HEADERS")
+    bad.flags.add("END_STREAM")
+    origin.conn.data_to_send()
+    events = client.receive_data(bad.serialize())
+    assert isinstance(events[-1], StreamReset) and events[-1].error_code == H2_PROTOCOL_ERROR
+
+
+def test_client_goaway_tells_which_streams_were_not_processed() -> None:
+    client, origin = client_connected()
+    first = client.send_request(b"GET", b"http", b"api.test", b"/a", [], end=True)
+    second = client.send_request(b"GET", b"http", b"api.test", b"/b", [], end=True)
+    origin.conn.receive_data(client.data_to_send())
+    origin.conn.close_connection(last_stream_id=first)
+    events = client.receive_data(origin.conn.data_to_send())
+    assert events == [GoAwayReceived(last_stream_id=first, error_code=0)]
+    assert second > first and not client.can_open_stream
+
+
+def test_client_connection_error_is_the_origins_fault() -> None:
+    client, _ = client_connected()
+    with pytest.raises(BackendProtocolError):
+        settings_on_a_stream = b"\x00\x00\x00\x04\x00" + (1).to_bytes(4, "big")
+        client.receive_data(settings_on_a_stream)
+
+
+def test_client_respects_the_servers_stream_limit() -> None:
+    client = H2Client()
+    origin = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=False, header_encoding=None)
+    )
+    origin.local_settings = h2.settings.Settings(
+        client=False, initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 1}
+    )
+    origin.initiate_connection()
+    origin.receive_data(client.data_to_send())
+    client.receive_data(origin.data_to_send())
+    assert client.peer_max_concurrent_streams == 1
+    client.send_request(b"GET", b"http", b"api.test", b"/", [], end=False)
+    assert not client.can_open_stream
