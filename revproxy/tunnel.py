@@ -26,8 +26,9 @@ When no pipe can be had (out of descriptors), that direction copies instead.
 
 ``relay_streams()`` moves bytes between asyncio stream pairs (a TLS-terminated side, a
 WebSocket after the upgrade, bytes already buffered by a parser) or a stream pair and a raw
-socket. A TLS stream cannot be half-closed through asyncio, so on that side the end of the
-other direction is not signalled until the whole relay ends.
+socket. A TLS stream cannot be half-closed through asyncio: when the other direction ends
+toward it, closing it is the only end it can be told of, so the whole relay ends there (a
+WebSocket origin that closes its connection closes the client's too, at once).
 """
 
 from __future__ import annotations
@@ -508,6 +509,10 @@ async def _as_streams(side: StreamPair | socket.socket) -> StreamPair:
     return side
 
 
+class _CannotHalfClose(Exception):
+    """A direction ended toward a side that cannot be half-closed (TLS)."""
+
+
 class _StreamFailed(Exception):
     def __init__(self, side: str, error: BaseException) -> None:
         super().__init__(side, error)
@@ -542,9 +547,10 @@ async def relay_streams(
             except (ConnectionError, OSError) as exc:
                 raise _StreamFailed(src_side, exc) from None
             if not data:
-                if writer.can_write_eof():
-                    with contextlib.suppress(OSError, RuntimeError):
-                        writer.write_eof()
+                if not writer.can_write_eof():
+                    raise _CannotHalfClose()
+                with contextlib.suppress(OSError, RuntimeError):
+                    writer.write_eof()
                 return
             try:
                 writer.write(data)
@@ -582,6 +588,8 @@ async def relay_streams(
                 end = RelayEnd.IDLE
                 break
             errors = [e for e in (t.exception() for t in done) if e is not None]
+            if any(isinstance(e, _CannotHalfClose) for e in errors):
+                break  # the end reached a side that can only be closed whole: close both
             if errors:
                 exc = errors[0]
                 if not isinstance(exc, _StreamFailed):
