@@ -42,7 +42,8 @@ from revproxy.proto.events import (
     MessageEnded,
     ResponseReceived,
 )
-from revproxy.proto.http2 import H2Client, StreamClosed
+from revproxy.proto.http2 import StreamClosed
+from revproxy.proto.http2_client import H2Client
 
 if TYPE_CHECKING:
     from revproxy.dial import Dialer
@@ -185,7 +186,7 @@ class H2Origin(H2Link):
             return
         with contextlib.suppress(Exception):
             self.proto.goaway()
-            self.flush()
+            self.flush_now()
         self.closed = True
         with contextlib.suppress(Exception):
             self.writer.close()
@@ -216,7 +217,7 @@ class H2Origin(H2Link):
                         self.backend.label,
                         exc,
                     )
-                    self.flush()
+                    self.flush_now()
                     break
                 for ev in events:
                     if isinstance(ev, GoAwayReceived):

@@ -1,14 +1,14 @@
 """One exchange: a request routed, then answered locally or forwarded to a server of its pool.
 
 Rule of this room: this is the one place that turns errors into responses, for both client
-protocols. The client side of an exchange is a ``ClientStream`` — an HTTP/1.1 connection
-(http_proxy.py) or one HTTP/2 stream (h2_proxy.py) — and its backend side an ``OriginStream``
-from the pool's dialer (HTTP/1.1 or HTTP/2, dial.py / dial_h2.py). The exchange never knows
-which: protocol differences live behind those two interfaces. Bodies stream both ways with
-backpressure: a chunk is asked for only once the previous one was written to the other side
-(which is when HTTP/2 acknowledges it). A request that was not fully read or forwarded ends
-the client connection (HTTP/1.1) or its stream (HTTP/2). Every wait has a timeout; every origin
-stream is finished in ``finally``.
+protocols. The client side of an exchange is a ``ClientStream`` (client_side.py): an HTTP/1.1
+connection (http_proxy.py) or one HTTP/2 stream (h2_proxy.py). Its backend side is an
+``OriginStream`` from the pool's dialer (HTTP/1.1 or HTTP/2: dial.py, dial_h2.py). The exchange
+never knows which: protocol differences live behind those two interfaces. Bodies stream both
+ways with backpressure: a chunk is asked for only once the previous one was written to the
+other side (which is when HTTP/2 acknowledges it). A request that was not fully read or
+forwarded ends the client connection (HTTP/1.1) or its stream (HTTP/2). Every wait has a
+timeout; every origin stream is finished in ``finally``.
 
 gRPC (grpc/doc/PROTOCOL-HTTP2.md): a gRPC call that cannot reach its service — no server
 available or reachable, an origin error before any answer, a pool that speaks HTTP/1.1 — is
@@ -30,12 +30,11 @@ import itertools
 import logging
 import os
 import time
-from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Protocol
 
 from revproxy.accesslog import AccessRecord
 from revproxy.acme import challenge_answer
+from revproxy.client_side import ClientGone, ClientStream, ConnInfo, proxy_header_for
 from revproxy.dial import OriginStream
 from revproxy.errors import (
     BackendError,
@@ -52,7 +51,6 @@ from revproxy.pool import PickContext
 from revproxy.proto import grpc
 from revproxy.proto.events import (
     DataReceived,
-    Event,
     Headers,
     InformationalReceived,
     MessageEnded,
@@ -65,7 +63,6 @@ from revproxy.proto.forwarding import (
     request_headers,
     response_headers,
 )
-from revproxy.proto.proxy_protocol import ProxyHeader, build_v1, build_v2
 from revproxy.routing import normalise_host
 
 log = logging.getLogger("revproxy.http")
@@ -79,82 +76,6 @@ STATUS_CLIENT_GONE = 499
 
 def request_id() -> str:
     return f"{_ID_PREFIX}{next(_ids):x}"
-
-
-class ClientGone(Exception):
-    """The client closed or reset its connection (or stream); nothing more can be sent."""
-
-
-@dataclass(slots=True, kw_only=True)
-class ConnInfo:
-    """Facts about a client connection, established once when it is accepted."""
-
-    peer: tuple[str, int]  # TCP peer
-    client: tuple[str, int]  # the client (PROXY header from a trusted peer, else the peer)
-    local: tuple[str, int]  # our socket's address
-    destination: tuple[str, int]  # what the client connected to (PROXY header, else local)
-    local_port: int
-    tls: bool
-    sni: str | None = None
-    alpn: str = ""
-    proxy: ProxyHeader | None = None
-    authority: str = ""  # PROXY v2 AUTHORITY TLV
-    vpce: str = ""  # PROXY v2 AWS VPC endpoint id
-
-
-class ClientStream(Protocol):
-    """The client side of one exchange (http_proxy.py: a connection; h2_proxy.py: a stream).
-
-    Every ``send_*`` raises ClientGone when the client can no longer be written to."""
-
-    bytes_out: int  # bytes sent to the client so far (the exchange takes differences)
-
-    @property
-    def response_started(self) -> bool:
-        """A response head went out: a local error page can no longer replace it."""
-        ...
-
-    @property
-    def request_complete(self) -> bool:
-        """The whole request (body and trailers) was received."""
-        ...
-
-    def take_bytes_in(self) -> int:
-        """Client bytes received since the last call (for the access log)."""
-        ...
-
-    def body_end_ready(self) -> MessageEnded | None:
-        """The request's end, when nothing of its body is left to read; else None."""
-        ...
-
-    async def next_body_event(self) -> Event:
-        """The next DataReceived or MessageEnded of the request body; the previous chunk is
-        taken as consumed. Raises ClientGone."""
-        ...
-
-    async def send_informational(self, status: int, headers: Headers) -> None: ...
-
-    async def send_response(self, status: int, headers: Headers, end: bool = False) -> None: ...
-
-    async def send_data(self, data: bytes) -> None: ...
-
-    async def send_end(self, trailers: Headers) -> None: ...
-
-    async def send_whole(self, status: int, headers: Headers, body: bytes, close: bool) -> bool:
-        """A whole local response; False when the client connection must close after it."""
-        ...
-
-    async def tunnel(
-        self,
-        headers: Headers,
-        origin: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-        leftover: bytes,
-        idle_timeout: float,
-    ) -> tuple[int, int]:
-        """Accept a protocol switch with ``headers`` (101 over HTTP/1.1, 200 over HTTP/2),
-        send the origin's ``leftover`` bytes, then relay bytes both ways until both directions
-        end or nothing moves for ``idle_timeout``; returns (bytes up, bytes down)."""
-        ...
 
 
 def _body_expected(req: RequestReceived) -> int:
@@ -636,24 +557,6 @@ class Exchange:
 def _websocket_key() -> bytes:
     """RFC 6455 §4.1: "a nonce consisting of a randomly selected 16-byte value" in base64."""
     return base64.b64encode(os.urandom(16))
-
-
-def proxy_header_for(version: str | None, info: ConnInfo) -> bytes | None:
-    """The PROXY header a backend connection for this client starts with, if its pool wants one."""
-    if version == "v1":
-        return build_v1(info.client, info.destination)
-    if version == "v2":
-        # What is known of the client's connection: our own TLS handshake, else the TLVs of
-        # the PROXY header a trusted load balancer sent with it.
-        upstream = info.proxy
-        alpn = info.alpn.encode() if info.alpn else (upstream.alpn if upstream else None)
-        return build_v2(
-            info.client,
-            info.destination,
-            alpn=alpn,
-            authority=info.sni or info.authority or None,
-        )
-    return None
 
 
 def _error_body(status: int) -> bytes:

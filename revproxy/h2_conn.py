@@ -1,9 +1,9 @@
 """The asyncio shell around one HTTP/2 endpoint (``proto/http2.py``), for both roles.
 
 Rule of this room: every HTTP/2 duty goes through one ``flush()`` (as in hypercorn's
-``protocol/h2.py``): after any command to the sans-I/O endpoint its bytes are written at once,
-in order, by the connection's one writer; nothing else writes to the socket, so frames of
-different streams never interleave badly. Received DATA is acknowledged when a stream's reader
+``protocol/h2.py``): after any command to the sans-I/O endpoint, ``flush()`` has its bytes
+written, in order, by the connection's one writer — coalesced to one write per turn of the
+event loop; nothing else writes to the socket. Received DATA is acknowledged when a stream's reader
 asks for its next event — the previous chunk has been written to the other side by then —
 so a slow reader holds back its own sender only. Sending takes what the windows allow (the
 endpoint decides how much), then waits for ``WindowUpdated`` and for the socket to drain.
@@ -49,9 +49,20 @@ class H2Link:
         self.writer = writer
         self.channels: dict[int, H2Channel] = {}
         self.closed = False
+        self._flush_pending = False
 
     def flush(self) -> None:
-        """Write whatever the endpoint queued (the one place bytes go to the socket)."""
+        """Write whatever the endpoint queued — at the end of this turn of the event loop, so
+        that the frames every stream produced in it leave in one write (one TLS record, one
+        system call) instead of one each. What is queued meanwhile is bounded by the windows."""
+        if not self._flush_pending and not self.closed:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self.flush_now)
+
+    def flush_now(self) -> None:
+        """Write what the endpoint queued at once (before a close, say): the one place bytes go
+        to the socket."""
+        self._flush_pending = False
         data = self.proto.data_to_send()
         if data and not self.closed:
             self.writer.write(data)
@@ -82,7 +93,9 @@ class H2Link:
             ch.deliver(ev)
 
     def connection_lost(self) -> None:
-        """The socket is gone: every stream's waits end."""
+        """The socket is gone (or about to be closed): what is queued goes first, then every
+        stream's waits end."""
+        self.flush_now()
         self.closed = True
         for ch in list(self.channels.values()):
             ch.wake()

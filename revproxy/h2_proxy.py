@@ -24,6 +24,7 @@ import contextlib
 import itertools
 import logging
 
+from revproxy.client_side import ClientGone, ConnInfo
 from revproxy.errors import (
     H2_CANCEL,
     H2_INTERNAL_ERROR,
@@ -31,7 +32,7 @@ from revproxy.errors import (
     H2_REFUSED_STREAM,
     RevproxyError,
 )
-from revproxy.exchange import ClientGone, ConnInfo, Exchange
+from revproxy.exchange import Exchange
 from revproxy.generation import Generation, ListenerRuntime, Signal
 from revproxy.h2_conn import READ_SIZE, H2Channel, H2Link, close_writer
 from revproxy.proto.events import (
@@ -327,7 +328,7 @@ class Http2Connection(H2Link):
                     self.listener.config.name,
                     exc,
                 )
-                self.flush()  # the GOAWAY
+                self.flush_now()  # the GOAWAY
                 return
             for ev in events:
                 if isinstance(ev, PingAcknowledged):
@@ -386,6 +387,7 @@ class Http2Connection(H2Link):
             stream.close(code)
             if (self.h2.goaway_sent or self.peer_done) and not self.streams:
                 # Draining and done: ending the socket ends the read loop.
+                self.flush_now()
                 with contextlib.suppress(Exception):
                     self.writer.close()
 
@@ -397,7 +399,7 @@ class Http2Connection(H2Link):
         if self.closed or self.h2.goaway_sent:
             return
         self.h2.goaway(H2_NO_ERROR)
-        self.flush()
+        self.flush_now()
         if not self.streams:
             with contextlib.suppress(Exception):
                 self.writer.close()

@@ -17,17 +17,10 @@ from collections.abc import Callable
 from http import HTTPStatus
 
 from revproxy.accesslog import AccessRecord
+from revproxy.client_side import ClientGone, ConnInfo, proxy_header_for
 from revproxy.dial import READ_SIZE
 from revproxy.errors import ClientProtocolError, RequestTimeout, RevproxyError
-from revproxy.exchange import (
-    ClientGone,
-    ConnInfo,
-    Exchange,
-    error_body,
-    log,
-    proxy_header_for,
-    request_id,
-)
+from revproxy.exchange import Exchange, error_body, log, request_id
 from revproxy.generation import Generation, ListenerRuntime
 from revproxy.proto.events import (
     ConnectionClosed,

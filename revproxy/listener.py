@@ -38,9 +38,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from revproxy.client_side import ConnInfo
 from revproxy.config import Bind, ProxyProtocolIn
 from revproxy.errors import ClientHelloError, ProxyProtocolError
-from revproxy.exchange import ConnInfo
 from revproxy.generation import Generation, ListenerRuntime, Signal
 from revproxy.h2_proxy import Http2Connection
 from revproxy.http_proxy import HttpConnection

@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 
 from revproxy.accesslog import AccessRecord
+from revproxy.client_side import ClientGone, ConnInfo
 from revproxy.config_load import load_config_text
 from revproxy.errors import BackendUnreachable, NoBackendAvailable
-from revproxy.exchange import ClientGone, ConnInfo, Exchange
+from revproxy.exchange import Exchange
 from revproxy.generation import Generation, build_generation
 from revproxy.pool import Backend
 from revproxy.proto.events import (

@@ -8,10 +8,11 @@ its user:
 
 - RFC 9113 §8.1.1: "Malformed requests or responses that are detected MUST be treated as a
   stream error (Section 5.4.2) of type PROTOCOL_ERROR." h2 makes most of them connection
-  errors, so its inbound validation is off and its own checks run here on the decoded block:
-  one malformed request resets its stream, never its neighbours. The same holds for "a request
-  or response is also malformed if the value of a content-length header field does not equal
-  the sum of the DATA frame payload lengths": DATA frames are weighed before h2 sees them.
+  errors, so its inbound validation is off and the checks run on the decoded block instead
+  (``http2_check.py``): one malformed request resets its stream, never its neighbours. The
+  same holds for "a request or response is also malformed if the value of a content-length
+  header field does not equal the sum of the DATA frame payload lengths": DATA frames are
+  weighed before h2 sees them.
 - RFC 9113 §5.2: received DATA is acknowledged (WINDOW_UPDATE) only once the shell says the
   other side consumed it, so what a peer can make us hold is bounded by the windows we
   advertise; sending never exceeds min(stream window, connection window, max frame size), and
@@ -34,7 +35,6 @@ on the client side, ``h2_code`` set) after queueing their GOAWAY: flush, then cl
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
 
 import h2.config
 import h2.connection
@@ -42,7 +42,6 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import h2.stream
-from h2.utilities import HeaderValidationFlags, validate_headers
 from hyperframe.frame import GoAwayFrame
 
 from revproxy.errors import (
@@ -55,16 +54,15 @@ from revproxy.errors import (
     ClientProtocolError,
     RevproxyError,
 )
+from revproxy.proto import http2_check as check
 from revproxy.proto.events import (
     DataReceived,
     Event,
     GoAwayReceived,
     Headers,
-    InformationalReceived,
     MessageEnded,
     PingAcknowledged,
     RequestReceived,
-    ResponseReceived,
     StreamReset,
     WindowUpdated,
 )
@@ -90,27 +88,12 @@ HEADER_BLOCK_SLACK = 512
 MAX_WINDOW = 2**31 - 1
 DEFAULT_WINDOW = 65535
 
-_REQUEST_FLAGS = HeaderValidationFlags(
-    is_client=False, is_trailer=False, is_response_header=False, is_push_promise=False
-)
-_RESPONSE_FLAGS = HeaderValidationFlags(
-    is_client=True, is_trailer=False, is_response_header=True, is_push_promise=False
-)
-_SERVER_TRAILER_FLAGS = HeaderValidationFlags(
-    is_client=False, is_trailer=True, is_response_header=False, is_push_promise=False
-)
-_CLIENT_TRAILER_FLAGS = HeaderValidationFlags(
-    is_client=True, is_trailer=True, is_response_header=False, is_push_promise=False
-)
-# Statuses whose responses carry no content whatever their content-length says (RFC 9110 §6.4.1).
-_NO_CONTENT = frozenset({204, 304})
-
 
 class StreamClosed(Exception):
     """The stream was reset or closed: nothing more can be sent on it."""
 
 
-class _Stream:
+class Stream:
     """What this side tracks of one stream while the shell serves it."""
 
     __slots__ = ("expected", "head", "received", "trailers", "unacked")
@@ -121,13 +104,6 @@ class _Stream:
         self.received = 0  # DATA payload bytes received
         self.trailers: Headers = []
         self.unacked = 0  # bytes handed to the shell and not yet acknowledged
-
-
-def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
-    for name, value in headers:
-        if name == b"content-length":
-            return int(value)  # h2 checked that it is digits and not conflicting
-    return None
 
 
 class H2Endpoint:
@@ -149,7 +125,9 @@ class H2Endpoint:
             header_encoding=None,
             validate_inbound_headers=False,  # done here, as stream errors
             normalize_inbound_headers=True,  # joins split cookie fields (RFC 9113 §8.2.3)
-            validate_outbound_headers=True,
+            # What we send was validated on the way in (by h11, or here) or made by us;
+            # normalizing still drops connection-specific fields and lower-cases names.
+            validate_outbound_headers=False,
             normalize_outbound_headers=True,
         )
         conn = h2.connection.H2Connection(config=config)
@@ -179,7 +157,7 @@ class H2Endpoint:
             conn.increment_flow_control_window(target - DEFAULT_WINDOW)
         self._h2 = conn
         self._max_block = max_header_list_size + HEADER_BLOCK_SLACK
-        self._streams: dict[int, _Stream] = {}
+        self._streams: dict[int, Stream] = {}
         self._held = bytearray()  # bytes of a frame whose fate is not decided yet
         self._skip = 0  # payload bytes of the current (already examined) frame still to come
         self._preface_left = 0
@@ -400,15 +378,13 @@ class H2Endpoint:
 
     def _trailers(self, ev: h2.events.TrailersReceived, out: list[Event]) -> None:
         sid = ev.stream_id or 0
-        flags = _CLIENT_TRAILER_FLAGS if self._client_side else _SERVER_TRAILER_FLAGS
-        try:
-            trailers = list(validate_headers(ev.headers or [], flags))
-        except h2.exceptions.ProtocolError as exc:
-            self._stream_error(sid, str(exc), out)
+        trailers = check.trailers(ev.headers or [], from_client=not self._client_side)
+        if isinstance(trailers, str):
+            self._stream_error(sid, trailers, out)
             return
         st = self._streams.get(sid)
         if st is not None:
-            st.trailers = [(bytes(n), bytes(v)) for n, v in trailers]
+            st.trailers = trailers
 
     def _remote_reset(self, ev: h2.events.StreamReset, out: list[Event]) -> None:
         out.append(StreamReset(stream_id=ev.stream_id or 0, error_code=int(ev.error_code or 0)))
@@ -584,63 +560,24 @@ class H2Server(H2Endpoint):
             # RFC 9113 §6.8: opened after our GOAWAY: not processed, the client may retry.
             self._reset_quietly(sid, H2_REFUSED_STREAM)
             return
-        try:
-            headers = list(validate_headers(ev.headers or [], _REQUEST_FLAGS))
-        except h2.exceptions.ProtocolError as exc:
-            self._stream_error(sid, str(exc), out)
+        head = check.request(ev.headers or [], connect_protocol=self._connect_protocol)
+        if isinstance(head, str):
+            self._stream_error(sid, head, out)
             return
-        method = scheme = authority = path = protocol = None
-        host = None
-        regular: Headers = []
-        for name, value in headers:
-            if name[:1] == b":":
-                if name == b":method":
-                    method = value
-                elif name == b":path":
-                    path = value
-                elif name == b":authority":
-                    authority = value
-                elif name == b":scheme":
-                    scheme = value
-                elif name == b":protocol":
-                    protocol = value
-            elif name == b"host":
-                host = value
-            else:
-                regular.append((name, value))
-        problem = None
-        if authority is None:
-            authority = host  # RFC 9113 §8.3.1: Host stands in for a missing :authority
-        if not authority:
-            problem = "no :authority"
-        elif protocol is not None and not self._connect_protocol:
-            problem = ":protocol without SETTINGS_ENABLE_CONNECT_PROTOCOL"
-        elif method != b"CONNECT" or protocol is not None:
-            # RFC 9113 §8.3.1: ":path ... MUST NOT be empty for "http" or "https" URIs";
-            # origin-form, or "*" for OPTIONS.
-            if not path or not (path[:1] == b"/" or (path == b"*" and method == b"OPTIONS")):
-                problem = f"invalid :path {path!r}"
-            elif scheme not in (b"http", b"https"):
-                problem = f"unsupported :scheme {scheme!r}"
-        if problem is not None:
-            self._stream_error(sid, problem, out)
-            return
-        assert method is not None and authority is not None
-        st = _Stream(head=method == b"HEAD")
+        st = Stream(head=head.method == b"HEAD")
         # h2 weighs a HEAD request's body against 0 whatever its content-length; so do we.
-        st.expected = 0 if st.head else _content_length(regular)
+        st.expected = 0 if st.head else check.content_length(head.headers)
         self._streams[sid] = st
-        regular.insert(0, (b"host", authority))
         out.append(
             RequestReceived(
                 stream_id=sid,
-                method=bytes(method),
-                target=bytes(path) if path is not None else bytes(authority),
-                authority=bytes(authority),
-                headers=regular,
+                method=head.method,
+                target=head.target,
+                authority=head.authority,
+                headers=head.headers,
                 http_version=b"2",
                 ended=ev.stream_ended is not None,
-                protocol=bytes(protocol or b""),
+                protocol=head.protocol,
             )
         )
 
@@ -673,105 +610,3 @@ class H2Server(H2Endpoint):
             raise StreamClosed(str(exc)) from None
         except h2.exceptions.ProtocolError as exc:
             raise self._local_error(str(exc)) from None
-
-
-class H2Client(H2Endpoint):
-    """The backend side of an exchange over HTTP/2: requests out, responses in."""
-
-    _client_side = True
-
-    def __init__(
-        self,
-        *,
-        max_concurrent_streams: int = 100,
-        initial_window_size: int = DEFAULT_WINDOW,
-        max_frame_size: int = 16384,
-        max_header_list_size: int = 16384,
-    ) -> None:
-        super().__init__(
-            max_concurrent_streams=max_concurrent_streams,
-            initial_window_size=initial_window_size,
-            max_frame_size=max_frame_size,
-            max_header_list_size=max_header_list_size,
-            extra_settings={h2.settings.SettingCodes.ENABLE_PUSH: 0},
-        )
-
-    def send_request(
-        self,
-        method: bytes,
-        scheme: bytes,
-        authority: bytes,
-        path: bytes,
-        headers: Headers,
-        *,
-        end: bool = False,
-        protocol: bytes = b"",
-    ) -> int:
-        """Open a stream with this request head; returns its id. ``headers`` carry no Host
-        (``authority`` becomes :authority) and no connection-specific field."""
-        sid = self._h2.get_next_available_stream_id()
-        block: Headers = [(b":method", method), (b":scheme", scheme), (b":authority", authority)]
-        if method != b"CONNECT" or protocol:
-            block.append((b":path", path))
-        if protocol:
-            block.append((b":protocol", protocol))
-        block.extend(headers)
-        try:
-            self._h2.send_headers(sid, block, end_stream=end)
-        except h2.exceptions.ProtocolError as exc:
-            raise self._local_error(str(exc)) from None
-        self._streams[sid] = _Stream(head=method == b"HEAD")
-        return sid
-
-    def _response(self, ev: h2.events.ResponseReceived, out: list[Event]) -> None:
-        sid = ev.stream_id or 0
-        head = self._head(sid, ev.headers or [], out)
-        if head is None:
-            return
-        status, headers = head
-        st = self._streams.get(sid)
-        if st is not None:
-            no_content = st.head or status in _NO_CONTENT
-            st.expected = None if no_content else _content_length(headers)
-        out.append(
-            ResponseReceived(
-                stream_id=sid,
-                status=status,
-                headers=headers,
-                http_version=b"2",
-                ended=ev.stream_ended is not None,
-            )
-        )
-
-    def _informational(self, ev: h2.events.InformationalResponseReceived, out: list[Event]) -> None:
-        sid = ev.stream_id or 0
-        head = self._head(sid, ev.headers or [], out)
-        if head is not None:
-            out.append(InformationalReceived(stream_id=sid, status=head[0], headers=head[1]))
-
-    def _head(
-        self, sid: int, raw: Iterable[tuple[bytes, bytes]], out: list[Event]
-    ) -> tuple[int, Headers] | None:
-        try:
-            headers = list(validate_headers(raw, _RESPONSE_FLAGS))
-        except h2.exceptions.ProtocolError as exc:
-            self._stream_error(sid, str(exc), out)
-            return None
-        status = 0
-        regular: Headers = []
-        for name, value in headers:
-            if name == b":status":
-                status = int(value) if value.isdigit() and len(value) == 3 else 0
-            elif name[:1] != b":":
-                regular.append((name, value))
-        if not 100 <= status <= 599:
-            self._stream_error(sid, "invalid :status", out)
-            return None
-        return status, regular
-
-    @property
-    def can_open_stream(self) -> bool:
-        """A new stream fits under the server's MAX_CONCURRENT_STREAMS and no GOAWAY."""
-        if self.goaway_received or self.goaway_sent:
-            return False
-        return self.open_streams < self.peer_max_concurrent_streams

@@ -45,7 +45,8 @@ from revproxy.proto.events import (
     StreamReset,
     WindowUpdated,
 )
-from revproxy.proto.http2 import PREFACE, H2Client, H2Server
+from revproxy.proto.http2 import PREFACE, H2Server
+from revproxy.proto.http2_client import H2Client
 
 FLOW_CONTROL_ERROR = 0x3
 FRAME_SIZE_ERROR = 0x6
