@@ -32,6 +32,9 @@ from revproxy.proto.http2 import H2Endpoint, StreamClosed
 
 # Bytes read from the socket at a time.
 READ_SIZE = 256 * 1024
+# DATA bytes a turn of the event loop may queue before they are written at once: coalescing
+# small frames must not let big ones pile up outside the socket's own backpressure.
+COALESCE_LIMIT = 64 * 1024
 # Our own frames (SETTINGS and PING acks, WINDOW_UPDATEs, RST_STREAMs) buffered unsent beyond
 # this stop the reading of more frames until the peer reads: a peer that floods PINGs or
 # SETTINGS and never reads can't make us buffer without bound.
@@ -49,6 +52,7 @@ class H2Link:
         self.writer = writer
         self.channels: dict[int, H2Channel] = {}
         self.closed = False
+        self.unflushed = 0  # DATA bytes queued since the last write
         self._flush_pending = False
 
     def flush(self) -> None:
@@ -63,6 +67,7 @@ class H2Link:
         """Write what the endpoint queued at once (before a close, say): the one place bytes go
         to the socket."""
         self._flush_pending = False
+        self.unflushed = 0
         data = self.proto.data_to_send()
         if data and not self.closed:
             self.writer.write(data)
@@ -203,6 +208,7 @@ class H2Channel:
             except StreamClosed:
                 raise self.gone() from None
             link.flush()
+            link.unflushed += taken
             self.bytes_out += taken
             if taken == len(view):
                 break
@@ -214,8 +220,11 @@ class H2Channel:
         await self._drain()
 
     async def _drain(self) -> None:
+        link = self.link
+        if link.unflushed >= COALESCE_LIMIT:
+            link.flush_now()  # let the socket's backpressure see it
         try:
-            await self.link.drain()
+            await link.drain()
         except (ConnectionError, OSError, RuntimeError):
             raise self.gone() from None
 
