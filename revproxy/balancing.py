@@ -17,7 +17,7 @@ import hashlib
 import math
 import random
 import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 if TYPE_CHECKING:
@@ -32,8 +32,45 @@ class BalancePolicy(Protocol):
         ...
 
 
-def _weights(candidates: Sequence[Backend]) -> list[int]:
+class Candidates(tuple["Backend", ...]):
+    """Candidates as a pool caches them between changes, with what policies derive from
+    them computed once: ``weights`` (as ``_weights`` gives them), their ``total`` and the
+    ``labels`` the hashing policies hash.
+
+    A pool hands the same object for as long as none of these changed, and a new one when
+    they did; so a policy may treat "the same object as last time" as "the same candidates,
+    with the same weights" and skip the work that established them. Any other sequence is
+    taken at face value, every time.
+    """
+
+    weights: tuple[int, ...]
+    total: int
+    labels: tuple[bytes, ...]
+
+    def __new__(cls, backends: Iterable[Backend]) -> Candidates:
+        self = super().__new__(cls, backends)
+        self.weights = tuple(_compute_weights(self))
+        self.total = sum(self.weights)
+        self.labels = tuple(b.label.encode("utf-8", "surrogatepass") for b in self)
+        return self
+
+    def same(self, backends: Sequence[Backend]) -> bool:
+        """Whether ``backends`` are these candidates, in this order, with these weights."""
+        return (
+            len(self) == len(backends)
+            and all(a is b for a, b in zip(self, backends, strict=True))
+            and self.weights == tuple(_compute_weights(backends))
+        )
+
+
+def _weights(candidates: Sequence[Backend]) -> Sequence[int]:
     """Effective weights, with zero for negative ones; all ones if every weight is zero."""
+    if type(candidates) is Candidates:
+        return candidates.weights
+    return _compute_weights(candidates)
+
+
+def _compute_weights(candidates: Sequence[Backend]) -> list[int]:
     weights = [max(b.effective_weight, 0) for b in candidates]
     if not any(weights):
         return [1] * len(candidates)
@@ -59,12 +96,21 @@ class RoundRobin:
     name: ClassVar[str] = "roundrobin"
 
     def __init__(self, rng: random.Random | None = None) -> None:
+        # Credits of the candidates of the last pick. While those are a pool's cached
+        # ``Candidates`` (``_built_from``: the per-request case), they live in ``_credits``, a
+        # list in candidate order; otherwise in ``_credit``, by backend.
         self._credit: dict[Backend, int] = {}
+        self._credits: list[int] = []
+        self._built_from: Candidates | None = None
 
     def pick(self, candidates: Sequence[Backend], ctx: PickContext) -> Backend:
+        if candidates is self._built_from:
+            return self._advance(self._built_from)
         weights = _weights(candidates)
         total = sum(weights)
         old = self._credit
+        if self._built_from is not None:
+            old = dict(zip(self._built_from, self._credits, strict=True))
         changed = len(old) != len(candidates) or any(b not in old for b in candidates)
         # Rebuilding the map from the candidates forgets the ones that left.
         credit: dict[Backend, int] = {}
@@ -75,8 +121,26 @@ class RoundRobin:
             credit[backend] = carried + weight
         best = max(credit, key=credit.__getitem__)  # first of equals, like nginx
         credit[best] -= total
-        self._credit = credit
+        if type(candidates) is Candidates:
+            self._built_from, self._credits, self._credit = candidates, list(credit.values()), {}
+        else:
+            self._built_from, self._credits, self._credit = None, [], credit
         return best
+
+    def _advance(self, candidates: Candidates) -> Backend:
+        """``pick`` among the candidates of the last pick, the same object: same members in
+        the same order with the same weights (``changed`` is false), so the credit list is
+        updated in place."""
+        credits = self._credits
+        weights = candidates.weights
+        best = 0
+        most = credits[0] = credits[0] + weights[0]
+        for i in range(1, len(weights)):
+            credit = credits[i] = credits[i] + weights[i]
+            if credit > most:  # strictly: the first of equals wins, as max() does above
+                best, most = i, credit
+        credits[best] = most - candidates.total
+        return candidates[best]
 
 
 class LeastConn:
@@ -95,16 +159,20 @@ class LeastConn:
 
     def pick(self, candidates: Sequence[Backend], ctx: PickContext) -> Backend:
         weights = _weights(candidates)
-        # Float division is correctly rounded, so equal ratios of ints compare equal.
-        loads = [b.active / w if w else math.inf for b, w in zip(candidates, weights, strict=True)]
-        least = min(loads)
-        tied = [i for i, load in enumerate(loads) if load == least]
+        last = self._last
         # Resume after the last pick; if it has left, its successor took its place.
         start = self._last_index - 1
-        for i, b in enumerate(candidates):
-            if b is self._last:
+        least = math.inf
+        tied: list[int] = []
+        for i, (b, w) in enumerate(zip(candidates, weights, strict=True)):
+            if b is last:
                 start = i
-                break
+            # Float division is correctly rounded, so equal ratios of ints compare equal.
+            load = b.active / w if w else math.inf
+            if load < least:
+                least, tied = load, [i]
+            elif load == least:
+                tied.append(i)
         index = next((i for i in tied if i > start), tied[0])
         self._last, self._last_index = candidates[index], index
         return candidates[index]
@@ -137,22 +205,31 @@ class _HashPolicy:
         if len(candidates) == 1:
             return candidates[0]
         weights = _weights(candidates)
-        data = key.encode("utf-8", "surrogatepass")
+        if type(candidates) is Candidates:
+            labels: Sequence[bytes] = candidates.labels
+        else:
+            labels = [b.label.encode("utf-8", "surrogatepass") for b in candidates]
+        # Hash the key once; each candidate continues from a copy of that state.
+        keyed = hashlib.blake2b(
+            key.encode("utf-8", "surrogatepass"), digest_size=8, person=b"revproxy-hrw"
+        )
+        keyed.update(b"\0")
         best = candidates[0]
         best_score = -1.0
-        for backend, weight in zip(candidates, weights, strict=True):
-            score = _rendezvous_score(data, backend.label, weight)
+        for backend, weight, label in zip(candidates, weights, labels, strict=True):
+            score = _rendezvous_score(keyed, label, weight)
             if score > best_score:
                 best, best_score = backend, score
         return best
 
 
-def _rendezvous_score(key: bytes, label: str, weight: int) -> float:
+def _rendezvous_score(keyed: hashlib.blake2b, label: bytes, weight: int) -> float:
+    """``weight / -ln(u)``, ``u`` from ``blake2b(key, b"\\0", label)`` (``keyed`` holds
+    the state after the key and the separator)."""
     if weight <= 0:
         return 0.0
-    h = hashlib.blake2b(key, digest_size=8, person=b"revproxy-hrw")
-    h.update(b"\0")
-    h.update(label.encode("utf-8", "surrogatepass"))
+    h = keyed.copy()
+    h.update(label)
     bits53 = int.from_bytes(h.digest(), "big") >> 11
     u = (bits53 + 1) / (1 << 53)  # in (0, 1], exact in a float
     if u == 1.0:

@@ -6,7 +6,9 @@ the way health changes it; ``tests/test_pool.py`` covers what the pool hands the
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import math
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -18,6 +20,7 @@ from hypothesis import strategies as st
 from revproxy.balancing import (
     POLICIES,
     BalancePolicy,
+    Candidates,
     LeastConn,
     RandomTwoChoices,
     RoundRobin,
@@ -507,3 +510,105 @@ def test_random_two_choices_keep_load_far_more_even_than_one() -> None:
     two = mean_spread(lambda bs: policy.pick(bs, NO_KEY))
     one = mean_spread(one_choice.choice)
     assert two < one / 2
+
+
+# --- the pool's cached candidates: a shortcut, never a different answer -----------------------
+#
+# A pool hands its policy the same `Candidates` object while nothing changed, and policies skip
+# work for it (round robin updates its credits in place; weights and hashed labels come
+# precomputed). Fed a `Candidates` or a plain list with the same members, every policy must
+# answer the same, through candidate-set and weight changes.
+
+
+def twin_picks(
+    name: str,
+    bs: Sequence[Backend],
+    phases: Sequence[tuple[Sequence[bool], Sequence[int], int]],
+    ctx_of: Callable[[int], PickContext],
+) -> tuple[list[int], list[int]]:
+    """Indices picked by one policy fed `Candidates` (rebuilt per phase, as a pool does after
+    a change) and by a twin fed plain lists, phase by phase."""
+    cached, plain = make_policy(name, random.Random(9)), make_policy(name, random.Random(9))
+    got_cached: list[int] = []
+    got_plain: list[int] = []
+    index = {id(b): i for i, b in enumerate(bs)}
+    for up, weights, picks in phases:
+        for b, w in zip(bs, weights, strict=False):
+            b.weight = w
+        members = [b for b, ok in zip(bs, up, strict=False) if ok] or list(bs[:1])
+        candidates = Candidates(members)
+        for n in range(picks):
+            got_cached.append(index[id(cached.pick(candidates, ctx_of(n)))])
+            got_plain.append(index[id(plain.pick(list(members), ctx_of(n)))])
+    return got_cached, got_plain
+
+
+phases_st = st.lists(
+    st.tuples(
+        st.lists(st.booleans(), min_size=5, max_size=5),
+        st.lists(st.integers(0, 7), min_size=5, max_size=5),
+        st.integers(1, 40),
+    ),
+    min_size=1,
+    max_size=5,
+)
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+@given(phases=phases_st, keyed=st.booleans())
+def test_cached_candidates_pick_exactly_as_a_plain_list(
+    name: str, phases: list[tuple[list[bool], list[int], int]], keyed: bool
+) -> None:
+    bs = weighted(1, 1, 1, 1, 1)
+
+    def ctx_of(n: int) -> PickContext:
+        if not keyed:
+            return NO_KEY
+        return PickContext(client_ip=f"198.51.100.{n % 7}", uri=f"/k/{n % 5}?q={n}")
+
+    got_cached, got_plain = twin_picks(name, bs, phases, ctx_of)
+    assert got_cached == got_plain
+
+
+def test_candidates_carry_the_weights_policies_use() -> None:
+    bs = weighted(3, 0, 2)
+    c = Candidates(bs)
+    assert list(c) == bs
+    assert (c.weights, c.total) == ((3, 0, 2), 5)
+    assert c.labels == (b"web/10.0.0.1:8080", b"web/10.0.0.2:8080", b"web/10.0.0.3:8080")
+    assert Candidates(weighted(0, 0)).weights == (1, 1)  # all zero counts as all equal
+    assert c.same(bs)
+    assert not c.same(bs[:2])
+    assert not c.same(list(reversed(bs)))
+    bs[1].weight = 1
+    assert not c.same(bs)  # same members, another weight: the policies must hear of it
+
+
+def reference_hrw(key: str, candidates: Sequence[Backend]) -> Backend:
+    """The documented score, written out: weight / -ln(u), u from
+    blake2b(key, b"\\0", label; 8 bytes, person "revproxy-hrw"), top 53 bits."""
+
+    def score(b: Backend) -> float:
+        data = key.encode("utf-8", "surrogatepass") + b"\0" + b.label.encode()
+        digest = hashlib.blake2b(data, digest_size=8, person=b"revproxy-hrw").digest()
+        u = ((int.from_bytes(digest, "big") >> 11) + 1) / (1 << 53)
+        return math.inf if u == 1.0 else b.weight / -math.log(u)
+
+    best = candidates[0]
+    for b in candidates:
+        if score(b) > score(best):
+            best = b
+    return best
+
+
+@pytest.mark.parametrize("weights", [(1, 1, 1, 1), (5, 1, 2)])
+def test_hash_is_the_documented_one_so_every_worker_and_restart_agrees(
+    weights: tuple[int, ...],
+) -> None:
+    bs = weighted(*weights)
+    policy = UriHash()
+    for i in range(200):
+        key = f"/item/{i}"
+        expected = reference_hrw(key, bs)
+        assert policy.pick(bs, PickContext(uri=key)) is expected
+        assert policy.pick(Candidates(bs), PickContext(uri=key)) is expected

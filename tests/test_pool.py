@@ -7,12 +7,17 @@ the pool must only ever hand out available backends, and backups only when no pr
 from __future__ import annotations
 
 import random
+from collections import Counter
+from collections.abc import Collection
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from revproxy.balancing import POLICIES
+from revproxy.config import Passive, Server
+from revproxy.config import Pool as PoolConfig
+from revproxy.health import HealthMonitor
 from revproxy.pool import Backend, BackendState, PickContext, Pool
 
 CTX = PickContext(client_ip="192.0.2.7", uri="/index.html?x=1")
@@ -264,3 +269,183 @@ def test_pick_is_always_legal(
         assert picked is not None
         if primaries:
             assert not picked.backup
+
+
+# --- the candidate cache: every write that changes `available` or a weight is seen -----------
+#
+# The pool keeps its candidates between picks and rebuilds them when health, the admin or a
+# reload writes a watched attribute; `active` is checked at each pick. Each test warms the
+# cache with picks first, then changes one thing the way its writer does.
+
+
+def spread(pool: Pool, n: int, **kw: Collection[Backend]) -> Counter[int]:
+    """Ports picked over `n` picks (None counts as port 0)."""
+    return Counter(getattr(pool.pick(CTX, **kw), "port", 0) for _ in range(n))
+
+
+@pytest.mark.parametrize("balance", sorted(POLICIES))
+@pytest.mark.parametrize("state", [BackendState.DOWN, BackendState.DRAIN, BackendState.MAINT])
+def test_cache_follows_state_flips(balance: str, state: BackendState) -> None:
+    bs = backends(3)
+    pool = Pool("web", bs, balance, rng=random.Random(4))
+
+    def picks() -> set[Backend | None]:
+        return {pool.pick(PickContext(client_ip=f"192.0.2.{i}", uri=f"/{i}")) for i in range(60)}
+
+    assert picks() == set(bs)
+    bs[1].state = state
+    assert picks() == {bs[0], bs[2]}
+    bs[0].state = bs[2].state = state
+    assert picks() == {None}
+    bs[1].state = BackendState.UP
+    assert picks() == {bs[1]}
+    bs[0].state = bs[2].state = BackendState.UP
+    assert picks() == set(bs)
+
+
+def test_cache_follows_health_and_admin_through_the_monitor() -> None:
+    cfg = PoolConfig(
+        name="web",
+        servers=(Server(address="10.0.0.1", port=8001), Server(address="10.0.0.1", port=8002)),
+        passive=Passive(failures=1, cooldown=5.0),
+    )
+    now = [100.0]
+    mon = HealthMonitor(clock=lambda: now[0])
+    bs = backends(2)
+    pool = Pool("web", bs, "roundrobin")
+    mon.adopt([(cfg, bs)])
+    assert spread(pool, 4) == {8001: 2, 8002: 2}
+    mon.observe(bs[0], False)  # passive: one failed connection trips it
+    assert spread(pool, 4) == {8002: 4}
+    now[0] += 5.0
+    mon.tick()  # cooldown over
+    assert spread(pool, 4) == {8001: 2, 8002: 2}
+    t = mon.find("web/10.0.0.1:8002")
+    assert t is not None
+    mon.set_admin(t, BackendState.DRAIN)
+    assert spread(pool, 4) == {8001: 4}
+    mon.set_admin(t, BackendState.MAINT)
+    assert spread(pool, 4) == {8001: 4}
+    mon.set_admin(t, None)
+    assert spread(pool, 4) == {8001: 2, 8002: 2}
+
+
+@pytest.mark.parametrize("balance", sorted(POLICIES))
+def test_cache_follows_max_conns_reached_and_freed(balance: str) -> None:
+    bs = backends(2, backup=1)
+    bs[0].max_conns = 1
+    pool = Pool("web", bs, balance, rng=random.Random(5))
+    assert spread(pool, 20).keys() <= {8001, 8002}
+    bs[0].acquire()  # full: the way the exchange counts a request in flight
+    assert spread(pool, 20) == {8002: 20}
+    bs[1].state = BackendState.DOWN
+    assert spread(pool, 20) == {8003: 20}  # the only primary left is full: the backup
+    bs[0].release()  # a slot frees up: back at once, no write to anything watched
+    assert spread(pool, 20) == {8001: 20}
+    bs[0].max_conns = 0  # lowered by hand: full at 0
+    assert spread(pool, 20) == {8003: 20}
+    bs[0].max_conns = None  # and the limit lifted
+    assert spread(pool, 20) == {8001: 20}
+    bs[2].max_conns, bs[2].active = 2, 2
+    bs[0].state = BackendState.MAINT
+    assert spread(pool, 20) == {0: 20}  # nothing left: the backup is full too
+
+
+def test_cache_follows_weight_changes() -> None:
+    bs = backends(2)
+    pool = Pool("web", bs, "roundrobin")
+    assert spread(pool, 10) == {8001: 5, 8002: 5}
+    bs[0].weight = 4
+    assert spread(pool, 50) == {8001: 40, 8002: 10}
+    bs[0].weight = 0  # weight 0 beside a positive weight: never picked
+    assert spread(pool, 10) == {8002: 10}
+
+
+def test_cache_follows_slow_start_weight_changes() -> None:
+    bs = backends(2)
+    for b in bs:
+        b.weight_scale = 100  # as a reload sets it in a slow-start pool
+    pool = Pool("web", bs, "roundrobin")
+    assert spread(pool, 200) == {8001: 100, 8002: 100}
+    bs[0].weight_factor = 0.0  # just came back up: a trickle of 1 in 101
+    assert spread(pool, 101 * 3) == {8001: 3, 8002: 300}
+    bs[0].weight_factor = 0.5  # ramping: 50 in 150
+    assert spread(pool, 150 * 2) == {8001: 100, 8002: 200}
+    bs[0].weight_factor = 1.0
+    assert spread(pool, 200) == {8001: 100, 8002: 100}
+
+
+def test_cache_follows_backup_flag_changes() -> None:
+    bs = backends(2)
+    pool = Pool("web", bs, "roundrobin")
+    assert spread(pool, 4) == {8001: 2, 8002: 2}
+    bs[1].backup = True
+    assert spread(pool, 4) == {8001: 4}
+    bs[0].state = BackendState.DOWN
+    assert spread(pool, 4) == {8002: 4}
+    bs[1].backup = False
+    bs[0].state = BackendState.UP
+    assert spread(pool, 4) == {8001: 2, 8002: 2}
+
+
+@pytest.mark.parametrize("balance", sorted(POLICIES))
+def test_exclude_does_not_leak_into_later_picks(balance: str) -> None:
+    bs = backends(3, backup=1)
+    pool = Pool("web", bs, balance, rng=random.Random(6))
+    before = spread(pool, 30)
+    assert before.keys() <= {8001, 8002, 8003}
+    for excluded in ({bs[0]}, [bs[0], bs[1]], set(bs[:3]), frozenset(bs)):
+        got = spread(pool, 30, exclude=excluded)
+        assert not got.keys() & {b.port for b in excluded}
+        assert spread(pool, 30).keys() <= {8001, 8002, 8003}  # a retry changed nothing
+    assert spread(pool, 30, exclude=set(bs[:3])) == {8004: 30}
+    assert spread(pool, 30, exclude=bs) == {0: 30}
+
+
+def test_roundrobin_rotation_continues_across_retries_and_rewrites() -> None:
+    bs = backends(3)
+    pool = Pool("web", bs, "roundrobin")
+    assert [pool.pick(CTX) for _ in range(3)] == bs
+    assert pool.pick(CTX, exclude={bs[0]}) in bs[1:]
+    # Rewriting what is already there (workers apply the master's states every half second)
+    # is not a change: the rotation and the cached candidates stay as they were.
+    cached = pool._primaries
+    for b in bs:
+        b.state, b.weight_factor, b.max_conns = BackendState.UP, 1.0, None
+    assert pool.pick(CTX) is not None
+    assert pool._primaries is cached
+    assert Counter(pool.pick(CTX) for _ in range(30)) == {b: 10 for b in bs}
+
+
+def test_only_real_changes_rebuild_the_cache() -> None:
+    bs = backends(2)
+    pool = Pool("web", bs, "roundrobin")
+    pool.pick(CTX)
+    first = pool._primaries
+    bs[0].state = BackendState.UP  # the same value
+    bs[0].acquire()  # `active` is never watched
+    bs[0].release()
+    pool.pick(CTX)
+    assert pool._primaries is first
+    bs[0].weight_factor = 0.5  # no effect on the effective weight (scale 1, weight 1)...
+    pool.pick(CTX)
+    assert pool._primaries is first  # ...so the candidates are the same object
+    bs[0].weight_factor = 1.0
+    bs[0].weight = 3
+    pool.pick(CTX)
+    assert pool._primaries is not first
+    assert pool._primaries.weights == (3, 1)
+
+
+def test_backends_still_behave_as_plain_dataclasses() -> None:
+    b = Backend("web", "10.0.0.1", 8080, weight=3, state=BackendState.DRAIN, max_conns=2)
+    assert (b.weight, b.state, b.max_conns, b.backup) == (3, BackendState.DRAIN, 2, False)
+    assert "state=<BackendState.DRAIN" in repr(b)
+    assert "weight=3" in repr(b)
+    plain = Backend("web", "10.0.0.1", 8080)
+    assert (plain.weight, plain.state, plain.weight_factor, plain.weight_scale) == (
+        1,
+        BackendState.UP,
+        1.0,
+        1,
+    )
