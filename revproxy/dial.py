@@ -33,7 +33,7 @@ from revproxy.config import H2Settings, PoolTLS
 from revproxy.errors import BackendUnreachable, NoBackendAvailable
 from revproxy.pool import Backend, PickContext, Pool
 from revproxy.proto.events import Event, Headers, MessageEnded
-from revproxy.proto.http1 import H1Client
+from revproxy.proto.http1 import H1Client, H1ClientAPI
 
 if TYPE_CHECKING:
     from revproxy.dial_h2 import H2Origins
@@ -134,7 +134,7 @@ class H1Origin:
         self.reused = conn.reused
         self.refused = False
         self.upgrading = False
-        self.parser = H1Client(max_header_size=max_header_size)
+        self.parser = dialer.h1_client(max_header_size=max_header_size)
         self.events: deque[Event] = deque()
         self.bytes_read = 0
         self.eof = False
@@ -220,8 +220,10 @@ class Dialer:
         tls: PoolTLS | None = None,
         h2: H2Settings | None = None,
         max_header_size: int = 16384,
+        h1_client: type[H1ClientAPI] = H1Client,
     ) -> None:
         self.pool = pool
+        self.h1_client = h1_client
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.keepalive = keepalive

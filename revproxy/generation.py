@@ -21,6 +21,7 @@ from revproxy.errors import CertificateError, ConfigError, ConfigProblem
 from revproxy.metrics import RequestMetrics
 from revproxy.pool import Backend, Pool
 from revproxy.proto.forwarding import HidingPolicy
+from revproxy.proto.http1 import H1Server, H1ServerAPI, client_class, server_class
 from revproxy.routing import Router
 from revproxy.tls import CertStore, LoadedCert, ServerTLS, load_cert_pair, scan_cert_dir
 
@@ -108,6 +109,8 @@ class Generation:
     # Fired on retirement: HTTP/2 connections send GOAWAY and finish their streams
     # (h2_proxy.py), HTTP/2 origin connections close once idle (dial_h2.py).
     retiring: Signal = field(default_factory=Signal)
+    # The HTTP/1.1 implementation chosen by global.http1_parser (llhttp or h11).
+    h1_server: type[H1ServerAPI] = field(default=H1Server)
 
     def close(self) -> None:
         self.retired = True
@@ -239,6 +242,9 @@ def build_generation(
     """Compile ``config`` into live objects; raises ConfigError and leaves nothing behind."""
     problems: list[ConfigProblem] = []
     pools: dict[str, PoolRuntime] = {}
+    # global.http1_parser: resolved once here, not per connection.
+    h1_server = server_class(config.global_.http1_parser)
+    h1_client = client_class(config.global_.http1_parser)
     for pc in config.pools:
         prev_pool = previous.pools[pc.name].pool if previous and pc.name in previous.pools else None
         pool = Pool(pc.name, _backends(pc, prev_pool), pc.balance)
@@ -252,6 +258,7 @@ def build_generation(
                 tls=pc.tls,
                 h2=config.global_.h2,
                 max_header_size=config.global_.max_header_size,
+                h1_client=h1_client,
             )
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             problems.append(ConfigProblem(pc.source, f"pool.{pc.name}.tls.ca", str(exc)))
@@ -290,6 +297,7 @@ def build_generation(
         listeners=listeners,
         pools=pools,
         access_log=access_log,
+        h1_server=h1_server,
         # Counters continue across reloads: the previous generation's object is handed on.
         metrics=metrics or (previous.metrics if previous is not None else RequestMetrics()),
     )

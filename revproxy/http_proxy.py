@@ -30,7 +30,6 @@ from revproxy.proto.events import (
     MessageEnded,
     RequestReceived,
 )
-from revproxy.proto.http1 import H1Server
 from revproxy.tunnel import relay_streams
 
 __all__ = ["ClientGone", "ConnInfo", "HttpConnection", "proxy_header_for"]
@@ -78,7 +77,7 @@ class HttpConnection:
         self.listener = listener
         self.info = info
         g = generation.config.global_
-        self.h1 = H1Server(max_header_size=g.max_header_size)
+        self.h1 = generation.h1_server(max_header_size=g.max_header_size)
         self.client = _Source(reader, self.h1.receive_data)
         self.bytes_out = 0
         self._accounted_in = 0  # client bytes already counted in an access-log record

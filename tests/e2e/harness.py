@@ -720,6 +720,8 @@ def openssl_client(
         input=send.decode("latin-1") if send else "",
         capture_output=True,
         text=True,
+        # After ALPN h2 the server's SETTINGS frame is printed raw: not always UTF-8.
+        errors="replace",
         timeout=timeout,
     )
 
