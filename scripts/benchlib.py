@@ -683,7 +683,12 @@ class Bench:
 
         add("haproxy", "HAProxy (1 thread)", haproxy, h2=True)
         add("nginx", "nginx (1 worker)", nginx, h2=True)
-        add("revproxy", "revproxy (1 worker)", revproxy("revproxy", "1", "auto", PROXY_CPUS))
+        add(
+            "revproxy",
+            "revproxy (1 worker)",
+            revproxy("revproxy", "1", "auto", PROXY_CPUS),
+            h2=True,
+        )
         if pipeline_reads_http1_parser():
             add(
                 "revproxy-h11",
