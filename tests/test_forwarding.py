@@ -11,11 +11,20 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from revproxy.proto.events import Headers
 from revproxy.proto.forwarding import (
+    FORWARDING_HEADERS,
+    HOP_BY_HOP,
+    ORIGIN_IDENTITY_HEADERS,
     ClientIdentity,
     HidingPolicy,
+    Network,
+    _rewrite_cookie,
+    _rewrite_refresh,
+    _rewrite_url,
     is_trusted,
     remove_hop_by_hop,
     request_headers,
@@ -23,7 +32,7 @@ from revproxy.proto.forwarding import (
     strip_forwarding,
 )
 
-LOCAL = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("10.0.0.0/8")]
+LOCAL: list[Network] = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("10.0.0.0/8")]
 CLIENT = ClientIdentity(address="203.0.113.7", scheme="https", host=b"app.test", port=443)
 PROXY = ClientIdentity(address="10.0.0.2", scheme="https", host=b"app.test:8443", port=8443)
 SPOOF: Headers = [
@@ -258,3 +267,164 @@ def test_ordinary_headers_pass_unchanged_and_in_order() -> None:
         (b"content-length", b"10"),
     ]
     assert client_side(headers) == headers
+
+
+# --- the one-pass functions agree with the rules written out pass by pass -------------------
+#
+# `remove_hop_by_hop`, `request_headers` and `response_headers` do their work in one pass over
+# the headers (they run for every request). Below are the same rules as plain successive
+# passes, the way the RFC sentences read; on any headers, both must give the same list.
+
+
+def reference_remove_hop_by_hop(headers: Headers) -> Headers:
+    named: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            named.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return [(n, v) for n, v in headers if n not in HOP_BY_HOP and n not in named]
+
+
+def reference_request_headers(
+    headers: Headers,
+    client: ClientIdentity,
+    trusted: list[Network],
+    forwarded: bool,
+) -> Headers:
+    peer_trusted = is_trusted(client.address, trusted)
+    xff: list[bytes] = []
+    fwd: list[bytes] = []
+    proto = host = port = None
+    kept: Headers = []
+    for name, value in reference_remove_hop_by_hop(headers):
+        if name not in FORWARDING_HEADERS:
+            kept.append((name, value))
+        elif peer_trusted and name == b"x-forwarded-for":
+            xff.append(value)
+        elif peer_trusted and name == b"forwarded":
+            fwd.append(value)
+        elif peer_trusted and name == b"x-forwarded-proto":
+            proto = value
+        elif peer_trusted and name == b"x-forwarded-host":
+            host = value
+        elif peer_trusted and name == b"x-forwarded-port":
+            port = value
+    addr = client.address.encode()
+    chain = b", ".join([*xff, addr])
+    real_ip = addr
+    if peer_trusted:
+        for hop in reversed([h.strip() for h in chain.split(b",")]):
+            real_ip = hop
+            if not is_trusted(hop.decode("latin-1"), trusted):
+                break
+    kept.append((b"x-forwarded-for", chain))
+    kept.append((b"x-forwarded-proto", proto or client.scheme.encode()))
+    kept.append((b"x-forwarded-host", host or client.host))
+    kept.append((b"x-forwarded-port", port or str(client.port).encode()))
+    kept.append((b"x-real-ip", real_ip))
+    if forwarded:
+        node = f'"[{client.address}]"' if ":" in client.address else client.address
+        element = f"for={node};proto={client.scheme}".encode()
+        if client.host:
+            element += b';host="' + client.host.replace(b'"', b"") + b'"'
+        kept.append((b"forwarded", b", ".join([*fwd, element])))
+    return kept
+
+
+def reference_response_headers(
+    headers: Headers, policy: HidingPolicy, scheme: bytes, host: bytes
+) -> Headers:
+    out: Headers = []
+    for name, value in reference_remove_hop_by_hop(headers):
+        if name in ORIGIN_IDENTITY_HEADERS or name in policy.hide:
+            continue
+        if name == b"server":
+            if policy.server_header == "keep":
+                out.append((name, value))
+            elif policy.server_header != "remove":
+                out.append((name, policy.server_header.encode()))
+            continue
+        if name in (b"location", b"content-location") and host:
+            value = _rewrite_url(value, policy, scheme, host) or value
+        elif name == b"refresh" and host:
+            value = _rewrite_refresh(value, policy, scheme, host)
+        elif name == b"set-cookie":
+            value = _rewrite_cookie(value, policy)
+        out.append((name, value))
+    return out
+
+
+# Few names, so that a Connection header often names one that is there; one of each kind.
+NAMES = [
+    b"connection", b"keep-alive", b"te", b"upgrade", b"x-forwarded-for", b"x-forwarded-proto",
+    b"x-forwarded-host", b"forwarded", b"x-real-ip", b"x-powered-by", b"via", b"host",
+    b"server", b"location", b"refresh", b"set-cookie", b"x-a",
+]  # fmt: skip
+header_name = st.sampled_from(NAMES)
+# Connection values name any header, in any case, with stray commas and spaces.
+connection_value = st.lists(
+    st.sampled_from([*NAMES, b"close", b"X-A", b"Keep-Alive", b"", b" "]), max_size=4
+).map(b", ".join)
+header_value = st.one_of(
+    st.sampled_from(
+        [b"1", b"10.0.0.9, 6.6.6.6", b"10.0.0.3", b"http://10.0.0.5:8080/x",
+         b"a=1; Domain=app.internal", b"5; url=http://app.internal/n", b"", b"Apache",
+         b"for=6.6.6.6"]
+    ),
+    connection_value,
+)  # fmt: skip
+headers_st = st.lists(
+    st.one_of(
+        st.tuples(header_name, header_value),
+        st.tuples(st.just(b"connection"), connection_value),
+    ),
+    max_size=14,
+)
+client_st = st.builds(
+    ClientIdentity,
+    address=st.sampled_from(["203.0.113.7", "10.0.0.2", "2001:db8::1", "::ffff:10.1.2.3"]),
+    scheme=st.sampled_from(["http", "https"]),
+    host=st.sampled_from([b"app.test", b"", b'a"b.test:8443']),
+    port=st.sampled_from([80, 443, 8443]),
+)
+policy_st = st.builds(
+    HidingPolicy,
+    origin_authorities=st.just(frozenset({b"10.0.0.5:8080", b"app.internal"})),
+    origin_hosts=st.just(frozenset({b"10.0.0.5", b"app.internal"})),
+    hide=st.frozensets(header_name, max_size=3),
+    server_header=st.sampled_from(["keep", "remove", "edge/1"]),
+)
+
+
+@given(headers=headers_st)
+def test_remove_hop_by_hop_matches_the_rule(headers: Headers) -> None:
+    assert remove_hop_by_hop(headers) == reference_remove_hop_by_hop(headers)
+
+
+@settings(max_examples=500)
+@given(
+    headers=headers_st,
+    client=client_st,
+    trust=st.booleans(),
+    forwarded=st.booleans(),
+)
+def test_request_headers_match_the_rules(
+    headers: Headers, client: ClientIdentity, trust: bool, forwarded: bool
+) -> None:
+    trusted = LOCAL if trust else []
+    got = request_headers(headers, client, trusted=trusted, forwarded=forwarded)
+    assert got == reference_request_headers(headers, client, trusted, forwarded)
+    assert all(type(h) is tuple for h in got)
+
+
+@settings(max_examples=500)
+@given(
+    headers=headers_st,
+    policy=policy_st,
+    host=st.sampled_from([b"www.example.com", b""]),
+)
+def test_response_headers_match_the_rules(
+    headers: Headers, policy: HidingPolicy, host: bytes
+) -> None:
+    got = response_headers(headers, policy, scheme=b"https", host=host)
+    assert got == reference_response_headers(headers, policy, b"https", host)
+    assert all(type(h) is tuple for h in got)

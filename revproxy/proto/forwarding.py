@@ -69,14 +69,33 @@ ORIGIN_IDENTITY_HEADERS = frozenset(
 
 def remove_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
     """Drop hop-by-hop headers and every header the Connection header names."""
-    headers = list(headers)
+    kept: Headers = []
     named: set[bytes] = set()
     for name, value in headers:
-        if name == b"connection":
-            named.update(t.strip().lower() for t in value.split(b",") if t.strip())
-    if not named:
-        return [(n, v) for n, v in headers if n not in HOP_BY_HOP]
-    return [(n, v) for n, v in headers if n not in HOP_BY_HOP and n not in named]
+        if name in HOP_BY_HOP:
+            if name == b"connection":
+                _connection_options(value, named)
+            continue
+        kept.append((name, value))
+    return _drop_named(kept, named)
+
+
+def _connection_options(value: bytes, named: set[bytes]) -> None:
+    """Add the connection-options a Connection header lists to ``named``."""
+    if b"," not in value:  # the usual "keep-alive" or "close"
+        option = value.strip().lower()
+        if option:
+            named.add(option)
+        return
+    named.update(t.strip().lower() for t in value.split(b",") if t.strip())
+
+
+def _drop_named(headers: Headers, named: set[bytes]) -> Headers:
+    """``headers`` without those a Connection header named (all hop-by-hop ones are already
+    gone, so ``keep-alive``, ``upgrade``... need no second pass)."""
+    if named <= HOP_BY_HOP:
+        return headers
+    return [(n, v) for n, v in headers if n not in named]
 
 
 def is_trusted(address: str, trusted: Sequence[Network]) -> bool:
@@ -108,6 +127,10 @@ class ClientIdentity:
     port: int  # the listener port the client connected to
 
 
+# Request headers ``request_headers`` does more with than keep them.
+_REQUEST_SPECIAL = HOP_BY_HOP | FORWARDING_HEADERS
+
+
 def request_headers(
     headers: Iterable[tuple[bytes, bytes]],
     client: ClientIdentity,
@@ -115,42 +138,64 @@ def request_headers(
     trusted: Sequence[Network] = (),
     forwarded: bool = False,
 ) -> Headers:
-    """Headers to send to the origin for a request received from ``client``."""
-    out = remove_hop_by_hop(headers)
+    """Headers to send to the origin for a request received from ``client``.
+
+    One pass: most requests carry no hop-by-hop or forwarding header, so each header costs one
+    set lookup. A trusted peer's forwarding headers are set aside and only read once the
+    Connection header, wherever it was, has been seen: it may name them away."""
     peer_trusted = is_trusted(client.address, trusted)
-    xff: list[bytes] = []
-    fwd: list[bytes] = []
-    proto = host = port = None
     kept: Headers = []
-    for name, value in out:
-        if name in FORWARDING_HEADERS:
-            if peer_trusted:
-                if name == b"x-forwarded-for":
-                    xff.append(value)
-                elif name == b"forwarded":
-                    fwd.append(value)
-                elif name == b"x-forwarded-proto":
-                    proto = value
-                elif name == b"x-forwarded-host":
-                    host = value
-                elif name == b"x-forwarded-port":
-                    port = value
+    named: set[bytes] = set()
+    incoming: Headers = []  # a trusted peer's forwarding headers, in order
+    for name, value in headers:
+        if name in _REQUEST_SPECIAL:
+            if name == b"connection":
+                _connection_options(value, named)
+            elif peer_trusted and name in FORWARDING_HEADERS:
+                incoming.append((name, value))
             continue
         kept.append((name, value))
+    kept = _drop_named(kept, named)
     addr = client.address.encode()
-    chain = b", ".join([*xff, addr])
-    real_ip = addr
-    if peer_trusted:
+    fwd: list[bytes] = []
+    if not incoming:
+        chain = real_ip = addr
+        proto = client.scheme.encode()
+        host = client.host
+        port = str(client.port).encode()
+    else:
+        xff: list[bytes] = []
+        proto_in = host_in = port_in = None
+        for name, value in incoming:
+            if name in named:
+                continue
+            if name == b"x-forwarded-for":
+                xff.append(value)
+            elif name == b"forwarded":
+                fwd.append(value)
+            elif name == b"x-forwarded-proto":
+                proto_in = value
+            elif name == b"x-forwarded-host":
+                host_in = value
+            elif name == b"x-forwarded-port":
+                port_in = value
+        chain = b", ".join([*xff, addr])
+        real_ip = addr
         # The real client is the rightmost address not itself a trusted proxy.
         for hop in reversed([h.strip() for h in chain.split(b",")]):
             real_ip = hop
             if not is_trusted(hop.decode("latin-1"), trusted):
                 break
-    kept.append((b"x-forwarded-for", chain))
-    kept.append((b"x-forwarded-proto", proto or client.scheme.encode()))
-    kept.append((b"x-forwarded-host", host or client.host))
-    kept.append((b"x-forwarded-port", port or str(client.port).encode()))
-    kept.append((b"x-real-ip", real_ip))
+        proto = proto_in or client.scheme.encode()
+        host = host_in or client.host
+        port = port_in or str(client.port).encode()
+    kept += (
+        (b"x-forwarded-for", chain),
+        (b"x-forwarded-proto", proto),
+        (b"x-forwarded-host", host),
+        (b"x-forwarded-port", port),
+        (b"x-real-ip", real_ip),
+    )
     if forwarded:
         element = b"for=" + _forwarded_node(client.address) + b";proto=" + client.scheme.encode()
         if client.host:
@@ -237,6 +282,21 @@ def _rewrite_cookie(value: bytes, policy: HidingPolicy) -> bytes:
     return b";".join(kept)
 
 
+# What ``response_headers`` does with a header, by name; a name not here is kept as it is
+# (unless the pool hides it).
+_DROP, _CONNECTION, _SERVER, _LOCATION, _REFRESH, _COOKIE = range(6)
+_RESPONSE_ACTIONS: dict[bytes, int] = {
+    **dict.fromkeys(HOP_BY_HOP, _DROP),
+    **dict.fromkeys(ORIGIN_IDENTITY_HEADERS, _DROP),
+    b"connection": _CONNECTION,
+    b"server": _SERVER,
+    b"location": _LOCATION,
+    b"content-location": _LOCATION,
+    b"refresh": _REFRESH,
+    b"set-cookie": _COOKIE,
+}
+
+
 def response_headers(
     headers: Iterable[tuple[bytes, bytes]],
     policy: HidingPolicy,
@@ -244,27 +304,45 @@ def response_headers(
     scheme: bytes,
     host: bytes,
 ) -> Headers:
-    """Headers to send to the client for a response from an origin."""
+    """Headers to send to the client for a response from an origin.
+
+    One pass: each header costs one dict lookup (plus one set lookup when the pool hides
+    headers of its own); a header named by the Connection header is dropped at the end."""
     out: Headers = []
-    for name, value in remove_hop_by_hop(headers):
-        if name in ORIGIN_IDENTITY_HEADERS or name in policy.hide:
+    named: set[bytes] = set()
+    hide = policy.hide
+    action_of = _RESPONSE_ACTIONS.get
+    for name, value in headers:
+        action = action_of(name)
+        if action is None:
+            if not hide or name not in hide:
+                out.append((name, value))
             continue
-        if name == b"server":
+        if action == _DROP:
+            continue
+        if action == _CONNECTION:
+            _connection_options(value, named)
+            continue
+        if hide and name in hide:
+            continue
+        if action == _SERVER:
             if policy.server_header == "keep":
                 out.append((name, value))
             elif policy.server_header != "remove":
                 out.append((name, policy.server_header.encode()))
             continue
-        if name in (b"location", b"content-location") and host:
-            new = _rewrite_url(value, policy, scheme, host)
-            if new is not None:
-                value = new
-        elif name == b"refresh" and host:
-            value = _rewrite_refresh(value, policy, scheme, host)
-        elif name == b"set-cookie":
+        if action == _LOCATION:
+            if host:
+                new = _rewrite_url(value, policy, scheme, host)
+                if new is not None:
+                    value = new
+        elif action == _REFRESH:
+            if host:
+                value = _rewrite_refresh(value, policy, scheme, host)
+        else:  # _COOKIE
             value = _rewrite_cookie(value, policy)
         out.append((name, value))
-    return out
+    return _drop_named(out, named)
 
 
 def interim_headers(headers: Iterable[tuple[bytes, bytes]], policy: HidingPolicy) -> Headers:
