@@ -1,7 +1,12 @@
 """Metrics: counters, gauges and histograms kept in-process, rendered as Prometheus text.
 
 Rule of this room: recording is a dict increment, formatting happens only when ``/metrics`` is
-scraped. Label values come from the configuration (listener name, route index, pool name,
+scraped. The request path goes further: ``RequestMetrics.record`` adds each exchange to a
+tally keyed on the record's own fields, and works out label values (status class, ``-`` for no
+route) and spreads the tally over the families only when the registry is read
+(``snapshot``, ``render``), through the registry's ``collectors``.
+
+Label values come from the configuration (listener name, route index, pool name,
 backend label) or from small fixed sets (status class, check result, reload result), never
 from what a client sent (no paths, no hosts, no addresses), so the number of series is
 bounded by the configuration.
@@ -15,7 +20,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from revproxy.accesslog import AccessRecord
@@ -73,9 +78,18 @@ class Family:
         """Histogram observation."""
         row = self.values.get(labels)
         if row is None:
-            row = self.values[labels] = [0] * (len(self.buckets) + 1) + [0.0]
+            row = self.values[labels] = _empty_row(self.buckets)
         row[bisect_left(self.buckets, value)] += 1
         row[-1] += value
+
+    def add_row(self, labels: Labels, row: Sequence[float]) -> None:
+        """Histogram observations tallied elsewhere, as a row in this family's layout."""
+        mine = self.values.get(labels)
+        if mine is None:
+            self.values[labels] = list(row)
+        else:
+            for i, v in enumerate(row):
+                mine[i] += v
 
     def merge(self, values: Iterable[tuple[Labels, Any]]) -> None:
         """Add other samples of the same family (from another worker) to these."""
@@ -115,6 +129,14 @@ class Registry:
 
     def __init__(self) -> None:
         self.families: dict[str, Family] = {}
+        # Called before the families are read: recorders that keep tallies of their own
+        # (``RequestMetrics``) add them to the families here.
+        self.collectors: list[Callable[[], None]] = []
+
+    def collect(self) -> None:
+        """Bring the families up to date with every recorder's tallies."""
+        for collector in self.collectors:
+            collector()
 
     def family(
         self,
@@ -144,6 +166,7 @@ class Registry:
 
     def snapshot(self) -> dict[str, Any]:
         """Plain JSON-able data another process can ``merge``."""
+        self.collect()
         return {
             f.name: {
                 "kind": f.kind,
@@ -162,6 +185,7 @@ class Registry:
 
     def render(self) -> str:
         """The Prometheus text exposition format (version 0.0.4)."""
+        self.collect()
         lines: list[str] = []
         for name in sorted(self.families):
             fam = self.families[name]
@@ -175,6 +199,38 @@ def merged(snapshots: Iterable[Mapping[str, Any]]) -> Registry:
     for snap in snapshots:
         out.merge(snap)
     return out
+
+
+# listener, route, status, pool, backend: the fields of an access record labels come from.
+_TallyKey = tuple[str, str, int, str, str]
+
+
+class _Tally:
+    """Exchanges with the same ``_TallyKey``: counts, byte sums, and histogram rows in the
+    layout ``Family`` keeps (a count per bucket, +Inf, then the sum)."""
+
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "duration",
+        "duration_buckets",
+        "requests",
+        "upstream",
+        "upstream_buckets",
+    )
+
+    def __init__(self, duration: tuple[float, ...], upstream: tuple[float, ...]) -> None:
+        self.requests = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.duration_buckets = duration
+        self.duration: list[float] = _empty_row(duration)
+        self.upstream_buckets = upstream
+        self.upstream: list[float] = _empty_row(upstream)
+
+
+def _empty_row(buckets: tuple[float, ...]) -> list[float]:
+    return [0] * (len(buckets) + 1) + [0.0]
 
 
 class RequestMetrics:
@@ -216,17 +272,43 @@ class RequestMetrics:
             ("listener", "pool", "code"),
         )
 
+        # Exchanges recorded since the families were last brought up to date, by what
+        # their labels are made of; see ``record`` and ``collect``.
+        self._tallies: dict[_TallyKey, _Tally] = {}
+        self.registry.collectors.append(self.collect)
+
     def record(self, rec: AccessRecord) -> None:
-        """Count one finished exchange (cheap: a few dict increments)."""
-        code = status_class(rec.status)
-        listener = rec.listener
-        self.requests.inc((listener, rec.route or "-", code))
-        self.received.inc((listener,), rec.bytes_in)
-        self.sent.inc((listener,), rec.bytes_out)
-        self.duration.observe((listener,), rec.duration_ms / 1000.0)
+        """Count one finished exchange (it runs for every request: one dict lookup, a few
+        increments, no label worked out; ``collect`` does that when the metrics are read)."""
+        key = (rec.listener, rec.route, rec.status, rec.pool, rec.backend)
+        tally = self._tallies.get(key)
+        if tally is None:
+            tally = self._tallies[key] = _Tally(self.duration.buckets, self.upstream.buckets)
+        tally.requests += 1
+        tally.bytes_in += rec.bytes_in
+        tally.bytes_out += rec.bytes_out
+        seconds = rec.duration_ms / 1000.0
+        row = tally.duration
+        row[bisect_left(tally.duration_buckets, seconds)] += 1
+        row[-1] += seconds
         if rec.backend != "-":
-            self.backend_responses.inc((rec.pool, rec.backend, code))
-            self.upstream.observe((rec.pool,), rec.upstream_ms / 1000.0)
+            seconds = rec.upstream_ms / 1000.0
+            row = tally.upstream
+            row[bisect_left(tally.upstream_buckets, seconds)] += 1
+            row[-1] += seconds
+
+    def collect(self) -> None:
+        """Add the exchanges recorded since the last call to the families."""
+        tallies, self._tallies = self._tallies, {}
+        for (listener, route, status, pool, backend), tally in tallies.items():
+            code = status_class(status)
+            self.requests.inc((listener, route or "-", code), tally.requests)
+            self.received.inc((listener,), tally.bytes_in)
+            self.sent.inc((listener,), tally.bytes_out)
+            self.duration.add_row((listener,), tally.duration)
+            if backend != "-":
+                self.backend_responses.inc((pool, backend, code), tally.requests)
+                self.upstream.add_row((pool,), tally.upstream)
 
     def connection(self, rec: AccessRecord) -> None:
         """Count one finished L4 connection (its access-log record)."""

@@ -211,3 +211,75 @@ def test_an_l4_connection_is_counted_apart_from_requests() -> None:
     assert s['revproxy_tcp_connections_total{listener="db",pool="-",code="5xx"}'] == 1
     assert s['revproxy_received_bytes_total{listener="db"}'] == 105
     assert not any(k.startswith("revproxy_requests_total") for k in s)
+
+
+# --- tallies: `record` defers the labels to when the metrics are read ------------------------
+
+
+def direct_record(m: RequestMetrics, rec: AccessRecord) -> None:
+    """What `record` used to do on every request: the labels and increments at once."""
+    code = status_class(rec.status)
+    m.requests.inc((rec.listener, rec.route or "-", code))
+    m.received.inc((rec.listener,), rec.bytes_in)
+    m.sent.inc((rec.listener,), rec.bytes_out)
+    m.duration.observe((rec.listener,), rec.duration_ms / 1000.0)
+    if rec.backend != "-":
+        m.backend_responses.inc((rec.pool, rec.backend, code))
+        m.upstream.observe((rec.pool,), rec.upstream_ms / 1000.0)
+
+
+records_st = st.lists(
+    st.builds(
+        record,
+        listener=st.sampled_from(["web", "tls"]),
+        route=st.sampled_from(["", "-", "0", "1", "acme"]),
+        status=st.sampled_from([0, 101, 200, 204, 301, 404, 499, 502, 503, 999]),
+        pool=st.sampled_from(["", "app", "api"]),
+        backend=st.sampled_from(["-", "app/10.0.0.1:80", "b2"]),
+        bytes_in=st.integers(0, 10_000),
+        bytes_out=st.integers(0, 10_000),
+        duration_ms=st.floats(0, 70_000, allow_nan=False),
+        upstream_ms=st.floats(0, 70_000, allow_nan=False),
+    ),
+    max_size=40,
+)
+
+
+@given(records=records_st, reads=st.lists(st.integers(0, 40), max_size=4))
+def test_tallied_records_read_as_if_counted_at_once(
+    records: list[AccessRecord], reads: list[int]
+) -> None:
+    tallied, direct = RequestMetrics(), RequestMetrics()
+    for i, rec in enumerate(records):
+        if i in reads:  # a worker's snapshot in between: nothing lost, nothing counted twice
+            tallied.registry.snapshot()
+        tallied.record(rec)
+        direct_record(direct, rec)
+    got, want = samples(tallied.registry.render()), samples(direct.registry.render())
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value), key  # histogram sums add up in another order
+
+
+def test_a_snapshot_holds_everything_recorded_before_it() -> None:
+    m = RequestMetrics()
+    m.record(record())
+    first = m.registry.snapshot()
+    m.record(record(status=503))
+    second = m.registry.snapshot()
+    requests = {tuple(k): v for k, v in second["revproxy_requests_total"]["values"]}
+    assert requests == {("web", "0", "2xx"): 1, ("web", "0", "5xx"): 1}
+    assert first["revproxy_requests_total"]["values"] == [[["web", "0", "2xx"], 1]]
+    m.registry.snapshot()  # reading again adds nothing
+    assert (
+        samples(m.registry.render())['revproxy_request_duration_seconds_count{listener="web"}'] == 2
+    )
+
+
+def test_two_recorders_can_share_a_registry() -> None:
+    registry = Registry()
+    a, b = RequestMetrics(registry), RequestMetrics(registry)
+    a.record(record())
+    b.record(record())
+    s = samples(registry.render())
+    assert s['revproxy_requests_total{listener="web",route="0",code="2xx"}'] == 2
