@@ -17,6 +17,7 @@ import hashlib
 import math
 import random
 import types
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
@@ -178,7 +179,7 @@ class LeastConn:
         return candidates[index]
 
 
-class _HashPolicy:
+class _HashPolicy(ABC):
     """Weighted rendezvous (highest random weight) hashing on a key taken from the context.
 
     Every candidate scores ``weight / -ln(u)`` with ``u`` a uniform draw in (0, 1] derived from
@@ -195,8 +196,9 @@ class _HashPolicy:
     def __init__(self, rng: random.Random | None = None) -> None:
         self._fallback = RoundRobin(rng)
 
+    @abstractmethod
     def key(self, ctx: PickContext) -> str | None:
-        raise NotImplementedError
+        """What this policy hashes (client address, path); None when the request has none."""
 
     def pick(self, candidates: Sequence[Backend], ctx: PickContext) -> Backend:
         key = self.key(ctx)
