@@ -409,9 +409,13 @@ class Exchange:
             return True
         await stream.send_response(resp.status, out_headers)
         idle = timeouts.idle
+        queued = ostream.events
         while True:
-            async with asyncio.timeout(idle):
-                ev = await ostream.next()
+            if queued:
+                ev = await ostream.next()  # already received: no wait, so no timer to arm
+            else:
+                async with asyncio.timeout(idle):
+                    ev = await ostream.next()
             if isinstance(ev, DataReceived):
                 await stream.send_data(ev.data)
             elif isinstance(ev, MessageEnded):
