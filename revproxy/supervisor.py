@@ -592,12 +592,3 @@ def _same_log(a: Config, b: Config) -> bool:
         b.global_.access_log,
         b.global_.access_log_format,
     )
-
-
-def bound_addresses(instance: Instance) -> list[tuple[str, int]]:
-    out = []
-    for bl in instance.frontend.bound.values():
-        for s in bl.sockets:
-            addr = s.getsockname()
-            out.append((str(addr[0]), int(addr[1])))
-    return out

@@ -29,7 +29,6 @@ from revproxy.proto.forwarding import (
     remove_hop_by_hop,
     request_headers,
     response_headers,
-    strip_forwarding,
 )
 
 LOCAL: list[Network] = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("10.0.0.0/8")]
@@ -181,10 +180,6 @@ def test_connection_can_name_forwarding_headers_away() -> None:
         trusted=LOCAL,
     )
     assert values(out, b"x-forwarded-for") == [b"10.0.0.2"]
-
-
-def test_strip_forwarding() -> None:
-    assert strip_forwarding([*SPOOF, (b"x-a", b"1")]) == [(b"x-a", b"1")]
 
 
 # --- toward the client ----------------------------------------------------------------------

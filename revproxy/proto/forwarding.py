@@ -16,7 +16,7 @@ control options for the forwarded message)."
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from revproxy.proto.events import Headers
@@ -353,8 +353,3 @@ def interim_headers(headers: Iterable[tuple[bytes, bytes]], policy: HidingPolicy
     rewrite.
     """
     return response_headers(headers, policy, scheme=b"", host=b"")
-
-
-def strip_forwarding(headers: Collection[tuple[bytes, bytes]]) -> Headers:
-    """Drop every forwarding header (used where no identity should be passed on)."""
-    return [(n, v) for n, v in headers if n not in FORWARDING_HEADERS]

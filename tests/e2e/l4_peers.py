@@ -27,42 +27,21 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from harness import (
+    LOOPBACK,
+    REPO,
+    START_TIMEOUT,
+    STOP_TIMEOUT,
+    closed_port,
+    free_port,
+    wait_until,
+)
+
 from revproxy.config import Bind, Config, Global, Listener, Pool, Server, Timeouts
 
-# The few basics shared with tests/e2e/harness.py are repeated here so that these tests stand
-# on their own (same names, same meaning).
-LOOPBACK = "127.0.0.1"
-REPO = Path(__file__).resolve().parents[2]
-# How long a process has to start (a loaded 2-core machine imports slowly).
-START_TIMEOUT = 20.0
-# SIGTERM, then this long to exit before SIGKILL.
-STOP_TIMEOUT = 5.0
+__all__ = ["LOOPBACK", "REPO", "START_TIMEOUT", "STOP_TIMEOUT", "closed_port", "free_port",
+           "wait_until"]
 
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
-
-
-def closed_port() -> int:
-    """A port where a connect is refused."""
-    return free_port()
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    """Poll ``predicate`` until true or ``timeout`` seconds passed; returns its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
-# --- revproxy on a Config ---------------------------------------------------------------------
 
 _LAUNCHER = """
 import asyncio, pickle, sys
