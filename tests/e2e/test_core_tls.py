@@ -1,5 +1,6 @@
 """TLS listeners end to end: the certificate SNI chooses, the generated certificate for
-everything else, unknown_sni = "reject", ALPN, protocol versions, and Host against SNI.
+everything else, unknown_sni = "reject", ALPN, protocol versions, session resumption
+(tickets, TLS 1.3 and 1.2, through the SNI switch) and Host against SNI.
 
 Clients are ``openssl s_client`` (with ``-servername`` and ``-noservername``), curl with
 ``--resolve`` and ``--cacert``, and Python's ssl module for requests curl will not make.
@@ -45,6 +46,7 @@ class TlsSite:
     proxy: Proxy
     port: int  # unknown_sni = "generated"
     reject_port: int  # unknown_sni = "reject"
+    single_port: int  # one certificate ("exact")
     certs: dict[str, tuple[Path, Path]]  # "exact", "wildcard", "other"
     origin: Origin
 
@@ -84,7 +86,8 @@ def tls_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsSite]:
     pairs = ", ".join(
         f"{{ cert = {toml_path(c)}, key = {toml_path(k)} }}" for c, k in certs.values()
     )
-    port, reject_port = free_port(), free_port()
+    port, reject_port, single_port = free_port(), free_port(), free_port()
+    exact_cert, exact_key = certs["exact"]
     origin = Origin("tls-origin").start()
     config = f"""
 [[listener]]
@@ -97,6 +100,11 @@ name = "strict"
 bind = ["127.0.0.1:{reject_port}"]
 tls = {{ certs = [{pairs}], unknown_sni = "reject" }}
 
+[[listener]]
+name = "single"
+bind = ["127.0.0.1:{single_port}"]
+tls = {{ certs = [{{ cert = {toml_path(exact_cert)}, key = {toml_path(exact_key)} }}] }}
+
 [[route]]
 host = {list(HOSTS)!r}
 pool = "web"
@@ -105,8 +113,8 @@ pool = "web"
 servers = ["{origin.address}"]
 """.replace("'", '"')
     try:
-        with Proxy(base, config, ports=[port, reject_port]) as proxy:
-            yield TlsSite(proxy, port, reject_port, certs, origin)
+        with Proxy(base, config, ports=[port, reject_port, single_port]) as proxy:
+            yield TlsSite(proxy, port, reject_port, single_port, certs, origin)
             assert proxy.alive, "the proxy died:\n" + proxy.stderr()[-3000:]
     finally:
         origin.stop()
@@ -250,6 +258,55 @@ def test_tls12_and_tls13_are_accepted(tls_site: TlsSite, flag: str, version: str
     res = openssl_client(tls_site.port, flag, servername="www.site.test")
     assert f"Protocol  : {version}" in res.stdout or f"New, {version}" in res.stdout
     assert "BEGIN CERTIFICATE" in res.stdout
+
+
+# --- session resumption ---------------------------------------------------------------------------
+
+
+def resumed(
+    port: int, servername: str | None, flag: str, session: Path, *, fresh: bool = True
+) -> str:
+    """One ``openssl s_client`` connection that sends a request and reads the whole answer (so
+    that TLS 1.3 tickets, sent after the handshake, arrive); ``fresh`` writes the session to
+    ``session``, else it is offered from there. Returns the s_client output."""
+    host = servername or "www.site.test"
+    request = f"GET /resume HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+    store = ["-sess_out", str(session)] if fresh else ["-sess_in", str(session)]
+    res = openssl_client(port, flag, "-ign_eof", *store, servername=servername, send=request)
+    assert "HTTP/1.1 " in res.stdout, res.stdout[-2000:] + res.stderr[-2000:]
+    return res.stdout
+
+
+@pytest.mark.parametrize(("flag", "version"), [("-tls1_3", "TLSv1.3"), ("-tls1_2", "TLSv1.2")])
+@pytest.mark.parametrize(
+    ("port_name", "servername"),
+    [
+        ("single_port", "www.site.test"),
+        ("single_port", None),  # the generated certificate
+        ("port", "www.site.test"),  # the SNI callback switched to the exact name's context
+        ("port", "api.site.test"),  # ... to the wildcard's
+        ("port", "other.test"),
+        ("port", None),
+        ("reject_port", "other.test"),
+    ],
+)
+def test_session_ticket_resumes_the_session(
+    tls_site: TlsSite,
+    tmp_path: Path,
+    port_name: str,
+    servername: str | None,
+    flag: str,
+    version: str,
+) -> None:
+    port = getattr(tls_site, port_name)
+    session = tmp_path / "session.pem"
+    first = resumed(port, servername, flag, session)
+    assert f"New, {version}" in first, first[-2000:]
+    assert session.stat().st_size > 0
+    for _ in range(2):  # a ticket may be offered again (s_time -reuse does)
+        again = resumed(port, servername, flag, session, fresh=False)
+        assert f"Reused, {version}" in again, again[-2000:]
+        assert "HTTP/1.1 200" in again or servername is None, again[-2000:]
 
 
 # --- Host and SNI --------------------------------------------------------------------------------
