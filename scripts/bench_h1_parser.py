@@ -33,14 +33,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from revproxy.proto import http1, http1_fast  # noqa: E402
-from revproxy.proto.events import (  # noqa: E402
+from revproxy.proto import http1, http1_fast
+from revproxy.proto.events import (
     DataReceived,
     MessageEnded,
     RequestReceived,
     ResponseReceived,
 )
-from revproxy.proto.forwarding import (  # noqa: E402
+from revproxy.proto.forwarding import (
     ClientIdentity,
     HidingPolicy,
     request_headers,
@@ -161,7 +161,7 @@ def main() -> None:
     module = http1_fast if args.impl == "fast" else http1
     cases = {"GET /small": SMALL_REQUEST, "browser GET": BROWSER_REQUEST}
     results = {name: measure(module, request, args.n, args.runs) for name, request in cases.items()}
-    print(f"{args.impl}: µs per exchange step (best of {args.runs} runs × {args.n})")
+    print(f"{args.impl}: µs per exchange step (best of {args.runs} runs of {args.n})")
     print(f"{'step':<18}" + "".join(f"{name:>14}" for name in cases))
     for step in (*STEPS, "sum of steps", "total"):
         print(f"{step:<18}" + "".join(f"{results[name][step]:>14.2f}" for name in cases))
