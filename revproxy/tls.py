@@ -24,7 +24,6 @@ import os
 import re
 import ssl
 import tempfile
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -361,7 +360,13 @@ class CertStore:
 
     def lookup(self, server_name: str) -> LoadedCert | None:
         """The certificate for `server_name`, or None if no certificate names it."""
-        name = _normalize(server_name)
+        return self._lookup_normalized(_normalize(server_name))
+
+    def context_for(self, server_name: str) -> ssl.SSLContext | None:
+        """The SSL context of `lookup(server_name)`, or None."""
+        return self._context_for_normalized(_normalize(server_name))
+
+    def _lookup_normalized(self, name: str) -> LoadedCert | None:
         exact = self._exact.get(name)
         if exact is not None:
             return exact
@@ -370,21 +375,21 @@ class CertStore:
             return None
         return self._wildcard.get(parent)
 
-    def context_for(self, server_name: str) -> ssl.SSLContext | None:
-        """The SSL context of `lookup(server_name)`, or None."""
-        cert = self.lookup(server_name)
+    def _context_for_normalized(self, name: str) -> ssl.SSLContext | None:
+        cert = self._lookup_normalized(name)
         return None if cert is None else self._contexts[cert]
 
 
-# SNI each handshake sent, kept until its SSLObject / SSLSocket is collected.
-_server_names: weakref.WeakKeyDictionary[ssl.SSLObject | ssl.SSLSocket, str | None] = (
-    weakref.WeakKeyDictionary()
-)
+# The SNI a handshake sent is kept on its SSLObject / SSLSocket (both have a __dict__), so it
+# lives and dies with the connection: cheaper per handshake than a weak-keyed table, whose
+# entries each cost a weak reference and a Python callback when the connection is collected.
+_SERVER_NAME_ATTR = "_revproxy_server_name"
 
 
 def server_name_of(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
     """The server name (SNI) the client sent, lower-cased; None if it sent none."""
-    return _server_names.get(ssl_object)
+    name: str | None = getattr(ssl_object, _SERVER_NAME_ATTR, None)
+    return name
 
 
 class ServerTLS:
@@ -429,12 +434,16 @@ class ServerTLS:
         server_name: str | None,
         _listener_context: ssl.SSLContext,
     ) -> int | None:
-        name = _normalize(server_name) if server_name else None
-        _server_names[ssl_object] = name
-        chosen = self._store.context_for(name) if name else None
-        if chosen is not None:
-            ssl_object.context = chosen
-            return None
+        # Runs inside every handshake (OpenSSL calls it without SNI too): keep it short.
+        if server_name:
+            name = _normalize(server_name)
+            setattr(ssl_object, _SERVER_NAME_ATTR, name)
+            chosen = self._store._context_for_normalized(name)
+            if chosen is not None:
+                # The session stays the listener context's: tickets it issued (and its
+                # session cache) resume whichever certificate context SNI picks.
+                ssl_object.context = chosen
+                return None
         if self._unknown_sni == "reject":
             return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
         return None  # keep the listener context and its generated certificate
