@@ -10,12 +10,14 @@ it; the backend side's counterpart is ``OriginStream`` (dial.py).
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from revproxy.proto.events import Event, Headers, MessageEnded
 from revproxy.proto.proxy_protocol import ProxyHeader, build_v1, build_v2
+
+if TYPE_CHECKING:
+    from revproxy.tunnel import StreamPair
 
 
 class ClientGone(Exception):
@@ -84,7 +86,7 @@ class ClientStream(Protocol):
     async def tunnel(
         self,
         headers: Headers,
-        origin: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        origin: StreamPair,
         leftover: bytes,
         idle_timeout: float,
     ) -> tuple[int, int]:

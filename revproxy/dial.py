@@ -30,10 +30,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from revproxy.config import H2Settings, PoolTLS
+from revproxy.conn_io import ConnIO
 from revproxy.errors import BackendUnreachable, NoBackendAvailable
 from revproxy.pool import Backend, PickContext, Pool
 from revproxy.proto.events import Event, Headers, MessageEnded
 from revproxy.proto.http1 import H1Client, H1ClientAPI
+from revproxy.tunnel import ByteReader, ByteWriter
 
 if TYPE_CHECKING:
     from revproxy.dial_h2 import H2Origins
@@ -106,7 +108,7 @@ class OriginStream(Protocol):
         """The exchange is over (``complete``: both messages ended cleanly)."""
         ...
 
-    def take_over(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes] | None:
+    def take_over(self) -> tuple[ByteReader, ByteWriter, bytes] | None:
         """After a 101: the raw connection and the bytes read past the 101 head."""
         ...
 
@@ -134,7 +136,13 @@ class H1Origin:
         self.reused = conn.reused
         self.refused = False
         self.upgrading = False
-        self.parser = dialer.h1_client(max_header_size=max_header_size)
+        # A pooled connection keeps its parser from one exchange to the next.
+        parser = conn.parser
+        if parser is None:
+            parser = dialer.h1_client(max_header_size=max_header_size)
+        else:
+            conn.parser = None
+        self.parser = parser
         self.events: deque[Event] = deque()
         self.bytes_read = 0
         self.eof = False
@@ -156,13 +164,13 @@ class H1Origin:
         data = self.parser.send_request(method, target, headers)
         if end is not None:
             data += self.parser.send_end(end.trailers)
-        self.conn.writer.write(data)
+        self.conn.io.write(data)
 
-    async def next(self) -> Event:
+    async def next(self, deadline: float | None = None) -> Event:
         while not self.events:
             if self.eof:
                 raise ConnectionResetError("peer closed the connection")
-            data = await self.conn.reader.read(READ_SIZE)
+            data = await self.conn.io.read(READ_SIZE, deadline)
             if not data:
                 self.eof = True
             self.bytes_read += len(data)
@@ -170,40 +178,48 @@ class H1Origin:
         return self.events.popleft()
 
     async def send_data(self, data: bytes) -> None:
-        writer = self.conn.writer
-        writer.write(self.parser.send_data(data))
-        await writer.drain()
+        io = self.conn.io
+        io.write(self.parser.send_data(data))
+        await io.drain()
 
     async def send_end(self, trailers: Headers) -> None:
-        writer = self.conn.writer
-        writer.write(self.parser.send_end(trailers))
-        await writer.drain()
+        io = self.conn.io
+        io.write(self.parser.send_end(trailers))
+        await io.drain()
 
     def finish(self, complete: bool) -> None:
-        self.dialer.release(self.conn, complete and self.parser.reusable)
+        reusable = complete and self.parser.reusable
+        if reusable:
+            self.parser.start_next_cycle()
+            self.conn.parser = self.parser
+        self.dialer.release(self.conn, reusable)
 
-    def take_over(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes] | None:
+    def take_over(self) -> tuple[ConnIO, ConnIO, bytes] | None:
         # finish(False) closes the connection once the tunnel is over: it is never pooled.
-        conn = self.conn
-        return conn.reader, conn.writer, self.parser.trailing_data
+        io = self.conn.io
+        return io, io, self.parser.trailing_data
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class BackendConnection:
+    """An HTTP/1.1 connection to a backend, kept in the dialer's pool between exchanges."""
+
     backend: Backend
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    io: ConnIO
     identity: bytes | None  # PROXY header it was opened with (None: shareable)
     reused: bool = False
     last_used: float = field(default_factory=time.monotonic)
+    parser: H1ClientAPI | None = None  # ready for the next exchange
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self.writer.close()
+            self.io.close()
 
     @property
     def alive(self) -> bool:
-        return not (self.reader.at_eof() or self.writer.is_closing())
+        # Bytes from the origin between exchanges answer nothing: the connection is not reused.
+        io = self.io
+        return not (io.buffered or io.at_eof() or io.is_closing())
 
 
 class Dialer:
@@ -306,6 +322,41 @@ class Dialer:
             return reader, writer
         raise last or OSError("no address")
 
+    async def open_conn(self, backend: Backend, identity: bytes | None = None) -> ConnIO:
+        """``open`` for an HTTP/1.1 exchange: the connection as a ``ConnIO``."""
+        loop = asyncio.get_running_loop()
+        targets = backend.addresses or ((backend.host, backend.port),)
+        last: Exception | None = None
+        for host, port in targets:
+            io = ConnIO(loop)
+            try:
+                async with asyncio.timeout(self.connect_timeout):
+                    factory = functools.partial(_same, io)
+                    transport, _ = await loop.create_connection(factory, host, port)
+            except (OSError, TimeoutError) as exc:
+                last = exc
+                continue
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if identity:
+                io.write(identity)
+            if self.ssl is not None:
+                sni = (self.tls.sni if self.tls is not None else None) or backend.host
+                try:
+                    async with asyncio.timeout(self.connect_timeout):
+                        tls = await loop.start_tls(transport, io, self.ssl, server_hostname=sni)
+                except BaseException:
+                    transport.close()
+                    raise
+                if tls is None:
+                    transport.close()
+                    raise ConnectionResetError("TLS handshake: connection closed")
+                io.set_transport(tls)
+            return io
+        raise last or OSError("no address")
+
     def failed(self, backend: Backend, exc: BaseException) -> None:
         """A connect to ``backend`` failed: passive health hears of it, operators too."""
         self._observe(backend, False)
@@ -352,13 +403,13 @@ class Dialer:
                     return idle
             attempts += 1
             try:
-                reader, writer = await self.open(backend, identity)
+                io = await self.open_conn(backend, identity)
             except (OSError, TimeoutError) as exc:
                 self.failed(backend, exc)
                 tried.add(backend)
                 continue
             self._observe(backend, True)
-            return BackendConnection(backend, reader, writer, identity)
+            return BackendConnection(backend, io, identity)
 
     # --- raw sockets (L4 tunnels, TLS passthrough) --------------------------------------------
 
@@ -442,6 +493,11 @@ class Dialer:
         self._idle.clear()
         if self.h2 is not None:
             self.h2.close_idle()
+
+
+def _same(io: ConnIO) -> ConnIO:
+    """The protocol factory of a connection whose protocol exists already."""
+    return io
 
 
 @functools.lru_cache(maxsize=1024)

@@ -46,6 +46,7 @@ from revproxy.proto.events import (
     StreamReset,
 )
 from revproxy.proto.http2 import H2Server, StreamClosed
+from revproxy.tunnel import StreamPair
 
 log = logging.getLogger("revproxy.http2")
 
@@ -155,7 +156,7 @@ class H2ServerStream(H2Channel):
     async def tunnel(
         self,
         headers: Headers,
-        origin: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        origin: StreamPair,
         leftover: bytes,
         idle_timeout: float,
     ) -> tuple[int, int]:

@@ -10,7 +10,6 @@ allocated per request beyond what the parser and the exchange need.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from http import HTTPStatus
 
 from revproxy.accesslog import AccessRecord
 from revproxy.client_side import ClientGone, ConnInfo, proxy_header_for
+from revproxy.conn_io import ConnIO
 from revproxy.dial import READ_SIZE
 from revproxy.errors import ClientProtocolError, RequestTimeout, RevproxyError
 from revproxy.exchange import Exchange, error_body, log, request_id
@@ -30,28 +30,28 @@ from revproxy.proto.events import (
     MessageEnded,
     RequestReceived,
 )
-from revproxy.tunnel import relay_streams
+from revproxy.tunnel import StreamPair, relay_streams
 
 __all__ = ["ClientGone", "ConnInfo", "HttpConnection", "proxy_header_for"]
 
 
 class _Source:
-    """Events from the client: bytes read from a stream, fed to a parser."""
+    """Events from the client: bytes read from its connection, fed to a parser."""
 
-    __slots__ = ("bytes_read", "eof", "events", "parse", "reader")
+    __slots__ = ("bytes_read", "conn", "eof", "events", "parse")
 
-    def __init__(self, reader: asyncio.StreamReader, parse: Callable[[bytes], list[Event]]) -> None:
-        self.reader = reader
+    def __init__(self, conn: ConnIO, parse: Callable[[bytes], list[Event]]) -> None:
+        self.conn = conn
         self.parse = parse
         self.events: deque[Event] = deque()
         self.bytes_read = 0
         self.eof = False
 
-    async def next(self) -> Event:
+    async def next(self, deadline: float | None = None) -> Event:
         while not self.events:
             if self.eof:
                 raise ConnectionResetError("peer closed the connection")
-            data = await self.reader.read(READ_SIZE)
+            data = await self.conn.read(READ_SIZE, deadline)
             if not data:
                 self.eof = True
             self.bytes_read += len(data)
@@ -64,21 +64,19 @@ class HttpConnection:
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        conn: ConnIO,
         *,
         generation: Generation,
         listener: ListenerRuntime,
         info: ConnInfo,
     ) -> None:
-        self.reader = reader
-        self.writer = writer
+        self.conn = conn
         self.gen = generation
         self.listener = listener
         self.info = info
         g = generation.config.global_
         self.h1 = generation.h1_server(max_header_size=g.max_header_size)
-        self.client = _Source(reader, self.h1.receive_data)
+        self.client = _Source(conn, self.h1.receive_data)
         self.bytes_out = 0
         self._accounted_in = 0  # client bytes already counted in an access-log record
         self.exchange = Exchange(self, generation=generation, listener=listener, info=info)
@@ -108,15 +106,11 @@ class HttpConnection:
             await self._close()
 
     async def _close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.writer.close()
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(1.0):
-                await self.writer.wait_closed()
+        await self.conn.aclose()
 
     async def _next_request(self, idle: float, head_timeout: float) -> RequestReceived | None:
         """The next request head, or None when the client is done (closed or idle)."""
-        loop = asyncio.get_running_loop()
+        loop = self.conn.loop
         deadline = loop.time() + idle
         head_deadline: float | None = None
         while True:
@@ -129,8 +123,7 @@ class HttpConnection:
                         )
                     if self.client.eof:
                         return None
-                    async with asyncio.timeout_at(deadline):
-                        data = await self.reader.read(READ_SIZE)
+                    data = await self.conn.read(READ_SIZE, deadline)
                     if not data:
                         self.client.eof = True
                     self.client.bytes_read += len(data)
@@ -183,9 +176,9 @@ class HttpConnection:
             return ev
         return None
 
-    async def next_body_event(self) -> Event:
+    async def next_body_event(self, deadline: float | None = None) -> Event:
         try:
-            ev = await self.client.next()
+            ev = await self.client.next(deadline)
         except (ConnectionError, OSError) as exc:
             raise ClientGone() from exc
         if isinstance(ev, DataReceived | MessageEnded):
@@ -223,7 +216,7 @@ class HttpConnection:
     async def tunnel(
         self,
         headers: Headers,
-        origin: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        origin: StreamPair,
         leftover: bytes,
         idle_timeout: float,
     ) -> tuple[int, int]:
@@ -234,20 +227,27 @@ class HttpConnection:
         if early:
             writer.write(early)
             self.client.bytes_read += len(early)
-        result = await relay_streams((self.reader, self.writer), origin, idle_timeout=idle_timeout)
+        self.conn.flush()
+        result = await relay_streams((self.conn, self.conn), origin, idle_timeout=idle_timeout)
         self.client.bytes_read += result.a_to_b
         self.bytes_out += result.b_to_a
         return result.a_to_b + len(early), result.b_to_a + len(leftover)
 
     async def _send(self, data: bytes) -> None:
+        """Send ``data`` with what else this turn of the loop sends (one write for a small
+        response's head, body and end); wait only while the client's buffer is full."""
         if not data:
             return
         self.bytes_out += len(data)
-        try:
-            self.writer.write(data)
-            await self.writer.drain()
-        except (ConnectionError, OSError) as exc:
-            raise ClientGone() from exc
+        conn = self.conn
+        if conn.is_closing():
+            raise ClientGone()
+        conn.write_soon(data)
+        if conn.write_paused:
+            try:
+                await conn.drain()
+            except (ConnectionError, OSError) as exc:
+                raise ClientGone() from exc
 
     # --- a head that could not be parsed ------------------------------------------------
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 from revproxy.client_side import ConnInfo
 from revproxy.config import Bind, ProxyProtocolIn
+from revproxy.conn_io import ConnIO
 from revproxy.errors import ClientHelloError, ProxyProtocolError
 from revproxy.generation import Generation, ListenerRuntime, Signal
 from revproxy.h2_proxy import Http2Connection
@@ -420,12 +421,11 @@ class Acceptor:
                 h2c = await peek_preface(csock, timeout=gen.config.global_.header_timeout)
             except (TimeoutError, OSError):
                 return
-        reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
-        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        conn = ConnIO(loop)
         ctx = lrt.tls.context if lrt.tls is not None else None
         try:
             transport, _ = await loop.connect_accepted_socket(
-                lambda: protocol,
+                lambda: conn,
                 csock,
                 ssl=ctx,
                 ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if ctx else None,
@@ -438,18 +438,35 @@ class Acceptor:
                 exc,
             )
             return
-        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         if ctx is not None:
-            sslobj = writer.get_extra_info("ssl_object")
+            sslobj = transport.get_extra_info("ssl_object")
             if sslobj is not None:
                 info.sni = server_name_of(sslobj)
                 info.alpn = sslobj.selected_alpn_protocol() or ""
         if h2c or info.alpn == "h2":
+            reader, writer = _as_stream_pair(loop, transport, conn)
             await Http2Connection(
                 reader, writer, generation=gen, listener=lrt, info=info, stopping=stopping
             ).run()
             return
-        await HttpConnection(reader, writer, generation=gen, listener=lrt, info=info).run()
+        await HttpConnection(conn, generation=gen, listener=lrt, info=info).run()
+
+
+def _as_stream_pair(
+    loop: asyncio.AbstractEventLoop, transport: asyncio.Transport, conn: ConnIO
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """An HTTP/2 connection reads a ``StreamReader``: its transport changes protocol, with
+    whatever ``conn`` received meanwhile."""
+    reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    transport.set_protocol(protocol)
+    protocol.connection_made(transport)
+    pending = conn.take_buffered()
+    if pending:
+        reader.feed_data(pending)
+    if conn.at_eof():
+        reader.feed_eof()
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
 async def peek_preface(sock: socket.socket, *, timeout: float) -> bool:

@@ -41,7 +41,7 @@ import fcntl
 import os
 import socket
 import struct
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 __all__ = [
     "COPY_BUFFER",
@@ -500,7 +500,30 @@ async def relay(
 
 # --- streams ------------------------------------------------------------------------------
 
-StreamPair = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+class ByteReader(Protocol):
+    """What a relay reads from: ``asyncio.StreamReader`` or ``conn_io.ConnIO``."""
+
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+class ByteWriter(Protocol):
+    """What a relay writes to: ``asyncio.StreamWriter`` or ``conn_io.ConnIO``."""
+
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def can_write_eof(self) -> bool: ...
+
+    def write_eof(self) -> None: ...
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+StreamPair = tuple[ByteReader, ByteWriter]
 
 
 async def _as_streams(side: StreamPair | socket.socket) -> StreamPair:
@@ -537,9 +560,7 @@ async def relay_streams(
     counts = [0, 0]
     activity = [False]
 
-    async def pump(
-        index: int, src_side: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def pump(index: int, src_side: str, reader: ByteReader, writer: ByteWriter) -> None:
         dst_side = "b" if src_side == "a" else "a"
         while True:
             try:
