@@ -17,8 +17,10 @@ h11 does: a reason phrase a peer could not parse back is never sent.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import ClassVar, Final
+import dataclasses
+from collections.abc import Callable, Iterable
+from types import MemberDescriptorType
+from typing import Any, ClassVar, Final
 
 from revproxy.errors import BackendProtocolError, ClientProtocolError, HeaderTooLarge
 from revproxy.proto.events import (
@@ -33,6 +35,7 @@ from revproxy.proto.events import (
 )
 from revproxy.proto.http1 import DEFAULT_MAX_HEADER_SIZE, _screen_head, _split_absolute
 from revproxy.proto.http1_state import (
+    CHUNKED,
     CLIENT,
     CLOSE,
     DONE,
@@ -41,6 +44,7 @@ from revproxy.proto.http1_state import (
     IDLE,
     LENGTH,
     MIGHT_SWITCH_PROTOCOL,
+    MUST_CLOSE,
     SEND_BODY,
     SEND_RESPONSE,
     SERVER,
@@ -56,6 +60,7 @@ from revproxy.proto.http1_wire import (
     REQUEST_LINE_RE,
     STATUS_LINE_RE,
     TARGET_RE,
+    VALUE_BYTES,
     Message,
     Outgoing,
     Violation,
@@ -64,11 +69,144 @@ from revproxy.proto.http1_wire import (
     find_blank_line,
     lex,
     outgoing,
+    plain_block,
+    plain_fields,
     split_lines,
     tokens,
 )
 
 _NO_TRAILERS: Final = Outgoing(b"", [])
+
+# --- events, built without the dataclass __init__ ---------------------------------------------
+#
+# A frozen dataclass sets each field through object.__setattr__: for the five events of a
+# plain exchange that is several µs, more than parsing the heads. These builders set the same
+# slots directly, so the events are the same objects field for field. They are used only while
+# the fields are the ones written here (tests/proto/test_http1_differential.py checks that too);
+# otherwise the dataclass constructors are.
+
+_new: Final = object.__new__
+
+
+def _setters(cls: type, names: tuple[str, ...]) -> list[Callable[[Any, Any], None]] | None:
+    if tuple(f.name for f in dataclasses.fields(cls)) != names:
+        return None
+    slots = [getattr(cls, name) for name in names]
+    if not all(type(slot) is MemberDescriptorType for slot in slots):
+        return None
+    return [slot.__set__ for slot in slots]
+
+
+_RR = _setters(
+    RequestReceived,
+    (
+        "stream_id",
+        "method",
+        "target",
+        "authority",
+        "headers",
+        "http_version",
+        "ended",
+        "protocol",
+    ),
+)
+_SR = _setters(
+    ResponseReceived, ("stream_id", "status", "headers", "reason", "http_version", "ended")
+)
+_DR = _setters(DataReceived, ("stream_id", "data"))
+_ME = _setters(MessageEnded, ("stream_id", "trailers"))
+FAST_EVENTS: Final = None not in (_RR, _SR, _DR, _ME)
+
+if _RR is not None and _SR is not None and _DR is not None and _ME is not None:
+    (
+        _rr_sid,
+        _rr_method,
+        _rr_target,
+        _rr_authority,
+        _rr_headers,
+        _rr_version,
+        _rr_ended,
+        _rr_protocol,
+    ) = _RR
+    _sr_sid, _sr_status, _sr_headers, _sr_reason, _sr_version, _sr_ended = _SR
+    _dr_sid, _dr_data = _DR
+    _me_sid, _me_trailers = _ME
+
+    def request_received(
+        sid: int, method: bytes, target: bytes, authority: bytes, headers: Headers
+    ) -> RequestReceived:
+        """``RequestReceived`` of an HTTP/1.1 request."""
+        ev = _new(RequestReceived)
+        _rr_sid(ev, sid)
+        _rr_method(ev, method)
+        _rr_target(ev, target)
+        _rr_authority(ev, authority)
+        _rr_headers(ev, headers)
+        _rr_version(ev, b"1.1")
+        _rr_ended(ev, False)
+        _rr_protocol(ev, b"")
+        return ev
+
+    def response_received(
+        sid: int, status: int, headers: Headers, reason: bytes
+    ) -> ResponseReceived:
+        """``ResponseReceived`` of an HTTP/1.1 response."""
+        ev = _new(ResponseReceived)
+        _sr_sid(ev, sid)
+        _sr_status(ev, status)
+        _sr_headers(ev, headers)
+        _sr_reason(ev, reason)
+        _sr_version(ev, b"1.1")
+        _sr_ended(ev, False)
+        return ev
+
+    def data_received(sid: int, data: bytes) -> DataReceived:
+        ev = _new(DataReceived)
+        _dr_sid(ev, sid)
+        _dr_data(ev, data)
+        return ev
+
+    def message_ended(sid: int) -> MessageEnded:
+        """``MessageEnded`` without trailers."""
+        ev = _new(MessageEnded)
+        _me_sid(ev, sid)
+        _me_trailers(ev, [])
+        return ev
+
+else:  # pragma: no cover - the events changed: correct, only slower
+
+    def request_received(
+        sid: int, method: bytes, target: bytes, authority: bytes, headers: Headers
+    ) -> RequestReceived:
+        return RequestReceived(
+            stream_id=sid, method=method, target=target, authority=authority, headers=headers
+        )
+
+    def response_received(
+        sid: int, status: int, headers: Headers, reason: bytes
+    ) -> ResponseReceived:
+        return ResponseReceived(stream_id=sid, status=status, headers=headers, reason=reason)
+
+    def data_received(sid: int, data: bytes) -> DataReceived:
+        return DataReceived(stream_id=sid, data=data)
+
+    def message_ended(sid: int) -> MessageEnded:
+        return MessageEnded(stream_id=sid, trailers=[])
+
+
+# Methods a plain request may have: those of RFC 9110 §9 that neither switch protocols
+# (CONNECT) nor are unusual enough to leave to the exact code.
+_PLAIN_METHODS: Final = frozenset(
+    [b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE"]
+)
+# Bytes an origin-form target may hold (h11: ``[\x21-\x7e]+``).
+_TARGET_BYTES: Final = bytes(range(0x21, 0x7F))
+# Status lines with the standard reason phrase, for plain responses.
+_STATUS_LINES: Final = {
+    status: b"HTTP/1.1 %d %b\r\n" % (status, phrase)
+    for status, phrase in PHRASES.items()
+    if status >= 200
+}
 
 
 class H1Server(Connection):
@@ -97,6 +235,10 @@ class H1Server(Connection):
             if self._pending:
                 self._pending += data
                 return self._try_head(self._pending)
+            if not self._eof:
+                out = self._plain_request(data)
+                if out is not None:
+                    return out
             return self._try_head(data)
         if (
             data
@@ -111,6 +253,66 @@ class H1Server(Connection):
             return self._drain([DataReceived(stream_id=self.stream_id, data=data)])
         self._feed(data)
         return self._drain([])
+
+    def _plain_request(self, data: bytes) -> list[Event] | None:
+        """A plain request head at the start of ``data`` (HTTP/1.1, origin-form, one Host, plain
+        framing, no protocol switch): the events and the state ``_try_head`` would give, with
+        far less work. None when the head is not plain or not whole; nothing changed then."""
+        end = data.find(b"\r\n\r\n")
+        if end < 0 or end + 4 > self._max:
+            return None
+        head = data[:end]
+        lines = head.split(b"\r\n")
+        # No NUL, VT or FF, and every CR or LF is in a CRLF: no bare CR or LF (RFC 9112 §2.2).
+        if len(head.translate(None, VALUE_BYTES)) != 2 * len(lines) - 2:
+            return None
+        line = lines[0].split(b" ")
+        if len(line) != 3:
+            return None
+        method, target, version = line
+        if (
+            version != b"HTTP/1.1"
+            or method not in _PLAIN_METHODS
+            or target[:1] != b"/"
+            or target.translate(None, _TARGET_BYTES)
+        ):
+            return None
+        del lines[0]
+        plain = plain_fields(lines)  # obs-fold: a line starting with SP or HTAB is not plain
+        if plain is None:
+            return None
+        fields, host, length, chunked, close = plain
+        if host is None:
+            return None
+        # What _try_head, _on_request, _request and _drain do with such a head.
+        self._head_done = True
+        self._method = method
+        self._their_version = b"1.1"
+        self._client = SEND_BODY
+        self._server = SEND_RESPONSE
+        if close:
+            self._keep_alive = False
+        sid = self.stream_id = self.stream_id + 1
+        out: list[Event] = [request_received(sid, method, target, host, fields)]
+        end += 4
+        if chunked:
+            self._reader = CHUNKED
+        elif length > 0:
+            self._read_left = self._read_total = length
+            if end < len(data) and len(data) - end <= length:
+                # The body (or its start) came with the head: handed on without a copy.
+                out.append(data_received(sid, data[end:]))
+                self._read_left -= len(data) - end
+                return self._drain(out)
+        elif not close:
+            self._client = DONE  # no body; what follows is the next request's
+            if end < len(data):
+                self._buf += data[end:]
+            out.append(message_ended(sid))
+            return out
+        if end < len(data):
+            self._buf += data[end:]
+        return self._drain(out)
 
     def _try_head(self, buf: bytes | bytearray) -> list[Event]:
         # RFC 9112 §2.2: "a server that is expecting to receive and parse a request-line
@@ -263,6 +465,29 @@ class H1Server(Connection):
         return b"HTTP/1.1 %d \r\n%b\r\n" % (status, fields.block)
 
     def send_response(self, status: int, headers: Headers, reason: bytes = b"") -> bytes:
+        if (
+            not reason
+            and self._server == SEND_RESPONSE
+            and self._keep_alive
+            and not self._switch
+            and type(headers) is list
+        ):
+            line = _STATUS_LINES.get(status) if type(status) is int else None
+            plain = plain_block(headers) if line is not None else None
+            if (
+                line is not None
+                and plain is not None
+                and (plain[2] >= 0 or status == 204 or status == 304)
+            ):
+                # What _clean_up and _on_response do for a response that has a length (or no
+                # body) on a connection that stays open: send the fields as they are.
+                self._server = SEND_BODY
+                if status == 204 or status == 304 or self._method == b"HEAD":
+                    self._write_left = 0
+                else:
+                    self._write_left = plain[2]
+                self._writer = LENGTH
+                return line + plain[0] + b"\r\n"
         try:
             fields, listed = outgoing(headers)
             if not isinstance(status, int) or not 200 <= status < 1000:
@@ -323,12 +548,26 @@ class H1Server(Connection):
     def send_data(self, data: bytes) -> bytes:
         if not data:
             return b""
+        if self._server == SEND_BODY and self._writer == LENGTH and len(data) <= self._write_left:
+            self._write_left -= len(data)
+            return data
         try:
             return self._write_data(SERVER, data)
         except Violation as exc:
             raise BackendProtocolError(f"cannot relay response: {exc}") from None
 
     def send_end(self, trailers: Headers | None = None) -> bytes:
+        if (
+            not trailers
+            and self._server == SEND_BODY
+            and self._writer == LENGTH
+            and not self._write_left
+            and self._keep_alive
+            and not self._switch
+            and (self._client == DONE or self._client == SEND_BODY)
+        ):
+            self._server = DONE  # nothing else moves: see Connection._settle
+            return b""
         try:
             return self._write_end(SERVER, outgoing(trailers)[0] if trailers else _NO_TRAILERS)
         except Violation as exc:
@@ -365,8 +604,12 @@ class H1Server(Connection):
         leftover, closed = self._buf, self._closed
         self._reset()
         self._head_done = False
-        self._pending = leftover
         self._eof = closed
+        if leftover and not closed:
+            out = self._plain_request(bytes(leftover))
+            if out is not None:
+                return out
+        self._pending = leftover
         if leftover or closed:
             return self._try_head(leftover)
         return []
@@ -389,6 +632,26 @@ class H1Client(Connection):
         self, method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]]
     ) -> bytes:
         self.stream_id += 1
+        if (
+            type(headers) is list
+            and headers
+            and headers[0][0] == b"host"
+            and method in _PLAIN_METHODS
+            and self._client == IDLE
+            and self._server == IDLE
+            and type(target) is bytes
+            and target
+            and not target.translate(None, _TARGET_BYTES)
+        ):
+            plain = plain_block(headers)
+            if plain is not None and plain[1] == 1:
+                # What _on_request does for a request with one Host, first, and a plain length.
+                self._client = SEND_BODY
+                self._server = SEND_RESPONSE
+                self._method = method
+                self._writer = LENGTH
+                self._write_left = max(plain[2], 0)
+                return b"%b %b HTTP/1.1\r\n%b\r\n" % (method, target, plain[0])
         headers = list(headers)
         if not any(name == b"host" for name, _ in headers):
             headers.insert(0, (b"host", b""))  # RFC 9112 §3.2, as in http1.H1Client
@@ -416,12 +679,26 @@ class H1Client(Connection):
     def send_data(self, data: bytes) -> bytes:
         if not data:
             return b""
+        if self._client == SEND_BODY and self._writer == LENGTH and len(data) <= self._write_left:
+            self._write_left -= len(data)
+            return data
         try:
             return self._write_data(CLIENT, data)
         except Violation as exc:
             raise ClientProtocolError(f"cannot relay request: {exc}") from None
 
     def send_end(self, trailers: Headers | None = None) -> bytes:
+        if (
+            not trailers
+            and self._client == SEND_BODY
+            and self._writer == LENGTH
+            and not self._write_left
+            and self._keep_alive
+            and not self._switch
+            and (self._server == SEND_RESPONSE or self._server == SEND_BODY or self._server == DONE)
+        ):
+            self._client = DONE  # nothing else moves: see Connection._settle
+            return b""
         try:
             return self._write_end(CLIENT, outgoing(trailers)[0] if trailers else _NO_TRAILERS)
         except Violation as exc:
@@ -441,11 +718,77 @@ class H1Client(Connection):
                     self._read_left -= len(data)
                 return self._drain([DataReceived(stream_id=self.stream_id, data=data)])
             if state == SEND_RESPONSE and data[0] >= 0x21:
+                out = self._plain_response(data)
+                if out is not None:
+                    return out
                 end = find_blank_line(data, 0)
                 if end > 0:
                     return self._whole_head(data, end)
         self._feed(data)
         return self._drain([])
+
+    def _plain_response(self, data: bytes) -> list[Event] | None:
+        """A plain final response at the start of ``data`` (HTTP/1.1, 2xx to 9xx, plain framing)
+        to a request sent whole without a protocol switch: the events and the state
+        ``_whole_head`` would give, with far less work. None when the head is not plain or not
+        whole; nothing changed then."""
+        if not data.startswith(b"HTTP/1.1 ") or self._client != DONE or self._switch:
+            return None
+        end = data.find(b"\r\n\r\n")
+        if end < 0 or end + 4 > self._max:
+            return None
+        head = data[:end]
+        lines = head.split(b"\r\n")
+        # No NUL, VT or FF, and every CR or LF is in a CRLF (so the reason phrase is valid too).
+        if len(head.translate(None, VALUE_BYTES)) != 2 * len(lines) - 2:
+            return None
+        line = lines[0]
+        code = line[9:12]
+        if len(line) < 12 or not code.isdigit() or (len(line) > 12 and line[12] != 0x20):
+            return None
+        status = int(code)
+        if status < 200:
+            return None
+        del lines[0]
+        plain = plain_fields(lines)
+        if plain is None:
+            return None
+        fields, _, length, chunked, close = plain
+        # What _parse_head and _on_response do with such a head.
+        self._their_version = b"1.1"
+        self._server = SEND_BODY
+        if close:
+            self._keep_alive = False
+            self._client = MUST_CLOSE
+        sid = self.stream_id
+        out: list[Event] = [response_received(sid, status, fields, line[13:])]
+        end += 4
+        more = len(data) - end
+        if status == 204 or status == 304 or self._method == b"HEAD":
+            length = 0
+        elif chunked:
+            self._set_framing(CHUNKED, 0, ours=False)
+            if more:
+                self._buf += data[end:]
+            return self._drain(out)
+        elif length < 0:
+            self._reader = UNTIL_CLOSE
+            if more:
+                out.append(data_received(sid, data[end:]))
+            return self._drain(out)
+        self._reader = LENGTH
+        if more > length:
+            self._read_left = self._read_total = length
+            self._buf += data[end:]  # bytes past the response: _drain leaves them unread
+            return self._drain(out)
+        self._read_total = length
+        self._read_left = length - more
+        if more:
+            out.append(data_received(sid, data[end:]))
+        if more == length:
+            self._server = DONE if self._keep_alive else MUST_CLOSE
+            out.append(message_ended(sid))
+        return out
 
     def _whole_head(self, data: bytes, end: int) -> list[Event]:
         """A response head that arrived at the start of ``data``: what ``_drain`` would do,

@@ -7,6 +7,11 @@ reader, so llhttp can make the common case fast but never the answer different. 
 fields are checked as h11 checks them — names are tokens and values RFC 9110 §5.5 field
 values, so no CR, LF or NUL can reach the wire — with a few scans over the serialised block,
 falling back to field-by-field checks when a scan sees anything unusual.
+
+The plain case has its own readers and writers (``plain_fields``, ``plain_block``): a head
+whose lines are all ``token: value`` with CRLF, and whose framing fields are the usual ones,
+is read with a few byte-string operations and one step per line; whatever they do not
+recognise as plain is left to the exact code, which decides it as h11 does.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ _OBS_FOLD_RE: Final = re.compile(rb"[ \t]+")
 MAX_LENGTH_DIGITS: Final = 20
 
 # Bytes a value may hold anywhere (whitespace at its ends is checked apart).
-_VALUE_BYTES: Final = bytes(b for b in range(256) if b not in b"\x00\r\n\x0b\x0c")
+VALUE_BYTES: Final = bytes(b for b in range(256) if b not in b"\x00\r\n\x0b\x0c")
 _NOTABLE: Final = frozenset(
     [b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade"]
 )
@@ -328,38 +333,12 @@ def outgoing(headers: Iterable[tuple[bytes, bytes]]) -> tuple[Outgoing, list[tup
     """The checked fields, and ``headers`` as a list; raises Violation as h11 would."""
     if type(headers) is not list:
         headers = list(headers)
-    n = len(headers)
-    if not n:
-        return Outgoing(b"", []), headers
-    try:
-        kinds = list(map(_known_names.get, map(_NAME, headers)))
-        block = b"\r\n".join(map(_FIELD_LINE, headers)) + b"\r\n"
-    except TypeError:
+    plain = plain_block(headers)
+    if plain is None:
         return _outgoing_exactly(headers), headers
-    if (
-        n >= len(_CRLFS)
-        or None in kinds
-        or block.translate(None, _VALUE_BYTES) != _CRLFS[n]
-        or b":  " in block
-        or b": \t" in block
-        or b" \r\n" in block
-        or b"\t\r\n" in block
-    ):
-        # A name not seen before, or a value that may be wrong (or is merely empty).
-        return _outgoing_exactly(headers), headers
-    hosts = kinds.count(_HOST)
-    if hosts > 1 or (hosts and kinds[0] != _HOST):
-        return _outgoing_exactly(headers), headers
-    out = Outgoing(block, None)
-    out.hosts = hosts
-    rest = n - hosts - kinds.count(_ORDINARY)
-    if rest:
-        if rest > 1 or _LENGTH not in kinds:
-            return _outgoing_exactly(headers), headers
-        value = headers[kinds.index(_LENGTH)][1]
-        if not value.isdigit() or len(value) > MAX_LENGTH_DIGITS:
-            return _outgoing_exactly(headers), headers
-        out.length = int(value)
+    out = Outgoing(plain[0], None)
+    out.hosts = plain[1]
+    out.length = plain[2]
     return out, headers
 
 
@@ -424,3 +403,113 @@ def tokens(items: list[tuple[bytes, bytes, bytes]], name: bytes) -> set[bytes]:
         if n == name:
             out.update(t for t in (t.strip() for t in value.lower().split(b",")) if t)
     return out
+
+
+# --- the plain case --------------------------------------------------------------------------
+#
+# The heads nearly every peer sends: CRLF lines of ``token: value``, one Host at most, one
+# plain Content-Length or ``Transfer-Encoding: chunked`` at most. They are read and written
+# below with a few byte-string operations over the whole head and one step per line; anything
+# else makes these functions return None, and the exact code above decides (and refuses) as
+# h11 does. They never accept what that code would refuse, nor read a field differently.
+
+# Received names seen valid that say nothing about framing (raw name → lower-case name): a
+# memo of a pure function like _known_names, so the common case checks no name twice.
+_field_names: dict[bytes, bytes] = {}
+
+PlainFields = tuple[Headers, bytes | None, int, bool, bool]
+
+
+def plain_fields(lines: list[bytes]) -> PlainFields | None:
+    """Header lines (no terminators) already known to hold no NUL, CR, LF, VT or FF, read as
+    h11 reads them: (fields, the Host value or None, Content-Length or -1, chunked, close);
+    None when a line is not ``token ":" OWS field-value OWS`` or framing is not plain."""
+    fields: Headers = []
+    append = fields.append
+    ordinary = _field_names.get
+    host: bytes | None = None
+    length = -1
+    chunked = close = False
+    try:
+        for line in lines:
+            name, value = line.split(b":", 1)  # ValueError: no colon
+            lower = ordinary(name)
+            if lower is None:
+                lower = name.lower()
+                kind = _NAME_KINDS.get(lower)
+                if kind is None:
+                    if NAME_RE.fullmatch(name) is None:
+                        return None
+                    if len(_field_names) < _MAX_KNOWN_NAMES:
+                        _field_names[name] = lower
+                else:
+                    # bytes.strip() strips SP, HTAB, CR, LF, VT and FF: here only SP and
+                    # HTAB can be there, which is h11's OWS around a field value.
+                    value = value.strip()
+                    if kind == _HOST:
+                        if host is not None:
+                            return None
+                        host = value
+                    elif kind == _LENGTH:
+                        if length >= 0 or not value.isdigit() or len(value) > MAX_LENGTH_DIGITS:
+                            return None
+                        length = int(value)
+                    elif kind == _CODING:
+                        if chunked or value != b"chunked":
+                            return None
+                        chunked = True
+                    elif kind == _CONNECTION:
+                        if b"close" in value.lower() and has_token(value, b"close"):
+                            close = True
+                    else:  # Upgrade: a protocol switch is never plain
+                        return None
+                    append((lower, value))
+                    continue
+            append((lower, value.strip()))
+    except ValueError:
+        return None
+    if chunked and length >= 0:
+        return None
+    return fields, host, length, chunked, close
+
+
+def plain_block(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, int, int] | None:
+    """Fields to send, serialised (``name: value`` CRLF each), when each name was seen valid
+    before and each value is an RFC 9110 field value: (block, Host fields, Content-Length or
+    -1). None when a field may be wrong or is not plain: one Host at most and first, one
+    plain Content-Length at most, no other field framing or the connection depends on."""
+    n = len(headers)
+    if not n:
+        return b"", 0, -1
+    try:
+        kinds = list(map(_known_names.get, map(_NAME, headers)))
+        block = b"\r\n".join(map(_FIELD_LINE, headers)) + b"\r\n"
+    except TypeError:
+        return None
+    if (
+        n >= len(_CRLFS)
+        or None in kinds
+        or block.translate(None, VALUE_BYTES) != _CRLFS[n]
+        or b":  " in block
+        or b": \t" in block
+        or b" \r\n" in block
+        or b"\t\r\n" in block
+    ):
+        # A name not seen before, or a value that may be wrong (or is merely empty).
+        return None
+    ordinary = kinds.count(_ORDINARY)
+    if ordinary == n:
+        return block, 0, -1
+    hosts = kinds.count(_HOST)
+    if hosts > 1 or (hosts and kinds[0] != _HOST):
+        return None
+    length = -1
+    rest = n - hosts - ordinary
+    if rest:
+        if rest > 1 or _LENGTH not in kinds:
+            return None
+        value = headers[kinds.index(_LENGTH)][1]
+        if not value.isdigit() or len(value) > MAX_LENGTH_DIGITS:
+            return None
+        length = int(value)
+    return block, hosts, length
