@@ -11,6 +11,11 @@ default certificate and an SNI callback that switches the connection to the righ
 A certificate reload builds a new `CertStore` and swaps one reference (`ServerTLS.replace_store`):
 new handshakes see it, established connections keep the context they started with.
 
+Session resumption: tickets are encrypted with the keys of the listener's context (OpenSSL keeps
+it as the session context when SNI switches contexts), so they resume through any certificate.
+Those keys are derived from the generated default key, which the master makes once and hands
+to every worker: a ticket resumes on any worker and across reloads; a restart rotates them.
+
 Names are matched as RFC 6125 section 6.4.3 allows for a server: "*.example.com" stands for
 exactly one left-most label. An exact name beats a wildcard; among certificates for the same
 name, the one that stays valid longest wins (so a renewed certificate takes over at once).
@@ -18,11 +23,16 @@ name, the one that stays valid longest wins (so a renewed certificate takes over
 
 from __future__ import annotations
 
+import _ssl
 import contextlib
+import ctypes
+import functools
 import ipaddress
+import logging
 import os
 import re
 import ssl
+import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,9 +45,12 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from revproxy.errors import CertificateError
+
+log = logging.getLogger("revproxy.tls")
 
 # certbot's layout: <cert_dir>/<name>/fullchain.pem + privkey.pem (symlinks into archive/).
 CERTBOT_CHAIN = "fullchain.pem"
@@ -331,6 +344,74 @@ def server_context(
     return ctx
 
 
+# --- session ticket keys ------------------------------------------------------------------
+
+TICKET_KEYS_SIZE = 80  # OpenSSL's layout: 16-byte key name, 32-byte HMAC secret, 32-byte AES key
+_SSL_CTRL_GET_TLSEXT_TICKET_KEYS = 58
+_SSL_CTRL_SET_TLSEXT_TICKET_KEYS = 59
+
+
+def ticket_keys_from(secret: bytes) -> bytes:
+    """Session ticket keys derived from `secret` (HKDF-SHA256, a label of their own)."""
+    hkdf = HKDF(
+        algorithm=hashes.SHA256(),
+        length=TICKET_KEYS_SIZE,
+        salt=None,
+        info=b"revproxy tls session ticket keys v1",
+    )
+    return hkdf.derive(secret)
+
+
+@functools.cache
+def _libssl() -> ctypes.CDLL | None:
+    """The OpenSSL that Python's ssl module is linked with, or None where we cannot tell."""
+    path = getattr(_ssl, "__file__", None)  # the extension module that links OpenSSL
+    if sys.implementation.name != "cpython" or not path:
+        return None  # another object layout, or OpenSSL linked into the interpreter
+    try:
+        lib = ctypes.CDLL(path)  # dlsym also searches its dependencies: the same libssl
+        lib.SSL_CTX_get_options.argtypes = [ctypes.c_void_p]
+        lib.SSL_CTX_get_options.restype = ctypes.c_uint64
+        lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+        lib.SSL_CTX_ctrl.restype = ctypes.c_long
+    except (OSError, AttributeError):
+        return None
+    return lib
+
+
+def set_ticket_keys(ctx: ssl.SSLContext, keys: bytes) -> bool:
+    """Encrypt and accept session tickets (TLS 1.3 and 1.2) on `ctx` with `keys`.
+
+    The ssl module does not expose ``SSL_CTX_set_tlsext_ticket_keys``: it is called through
+    ctypes on the ``SSL_CTX *`` that CPython's SSLContext object holds right after its object
+    header. Used only when that pointer proves to be `ctx`'s (its options read the same through
+    OpenSSL) and the keys read back; otherwise nothing is touched, False is returned and the
+    context keeps the random keys OpenSSL gave it.
+    """
+    if len(keys) != TICKET_KEYS_SIZE:
+        raise ValueError(f"session ticket keys are {TICKET_KEYS_SIZE} bytes, not {len(keys)}")
+    lib = _libssl()
+    if lib is None:
+        return False
+    ssl_ctx = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+    if not ssl_ctx or lib.SSL_CTX_get_options(ssl_ctx) != int(ctx.options):
+        log.debug("session ticket keys: SSLContext layout not recognised; keys stay per process")
+        return False
+    wanted = ctypes.create_string_buffer(keys, TICKET_KEYS_SIZE)
+    got = ctypes.create_string_buffer(TICKET_KEYS_SIZE)
+    if (
+        lib.SSL_CTX_ctrl(ssl_ctx, _SSL_CTRL_SET_TLSEXT_TICKET_KEYS, TICKET_KEYS_SIZE, wanted) != 1
+        or lib.SSL_CTX_ctrl(ssl_ctx, _SSL_CTRL_GET_TLSEXT_TICKET_KEYS, TICKET_KEYS_SIZE, got) != 1
+        or got.raw != keys
+    ):
+        log.debug("session ticket keys: OpenSSL refused them; keys stay per process")
+        return False
+    return True
+
+
+# --- SNI ------------------------------------------------------------------------------------
+
+
 def _normalize(server_name: str) -> str:
     return server_name.rstrip(".").lower()
 
@@ -419,6 +500,8 @@ class ServerTLS:
         cert_pem, key_pem = default_pem
         self.context = server_context(None, None, alpn=alpn, cert_pem=cert_pem, key_pem=key_pem)
         self.context.sni_callback = self._on_server_name
+        # Without shared keys (see set_ticket_keys) each process keeps OpenSSL's own.
+        self.shared_tickets = set_ticket_keys(self.context, ticket_keys_from(key_pem))
 
     @property
     def store(self) -> CertStore:

@@ -41,6 +41,8 @@ from revproxy.tls import (
     scan_cert_dir,
     server_context,
     server_name_of,
+    set_ticket_keys,
+    ticket_keys_from,
 )
 
 ALPN = ("h2", "http/1.1")
@@ -393,6 +395,56 @@ def test_session_ticket_resumes_through_sni_switch(
             assert peer_serial(tls) == sites.www.serial
             session = tls.session
     assert session is not None and session.has_ticket
+
+
+def _session_from(
+    client: ssl.SSLContext, port: int, session: ssl.SSLSession | None
+) -> tuple[ssl.SSLSession, bool]:
+    """One connection offering `session`: (the session it ends with, whether it resumed)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    with client.wrap_socket(sock, server_hostname="a.example.com", session=session) as tls:
+        tls.sendall(b"x")
+        assert tls.recv(1) == b"x"  # TLS 1.3 tickets arrive after the handshake
+        assert tls.session is not None
+        return tls.session, tls.session_reused
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_ticket_resumes_on_every_listener_with_the_same_default_key(
+    serve: Callable[..., EchoServer], sites: Sites, version: ssl.TLSVersion
+) -> None:
+    """Workers and reloads build their own contexts from the master's default certificate: a
+    ticket one of them issued resumes on the others; another default key refuses it."""
+    first, second = serve(), serve()
+    assert first.tls.shared_tickets and second.tls.shared_tickets
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # a session belongs to its client context
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    client.maximum_version = version
+    session, reused = _session_from(client, first.port, None)
+    assert not reused
+    session, reused = _session_from(client, second.port, session)
+    assert reused
+    assert _session_from(client, first.port, session)[1]
+    stranger = EchoServer(
+        ServerTLS(
+            sites.store(), unknown_sni="generated", alpn=ALPN, default_pem=generate_default_cert()
+        )
+    )
+    with stranger:
+        assert not _session_from(client, stranger.port, session)[1]
+
+
+def test_ticket_keys_are_derived_and_checked(sites: Sites) -> None:
+    key_pem = sites.default_pem[1]
+    keys = ticket_keys_from(key_pem)
+    assert len(keys) == 80 and keys == ticket_keys_from(key_pem)
+    assert keys != ticket_keys_from(generate_default_cert()[1])
+    assert key_pem not in keys
+    ctx = server_context(sites.www.cert_path, sites.www.key_path, alpn=ALPN)
+    with pytest.raises(ValueError, match="80 bytes"):
+        set_ticket_keys(ctx, keys[:48])
+    assert set_ticket_keys(ctx, keys)
 
 
 def test_server_name_of_with_asyncio(sites: Sites) -> None:
