@@ -8,6 +8,8 @@ Clients are ``openssl s_client`` (with ``-servername`` and ``-noservername``), c
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -32,6 +34,7 @@ from harness import (
     read_response,
     split_response,
     toml_path,
+    wait_until,
 )
 
 from revproxy.tls import DEFAULT_CERT_COMMON_NAME
@@ -264,12 +267,18 @@ def test_tls12_and_tls13_are_accepted(tls_site: TlsSite, flag: str, version: str
 
 
 def resumed(
-    port: int, servername: str | None, flag: str, session: Path, *, fresh: bool = True
+    port: int,
+    servername: str | None,
+    flag: str,
+    session: Path,
+    *,
+    fresh: bool = True,
+    host: str = "",
 ) -> str:
     """One ``openssl s_client`` connection that sends a request and reads the whole answer (so
     that TLS 1.3 tickets, sent after the handshake, arrive); ``fresh`` writes the session to
     ``session``, else it is offered from there. Returns the s_client output."""
-    host = servername or "www.site.test"
+    host = host or servername or "www.site.test"
     request = f"GET /resume HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
     store = ["-sess_out", str(session)] if fresh else ["-sess_in", str(session)]
     res = openssl_client(port, flag, "-ign_eof", *store, servername=servername, send=request)
@@ -309,6 +318,60 @@ def test_session_ticket_resumes_the_session(
         again = resumed(port, servername, flag, session, fresh=False)
         assert f"Reused, {version}" in again, again[-2000:]
         assert "HTTP/1.1 200" in again or servername is None, again[-2000:]
+
+
+def test_tickets_resume_on_every_worker_and_after_a_reload(tmp_path: Path) -> None:
+    """Each worker builds its own contexts: the ticket keys all workers share (derived from the
+    master's default certificate) let a ticket one worker issued resume on the other, and on
+    the contexts a reload builds."""
+    cert, key = make_cert(tmp_path, "www", ["www.site.test"])
+    port = free_port()
+    origin = Origin("workers-origin").start()
+    config = f"""
+[global]
+workers = 2
+
+[[listener]]
+name = "https"
+bind = ["127.0.0.1:{port}"]
+tls = {{ certs = [{{ cert = {toml_path(cert)}, key = {toml_path(key)} }}] }}
+
+[[route]]
+host = ["www.site.test"]
+pool = "web"
+
+[pool.web]
+servers = ["{origin.address}"]
+"""
+    session = tmp_path / "session.pem"
+    try:
+        with Proxy(tmp_path, config, ports=[port]) as proxy:
+            assert wait_until(lambda: "worker 1 (pid" in proxy.stderr(), 20), proxy.stderr()
+
+            def misdirected() -> list[str]:  # one line per request, naming its worker
+                return [line for line in proxy.stderr().splitlines() if "Misdirected" in line]
+
+            # Host names no site: each answer (421) is logged by the worker that served it.
+            resumed(port, "www.site.test", "-tls1_3", session, host="elsewhere.test")
+            assert wait_until(lambda: len(misdirected()) == 1, 10), proxy.stderr()[-2000:]
+
+            def both_workers_resumed() -> bool:
+                out = resumed(port, "www.site.test", "-tls1_3", session, fresh=False,
+                              host="elsewhere.test")  # fmt: skip
+                assert "Reused, TLSv1.3" in out, out[-2000:]
+                after_first = misdirected()[1:]
+                return all(any(w in line for line in after_first) for w in ("worker0", "worker1"))
+
+            assert wait_until(both_workers_resumed, 30, interval=0), misdirected()
+
+            os.kill(proxy.pid, signal.SIGHUP)
+            assert wait_until(lambda: "reload done" in proxy.stderr(), 20), proxy.stderr()[-2000:]
+            for _ in range(4):
+                out = resumed(port, "www.site.test", "-tls1_3", session, fresh=False)
+                assert "Reused, TLSv1.3" in out and "HTTP/1.1 200" in out, out[-2000:]
+            assert proxy.alive
+    finally:
+        origin.stop()
 
 
 # --- Host and SNI --------------------------------------------------------------------------------
