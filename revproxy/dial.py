@@ -120,6 +120,7 @@ class H1Origin:
         "backend",
         "bytes_read",
         "conn",
+        "deadline",
         "dialer",
         "eof",
         "events",
@@ -146,6 +147,8 @@ class H1Origin:
         self.events: deque[Event] = deque()
         self.bytes_read = 0
         self.eof = False
+        # When ``next`` must wait, it waits until this loop time at most (None: no limit).
+        self.deadline: float | None = None
 
     def send_head(
         self,
@@ -166,11 +169,11 @@ class H1Origin:
             data += self.parser.send_end(end.trailers)
         self.conn.io.write(data)
 
-    async def next(self, deadline: float | None = None) -> Event:
+    async def next(self) -> Event:
         while not self.events:
             if self.eof:
                 raise ConnectionResetError("peer closed the connection")
-            data = await self.conn.io.read(READ_SIZE, deadline)
+            data = await self.conn.io.read(READ_SIZE, self.deadline)
             if not data:
                 self.eof = True
             self.bytes_read += len(data)
@@ -370,14 +373,34 @@ class Dialer:
     def connected(self, backend: Backend) -> None:
         self._observe(backend, True)
 
+    def pooled_stream(
+        self, ctx: PickContext, identity: bytes | None = None
+    ) -> tuple[Backend | None, H1Origin | None]:
+        """HTTP/1.1 pools: the server the pool picks, and an exchange on its pooled
+        connection when it has one (no coroutine, no wait); else pass the server to
+        ``open_stream`` as ``first``."""
+        backend = self.pool.pick(ctx)
+        if backend is None:
+            return None, None
+        conn = self._take_idle(backend, identity)
+        if conn is None:
+            return backend, None
+        return backend, H1Origin(self, conn, self.max_header_size)
+
     async def open_stream(
-        self, ctx: PickContext, *, identity: bytes | None = None, fresh: bool = False
+        self,
+        ctx: PickContext,
+        *,
+        identity: bytes | None = None,
+        fresh: bool = False,
+        first: Backend | None = None,
     ) -> OriginStream:
         """The backend side of one exchange, on a server the pool picks (connect retries
-        move to the next server; ``fresh`` skips pooled connections)."""
+        move to the next server; ``fresh`` skips pooled connections; ``first``: the server
+        already picked)."""
         if self.h2 is not None:
             return await self.h2.open_stream(ctx, identity=identity, fresh=fresh)
-        conn = await self.connect(ctx, fresh=fresh, identity=identity)
+        conn = await self.connect(ctx, fresh=fresh, identity=identity, first=first)
         return H1Origin(self, conn, self.max_header_size)
 
     async def connect(
@@ -387,12 +410,18 @@ class Dialer:
         identity: bytes | None = None,
         exclude: set[Backend] | None = None,
         fresh: bool = False,
+        first: Backend | None = None,
     ) -> BackendConnection:
-        """A connection to an available server, trying the next one when a connect fails."""
+        """A connection to an available server, trying the next one when a connect fails
+        (``first``: the server to try first, already picked)."""
         tried: set[Backend] = set(exclude or ())
         attempts = 0
         while True:
-            backend = self.pool.pick(ctx, exclude=tried)
+            backend: Backend | None = first
+            if backend is not None:
+                first = None
+            else:
+                backend = self.pool.pick(ctx, exclude=tried)
             if backend is None:
                 if attempts == 0 and not tried:
                     raise NoBackendAvailable(f"pool {self.pool.name}: no server available")

@@ -30,12 +30,14 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Coroutine
 from http import HTTPStatus
+from typing import Any
 
 from revproxy.accesslog import AccessRecord
 from revproxy.acme import challenge_answer
 from revproxy.client_side import ClientGone, ClientStream, ConnInfo, proxy_header_for
-from revproxy.dial import OriginStream
+from revproxy.dial import H1Origin, OriginStream
 from revproxy.errors import (
     BackendError,
     BackendProtocolError,
@@ -112,6 +114,10 @@ _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE
 _UPGRADE_HEADERS = [(b"upgrade", b"websocket"), (b"connection", b"Upgrade")]
 
 
+# What routing decided: the pool to forward to, or the local answer to await.
+_Action = PoolRuntime | Coroutine[Any, Any, bool]
+
+
 class _StaleConnection(Exception):
     """A reused keep-alive connection turned out closed before any response byte (or an
     HTTP/2 origin refused the stream unprocessed): the request may go again."""
@@ -174,7 +180,11 @@ class Exchange:
         self.grpc = False
         self.deadline = None
         try:
-            return await self._route()
+            action = self._route(req, normalise_host(req.authority))
+            if type(action) is PoolRuntime:
+                return await self._proxy(action)
+            assert not isinstance(action, PoolRuntime)
+            return await action
         except BaseException:
             if rec.status == 0:
                 rec.status = STATUS_CLIENT_GONE
@@ -188,47 +198,55 @@ class Exchange:
 
     # --- routing ---------------------------------------------------------------------------
 
-    async def _route(self) -> bool:
-        req = self.req
-        host = normalise_host(req.authority)
+    def _route(self, req: RequestReceived, host: str, *, acme_done: bool = False) -> _Action:
+        """Where the request goes: a pool, or the local answer to await (nothing is awaited
+        here, so a proxied request costs no coroutine of its own)."""
         lst = self.listener
         try:
             self._check_authority(host)
         except MisdirectedRequest as exc:
-            return await self._local_error(exc)
+            return self._local_error(exc)
         if req.method == b"CONNECT" and not _wants_websocket(req):
-            return await self._local(405, close=True)
-        if lst.acme:  # ACME HTTP-01 challenges come before any redirect or route
-            answer = await challenge_answer(self.gen.config.acme, req.method, req.target, host)
-            if answer is not None:
-                self.rec.route = "acme"
-                return await self._local(
-                    answer.status, headers=list(answer.headers), body=answer.body
-                )
+            return self._local(405, close=True)
+        if lst.acme and not acme_done:  # ACME HTTP-01 challenges come before anything else
+            return self._acme(req, host)
         if lst.config.redirect_https:
             port = lst.redirect_port
             authority = host if ":" not in host else f"[{host}]"
             if port and port != 443:
                 authority += f":{port}"
             location = f"https://{authority}".encode() + req.target
-            return await self._local(308, headers=[(b"location", location)], body=b"")
-        path = req.target.split(b"?", 1)[0].decode("latin-1")
+            return self._local(308, headers=[(b"location", location)], body=b"")
+        target = req.target
+        cut = target.find(b"?")
+        path = (target if cut < 0 else target[:cut]).decode("latin-1")
         route = lst.router.match(host, path)
         if route is None:
-            return await self._local(404)
+            return self._local(404)
         self.rec.route = str(route.index)
         if route.redirect is not None:
-            return await self._local(
+            return self._local(
                 route.redirect_status, headers=[(b"location", route.redirect.encode())], body=b""
             )
         if route.respond is not None:
             r = route.respond
-            return await self._local(
+            return self._local(
                 r.status, body=r.body.encode(), headers=[(b"content-type", r.content_type.encode())]
             )
         assert route.pool is not None
         self.rec.pool = route.pool
-        return await self._proxy(self.gen.pools[route.pool])
+        return self.gen.pools[route.pool]
+
+    async def _acme(self, req: RequestReceived, host: str) -> bool:
+        answer = await challenge_answer(self.gen.config.acme, req.method, req.target, host)
+        if answer is not None:
+            self.rec.route = "acme"
+            return await self._local(answer.status, headers=list(answer.headers), body=answer.body)
+        action = self._route(req, host, acme_done=True)
+        if type(action) is PoolRuntime:
+            return await self._proxy(action)
+        assert not isinstance(action, PoolRuntime)
+        return await action
 
     def _check_authority(self, host: str) -> None:
         """RFC 9110 §7.4: a request for a name this TLS connection does not serve gets 421."""
@@ -288,8 +306,16 @@ class Exchange:
         identity = proxy_header_for(pr.config.send_proxy, self.info)
         fresh = False
         while True:
+            dialer = pr.dialer
+            first = None
+            ostream: OriginStream | None = None
+            if not fresh and dialer.h2 is None:
+                first, ostream = dialer.pooled_stream(ctx, identity)
             try:
-                ostream = await pr.dialer.open_stream(ctx, fresh=fresh, identity=identity)
+                if ostream is None:
+                    ostream = await dialer.open_stream(
+                        ctx, fresh=fresh, identity=identity, first=first
+                    )
             except BackendError as exc:
                 return await self._local_error(exc)
             backend = ostream.backend
@@ -387,8 +413,23 @@ class Exchange:
         wait = timeouts.response
         if self.deadline is not None:
             wait = min(wait, self.deadline)
-        async with asyncio.timeout(wait):
-            resp = await self._response_head(ostream, upload, pr)
+        h1 = ostream if type(ostream) is H1Origin else None
+        if h1 is not None:
+            # The connection's own deadline: no timer armed for this wait.
+            loop = h1.conn.io.loop
+            h1.deadline = loop.time() + wait
+            resp: ResponseReceived | InformationalReceived | None = None
+            if upload is None:
+                ev = await h1.next()  # the common case, awaited here: one coroutine less
+                if type(ev) is ResponseReceived:
+                    resp = ev
+                else:
+                    h1.events.appendleft(ev)
+            if resp is None:
+                resp = await self._response_head(ostream, upload, pr)
+        else:
+            async with asyncio.timeout(wait):
+                resp = await self._response_head(ostream, upload, pr)
         stream = self.stream
         self.rec.status = resp.status
         if resp.status == 101:
@@ -413,6 +454,9 @@ class Exchange:
         while True:
             if queued:
                 ev = await ostream.next()  # already received: no wait, so no timer to arm
+            elif h1 is not None:
+                h1.deadline = loop.time() + idle
+                ev = await ostream.next()
             else:
                 async with asyncio.timeout(idle):
                     ev = await ostream.next()

@@ -214,11 +214,18 @@ class Origin:
 class Dialer:
     """Hands out scripted origin streams (or raises), recording how it was asked."""
 
+    h2 = None  # an HTTP/1.1 pool: the exchange asks for a pooled stream first
+
     def __init__(self, *streams: Origin | BaseException) -> None:
         self.streams = deque(streams)
         self.calls: list[bool] = []  # the ``fresh`` of each call
 
-    async def open_stream(self, ctx: Any, *, identity: bytes | None, fresh: bool) -> Origin:
+    def pooled_stream(self, ctx: Any, identity: bytes | None) -> tuple[None, None]:
+        return None, None  # never a pooled connection: every stream comes from open_stream
+
+    async def open_stream(
+        self, ctx: Any, *, identity: bytes | None, fresh: bool, first: Any = None
+    ) -> Origin:
         self.calls.append(fresh)
         item = self.streams.popleft()
         if isinstance(item, BaseException):
