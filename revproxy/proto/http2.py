@@ -123,14 +123,18 @@ class H2Endpoint:
         config = h2.config.H2Configuration(
             client_side=self._client_side,
             header_encoding=None,
-            validate_inbound_headers=False,  # done here, as stream errors
-            normalize_inbound_headers=True,  # joins split cookie fields (RFC 9113 §8.2.3)
-            # What we send was validated on the way in (by h11, or here) or made by us;
-            # normalizing still drops connection-specific fields and lower-cases names.
+            # Done in http2_check.py, in one pass, as stream errors; it also joins split
+            # cookie fields (RFC 9113 §8.2.3).
+            validate_inbound_headers=False,
+            normalize_inbound_headers=False,
+            # What we send was validated on the way in (by h11, or here) or made by us; the
+            # encoder of http2_check.py drops connection-specific fields and lower-cases names.
             validate_outbound_headers=False,
-            normalize_outbound_headers=True,
+            normalize_outbound_headers=False,
         )
         conn = h2.connection.H2Connection(config=config)
+        conn.encoder = check.Encoder()  # type: ignore[assignment]
+        conn.decoder = check.Decoder()  # type: ignore[assignment]
         codes = h2.settings.SettingCodes
         initial: dict[h2.settings.SettingCodes | int, int] = {
             codes.MAX_CONCURRENT_STREAMS: max_concurrent_streams,

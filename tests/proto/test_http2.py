@@ -10,11 +10,16 @@ their code, and the error raised carries it).
 
 from __future__ import annotations
 
+import random
+
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 import pytest
-from hpack import Encoder
+from h2.utilities import HeaderValidationFlags, normalize_outbound_headers, validate_headers
+from hpack import Decoder, Encoder, NeverIndexedHeaderTuple
+from hpack.exceptions import HPACKDecodingError, OversizedHeaderListError
 from hyperframe.frame import (
     ContinuationFrame,
     DataFrame,
@@ -34,6 +39,7 @@ from revproxy.errors import (
     BackendProtocolError,
     ClientProtocolError,
 )
+from revproxy.proto import http2_check as check
 from revproxy.proto.events import (
     DataReceived,
     Event,
@@ -659,3 +665,244 @@ def test_client_respects_the_servers_stream_limit() -> None:
     assert client.peer_max_concurrent_streams == 1
     client.send_request(b"GET", b"http", b"api.test", b"/", [], end=False)
     assert not client.can_open_stream
+
+
+# --- header blocks: our codec and checks against hpack's and h2's -------------------------
+#
+# http2_check.py replaces hpack's coder and h2's header validation on the hot path; these
+# compare both on many generated blocks, so that what goes on the wire and what is refused
+# stays what it was.
+
+NAMES = [
+    b":status",
+    b"content-type",
+    b"content-length",
+    b"date",
+    b"server",
+    b"etag",
+    b"x-a",
+    b"X-Upper",
+    b" spaced ",
+    b"authorization",
+    b"proxy-authorization",
+    b"cookie",
+    b"connection",
+    b"transfer-encoding",
+    b"keep-alive",
+    b"set-cookie",
+    b"accept-ranges",
+]
+VALUES = [
+    b"",
+    b"200",
+    b"404",
+    b"text/html",
+    b"gzip, deflate",
+    b" padded ",
+    b"v",
+    b"short=1",
+    b"a-long-cookie-value=0123456789abcdef",
+    b"x" * 300,
+    b"\xc3\xa9t\xc3\xa9",
+    b"bytes",
+]
+
+
+def random_fields(rng: random.Random, n: int) -> list[tuple[bytes, bytes]]:
+    return [(rng.choice(NAMES), rng.choice(VALUES)) for _ in range(n)]
+
+
+def test_encoder_writes_what_hpack_with_h2_normalisation_writes() -> None:
+    rng = random.Random(7)
+    ours, theirs = check.Encoder(), Encoder()
+    decoder = Decoder()
+    flags = HeaderValidationFlags(False, False, True, False)
+    for block_no in range(400):
+        if block_no in (150, 300):  # the peer shrinks (then restores) its table
+            size = 256 if block_no == 150 else 4096
+            ours.header_table_size = size
+            theirs.header_table_size = size
+        fields = random_fields(rng, rng.randrange(1, 12))
+        if rng.random() < 0.2:
+            fields.append(NeverIndexedHeaderTuple(b"x-secret", b"hush"))
+        expected = theirs.encode(list(normalize_outbound_headers(fields, flags)))
+        assert ours.encode(fields) == expected
+        decoder.decode(expected)  # and it is a valid block
+
+
+def test_decoder_reads_what_hpack_reads() -> None:
+    rng = random.Random(11)
+    encoder = Encoder()
+    ours, theirs = check.Decoder(), Decoder()
+    for _ in range(300):
+        fields = [(n.strip().lower(), v) for n, v in random_fields(rng, rng.randrange(0, 12))]
+        block = encoder.encode(fields, huffman=rng.random() < 0.5)
+        assert ours.decode(block) == [
+            (bytes(n), bytes(v)) for n, v in theirs.decode(block, raw=True)
+        ]
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        b"\x80",  # index 0
+        b"\xff\x80\x80\x80\x80\x80\x01",  # integer too long
+        b"\xbf",  # index beyond both tables
+        b"\x40\x85ab",  # truncated name
+        b"\x41\x03ab",  # truncated value
+        b"\x3f\xe2\x1f",  # table size above the maximum (4097)
+        b"\x82\x20",  # table size update after a field
+        b"\x41\x82\xff\xff",  # invalid Huffman code
+    ],
+)
+def test_decoder_refuses_what_hpack_refuses(block: bytes) -> None:
+    with pytest.raises(HPACKDecodingError):
+        Decoder().decode(block, raw=True)
+    with pytest.raises(HPACKDecodingError):
+        check.Decoder().decode(block)
+
+
+def test_decoder_enforces_the_header_list_size() -> None:
+    block = Encoder().encode([(b"x-big", b"y" * 200)])
+    with pytest.raises(OversizedHeaderListError):
+        check.Decoder(max_header_list_size=100).decode(block)
+
+
+def _h2_request(raw: list[tuple[bytes, bytes]]) -> check.RequestHead | str:
+    """The checks as they were: h2's validation, then ours; cookies joined at the end."""
+    try:
+        fields = [(bytes(n), bytes(v)) for n, v in validate_headers(raw, REQUEST_FLAGS)]
+    except h2.exceptions.ProtocolError as exc:
+        return str(exc)
+    method = scheme = authority = path = protocol = host = None
+    regular, cookies = [], []
+    for name, value in fields:
+        if name == b":method":
+            method = value
+        elif name == b":path":
+            path = value
+        elif name == b":authority":
+            authority = value
+        elif name == b":scheme":
+            scheme = value
+        elif name == b":protocol":
+            protocol = value
+        elif name == b"host":
+            host = value
+        elif name == b"cookie":
+            cookies.append(value)
+        else:
+            regular.append((name, value))
+    authority = host if authority is None else authority
+    if not authority:
+        return "no :authority"
+    if method != b"CONNECT" or protocol is not None:
+        if not path or not (path[:1] == b"/" or (path == b"*" and method == b"OPTIONS")):
+            return "invalid :path"
+        if scheme not in (b"http", b"https"):
+            return "unsupported :scheme"
+    assert method is not None
+    if cookies:
+        regular.append((b"cookie", b"; ".join(cookies)))
+    regular.insert(0, (b"host", authority))
+    return check.RequestHead(
+        method, path if path is not None else authority, authority, protocol or b"", regular
+    )
+
+
+REQUEST_FLAGS = HeaderValidationFlags(False, False, False, False)
+REQUEST_PARTS = [
+    (b":method", b"GET"),
+    (b":method", b"CONNECT"),
+    (b":method", b"OPTIONS"),
+    (b":scheme", b"https"),
+    (b":scheme", b"ftp"),
+    (b":path", b"/a?b"),
+    (b":path", b"*"),
+    (b":path", b""),
+    (b":path", b"rel"),
+    (b":authority", b"a.test"),
+    (b":authority", b""),
+    (b":protocol", b"websocket"),
+    (b":status", b"200"),
+    (b":x", b"1"),
+    (b"host", b"a.test"),
+    (b"host", b"b.test"),
+    (b"cookie", b"a=1"),
+    (b"cookie", b"b=2"),
+    (b"te", b"trailers"),
+    (b"te", b"TrAiLeRs"),
+    (b"te", b"gzip"),
+    (b"connection", b"close"),
+    (b"upgrade", b"h2c"),
+    (b"accept", b"*/*"),
+    (b"Accept", b"*/*"),
+    (b"x-a", b" v"),
+    (b"x-a", b"v\t"),
+    (b"x-a", b"a\x00b"),
+    (b"x-a", b"a\rb"),
+    (b"x-a", b""),
+    (b"", b"v"),
+    (b"x:y", b"v"),
+    (b"x y", b"v"),
+    (b"x\x7f", b"v"),
+    (b"content-length", b"3"),
+]
+
+
+def test_request_checks_agree_with_h2s_validation() -> None:
+    rng = random.Random(3)
+    base = [
+        (b":method", b"GET"),
+        (b":scheme", b"https"),
+        (b":path", b"/"),
+        (b":authority", b"a.test"),
+    ]
+    accepted = refused = 0
+    for _ in range(4000):
+        raw = list(base) if rng.random() < 0.7 else []
+        for _ in range(rng.randrange(0, 4)):
+            raw.insert(rng.randrange(0, len(raw) + 1), rng.choice(REQUEST_PARTS))
+        if rng.random() < 0.3 and raw:
+            del raw[rng.randrange(0, len(raw))]
+        expected = _h2_request(raw)
+        got = check.request(raw, connect_protocol=True)
+        if isinstance(expected, str):
+            assert isinstance(got, str) and got, raw
+            refused += 1
+        else:
+            assert got == expected, raw
+            accepted += 1
+    assert accepted > 500 and refused > 500
+
+
+@pytest.mark.parametrize("from_client", [True, False])
+def test_response_and_trailer_checks_agree_with_h2s_validation(from_client: bool) -> None:
+    rng = random.Random(5)
+    parts = [*REQUEST_PARTS, (b":status", b"404"), (b":status", b"99"), (b":status", b"2000")]
+    trailer_flags = HeaderValidationFlags(not from_client, True, False, False)
+    response_flags = HeaderValidationFlags(True, False, True, False)
+    for _ in range(3000):
+        raw = [(b":status", b"200")] if rng.random() < 0.6 else []
+        for _ in range(rng.randrange(0, 4)):
+            raw.insert(rng.randrange(0, len(raw) + 1), rng.choice(parts))
+        try:
+            list(validate_headers(raw, trailer_flags))
+            trailers_ok = True
+        except h2.exceptions.ProtocolError:
+            trailers_ok = False
+        assert (not isinstance(check.trailers(raw, from_client=from_client), str)) == trailers_ok
+        try:
+            fields = list(validate_headers(raw, response_flags))
+            status = next(v for n, v in fields if n == b":status")
+            response_ok = status.isdigit() and len(status) == 3 and 100 <= int(status) <= 599
+        except h2.exceptions.ProtocolError:
+            response_ok = False
+        assert (not isinstance(check.response(raw), str)) == response_ok, raw
+
+
+def test_a_cookie_before_pseudo_headers_is_malformed() -> None:
+    """RFC 9113 §8.3: pseudo-headers come first (h2 let a cookie slip by, as it moved cookie
+    fields to the end before validating)."""
+    raw = [(b"cookie", b"a=1"), *GET]
+    assert isinstance(check.request(raw, connect_protocol=True), str)
