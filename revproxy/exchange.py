@@ -30,6 +30,7 @@ import itertools
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Coroutine
 from http import HTTPStatus
 from typing import Any
@@ -53,6 +54,7 @@ from revproxy.pool import PickContext
 from revproxy.proto import grpc
 from revproxy.proto.events import (
     DataReceived,
+    Event,
     Headers,
     InformationalReceived,
     MessageEnded,
@@ -443,10 +445,12 @@ class Exchange:
         )
         # The origin's reason phrase is not relayed: it is free text that may name it.
         events = ostream.events
-        if events and isinstance(events[0], MessageEnded) and not events[0].trailers:
-            # Nothing follows the head: one block (HTTP/2: a gRPC "Trailers-Only" answer).
-            events.popleft()
-            await stream.send_response(resp.status, out_headers, end=True)
+        body = _whole_body(events)
+        if body is not None:
+            # The whole response is in hand (HTTP/2: or a gRPC "Trailers-Only" answer): head,
+            # body and end go out in one block.
+            events.clear()
+            await stream.send_response(resp.status, out_headers, end=True, body=body)
             return True
         await stream.send_response(resp.status, out_headers)
         idle = timeouts.idle
@@ -600,6 +604,28 @@ class Exchange:
         if self.req.method == b"HEAD":
             body = b""
         return await stream.send_whole(status, out, body, close)
+
+
+def _whole_body(events: deque[Event]) -> bytes | None:
+    """The body, when ``events`` hold the rest of a response: data, then an end without
+    trailers; else None."""
+    if not events:
+        return None
+    last = events[-1]
+    if type(last) is not MessageEnded or last.trailers:
+        return None
+    n = len(events)
+    if n == 1:
+        return b""
+    first = events[0]
+    if n == 2:
+        return first.data if type(first) is DataReceived else None
+    chunks = []
+    for ev in itertools.islice(events, n - 1):
+        if type(ev) is not DataReceived:
+            return None
+        chunks.append(ev.data)
+    return b"".join(chunks)
 
 
 def _websocket_key() -> bytes:

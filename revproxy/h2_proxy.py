@@ -132,7 +132,14 @@ class H2ServerStream(H2Channel):
             raise ClientGone() from None
         self.conn.flush()
 
-    async def send_response(self, status: int, headers: Headers, end: bool = False) -> None:
+    async def send_response(
+        self, status: int, headers: Headers, end: bool = False, body: bytes = b""
+    ) -> None:
+        if body:
+            self._head(status, headers, False)
+            await self.send_data(body, end=end)
+            self.ended = end
+            return
         self._head(status, headers, end)
         await self._drain()
 

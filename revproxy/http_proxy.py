@@ -188,10 +188,15 @@ class HttpConnection:
     async def send_informational(self, status: int, headers: Headers) -> None:
         await self._send(self.h1.send_informational(status, headers))
 
-    async def send_response(self, status: int, headers: Headers, end: bool = False) -> None:
-        data = self.h1.send_response(status, headers)
+    async def send_response(
+        self, status: int, headers: Headers, end: bool = False, body: bytes = b""
+    ) -> None:
+        h1 = self.h1
+        data = h1.send_response(status, headers)
+        if body:
+            data += h1.send_data(body)
         if end:
-            data += self.h1.send_end()
+            data += h1.send_end()
         await self._send(data)
 
     async def send_data(self, data: bytes) -> None:

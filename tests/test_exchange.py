@@ -124,9 +124,17 @@ class Client:
     async def send_informational(self, status: int, headers: Headers) -> None:
         self.sent.append(("1xx", status, headers))
 
-    async def send_response(self, status: int, headers: Headers, end: bool = False) -> None:
+    async def send_response(
+        self, status: int, headers: Headers, end: bool = False, body: bytes = b""
+    ) -> None:
         self.started = True
-        self.sent.append(("head", status, headers, end))
+        if not body:
+            self.sent.append(("head", status, headers, end))
+            return
+        # Recorded as the separate calls it stands for.
+        self.sent += [("head", status, headers, False), ("data", body)]
+        if end:
+            self.sent.append(("end", []))
 
     async def send_data(self, data: bytes) -> None:
         self.sent.append(("data", data))
