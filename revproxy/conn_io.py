@@ -25,6 +25,8 @@ HIGH_WATER = 1024 * 1024
 LOW_WATER = 256 * 1024
 # Bytes held by ``write_soon`` before they are written at once.
 CORK_LIMIT = 64 * 1024
+# ``read`` joins received pieces while they are smaller than this.
+JOIN_BELOW = 64 * 1024
 
 
 class ConnIO(asyncio.Protocol):
@@ -176,9 +178,16 @@ class ConnIO(asyncio.Protocol):
                 return b""
         chunks = self._chunks
         data = chunks.popleft()
-        if chunks and (n <= 0 or len(data) < n):
-            data = b"".join([data, *chunks])
-            chunks.clear()
+        if chunks and len(data) < JOIN_BELOW:
+            # Small pieces are joined (a head split over reads); big ones go as they came:
+            # joining them would copy every byte once more.
+            parts = [data]
+            size = len(data)
+            while chunks and size < JOIN_BELOW:
+                piece = chunks.popleft()
+                parts.append(piece)
+                size += len(piece)
+            data = b"".join(parts)
         if 0 < n < len(data):
             chunks.appendleft(data[n:])
             data = data[:n]
@@ -238,11 +247,13 @@ class ConnIO(asyncio.Protocol):
         corked = self._corked
         if not corked:
             return
-        data = corked[0] if len(corked) == 1 else b"".join(corked)
-        corked.clear()
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            transport.write(data)
+            if len(corked) == 1:
+                transport.write(corked[0])
+            else:
+                transport.writelines(corked)  # one vectored write, nothing copied
+        corked.clear()
 
     def flush(self) -> None:
         """Write what ``write_soon`` holds now."""
