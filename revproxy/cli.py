@@ -60,6 +60,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def _run_loop(coro_main: object) -> int:
     """Run with uvloop when present (Linux), else the default asyncio loop."""
+    from revproxy.allocator import tune_allocator
+
+    tune_allocator()
     use_uvloop = os.environ.get("REVPROXY_LOOP", "auto") != "asyncio"
     if use_uvloop:
         try:
