@@ -167,7 +167,7 @@ class H1Origin:
         data = self.parser.send_request(method, target, headers)
         if end is not None:
             data += self.parser.send_end(end.trailers)
-        self.conn.io.write(data)
+        self.conn.io.write_soon(data)  # with the other writes of this loop turn
 
     async def next(self) -> Event:
         while not self.events:
