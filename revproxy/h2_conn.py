@@ -54,6 +54,8 @@ class H2Link:
         self.closed = False
         self.unflushed = 0  # DATA bytes queued since the last write
         self._flush_pending = False
+        # Below this the transport is not paused: drain() need not ask asyncio.
+        self._low_water = writer.transport.get_write_buffer_limits()[0]
 
     def flush(self) -> None:
         """Write whatever the endpoint queued — at the end of this turn of the event loop, so
@@ -73,7 +75,12 @@ class H2Link:
             self.writer.write(data)
 
     async def drain(self) -> None:
-        await self.writer.drain()
+        """Wait while the socket's write buffer is above its limit (or raise once the
+        connection is lost). The common case, a buffer at or below its low-water mark on an
+        open transport, returns without a coroutine of asyncio's."""
+        transport = self.writer.transport
+        if transport.is_closing() or transport.get_write_buffer_size() > self._low_water:
+            await self.writer.drain()
 
     @property
     def write_backlog(self) -> bool:
