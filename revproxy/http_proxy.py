@@ -192,18 +192,21 @@ class HttpConnection:
         self, status: int, headers: Headers, end: bool = False, body: bytes = b""
     ) -> None:
         h1 = self.h1
-        data = h1.send_response(status, headers)
+        full = self._put(h1.send_response(status, headers))
         if body:
-            data += h1.send_data(body)
+            full = self._put(h1.send_data(body))  # not joined: written with the head
         if end:
-            data += h1.send_end()
-        await self._send(data)
+            full = self._put(h1.send_end())
+        if full:
+            await self._drain()
 
     async def send_data(self, data: bytes) -> None:
-        await self._send(self.h1.send_data(data))
+        if self._put(self.h1.send_data(data)):
+            await self._drain()
 
     async def send_end(self, trailers: Headers) -> None:
-        await self._send(self.h1.send_end(trailers))
+        if self._put(self.h1.send_end(trailers)):
+            await self._drain()
 
     async def send_whole(self, status: int, headers: Headers, body: bytes, close: bool) -> bool:
         if close:
@@ -241,18 +244,25 @@ class HttpConnection:
     async def _send(self, data: bytes) -> None:
         """Send ``data`` with what else this turn of the loop sends (one write for a small
         response's head, body and end); wait only while the client's buffer is full."""
+        if self._put(data):
+            await self._drain()
+
+    def _put(self, data: bytes) -> bool:
+        """``_send`` without the wait: True when the caller must ``_drain`` before more."""
         if not data:
-            return
+            return False
         self.bytes_out += len(data)
         conn = self.conn
         if conn.is_closing():
             raise ClientGone()
         conn.write_soon(data)
-        if conn.write_paused:
-            try:
-                await conn.drain()
-            except (ConnectionError, OSError) as exc:
-                raise ClientGone() from exc
+        return conn.write_paused
+
+    async def _drain(self) -> None:
+        try:
+            await self.conn.drain()
+        except (ConnectionError, OSError) as exc:
+            raise ClientGone() from exc
 
     # --- a head that could not be parsed ------------------------------------------------
 
