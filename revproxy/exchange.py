@@ -135,7 +135,18 @@ class Exchange:
     An HTTP/1.1 connection keeps one for all its requests (nothing is allocated per request
     for it); an HTTP/2 connection makes one per stream."""
 
-    __slots__ = ("deadline", "gen", "grpc", "info", "listener", "rec", "req", "scheme", "stream")
+    __slots__ = (
+        "deadline",
+        "gen",
+        "grpc",
+        "info",
+        "listener",
+        "pick_context",
+        "rec",
+        "req",
+        "scheme",
+        "stream",
+    )
 
     def __init__(
         self,
@@ -152,6 +163,7 @@ class Exchange:
         self.scheme = "https" if info.tls else "http"
         self.grpc = False
         self.deadline: float | None = None  # grpc-timeout, seconds
+        self.pick_context = PickContext(client_ip=info.client[0])
 
     async def run(self, req: RequestReceived) -> bool:
         """Serve ``req``; True when the client connection may carry another request."""
@@ -304,7 +316,10 @@ class Exchange:
         elif grpc.wants_trailers(req.headers):
             # TE is hop-by-hop, but "te: trailers" is what an HTTP/2 origin (gRPC) requires.
             headers.append((b"te", b"trailers"))
-        ctx = PickContext(client_ip=self.info.client[0], uri=req.target.decode("latin-1"))
+        if pr.config.balance == "uri":
+            ctx = PickContext(client_ip=self.info.client[0], uri=req.target.decode("latin-1"))
+        else:
+            ctx = self.pick_context  # the same for every request of this client
         identity = proxy_header_for(pr.config.send_proxy, self.info)
         fresh = False
         while True:
