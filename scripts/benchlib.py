@@ -1302,7 +1302,9 @@ class Report:
             "## Profiles (py-spy, HTTP small keep-alive, wrk -c50)",
             "",
             "Own % is time spent in the function itself; total % includes what it calls. "
-            "Sampled with `--nonblocking` at 250 Hz.",
+            "Sampled with `--nonblocking` at 250 Hz. The same profiles before the fast-path "
+            "work (streams, a timer per read, the parsers' general paths) are in "
+            "`docs/profiles-before.md`.",
             "",
         ]
         for key, rows in self.b.profiles.items():
