@@ -18,8 +18,10 @@ Two requests: the plain ``GET /small`` of the load benchmark and a browser-like 
 headers; both answered by an nginx-style response (8 header fields, 100-byte body). Each step
 is timed with ``perf_counter_ns`` around it (the timer's own cost, measured, is taken off), over
 many exchanges; the figure printed is the best of ``--runs`` short runs of the mean, in µs,
-because other work on the machine only ever adds time (short runs: some escape it). ``total`` is timed separately, without timers
-between the steps. Usage: ``scripts/bench_h1_parser.py [--impl fast|h11] [--n N] [--runs R]``.
+because other work on the machine only ever adds time (short runs: some escape it).
+``total`` is timed separately, without timers between the steps.
+
+Usage: ``scripts/bench_h1_parser.py [--impl fast|h11] [--n N] [--runs R]``.
 """
 
 from __future__ import annotations

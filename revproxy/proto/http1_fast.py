@@ -18,8 +18,7 @@ h11 does: a reason phrase a peer could not parse back is never sent.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
-from types import MemberDescriptorType
+from collections.abc import Iterable
 from typing import Any, ClassVar, Final
 
 from revproxy.errors import BackendProtocolError, ClientProtocolError, HeaderTooLarge
@@ -55,12 +54,12 @@ from revproxy.proto.http1_state import (
 )
 from revproxy.proto.http1_wire import (
     NAME_RE,
+    NOT_IN_VALUES,
     PHRASES,
     REASON_RE,
     REQUEST_LINE_RE,
     STATUS_LINE_RE,
     TARGET_RE,
-    VALUE_BYTES,
     Message,
     Outgoing,
     Violation,
@@ -80,24 +79,28 @@ _NO_TRAILERS: Final = Outgoing(b"", [])
 # --- events, built without the dataclass __init__ ---------------------------------------------
 #
 # A frozen dataclass sets each field through object.__setattr__: for the five events of a
-# plain exchange that is several µs, more than parsing the heads. These builders set the same
-# slots directly, so the events are the same objects field for field. They are used only while
-# the fields are the ones written here (tests/proto/test_http1_differential.py checks that too);
-# otherwise the dataclass constructors are.
+# plain exchange that costs more than reading both heads. So the plain paths fill a plain
+# class with the same slots and then make it the event class (``__class__`` assignment, which
+# Python allows between classes of the same layout): the result is the event, field for field
+# and type for type. Should the events ever change (other fields, another layout), the check
+# below fails and the dataclass constructors are used instead: slower, never wrong.
 
-_new: Final = object.__new__
 
-
-def _setters(cls: type, names: tuple[str, ...]) -> list[Callable[[Any, Any], None]] | None:
-    if tuple(f.name for f in dataclasses.fields(cls)) != names:
+def _shadow(cls: type, names: tuple[str, ...]) -> type | None:
+    """A class with ``cls``'s slots whose instances may become ``cls`` instances."""
+    slots = getattr(cls, "__slots__", None)
+    if tuple(f.name for f in dataclasses.fields(cls)) != names or slots != names:
         return None
-    slots = [getattr(cls, name) for name in names]
-    if not all(type(slot) is MemberDescriptorType for slot in slots):
+    shadow = type(f"_{cls.__name__}", (), {"__slots__": names})
+    try:
+        probe = shadow()
+        probe.__class__ = cls
+    except TypeError:
         return None
-    return [slot.__set__ for slot in slots]
+    return shadow
 
 
-_RR = _setters(
+_RRShadow = _shadow(
     RequestReceived,
     (
         "stream_id",
@@ -110,88 +113,69 @@ _RR = _setters(
         "protocol",
     ),
 )
-_SR = _setters(
+_SRShadow = _shadow(
     ResponseReceived, ("stream_id", "status", "headers", "reason", "http_version", "ended")
 )
-_DR = _setters(DataReceived, ("stream_id", "data"))
-_ME = _setters(MessageEnded, ("stream_id", "trailers"))
-FAST_EVENTS: Final = None not in (_RR, _SR, _DR, _ME)
+_DRShadow = _shadow(DataReceived, ("stream_id", "data"))
+_MEShadow = _shadow(MessageEnded, ("stream_id", "trailers"))
+FAST_EVENTS: Final = None not in (_RRShadow, _SRShadow, _DRShadow, _MEShadow)
 
-if _RR is not None and _SR is not None and _DR is not None and _ME is not None:
-    (
-        _rr_sid,
-        _rr_method,
-        _rr_target,
-        _rr_authority,
-        _rr_headers,
-        _rr_version,
-        _rr_ended,
-        _rr_protocol,
-    ) = _RR
-    _sr_sid, _sr_status, _sr_headers, _sr_reason, _sr_version, _sr_ended = _SR
-    _dr_sid, _dr_data = _DR
-    _me_sid, _me_trailers = _ME
 
-    def request_received(
-        sid: int, method: bytes, target: bytes, authority: bytes, headers: Headers
-    ) -> RequestReceived:
-        """``RequestReceived`` of an HTTP/1.1 request."""
-        ev = _new(RequestReceived)
-        _rr_sid(ev, sid)
-        _rr_method(ev, method)
-        _rr_target(ev, target)
-        _rr_authority(ev, authority)
-        _rr_headers(ev, headers)
-        _rr_version(ev, b"1.1")
-        _rr_ended(ev, False)
-        _rr_protocol(ev, b"")
-        return ev
-
-    def response_received(
-        sid: int, status: int, headers: Headers, reason: bytes
-    ) -> ResponseReceived:
-        """``ResponseReceived`` of an HTTP/1.1 response."""
-        ev = _new(ResponseReceived)
-        _sr_sid(ev, sid)
-        _sr_status(ev, status)
-        _sr_headers(ev, headers)
-        _sr_reason(ev, reason)
-        _sr_version(ev, b"1.1")
-        _sr_ended(ev, False)
-        return ev
-
-    def data_received(sid: int, data: bytes) -> DataReceived:
-        ev = _new(DataReceived)
-        _dr_sid(ev, sid)
-        _dr_data(ev, data)
-        return ev
-
-    def message_ended(sid: int) -> MessageEnded:
-        """``MessageEnded`` without trailers."""
-        ev = _new(MessageEnded)
-        _me_sid(ev, sid)
-        _me_trailers(ev, [])
-        return ev
-
-else:  # pragma: no cover - the events changed: correct, only slower
-
-    def request_received(
-        sid: int, method: bytes, target: bytes, authority: bytes, headers: Headers
-    ) -> RequestReceived:
+def request_received(
+    sid: int, method: bytes, target: bytes, authority: bytes, headers: Headers
+) -> RequestReceived:
+    """``RequestReceived`` of an HTTP/1.1 request."""
+    if _RRShadow is None:  # pragma: no cover - the events changed
         return RequestReceived(
             stream_id=sid, method=method, target=target, authority=authority, headers=headers
         )
+    ev: Any = _RRShadow()
+    ev.stream_id = sid
+    ev.method = method
+    ev.target = target
+    ev.authority = authority
+    ev.headers = headers
+    ev.http_version = b"1.1"
+    ev.ended = False
+    ev.protocol = b""
+    ev.__class__ = RequestReceived
+    return ev  # type: ignore[no-any-return]
 
-    def response_received(
-        sid: int, status: int, headers: Headers, reason: bytes
-    ) -> ResponseReceived:
+
+def response_received(sid: int, status: int, headers: Headers, reason: bytes) -> ResponseReceived:
+    """``ResponseReceived`` of an HTTP/1.1 response."""
+    if _SRShadow is None:  # pragma: no cover - the events changed
         return ResponseReceived(stream_id=sid, status=status, headers=headers, reason=reason)
+    ev: Any = _SRShadow()
+    ev.stream_id = sid
+    ev.status = status
+    ev.headers = headers
+    ev.reason = reason
+    ev.http_version = b"1.1"
+    ev.ended = False
+    ev.__class__ = ResponseReceived
+    return ev  # type: ignore[no-any-return]
 
-    def data_received(sid: int, data: bytes) -> DataReceived:
+
+def data_received(sid: int, data: bytes) -> DataReceived:
+    if _DRShadow is None:  # pragma: no cover - the events changed
         return DataReceived(stream_id=sid, data=data)
+    ev: Any = _DRShadow()
+    ev.stream_id = sid
+    ev.data = data
+    ev.__class__ = DataReceived
+    return ev  # type: ignore[no-any-return]
 
-    def message_ended(sid: int) -> MessageEnded:
+
+def message_ended(sid: int) -> MessageEnded:
+    """``MessageEnded`` without trailers."""
+    if _MEShadow is None:  # pragma: no cover - the events changed
         return MessageEnded(stream_id=sid, trailers=[])
+    ev: Any = _MEShadow()
+    ev.stream_id = sid
+    ev.trailers = []
+    ev.__class__ = MessageEnded
+    return ev  # type: ignore[no-any-return]
 
 
 # Methods a plain request may have: those of RFC 9110 §9 that neither switch protocols
@@ -199,8 +183,8 @@ else:  # pragma: no cover - the events changed: correct, only slower
 _PLAIN_METHODS: Final = frozenset(
     [b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE"]
 )
-# Bytes an origin-form target may hold (h11: ``[\x21-\x7e]+``).
-_TARGET_BYTES: Final = bytes(range(0x21, 0x7F))
+# What a target may not hold besides bytes above 0x7f (h11: ``[\x21-\x7e]+``).
+_NOT_IN_TARGETS: Final = bytes(range(0x21)) + b"\x7f"
 # Status lines with the standard reason phrase, for plain responses.
 _STATUS_LINES: Final = {
     status: b"HTTP/1.1 %d %b\r\n" % (status, phrase)
@@ -264,7 +248,7 @@ class H1Server(Connection):
         head = data[:end]
         lines = head.split(b"\r\n")
         # No NUL, VT or FF, and every CR or LF is in a CRLF: no bare CR or LF (RFC 9112 §2.2).
-        if len(head.translate(None, VALUE_BYTES)) != 2 * len(lines) - 2:
+        if len(head) - len(head.translate(None, NOT_IN_VALUES)) != 2 * len(lines) - 2:
             return None
         line = lines[0].split(b" ")
         if len(line) != 3:
@@ -274,7 +258,8 @@ class H1Server(Connection):
             version != b"HTTP/1.1"
             or method not in _PLAIN_METHODS
             or target[:1] != b"/"
-            or target.translate(None, _TARGET_BYTES)
+            or not target.isascii()
+            or len(target.translate(None, _NOT_IN_TARGETS)) != len(target)
         ):
             return None
         del lines[0]
@@ -641,7 +626,8 @@ class H1Client(Connection):
             and self._server == IDLE
             and type(target) is bytes
             and target
-            and not target.translate(None, _TARGET_BYTES)
+            and target.isascii()
+            and len(target.translate(None, _NOT_IN_TARGETS)) == len(target)
         ):
             plain = plain_block(headers)
             if plain is not None and plain[1] == 1:
@@ -740,7 +726,7 @@ class H1Client(Connection):
         head = data[:end]
         lines = head.split(b"\r\n")
         # No NUL, VT or FF, and every CR or LF is in a CRLF (so the reason phrase is valid too).
-        if len(head.translate(None, VALUE_BYTES)) != 2 * len(lines) - 2:
+        if len(head) - len(head.translate(None, NOT_IN_VALUES)) != 2 * len(lines) - 2:
             return None
         line = lines[0]
         code = line[9:12]

@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable
 from http import HTTPStatus
 from operator import itemgetter
-from typing import Final
+from typing import Any, Final
 
 import httptools
 
@@ -48,6 +48,9 @@ MAX_LENGTH_DIGITS: Final = 20
 
 # Bytes a value may hold anywhere (whitespace at its ends is checked apart).
 VALUE_BYTES: Final = bytes(b for b in range(256) if b not in b"\x00\r\n\x0b\x0c")
+# The others: translate(None, NOT_IN_VALUES) deletes them, so a length tells how many there are.
+# (A short table of bytes to delete: translate builds its table from it on every call.)
+NOT_IN_VALUES: Final = b"\x00\r\n\x0b\x0c"
 _NOTABLE: Final = frozenset(
     [b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade"]
 )
@@ -326,7 +329,7 @@ _NAME_KINDS: Final = {
 }
 _known_names: dict[bytes, int] = {}
 _MAX_KNOWN_NAMES: Final = 1024
-_CRLFS: Final = [b"\r\n" * n for n in range(128)]
+_FIELD_LINES: Final = [b"%b: %b\r\n" * n for n in range(128)]
 
 
 def outgoing(headers: Iterable[tuple[bytes, bytes]]) -> tuple[Outgoing, list[tuple[bytes, bytes]]]:
@@ -408,14 +411,30 @@ def tokens(items: list[tuple[bytes, bytes, bytes]], name: bytes) -> set[bytes]:
 # --- the plain case --------------------------------------------------------------------------
 #
 # The heads nearly every peer sends: CRLF lines of ``token: value``, one Host at most, one
-# plain Content-Length or ``Transfer-Encoding: chunked`` at most. They are read and written
-# below with a few byte-string operations over the whole head and one step per line; anything
-# else makes these functions return None, and the exact code above decides (and refuses) as
-# h11 does. They never accept what that code would refuse, nor read a field differently.
+# plain Content-Length or ``Transfer-Encoding: chunked`` at most, no Upgrade. They are read and
+# written below with a few operations over the whole head or header list; anything else makes
+# these functions return None, and the exact code above decides (and refuses) as h11 does.
+# They never accept what that code would refuse, nor read or write a field differently.
+#
+# Most field lines repeat from one message to the next (a client's User-Agent and Accept
+# lines, an origin's Server and Content-Type lines, the X-Forwarded-* lines the proxy adds), so
+# each line is read or checked once and remembered: a memo of a pure function, like
+# _known_names, consulted only to accept what was accepted before. Each memo is bounded, and
+# forgets everything when full, so that it follows the traffic of the moment; a line longer
+# than _MAX_LINE (a cookie, a long referrer) is read every time and never remembered.
 
-# Received names seen valid that say nothing about framing (raw name → lower-case name): a
-# memo of a pure function like _known_names, so the common case checks no name twice.
+# What a field is to the framing of its message.
+_PLAIN, _PLAIN_HOST, _PLAIN_LENGTH, _PLAIN_CHUNKED, _PLAIN_KEEP, _PLAIN_CLOSE = range(6)
+# Received names seen valid that say nothing about framing (raw name → lower-case name).
 _field_names: dict[bytes, bytes] = {}
+# Received field lines seen plain → (field as h11 reads it, what it is to framing).
+_lines: dict[bytes, tuple[tuple[bytes, bytes], int]] = {}
+# Fields sent → (the field line, what it is to framing), for fields seen valid and plain.
+_sent: dict[tuple[bytes, bytes], tuple[bytes, int]] = {}
+_MAX_LINES: Final = 4096
+_MAX_LINE: Final = 256
+_FIELD: Final = itemgetter(0)
+_KIND: Final = itemgetter(1)
 
 PlainFields = tuple[Headers, bytes | None, int, bool, bool]
 
@@ -424,92 +443,146 @@ def plain_fields(lines: list[bytes]) -> PlainFields | None:
     """Header lines (no terminators) already known to hold no NUL, CR, LF, VT or FF, read as
     h11 reads them: (fields, the Host value or None, Content-Length or -1, chunked, close);
     None when a line is not ``token ":" OWS field-value OWS`` or framing is not plain."""
-    fields: Headers = []
-    append = fields.append
-    ordinary = _field_names.get
-    host: bytes | None = None
+    entries: list[Any] = list(map(_lines.get, lines))
+    if None in entries and not _read_lines(lines, entries):
+        return None
+    fields = list(map(_FIELD, entries))
+    kinds = list(map(_KIND, entries))
+    n = len(kinds)
+    plain = kinds.count(_PLAIN)
+    if plain == n:
+        return fields, None, -1, False, False
+    host = None
+    hosts = kinds.count(_PLAIN_HOST)
+    if hosts:
+        if hosts > 1:
+            return None
+        host = fields[kinds.index(_PLAIN_HOST)][1]
+        if plain + hosts == n:
+            return fields, host, -1, False, False
     length = -1
-    chunked = close = False
-    try:
-        for line in lines:
-            name, value = line.split(b":", 1)  # ValueError: no colon
-            lower = ordinary(name)
-            if lower is None:
-                lower = name.lower()
-                kind = _NAME_KINDS.get(lower)
-                if kind is None:
-                    if NAME_RE.fullmatch(name) is None:
-                        return None
-                    if len(_field_names) < _MAX_KNOWN_NAMES:
-                        _field_names[name] = lower
-                else:
-                    # bytes.strip() strips SP, HTAB, CR, LF, VT and FF: here only SP and
-                    # HTAB can be there, which is h11's OWS around a field value.
-                    value = value.strip()
-                    if kind == _HOST:
-                        if host is not None:
-                            return None
-                        host = value
-                    elif kind == _LENGTH:
-                        if length >= 0 or not value.isdigit() or len(value) > MAX_LENGTH_DIGITS:
-                            return None
-                        length = int(value)
-                    elif kind == _CODING:
-                        if chunked or value != b"chunked":
-                            return None
-                        chunked = True
-                    elif kind == _CONNECTION:
-                        if b"close" in value.lower() and has_token(value, b"close"):
-                            close = True
-                    else:  # Upgrade: a protocol switch is never plain
-                        return None
-                    append((lower, value))
-                    continue
-            append((lower, value.strip()))
-    except ValueError:
+    lengths = kinds.count(_PLAIN_LENGTH)
+    if lengths:
+        if lengths > 1:
+            return None
+        length = int(fields[kinds.index(_PLAIN_LENGTH)][1])
+    chunked = _PLAIN_CHUNKED in kinds
+    if chunked and (lengths or kinds.count(_PLAIN_CHUNKED) > 1):
         return None
-    if chunked and length >= 0:
-        return None
-    return fields, host, length, chunked, close
+    return fields, host, length, chunked, _PLAIN_CLOSE in kinds
+
+
+def _read_lines(lines: list[bytes], entries: list[Any]) -> bool:
+    """Read the lines ``entries`` lacks into it (and the memo); False when one is not plain."""
+    i = -1
+    for _ in range(entries.count(None)):
+        i = entries.index(None, i + 1)
+        line = lines[i]
+        name, sep, value = line.partition(b":")
+        if not sep:
+            return False
+        lower = _field_names.get(name)
+        kind = _PLAIN
+        if lower is None:
+            lower = name.lower()
+            special = _NAME_KINDS.get(lower)
+            if special is None:
+                if NAME_RE.fullmatch(name) is None:
+                    return False
+                if len(_field_names) < _MAX_KNOWN_NAMES:
+                    _field_names[name] = lower
+            elif special == _HOST:
+                kind = _PLAIN_HOST
+            elif special == _LENGTH:
+                kind = _PLAIN_LENGTH
+            elif special == _CODING:
+                kind = _PLAIN_CHUNKED
+            elif special == _CONNECTION:
+                kind = _PLAIN_KEEP
+            else:  # Upgrade: a protocol switch is never plain
+                return False
+        # bytes.strip() strips SP, HTAB, CR, LF, VT and FF: only SP and HTAB can be there,
+        # which is h11's OWS around a field value.
+        value = value.strip()
+        if kind == _PLAIN_LENGTH:
+            if not value.isdigit() or len(value) > MAX_LENGTH_DIGITS:
+                return False
+        elif kind == _PLAIN_CHUNKED:
+            if value != b"chunked":
+                return False
+        elif kind == _PLAIN_KEEP and has_token(value, b"close"):
+            kind = _PLAIN_CLOSE
+        entry = entries[i] = ((lower, value), kind)
+        if len(line) <= _MAX_LINE:
+            if len(_lines) >= _MAX_LINES:
+                _lines.clear()
+            _lines[line] = entry
+    return True
 
 
 def plain_block(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, int, int] | None:
-    """Fields to send, serialised (``name: value`` CRLF each), when each name was seen valid
-    before and each value is an RFC 9110 field value: (block, Host fields, Content-Length or
-    -1). None when a field may be wrong or is not plain: one Host at most and first, one
-    plain Content-Length at most, no other field framing or the connection depends on."""
-    n = len(headers)
-    if not n:
-        return b"", 0, -1
+    """Fields to send, serialised (``name: value`` CRLF each), when each name is a token and
+    each value an RFC 9110 field value: (block, Host fields, Content-Length or -1). None when
+    a field may be wrong or is not plain: one Host at most and first, one plain
+    Content-Length at most, no other field framing or the connection depends on."""
     try:
-        kinds = list(map(_known_names.get, map(_NAME, headers)))
-        block = b"\r\n".join(map(_FIELD_LINE, headers)) + b"\r\n"
-    except TypeError:
+        entries: list[Any] = list(map(_sent.get, headers))
+    except TypeError:  # not a tuple of bytes: the exact code says what is wrong
         return None
-    if (
-        n >= len(_CRLFS)
-        or None in kinds
-        or block.translate(None, VALUE_BYTES) != _CRLFS[n]
-        or b":  " in block
-        or b": \t" in block
-        or b" \r\n" in block
-        or b"\t\r\n" in block
-    ):
-        # A name not seen before, or a value that may be wrong (or is merely empty).
+    if None in entries and not _check_fields(headers, entries):
         return None
-    ordinary = kinds.count(_ORDINARY)
-    if ordinary == n:
+    block = b"".join(map(_FIELD, entries))
+    kinds = list(map(_KIND, entries))
+    n = len(kinds)
+    plain = kinds.count(_PLAIN)
+    if plain == n:
         return block, 0, -1
-    hosts = kinds.count(_HOST)
-    if hosts > 1 or (hosts and kinds[0] != _HOST):
+    hosts = kinds.count(_PLAIN_HOST)
+    if hosts > 1 or (hosts and kinds[0] != _PLAIN_HOST):
         return None
-    length = -1
-    rest = n - hosts - ordinary
-    if rest:
-        if rest > 1 or _LENGTH not in kinds:
-            return None
-        value = headers[kinds.index(_LENGTH)][1]
-        if not value.isdigit() or len(value) > MAX_LENGTH_DIGITS:
-            return None
-        length = int(value)
-    return block, hosts, length
+    if plain + hosts == n:
+        return block, hosts, -1
+    if n - plain - hosts > 1:  # two lengths
+        return None
+    return block, hosts, int(headers[kinds.index(_PLAIN_LENGTH)][1])
+
+
+def _check_fields(headers: list[tuple[bytes, bytes]], entries: list[Any]) -> bool:
+    """Check the fields ``entries`` lacks into it (and the memo); False when one may be wrong
+    or is not plain."""
+    i = -1
+    for _ in range(entries.count(None)):
+        i = entries.index(None, i + 1)
+        field = headers[i]
+        if type(field) is not tuple or len(field) != 2:
+            return False
+        name, value = field
+        if type(name) is not bytes or type(value) is not bytes:
+            return False
+        kind = _known_names.get(name)
+        if kind is None:
+            if NAME_RE.fullmatch(name) is None:
+                return False
+            kind = _NAME_KINDS.get(name.lower(), _ORDINARY)
+            if len(_known_names) < _MAX_KNOWN_NAMES:
+                _known_names[name] = kind
+        if kind == _ORDINARY:
+            kind = _PLAIN
+        elif kind == _HOST:
+            kind = _PLAIN_HOST
+        elif kind == _LENGTH:
+            kind = _PLAIN_LENGTH
+            if not value.isdigit() or len(value) > MAX_LENGTH_DIGITS:
+                return False
+        else:
+            return False
+        # A field value (RFC 9110 §5.5): no CR, LF or NUL (nor VT or FF, as h11), and no
+        # whitespace at either end; empty values go the exact way (h11 writes them as they are).
+        if not value or value.strip() is not value or value.translate(None, NOT_IN_VALUES) != value:
+            return False
+        entry = entries[i] = (b"%b: %b\r\n" % field, kind)
+        if len(name) + len(value) <= _MAX_LINE:
+            if len(_sent) >= _MAX_LINES:
+                _sent.clear()
+            _sent[field] = entry
+    return True
