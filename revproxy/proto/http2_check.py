@@ -4,19 +4,17 @@
 Rule of this room: pure functions and codec objects, header block in, the message's parts or
 the reason it is malformed out (a string: the caller resets the stream with PROTOCOL_ERROR —
 RFC 9113 §8.1.1: "Malformed requests or responses that are detected MUST be treated as a
-stream error"). h2's inbound validation is off (it would make these connection errors); every
-rule it would apply is applied here, in one pass over the block: field name and value
-characters (§8.2.1), pseudo-header order, set and uniqueness (§8.3), connection-specific fields
-and ``te`` (§8.2.2), Host against :authority (§8.3.1). Then what a proxy needs on top: an
-:authority at all, a :path it can route, a :scheme it knows, :protocol only once extended
-CONNECT was offered (RFC 8441 §4), and a valid :status. Split cookie fields are joined
-(§8.2.3).
+stream error"). One pass over the block checks field name and value characters (§8.2.1),
+pseudo-header order, set and uniqueness (§8.3), connection-specific fields and ``te``
+(§8.2.2), Host against :authority (§8.3.1) — the rules h2's validation applied, which the
+tests compare against it — then what a proxy needs on top: an :authority at all, a :path it
+can route, a :scheme it knows, :protocol only once extended CONNECT was offered (RFC 8441 §4),
+and a valid :status. Split cookie fields are joined (§8.2.3).
 
-The HPACK codec replaces hpack's on the h2 connection (``conn.encoder``/``conn.decoder``):
-same representations, same limits and errors, but table look-ups by dict instead of a scan
-and no per-field logging. The encoder also does what h2's outbound normalisation did
-(lower-case names, no surrounding whitespace, no connection-specific field, credentials
-never indexed — RFC 7541 §7.1.3), so that normalisation is off.
+The HPACK codec (``Encoder``, ``Decoder``, one of each per connection): the representations
+and errors of python-hyper's hpack, with table look-ups by dict instead of a scan. The encoder
+also normalises what it sends (lower-case names, no surrounding whitespace, no
+connection-specific field) and never indexes credentials (RFC 7541 §7.1.3).
 """
 
 from __future__ import annotations
@@ -258,10 +256,15 @@ def trailers(raw: Iterable[tuple[bytes, bytes]], *, from_client: bool) -> Header
 
 
 def content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
+    """The Content-Length of a message, None without one. ValueError when it is not digits or
+    its fields disagree (RFC 9110 §8.6: the message is then malformed)."""
+    found: bytes | None = None
     for name, value in headers:
         if name == b"content-length":
-            return int(value)  # h2 checked that it is digits and not conflicting
-    return None
+            if not value.isdigit() or (found is not None and value != found):
+                raise ValueError(f"invalid content-length {value!r}")
+            found = value
+    return None if found is None else int(found)
 
 
 # --- HPACK (RFC 7541) -------------------------------------------------------------------------
@@ -410,7 +413,8 @@ class _EncoderTable(_Table):
 
 
 class Encoder:
-    """What h2 needs of ``hpack.Encoder``: ``encode`` and ``header_table_size``.
+    """HPACK encoder: ``encode`` a block; ``header_table_size`` follows the peer's
+    SETTINGS_HEADER_TABLE_SIZE.
 
     Representations as hpack's: a field in a table is indexed; any other is a literal with
     incremental indexing (never indexed for credentials), its name indexed when a table has
@@ -432,10 +436,9 @@ class Encoder:
             self._table.resize(size)
             self._size_updates.append(size)
 
-    def encode(self, headers: Iterable[tuple[bytes, bytes]], huffman: bool = True) -> bytes:
+    def encode(self, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
         """One header block. Names are lower-cased, names and values stripped of surrounding
-        whitespace and connection-specific fields dropped (what h2's outbound normalisation
-        did); each field must be bytes."""
+        whitespace and connection-specific fields dropped; each field must be bytes."""
         out = bytearray()
         if self._size_updates:
             # RFC 7541 §4.2: the smallest size since the last block, then the current one.
@@ -512,9 +515,9 @@ class Encoder:
 
 
 class Decoder:
-    """What h2 needs of ``hpack.Decoder``: ``decode``, ``max_header_list_size`` and
-    ``max_allowed_table_size``; the same errors (hpack's exceptions, which h2 turns into
-    connection errors) and plain ``(name, value)`` tuples of bytes."""
+    """HPACK decoder: ``decode`` a block into plain ``(name, value)`` tuples of bytes; hpack's
+    exceptions for what does not decode (connection errors for the caller), beyond
+    ``max_header_list_size`` or ``max_allowed_table_size`` included."""
 
     def __init__(self, max_header_list_size: int = 2**16) -> None:
         self._table = _Table()
@@ -529,7 +532,7 @@ class Decoder:
     def header_table_size(self, value: int) -> None:
         self._table.resize(value)
 
-    def decode(self, data: bytes, raw: bool = True) -> list[tuple[bytes, bytes]]:
+    def decode(self, data: bytes) -> list[tuple[bytes, bytes]]:
         """A header block decoded (RFC 7541 §3, §6); fields are always bytes."""
         table = self._table
         headers: list[tuple[bytes, bytes]] = []

@@ -11,18 +11,15 @@ content (HEAD, 204, 304); a GOAWAY from the origin says which streams were not p
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
-import h2.events
-import h2.exceptions
-import h2.settings
-
+from revproxy.errors import H2_PROTOCOL_ERROR
 from revproxy.proto import http2_check as check
 from revproxy.proto.events import Event, Headers, InformationalReceived, ResponseReceived
 from revproxy.proto.http2 import DEFAULT_WINDOW, H2Endpoint, Stream
 
 # Statuses whose responses carry no content whatever their content-length says (RFC 9110 §6.4.1).
 _NO_CONTENT = frozenset({204, 304})
+# The highest stream id a client may use (RFC 9113 §5.1.1).
+_MAX_STREAM_ID = 2**31 - 1
 
 
 class H2Client(H2Endpoint):
@@ -43,7 +40,6 @@ class H2Client(H2Endpoint):
             initial_window_size=initial_window_size,
             max_frame_size=max_frame_size,
             max_header_list_size=max_header_list_size,
-            extra_settings={h2.settings.SettingCodes.ENABLE_PUSH: 0},
         )
 
     def send_request(
@@ -59,54 +55,55 @@ class H2Client(H2Endpoint):
     ) -> int:
         """Open a stream with this request head; returns its id. ``headers`` carry no Host
         (``authority`` becomes :authority) and no connection-specific field."""
-        sid = self._h2.get_next_available_stream_id()
+        sid = self.highest_outbound_stream_id + 2 if self.highest_outbound_stream_id else 1
+        if sid > _MAX_STREAM_ID:
+            raise self._local_error("stream ids exhausted")
+        if self._open_out >= self._peer_max_streams:
+            raise self._local_error(f"over the origin's {self._peer_max_streams} streams")
         block: Headers = [(b":method", method), (b":scheme", scheme), (b":authority", authority)]
         if method != b"CONNECT" or protocol:
             block.append((b":path", path))
         if protocol:
             block.append((b":protocol", protocol))
         block.extend(headers)
-        try:
-            self._h2.send_headers(sid, block, end_stream=end)
-        except h2.exceptions.ProtocolError as exc:
-            raise self._local_error(str(exc)) from None
-        self._streams[sid] = Stream(head=method == b"HEAD")
+        st = Stream(self._peer_initial_window, self._initial_window, head=method == b"HEAD")
+        self.highest_outbound_stream_id = sid
+        self._streams[sid] = st
+        self._open_out += 1
+        self._send_headers(sid, block, end)
+        if end:
+            self._local_ended(sid, st)
         return sid
 
-    def _response(self, ev: h2.events.ResponseReceived, out: list[Event]) -> None:
-        sid = ev.stream_id or 0
-        head = self._head(sid, ev.headers or [], out)
-        if head is None:
-            return
-        status, headers = head
-        st = self._streams.get(sid)
-        if st is not None:
-            no_content = st.head or status in _NO_CONTENT
-            st.expected = None if no_content else check.content_length(headers)
-        out.append(
-            ResponseReceived(
-                stream_id=sid,
-                status=status,
-                headers=headers,
-                http_version=b"2",
-                ended=ev.stream_ended is not None,
-            )
-        )
-
-    def _informational(self, ev: h2.events.InformationalResponseReceived, out: list[Event]) -> None:
-        sid = ev.stream_id or 0
-        head = self._head(sid, ev.headers or [], out)
-        if head is not None:
-            out.append(InformationalReceived(stream_id=sid, status=head[0], headers=head[1]))
-
-    def _head(
-        self, sid: int, raw: Iterable[tuple[bytes, bytes]], out: list[Event]
-    ) -> tuple[int, Headers] | None:
-        head = check.response(raw)
+    def _next_head(
+        self, sid: int, st: Stream, fields: list[tuple[bytes, bytes]], end: bool, out: list[Event]
+    ) -> None:
+        head = check.response(fields)
         if isinstance(head, str):
             self._stream_error(sid, head, out)
-            return None
-        return head
+            return
+        status, headers = head
+        if status < 200:
+            # RFC 9113 §8.1: an interim response never ends the stream.
+            if end:
+                self._stream_error(sid, "interim response with END_STREAM", out, H2_PROTOCOL_ERROR)
+                return
+            out.append(InformationalReceived(stream_id=sid, status=status, headers=headers))
+            return
+        st.final = True
+        if not (st.head or status in _NO_CONTENT):
+            try:
+                st.expected = check.content_length(headers)
+            except ValueError:
+                self._stream_error(sid, "invalid content-length", out)
+                return
+        out.append(
+            ResponseReceived(
+                stream_id=sid, status=status, headers=headers, http_version=b"2", ended=end
+            )
+        )
+        if end:
+            self._remote_ended(sid, st, out)
 
     @property
     def can_open_stream(self) -> bool:

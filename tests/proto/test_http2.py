@@ -46,6 +46,7 @@ from revproxy.proto.events import (
     GoAwayReceived,
     InformationalReceived,
     MessageEnded,
+    PingAcknowledged,
     RequestReceived,
     ResponseReceived,
     StreamReset,
@@ -906,3 +907,337 @@ def test_a_cookie_before_pseudo_headers_is_malformed() -> None:
     fields to the end before validating)."""
     raw = [(b"cookie", b"a=1"), *GET]
     assert isinstance(check.request(raw, connect_protocol=True), str)
+
+
+# --- the framing layer, rule by rule (what h2spec checks of a server) ---------------------
+
+
+def raw(ftype: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
+    """A frame as bytes, whatever it says."""
+    return (
+        len(payload).to_bytes(3, "big") + bytes((ftype, flags)) + sid.to_bytes(4, "big") + payload
+    )
+
+
+def connection_error(data: bytes, **settings: int) -> int:
+    """The GOAWAY code ``data`` gets from a connected server (which raises)."""
+    server, _ = connected(**settings)
+    with pytest.raises(ClientProtocolError) as err:
+        server.receive_data(data)
+    code = goaway_code(server)
+    assert err.value.h2_code == code
+    return code
+
+
+FRAME_SIZE, STREAM_CLOSED, COMPRESSION = 0x6, 0x5, 0x9
+SETTING = (1).to_bytes(2, "big")  # SETTINGS_HEADER_TABLE_SIZE, for payload lengths
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        # §6.5: SETTINGS on a stream, of a length not a multiple of 6, an ACK with a payload.
+        (raw(0x4, 0, 1), H2_PROTOCOL_ERROR),
+        (raw(0x4, 0, 0, b"\x00\x01\x00"), FRAME_SIZE),
+        (raw(0x4, 0x1, 0, b"\x00" * 6), FRAME_SIZE),
+        # §6.5.2: values out of range.
+        (raw(0x4, 0, 0, b"\x00\x02\x00\x00\x00\x02"), H2_PROTOCOL_ERROR),
+        (raw(0x4, 0, 0, b"\x00\x04\x80\x00\x00\x00"), FLOW_CONTROL_ERROR),
+        (raw(0x4, 0, 0, b"\x00\x05\x00\x00\x3f\xff"), H2_PROTOCOL_ERROR),
+        (raw(0x4, 0, 0, b"\x00\x05\x01\x00\x00\x00"), H2_PROTOCOL_ERROR),
+        (raw(0x4, 0, 0, b"\x00\x08\x00\x00\x00\x02"), H2_PROTOCOL_ERROR),
+        # §6.7: PING on a stream, of a wrong length.
+        (raw(0x6, 0, 1, b"\x00" * 8), H2_PROTOCOL_ERROR),
+        (raw(0x6, 0, 0, b"\x00" * 7), FRAME_SIZE),
+        # §6.1, §6.2, §6.3, §6.4: frames that need a stream, on stream 0.
+        (raw(0x0, 0, 0, b"x"), H2_PROTOCOL_ERROR),
+        (raw(0x1, 0x4, 0, b"\x82"), H2_PROTOCOL_ERROR),
+        (raw(0x2, 0, 0, b"\x00" * 5), H2_PROTOCOL_ERROR),
+        (raw(0x3, 0, 0, b"\x00" * 4), H2_PROTOCOL_ERROR),
+        # §5.1: frames other than HEADERS and PRIORITY on an idle stream.
+        (raw(0x0, 0, 1, b"x"), H2_PROTOCOL_ERROR),
+        (raw(0x3, 0, 1, b"\x00" * 4), H2_PROTOCOL_ERROR),
+        (raw(0x8, 0, 1, b"\x00\x00\x00\x01"), H2_PROTOCOL_ERROR),
+        # §5.1.1: a client opens odd streams only.
+        (raw(0x1, 0x5, 2, b"\x82\x87\x84\x41\x01a"), H2_PROTOCOL_ERROR),
+        # §6.3, §6.4, §6.9: fixed lengths.
+        (raw(0x2, 0, 1, b"\x00" * 4), FRAME_SIZE),
+        (raw(0x3, 0, 1, b"\x00" * 3), FRAME_SIZE),
+        (raw(0x8, 0, 0, b"\x00" * 3), FRAME_SIZE),
+        # §6.9: a zero increment, on the connection or a stream.
+        (raw(0x8, 0, 0, b"\x00" * 4), H2_PROTOCOL_ERROR),
+        # §6.9.1: the connection window beyond 2^31-1.
+        (raw(0x8, 0, 0, b"\x7f\xff\xff\xff"), FLOW_CONTROL_ERROR),
+        # §5.3.1: a stream that depends on itself.
+        (raw(0x2, 0, 1, b"\x00\x00\x00\x01\x10"), H2_PROTOCOL_ERROR),
+        (raw(0x1, 0x24, 1, b"\x00\x00\x00\x01\x10\x82"), H2_PROTOCOL_ERROR),
+        # §6.10: CONTINUATION with no header block open.
+        (raw(0x9, 0x4, 1, b"\x82"), H2_PROTOCOL_ERROR),
+        # §6.6: push is off (a client never pushes anyway).
+        (raw(0x5, 0x4, 1, b"\x00\x00\x00\x02\x82"), H2_PROTOCOL_ERROR),
+        # §4.3: a header block that does not decode.
+        (raw(0x1, 0x5, 1, b"\xbf"), COMPRESSION),
+    ],
+)
+def test_frame_rules_are_connection_errors(data: bytes, code: int) -> None:
+    assert connection_error(data) == code
+
+
+def test_padding_as_long_as_the_frame_is_a_protocol_error() -> None:
+    _, peer = connected()
+    opened = peer.raw_headers(1, post(), end=False)
+    assert connection_error(opened + raw(0x0, 0x8, 1, b"\x04abc")) == H2_PROTOCOL_ERROR
+    assert connection_error(raw(0x1, 0xC, 1, b"\x05\x82\x87\x84\x41")) == H2_PROTOCOL_ERROR
+    assert connection_error(opened + raw(0x0, 0x8, 1)) == FRAME_SIZE
+
+
+def test_a_header_block_may_not_be_interrupted() -> None:
+    _, peer = connected()
+    block = peer.encoder.encode(GET)
+    first = raw(0x1, 0x1, 1, block[:3])
+    assert connection_error(first + raw(0x6, 0, 0, b"\x00" * 8)) == H2_PROTOCOL_ERROR
+    assert connection_error(first + raw(0x9, 0x4, 3, block[3:])) == H2_PROTOCOL_ERROR
+    assert connection_error(first + raw(0xFA, 0, 0, b"x")) == H2_PROTOCOL_ERROR
+
+
+def test_a_header_block_spread_over_continuation_frames_is_one_request() -> None:
+    server, peer = connected()
+    block = peer.encoder.encode([*GET, (b"x-long", b"v" * 100)])
+    data = raw(0x1, 0x1, 1, block[:10])
+    data += raw(0x9, 0, 1, block[10:50]) + raw(0x9, 0x4, 1, block[50:])
+    events = useful(feed(server, data, bytewise=True))
+    assert isinstance(events[0], RequestReceived) and events[0].ended
+    assert (b"x-long", b"v" * 100) in events[0].headers
+
+
+def test_stream_ids_must_grow() -> None:
+    server, peer = connected()
+    server.receive_data(peer.raw_headers(5, GET))
+    with pytest.raises(ClientProtocolError) as err:
+        server.receive_data(peer.raw_headers(3, GET))
+    assert err.value.h2_code == H2_PROTOCOL_ERROR
+
+
+def test_more_streams_than_advertised_is_a_connection_error() -> None:
+    server, peer = connected(max_concurrent_streams=2)
+    server.receive_data(peer.raw_headers(1, GET, end=False) + peer.raw_headers(3, GET, end=False))
+    with pytest.raises(ClientProtocolError) as err:
+        server.receive_data(peer.raw_headers(5, GET, end=False))
+    assert err.value.h2_code == H2_PROTOCOL_ERROR
+    # A stream that closed makes room again.
+    server, peer = connected(max_concurrent_streams=1)
+    server.receive_data(peer.raw_headers(1, GET))
+    server.send_response(1, 200, [], end=True)
+    server.forget(1)
+    assert isinstance(useful(server.receive_data(peer.raw_headers(3, GET)))[0], RequestReceived)
+
+
+def test_unknown_frames_and_settings_are_ignored_and_pings_answered() -> None:
+    server, _ = connected()
+    data = raw(0xFA, 0x7, 1, b"whatever") + raw(0x4, 0, 0, b"\x00\x77\x00\x00\x00\x01")
+    data += raw(0x6, 0, 0, b"12345678") + raw(0x2, 0, 9, b"\x00\x00\x00\x00\x10")
+    assert useful(server.receive_data(data)) == []
+    out = server.data_to_send()
+    ping = [f for f in frames(out) if f.type == 0x6]
+    assert len(ping) == 1 and "ACK" in ping[0].flags and ping[0].opaque_data == b"12345678"
+    assert any(f.type == 0x4 and "ACK" in f.flags for f in frames(out))
+    assert server.receive_data(raw(0x6, 0x1, 0, b"abcdefgh")) == [
+        PingAcknowledged(data=b"abcdefgh")
+    ]
+
+
+def test_settings_are_acknowledged_and_the_initial_window_applies_to_open_streams() -> None:
+    server, peer = connected()
+    server.receive_data(peer.raw_headers(1, GET))
+    server.send_response(1, 200, [])
+    peer.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 10})
+    events = server.receive_data(peer.bytes())
+    assert WindowUpdated(stream_id=0) in events
+    assert server.window(1) == 10
+    assert server.send_data(1, b"x" * 100) == 10
+    # A smaller window may go below 0: nothing is sent until it is positive again.
+    peer.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    server.receive_data(peer.bytes())
+    assert server.send_data(1, b"x") == 0 and server.window(1) == 0
+    server.receive_data(raw(0x8, 0, 1, (15).to_bytes(4, "big")))
+    assert server.window(1) == 5
+
+
+def test_a_stream_window_beyond_the_maximum_is_a_stream_error() -> None:
+    server, peer = connected()
+    server.receive_data(peer.raw_headers(1, GET))
+    events = server.receive_data(raw(0x8, 0, 1, b"\x7f\xff\xff\xff"))
+    assert events == [
+        StreamReset(
+            stream_id=1, error_code=FLOW_CONTROL_ERROR, remote=False, reason=events[0].reason
+        )
+    ]
+    (rst,) = of(RstStreamFrame, server.data_to_send())
+    assert rst.error_code == FLOW_CONTROL_ERROR
+    # An initial window that would push a stream's beyond the maximum: connection error.
+    server, peer = connected()
+    server.receive_data(peer.raw_headers(1, GET))
+    server.receive_data(raw(0x8, 0, 1, b"\x7f\xff\x00\x00"))
+    setting = b"\x00\x04" + (65535 + 0x10000).to_bytes(4, "big")
+    with pytest.raises(ClientProtocolError) as err:
+        server.receive_data(raw(0x4, 0, 0, setting))
+    assert err.value.h2_code == FLOW_CONTROL_ERROR
+
+
+def test_data_after_end_stream_is_a_stream_error_while_we_answer() -> None:
+    server, peer = connected()
+    server.receive_data(peer.raw_headers(1, GET))
+    events = server.receive_data(raw(0x0, 0, 1, b"late"))
+    assert [(type(e), e.error_code) for e in events] == [(StreamReset, STREAM_CLOSED)]
+    (rst,) = of(RstStreamFrame, server.data_to_send())
+    assert (rst.stream_id, rst.error_code) == (1, STREAM_CLOSED)
+    assert not server.stream_open(1)
+    # The connection lives on.
+    assert isinstance(useful(server.receive_data(peer.raw_headers(3, GET)))[0], RequestReceived)
+
+
+def test_headers_on_a_closed_stream_is_a_connection_error() -> None:
+    server, peer = connected()
+    server.receive_data(peer.raw_headers(1, GET))
+    server.send_response(1, 200, [], end=True)
+    server.forget(1)
+    with pytest.raises(ClientProtocolError) as err:
+        server.receive_data(peer.raw_headers(1, GET))
+    assert err.value.h2_code == STREAM_CLOSED
+
+
+def test_frames_on_a_stream_we_reset_are_ignored_but_count_for_the_connection() -> None:
+    server, peer = connected(max_concurrent_streams=1)  # connection window = stream window
+    server.receive_data(peer.raw_headers(1, post(), end=False))
+    server.forget(1, H2_CANCEL)
+    server.data_to_send()
+    late = raw(0x0, 0, 1, b"x" * 16000) * 3 + peer.trailers(1, [(b"x-t", b"1")])
+    assert useful(server.receive_data(late)) == []
+    out = server.data_to_send()
+    assert not of(RstStreamFrame, out)
+    (update,) = of(WindowUpdateFrame, out)
+    assert update.stream_id == 0 and update.window_increment == 48000
+    # A RST_STREAM from the client crossing ours changes nothing either.
+    assert server.receive_data(raw(0x3, 0, 1, b"\x00\x00\x00\x08")) == []
+
+
+def test_trailers_without_end_stream_are_a_stream_error() -> None:
+    server, peer = connected()
+    server.receive_data(peer.raw_headers(1, post(), end=False))
+    events = server.receive_data(peer.raw_headers(1, [(b"x-t", b"1")], end=False))
+    assert isinstance(events[-1], StreamReset) and events[-1].error_code == H2_PROTOCOL_ERROR
+
+
+@pytest.mark.parametrize("value", [b"abc", b"-1", b"1 ", b"+5"])
+def test_an_invalid_content_length_is_a_stream_error(value: bytes) -> None:
+    server, peer = connected()
+    head = [*post(), (b"content-length", value)]
+    (event,) = useful(server.receive_data(peer.raw_headers(1, head, end=False)))
+    assert isinstance(event, StreamReset) and event.error_code == H2_PROTOCOL_ERROR
+    head = [*post(), (b"content-length", b"3"), (b"content-length", b"4")]
+    (event,) = useful(server.receive_data(peer.raw_headers(3, head, end=False)))
+    assert isinstance(event, StreamReset)
+
+
+def test_large_heads_go_in_continuation_frames_and_follow_the_peers_table_size() -> None:
+    server, peer = connected()
+    peer.conn.update_settings({h2.settings.SettingCodes.HEADER_TABLE_SIZE: 0})
+    peer.conn.send_headers(1, GET, end_stream=True)
+    server.receive_data(peer.bytes())
+    big = [(f"x-h{i}".encode(), b"v" * 500) for i in range(60)]
+    server.send_response(1, 200, big, end=True)
+    out = server.data_to_send()
+    assert [f.type for f in frames(out)].count(0x9) >= 1
+    got = peer.conn.receive_data(out)
+    resp = next(e for e in got if isinstance(e, h2.events.ResponseReceived))
+    assert resp.headers == [(b":status", b"200"), *big]
+
+
+def test_client_refuses_pushes_interim_ends_and_streams_it_did_not_open() -> None:
+    client, origin = client_connected()
+    sid = client.send_request(b"GET", b"http", b"api.test", b"/", [], end=True)
+    origin.conn.receive_data(client.data_to_send())
+    interim = HeadersFrame(sid)
+    interim.data = origin.conn.encoder.encode([(b":status", b"103")])
+    interim.flags.add("END_HEADERS")
+    interim.flags.add("END_STREAM")
+    events = client.receive_data(interim.serialize())
+    assert isinstance(events[-1], StreamReset) and events[-1].error_code == H2_PROTOCOL_ERROR
+    for data in (
+        raw(0x5, 0x4, 1, b"\x00\x00\x00\x02\x88"),
+        raw(0x1, 0x5, 2, b"\x88"),
+        raw(0x4, 0, 0, b"\x00\x02\x00\x00\x00\x01"),  # SETTINGS_ENABLE_PUSH = 1 from a server
+    ):
+        client, _ = client_connected()
+        with pytest.raises(BackendProtocolError) as err:
+            client.receive_data(data)
+        assert err.value.h2_code == H2_PROTOCOL_ERROR
+
+
+# --- interop: many streams both ways with an h2 peer, bytes split at random --------------
+
+
+def test_random_exchanges_with_an_h2_client_keep_every_byte_and_window() -> None:
+    """Uploads and downloads on many streams at once, the client's bytes cut anywhere, our
+    acknowledgements late or early: every byte arrives, no window is ever exceeded."""
+    rng = random.Random(1)
+    server, peer = connected(initial_window_size=20000, max_concurrent_streams=8)
+    uploads: dict[int, bytes] = {}
+    uploaded: dict[int, int] = {}  # what the client sent of each upload
+    received: dict[int, bytearray] = {}
+    answers: dict[int, bytes] = {}
+    pending: dict[int, memoryview] = {}
+    downloaded: dict[int, bytearray] = {}
+    ended: set[int] = set()
+    sid = 1
+    wire = b""
+    for _ in range(600):
+        if sid < 160 and len(uploads) - len(ended) < 6 and rng.random() < 0.3:
+            body = rng.randbytes(rng.choice([0, 10, 5000, 70000]))
+            uploads[sid], uploaded[sid], received[sid] = body, 0, bytearray()
+            peer.conn.send_headers(sid, post(len(body)), end_stream=not body)
+            sid += 2
+        for s, body in uploads.items():  # the client sends what its windows allow
+            done = uploaded[s]
+            if done == len(body):
+                continue
+            room = min(peer.conn.local_flow_control_window(s), 16384, len(body) - done)
+            if room > 0:
+                peer.conn.send_data(
+                    s, body[done : done + room], end_stream=done + room == len(body)
+                )
+                uploaded[s] = done + room
+        wire += peer.bytes()
+        cut = rng.randrange(0, len(wire) + 1)
+        chunk, wire = wire[:cut], wire[cut:]
+        for ev in server.receive_data(chunk):
+            if isinstance(ev, DataReceived):
+                received[ev.stream_id] += ev.data
+                if rng.random() < 0.5:
+                    server.acknowledge(ev.stream_id, len(ev.data))
+            elif isinstance(ev, MessageEnded):
+                answers[ev.stream_id] = rng.randbytes(rng.choice([0, 100, 40000]))
+                server.send_response(ev.stream_id, 200, [(b"x-n", b"1")])
+                pending[ev.stream_id] = memoryview(answers[ev.stream_id])
+            assert not isinstance(ev, StreamReset), ev
+        if rng.random() < 0.5:  # late acknowledgements
+            for s in received:
+                server.acknowledge(s, 10**9)
+        for s, view in list(pending.items()):
+            taken = server.send_data(s, view, end=True)
+            if taken == len(view):
+                del pending[s]
+                server.forget(s)
+            else:
+                pending[s] = view[taken:]
+        for ev in peer.conn.receive_data(server.data_to_send()):
+            if isinstance(ev, h2.events.DataReceived):
+                downloaded.setdefault(ev.stream_id or 0, bytearray()).extend(ev.data or b"")
+                peer.conn.acknowledge_received_data(ev.flow_controlled_length or 0, ev.stream_id)
+            elif isinstance(ev, h2.events.StreamEnded):
+                ended.add(ev.stream_id or 0)
+            assert not isinstance(ev, h2.events.StreamReset | h2.events.ConnectionTerminated), ev
+    assert len(ended) > 30
+    for s in ended:
+        assert bytes(received[s]) == uploads[s]
+        assert bytes(downloaded.get(s, b"")) == answers[s]
