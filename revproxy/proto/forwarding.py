@@ -82,7 +82,9 @@ def remove_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
 
 def _connection_options(value: bytes, named: set[bytes]) -> None:
     """Add the connection-options a Connection header lists to ``named``."""
-    if b"," not in value:  # the usual "keep-alive" or "close"
+    # (find, not ``in``: bytes.__contains__ first tries its argument as an int, and builds and
+    # drops a TypeError when it is not one.)
+    if value.find(b",") < 0:  # the usual "keep-alive" or "close"
         option = value.strip().lower()
         if option:
             named.add(option)
@@ -141,20 +143,26 @@ def request_headers(
     """Headers to send to the origin for a request received from ``client``.
 
     One pass: most requests carry no hop-by-hop or forwarding header, so each header costs one
-    set lookup. A trusted peer's forwarding headers are set aside and only read once the
-    Connection header, wherever it was, has been seen: it may name them away."""
-    peer_trusted = is_trusted(client.address, trusted)
+    set lookup (and is kept as the same tuple). A trusted peer's forwarding headers are set
+    aside and only read once the Connection header, wherever it was, has been seen: it may
+    name them away."""
     kept: Headers = []
+    keep = kept.append
     named: set[bytes] = set()
     incoming: Headers = []  # a trusted peer's forwarding headers, in order
-    for name, value in headers:
-        if name in _REQUEST_SPECIAL:
-            if name == b"connection":
-                _connection_options(value, named)
-            elif peer_trusted and name in FORWARDING_HEADERS:
-                incoming.append((name, value))
+    peer_trusted: bool | None = None
+    for header in headers:
+        if header[0] not in _REQUEST_SPECIAL:
+            keep(header)
             continue
-        kept.append((name, value))
+        name, value = header
+        if name == b"connection":
+            _connection_options(value, named)
+        elif name in FORWARDING_HEADERS:
+            if peer_trusted is None:
+                peer_trusted = is_trusted(client.address, trusted)
+            if peer_trusted:
+                incoming.append(header)
     kept = _drop_named(kept, named)
     addr = client.address.encode()
     fwd: list[bytes] = []
@@ -307,17 +315,19 @@ def response_headers(
     """Headers to send to the client for a response from an origin.
 
     One pass: each header costs one dict lookup (plus one set lookup when the pool hides
-    headers of its own); a header named by the Connection header is dropped at the end."""
+    headers of its own), and a header kept as it is stays the same tuple; a header named by
+    the Connection header is dropped at the end."""
     out: Headers = []
+    keep = out.append
     named: set[bytes] = set()
     hide = policy.hide
-    action_of = _RESPONSE_ACTIONS.get
-    for name, value in headers:
-        action = action_of(name)
-        if action is None:
-            if not hide or name not in hide:
-                out.append((name, value))
+    for header in headers:
+        if header[0] not in _RESPONSE_ACTIONS:
+            if not hide or header[0] not in hide:
+                keep(header)
             continue
+        name, value = header
+        action = _RESPONSE_ACTIONS[name]
         if action == _DROP:
             continue
         if action == _CONNECTION:
@@ -327,9 +337,9 @@ def response_headers(
             continue
         if action == _SERVER:
             if policy.server_header == "keep":
-                out.append((name, value))
+                keep(header)
             elif policy.server_header != "remove":
-                out.append((name, policy.server_header.encode()))
+                keep((name, policy.server_header.encode()))
             continue
         if action == _LOCATION:
             if host:
@@ -341,7 +351,7 @@ def response_headers(
                 value = _rewrite_refresh(value, policy, scheme, host)
         else:  # _COOKIE
             value = _rewrite_cookie(value, policy)
-        out.append((name, value))
+        keep((name, value))
     return _drop_named(out, named)
 
 

@@ -53,6 +53,7 @@ from revproxy.proto.http1_state import (
     Connection,
 )
 from revproxy.proto.http1_wire import (
+    MAX_LINE,
     NAME_RE,
     NOT_IN_VALUES,
     PHRASES,
@@ -185,6 +186,74 @@ _PLAIN_METHODS: Final = frozenset(
 )
 # What a target may not hold besides bytes above 0x7f (h11: ``[\x21-\x7e]+``).
 _NOT_IN_TARGETS: Final = bytes(range(0x21)) + b"\x7f"
+# Request lines of plain requests received → (method, target), and targets seen valid (in
+# those lines or sent): memos, bounded like those of http1_wire.py.
+_request_lines: dict[bytes, tuple[bytes, bytes]] = {}
+_targets: set[bytes] = set()
+_MAX_REQUEST_LINES: Final = 4096
+
+
+def _read_request_line(line: bytes) -> tuple[bytes, bytes] | None:
+    """``method SP origin-form SP HTTP/1.1`` with a method of _PLAIN_METHODS: (method,
+    target), remembered; None otherwise."""
+    parts = line.split(b" ")
+    if len(parts) != 3:
+        return None
+    method, target, version = parts
+    if (
+        version != b"HTTP/1.1"
+        or method not in _PLAIN_METHODS
+        or target[:1] != b"/"
+        or not _valid_target(target)
+    ):
+        return None
+    if len(line) <= MAX_LINE:
+        if len(_request_lines) >= _MAX_REQUEST_LINES:
+            _request_lines.clear()
+        _request_lines[line] = method, target
+    return method, target
+
+
+def _valid_target(target: bytes) -> bool:
+    """h11's ``[\\x21-\\x7e]+``; remembered when true."""
+    if not target or not target.isascii():
+        return False
+    if len(target.translate(None, _NOT_IN_TARGETS)) != len(target):
+        return False
+    if len(target) <= MAX_LINE:
+        if len(_targets) >= _MAX_REQUEST_LINES:
+            _targets.clear()
+        _targets.add(target)
+    return True
+
+
+# Status lines of plain final responses received (the bytes after HTTP/1.1 being known valid)
+# → (status, reason): a memo, bounded like those of http1_wire.py.
+_status_lines: dict[bytes, tuple[int, bytes]] = {}
+_MAX_STATUS_LINES: Final = 256
+
+
+def _read_status_line(line: bytes) -> tuple[int, bytes] | None:
+    """``HTTP/1.1 SP 3DIGIT [SP reason]`` of a final response, the reason holding no NUL, CR,
+    LF, VT or FF: (status, reason), remembered; None otherwise."""
+    code = line[9:12]
+    if (
+        not line.startswith(b"HTTP/1.1 ")
+        or len(line) < 12
+        or not code.isdigit()
+        or (len(line) > 12 and line[12] != 0x20)
+        or len(line.translate(None, NOT_IN_VALUES)) != len(line)
+    ):
+        return None
+    status = int(code)
+    if status < 200:
+        return None
+    if len(_status_lines) >= _MAX_STATUS_LINES:
+        _status_lines.clear()
+    _status_lines[line] = (status, line[13:])
+    return status, line[13:]
+
+
 # Status lines with the standard reason phrase, for plain responses.
 _STATUS_LINES: Final = {
     status: b"HTTP/1.1 %d %b\r\n" % (status, phrase)
@@ -245,23 +314,14 @@ class H1Server(Connection):
         end = data.find(b"\r\n\r\n")
         if end < 0 or end + 4 > self._max:
             return None
-        head = data[:end]
-        lines = head.split(b"\r\n")
-        # No NUL, VT or FF, and every CR or LF is in a CRLF: no bare CR or LF (RFC 9112 §2.2).
-        if len(head) - len(head.translate(None, NOT_IN_VALUES)) != 2 * len(lines) - 2:
-            return None
-        line = lines[0].split(b" ")
-        if len(line) != 3:
-            return None
-        method, target, version = line
-        if (
-            version != b"HTTP/1.1"
-            or method not in _PLAIN_METHODS
-            or target[:1] != b"/"
-            or not target.isascii()
-            or len(target.translate(None, _NOT_IN_TARGETS)) != len(target)
-        ):
-            return None
+        # The lines are checked one by one: no bare CR or LF (RFC 9112 §2.2), no NUL, VT or FF.
+        lines = data[:end].split(b"\r\n")
+        request_line = _request_lines.get(lines[0])
+        if request_line is None:
+            request_line = _read_request_line(lines[0])
+            if request_line is None:
+                return None
+        method, target = request_line
         del lines[0]
         plain = plain_fields(lines)  # obs-fold: a line starting with SP or HTAB is not plain
         if plain is None:
@@ -625,9 +685,7 @@ class H1Client(Connection):
             and self._client == IDLE
             and self._server == IDLE
             and type(target) is bytes
-            and target
-            and target.isascii()
-            and len(target.translate(None, _NOT_IN_TARGETS)) == len(target)
+            and (target in _targets or _valid_target(target))
         ):
             plain = plain_block(headers)
             if plain is not None and plain[1] == 1:
@@ -718,23 +776,20 @@ class H1Client(Connection):
         to a request sent whole without a protocol switch: the events and the state
         ``_whole_head`` would give, with far less work. None when the head is not plain or not
         whole; nothing changed then."""
-        if not data.startswith(b"HTTP/1.1 ") or self._client != DONE or self._switch:
+        if self._client != DONE or self._switch:
             return None
         end = data.find(b"\r\n\r\n")
         if end < 0 or end + 4 > self._max:
             return None
-        head = data[:end]
-        lines = head.split(b"\r\n")
-        # No NUL, VT or FF, and every CR or LF is in a CRLF (so the reason phrase is valid too).
-        if len(head) - len(head.translate(None, NOT_IN_VALUES)) != 2 * len(lines) - 2:
-            return None
+        # The lines are checked one by one: no bare CR or LF, no NUL, VT or FF.
+        lines = data[:end].split(b"\r\n")
         line = lines[0]
-        code = line[9:12]
-        if len(line) < 12 or not code.isdigit() or (len(line) > 12 and line[12] != 0x20):
-            return None
-        status = int(code)
-        if status < 200:
-            return None
+        status_line = _status_lines.get(line)
+        if status_line is None:
+            status_line = _read_status_line(line)
+            if status_line is None:
+                return None
+        status, reason = status_line
         del lines[0]
         plain = plain_fields(lines)
         if plain is None:
@@ -747,7 +802,7 @@ class H1Client(Connection):
             self._keep_alive = False
             self._client = MUST_CLOSE
         sid = self.stream_id
-        out: list[Event] = [response_received(sid, status, fields, line[13:])]
+        out: list[Event] = [response_received(sid, status, fields, reason)]
         end += 4
         more = len(data) - end
         if status == 204 or status == 304 or self._method == b"HEAD":

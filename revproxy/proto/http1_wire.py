@@ -421,103 +421,116 @@ def tokens(items: list[tuple[bytes, bytes, bytes]], name: bytes) -> set[bytes]:
 # each line is read or checked once and remembered: a memo of a pure function, like
 # _known_names, consulted only to accept what was accepted before. Each memo is bounded, and
 # forgets everything when full, so that it follows the traffic of the moment; a line longer
-# than _MAX_LINE (a cookie, a long referrer) is read every time and never remembered.
+# than MAX_LINE (a cookie, a long referrer) is read every time and never remembered.
 
 # What a field is to the framing of its message.
 _PLAIN, _PLAIN_HOST, _PLAIN_LENGTH, _PLAIN_CHUNKED, _PLAIN_KEEP, _PLAIN_CLOSE = range(6)
 # Received names seen valid that say nothing about framing (raw name → lower-case name).
 _field_names: dict[bytes, bytes] = {}
-# Received field lines seen plain → (field as h11 reads it, what it is to framing).
-_lines: dict[bytes, tuple[tuple[bytes, bytes], int]] = {}
-# Fields sent → (the field line, what it is to framing), for fields seen valid and plain.
-_sent: dict[tuple[bytes, bytes], tuple[bytes, int]] = {}
-_MAX_LINES: Final = 4096
-_MAX_LINE: Final = 256
-_FIELD: Final = itemgetter(0)
-_KIND: Final = itemgetter(1)
+# Received field lines seen plain → the field as h11 reads it; framing fields apart, with what
+# they are to framing and the Content-Length they give.
+_lines: dict[bytes, tuple[bytes, bytes]] = {}
+_framing_lines: dict[bytes, tuple[tuple[bytes, bytes], int, int]] = {}
+# Fields sent and seen valid and plain → their field line; framing fields apart, as above.
+_sent: dict[tuple[bytes, bytes], bytes] = {}
+_framing_sent: dict[tuple[bytes, bytes], tuple[bytes, int, int]] = {}
+MAX_LINES: Final = 4096
+MAX_LINE: Final = 256
 
 PlainFields = tuple[Headers, bytes | None, int, bool, bool]
 
 
 def plain_fields(lines: list[bytes]) -> PlainFields | None:
-    """Header lines (no terminators) already known to hold no NUL, CR, LF, VT or FF, read as
-    h11 reads them: (fields, the Host value or None, Content-Length or -1, chunked, close);
-    None when a line is not ``token ":" OWS field-value OWS`` or framing is not plain."""
-    entries: list[Any] = list(map(_lines.get, lines))
-    if None in entries and not _read_lines(lines, entries):
-        return None
-    fields = list(map(_FIELD, entries))
-    kinds = list(map(_KIND, entries))
-    n = len(kinds)
-    plain = kinds.count(_PLAIN)
-    if plain == n:
+    """Header lines (without their CRLF) read as h11 reads them: (fields, the Host value or
+    None, Content-Length or -1, chunked, close); None when a line is not ``token ":" OWS
+    field-value OWS`` without NUL, CR, LF, VT or FF, or framing is not plain."""
+    fields: list[Any] = list(map(_lines.get, lines))
+    if None not in fields:
         return fields, None, -1, False, False
     host = None
-    hosts = kinds.count(_PLAIN_HOST)
-    if hosts:
-        if hosts > 1:
-            return None
-        host = fields[kinds.index(_PLAIN_HOST)][1]
-        if plain + hosts == n:
-            return fields, host, -1, False, False
     length = -1
-    lengths = kinds.count(_PLAIN_LENGTH)
-    if lengths:
-        if lengths > 1:
-            return None
-        length = int(fields[kinds.index(_PLAIN_LENGTH)][1])
-    chunked = _PLAIN_CHUNKED in kinds
-    if chunked and (lengths or kinds.count(_PLAIN_CHUNKED) > 1):
-        return None
-    return fields, host, length, chunked, _PLAIN_CLOSE in kinds
-
-
-def _read_lines(lines: list[bytes], entries: list[Any]) -> bool:
-    """Read the lines ``entries`` lacks into it (and the memo); False when one is not plain."""
+    chunked = close = False
     i = -1
-    for _ in range(entries.count(None)):
-        i = entries.index(None, i + 1)
+    for _ in range(fields.count(None)):  # framing fields, and lines not seen before
+        i = fields.index(None, i + 1)
         line = lines[i]
-        name, sep, value = line.partition(b":")
-        if not sep:
-            return False
-        lower = _field_names.get(name)
-        kind = _PLAIN
-        if lower is None:
-            lower = name.lower()
-            special = _NAME_KINDS.get(lower)
-            if special is None:
-                if NAME_RE.fullmatch(name) is None:
-                    return False
-                if len(_field_names) < _MAX_KNOWN_NAMES:
-                    _field_names[name] = lower
-            elif special == _HOST:
-                kind = _PLAIN_HOST
-            elif special == _LENGTH:
-                kind = _PLAIN_LENGTH
-            elif special == _CODING:
-                kind = _PLAIN_CHUNKED
-            elif special == _CONNECTION:
-                kind = _PLAIN_KEEP
-            else:  # Upgrade: a protocol switch is never plain
-                return False
-        # bytes.strip() strips SP, HTAB, CR, LF, VT and FF: only SP and HTAB can be there,
-        # which is h11's OWS around a field value.
-        value = value.strip()
-        if kind == _PLAIN_LENGTH:
-            if not value.isdigit() or len(value) > MAX_LENGTH_DIGITS:
-                return False
+        entry = _framing_lines.get(line)
+        if entry is None:
+            entry = _read_line(line)
+            if entry is None:
+                return None
+        field, kind, n = entry
+        fields[i] = field
+        if kind == _PLAIN:
+            continue
+        if kind == _PLAIN_HOST:
+            if host is not None:
+                return None
+            host = field[1]
+        elif kind == _PLAIN_LENGTH:
+            if length >= 0:
+                return None
+            length = n
         elif kind == _PLAIN_CHUNKED:
-            if value != b"chunked":
-                return False
-        elif kind == _PLAIN_KEEP and has_token(value, b"close"):
-            kind = _PLAIN_CLOSE
-        entry = entries[i] = ((lower, value), kind)
-        if len(line) <= _MAX_LINE:
-            if len(_lines) >= _MAX_LINES:
+            if chunked:
+                return None
+            chunked = True
+        elif kind == _PLAIN_CLOSE:
+            close = True
+    if chunked and length >= 0:
+        return None
+    return fields, host, length, chunked, close
+
+
+def _read_line(line: bytes) -> tuple[tuple[bytes, bytes], int, int] | None:
+    """A field line as h11 reads it, what it is to framing and its Content-Length (-1 unless
+    it gives one); remembered. None when it is not plain."""
+    name, sep, value = line.partition(b":")
+    if not sep or len(line.translate(None, NOT_IN_VALUES)) != len(line):
+        return None
+    lower = _field_names.get(name)
+    kind = _PLAIN
+    if lower is None:
+        lower = name.lower()
+        special = _NAME_KINDS.get(lower)
+        if special is None:
+            if NAME_RE.fullmatch(name) is None:
+                return None
+            if len(_field_names) < _MAX_KNOWN_NAMES:
+                _field_names[name] = lower
+        elif special == _HOST:
+            kind = _PLAIN_HOST
+        elif special == _LENGTH:
+            kind = _PLAIN_LENGTH
+        elif special == _CODING:
+            kind = _PLAIN_CHUNKED
+        elif special == _CONNECTION:
+            kind = _PLAIN_KEEP
+        else:  # Upgrade: a protocol switch is never plain
+            return None
+    # bytes.strip() strips SP, HTAB, CR, LF, VT and FF: only SP and HTAB can be left, which
+    # is h11's OWS around a field value.
+    field = (lower, value.strip())
+    length = -1
+    if kind == _PLAIN_LENGTH:
+        if not field[1].isdigit() or len(field[1]) > MAX_LENGTH_DIGITS:
+            return None
+        length = int(field[1])
+    elif kind == _PLAIN_CHUNKED:
+        if field[1] != b"chunked":
+            return None
+    elif kind == _PLAIN_KEEP and has_token(field[1], b"close"):
+        kind = _PLAIN_CLOSE
+    if len(line) <= MAX_LINE:
+        if kind == _PLAIN:
+            if len(_lines) >= MAX_LINES:
                 _lines.clear()
-            _lines[line] = entry
-    return True
+            _lines[line] = field
+        else:
+            if len(_framing_lines) >= MAX_LINES:
+                _framing_lines.clear()
+            _framing_lines[line] = (field, kind, length)
+    return field, kind, length
 
 
 def plain_block(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, int, int] | None:
@@ -526,63 +539,72 @@ def plain_block(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, int, int] | 
     a field may be wrong or is not plain: one Host at most and first, one plain
     Content-Length at most, no other field framing or the connection depends on."""
     try:
-        entries: list[Any] = list(map(_sent.get, headers))
+        lines: list[Any] = list(map(_sent.get, headers))
     except TypeError:  # not a tuple of bytes: the exact code says what is wrong
         return None
-    if None in entries and not _check_fields(headers, entries):
-        return None
-    block = b"".join(map(_FIELD, entries))
-    kinds = list(map(_KIND, entries))
-    n = len(kinds)
-    plain = kinds.count(_PLAIN)
-    if plain == n:
-        return block, 0, -1
-    hosts = kinds.count(_PLAIN_HOST)
-    if hosts > 1 or (hosts and kinds[0] != _PLAIN_HOST):
-        return None
-    if plain + hosts == n:
-        return block, hosts, -1
-    if n - plain - hosts > 1:  # two lengths
-        return None
-    return block, hosts, int(headers[kinds.index(_PLAIN_LENGTH)][1])
-
-
-def _check_fields(headers: list[tuple[bytes, bytes]], entries: list[Any]) -> bool:
-    """Check the fields ``entries`` lacks into it (and the memo); False when one may be wrong
-    or is not plain."""
+    if None not in lines:
+        return b"".join(lines), 0, -1
+    hosts = 0
+    length = -1
     i = -1
-    for _ in range(entries.count(None)):
-        i = entries.index(None, i + 1)
+    for _ in range(lines.count(None)):  # framing fields, and fields not seen before
+        i = lines.index(None, i + 1)
         field = headers[i]
-        if type(field) is not tuple or len(field) != 2:
-            return False
-        name, value = field
-        if type(name) is not bytes or type(value) is not bytes:
-            return False
-        kind = _known_names.get(name)
-        if kind is None:
-            if NAME_RE.fullmatch(name) is None:
-                return False
-            kind = _NAME_KINDS.get(name.lower(), _ORDINARY)
-            if len(_known_names) < _MAX_KNOWN_NAMES:
-                _known_names[name] = kind
-        if kind == _ORDINARY:
-            kind = _PLAIN
-        elif kind == _HOST:
-            kind = _PLAIN_HOST
-        elif kind == _LENGTH:
-            kind = _PLAIN_LENGTH
-            if not value.isdigit() or len(value) > MAX_LENGTH_DIGITS:
-                return False
-        else:
-            return False
-        # A field value (RFC 9110 §5.5): no CR, LF or NUL (nor VT or FF, as h11), and no
-        # whitespace at either end; empty values go the exact way (h11 writes them as they are).
-        if not value or value.strip() is not value or value.translate(None, NOT_IN_VALUES) != value:
-            return False
-        entry = entries[i] = (b"%b: %b\r\n" % field, kind)
-        if len(name) + len(value) <= _MAX_LINE:
-            if len(_sent) >= _MAX_LINES:
+        entry = _framing_sent.get(field)
+        if entry is None:
+            entry = _check_field(field)
+            if entry is None:
+                return None
+        lines[i], kind, n = entry
+        if kind == _PLAIN_HOST:
+            if i:  # not first, or not the only one
+                return None
+            hosts = 1
+        elif kind == _PLAIN_LENGTH:
+            if length >= 0:
+                return None
+            length = n
+    return b"".join(lines), hosts, length
+
+
+def _check_field(field: tuple[bytes, bytes]) -> tuple[bytes, int, int] | None:
+    """A field to send, serialised, what it is to framing and its Content-Length (-1 unless
+    it gives one); remembered. None when it may be wrong or is not plain."""
+    if type(field) is not tuple or len(field) != 2:
+        return None
+    name, value = field
+    if type(name) is not bytes or type(value) is not bytes:
+        return None
+    kind = _known_names.get(name)
+    if kind is None:
+        if NAME_RE.fullmatch(name) is None:
+            return None
+        kind = _NAME_KINDS.get(name.lower(), _ORDINARY)
+        if len(_known_names) < _MAX_KNOWN_NAMES:
+            _known_names[name] = kind
+    # A field value (RFC 9110 §5.5): no CR, LF or NUL (nor VT or FF, as h11), and no
+    # whitespace at either end; empty values go the exact way (h11 writes them as they are).
+    if not value or value.strip() is not value or value.translate(None, NOT_IN_VALUES) != value:
+        return None
+    line = b"%b: %b\r\n" % field
+    length = -1
+    if kind == _ORDINARY:
+        if len(line) <= MAX_LINE:
+            if len(_sent) >= MAX_LINES:
                 _sent.clear()
-            _sent[field] = entry
-    return True
+            _sent[field] = line
+        return line, _PLAIN, -1
+    if kind == _HOST:
+        kind = _PLAIN_HOST
+    elif kind == _LENGTH:
+        if not value.isdigit() or len(value) > MAX_LENGTH_DIGITS:
+            return None
+        kind = _PLAIN_LENGTH
+        length = int(value)
+    else:
+        return None
+    if len(line) <= MAX_LINE:
+        if len(_framing_sent) >= MAX_LINES:
+            _framing_sent.clear()
+        _framing_sent[field] = (line, kind, length)
+    return line, kind, length
