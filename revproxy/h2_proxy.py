@@ -1,11 +1,11 @@
 """The L7 pipeline for one HTTP/2 client connection (TLS with ALPN ``h2``, or h2c).
 
 Rule of this room: one task reads the connection and turns frames into stream events; each
-request stream is served by its own task (an ``Exchange`` over an ``H2ServerStream``) in the
-connection's TaskGroup, so a slow stream or a slow origin never holds up another. Streams are
-bounded twice: h2 enforces our SETTINGS_MAX_CONCURRENT_STREAMS, and a stream whose task is
-still winding down (reset by the client, say) still counts — more are refused with
-REFUSED_STREAM. That, with the rapid-reset limit of proto/http2.py, is the answer to
+request stream is served by its own task (an ``Exchange`` over an ``H2ServerStream``), which
+ends with the connection, so a slow stream or a slow origin never holds up another. Streams
+are bounded twice: proto/http2.py enforces our SETTINGS_MAX_CONCURRENT_STREAMS, and a stream
+whose task is still winding down (reset by the client, say) still counts — more are refused
+with REFUSED_STREAM. That, with the rapid-reset limit of proto/http2.py, is the answer to
 CVE-2023-44487: a reset stream's task is cancelled at once and new ones are not started
 beyond the limit. All writes go through the one ``flush()`` of h2_conn.py.
 
@@ -258,7 +258,7 @@ class Http2Connection(H2Link):
         self.max_streams = s.max_concurrent_streams
         self.streams: dict[int, H2ServerStream] = {}
         self.peer_done = False  # the client sent GOAWAY
-        self._tg: asyncio.TaskGroup | None = None
+        self._loop = asyncio.get_running_loop()
 
     # --- connection loop ----------------------------------------------------------------
 
@@ -268,16 +268,18 @@ class Http2Connection(H2Link):
             unsubscribe.append(self.stopping.subscribe(self.go_away))
         try:
             self.flush()  # our SETTINGS
-            async with asyncio.TaskGroup() as tg:
-                self._tg = tg
-                try:
-                    await self._read_loop()
-                except (ConnectionError, OSError, TimeoutError) as exc:
-                    log.debug("client=%s HTTP/2 connection ended: %s", self.info.client[0], exc)
-                finally:
-                    for stream in list(self.streams.values()):
-                        if stream.task is not None:
-                            stream.task.cancel()
+            try:
+                await self._read_loop()
+            except (ConnectionError, OSError, TimeoutError) as exc:
+                log.debug("client=%s HTTP/2 connection ended: %s", self.info.client[0], exc)
+            finally:
+                # The streams end with their connection (as a TaskGroup's would, without its
+                # bookkeeping per task).
+                tasks = [s.task for s in self.streams.values() if s.task is not None]
+                for task in tasks:
+                    task.cancel()
+                if tasks:
+                    await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             for u in unsubscribe:
                 u()
@@ -376,8 +378,8 @@ class Http2Connection(H2Link):
         stream = H2ServerStream(self, req)
         self.streams[req.stream_id] = stream
         self.channels[req.stream_id] = stream
-        assert self._tg is not None
-        stream.task = self._tg.create_task(self._serve(stream))
+        # The stream holds its task (and the connection its streams) until it is served.
+        stream.task = self._loop.create_task(self._serve(stream))
 
     async def _serve(self, stream: H2ServerStream) -> None:
         exchange = Exchange(stream, generation=self.gen, listener=self.listener, info=self.info)

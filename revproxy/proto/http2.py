@@ -43,7 +43,9 @@ on the client side, ``h2_code`` set) after queueing their GOAWAY: flush, then cl
 
 from __future__ import annotations
 
+import dataclasses
 import struct
+from typing import Any
 
 from hpack.exceptions import HPACKDecodingError, OversizedHeaderListError
 
@@ -175,6 +177,91 @@ def _window_update(processed: int, current: int, maximum: int) -> int:
     return 0
 
 
+# --- events, built without the frozen dataclass __init__ ----------------------------------
+#
+# A frozen dataclass sets each field through object.__setattr__, which costs more than the
+# frame the event comes from. The events of every request are therefore filled in as
+# instances of a plain class with the same slots, then made instances of the event class
+# (``__class__`` assignment, allowed between classes of one layout): field for field and type
+# for type the event. Should an event change (other fields, another layout), the check below
+# fails and its constructor is used: slower, never wrong. (http1_fast.py does the same.)
+
+
+def _shadow(cls: type, names: tuple[str, ...]) -> type | None:
+    """A class with ``cls``'s slots whose instances may become ``cls`` instances."""
+    slots = getattr(cls, "__slots__", None)
+    if tuple(f.name for f in dataclasses.fields(cls)) != names or slots != names:
+        return None  # pragma: no cover - the events changed
+    shadow = type(f"_{cls.__name__}2", (), {"__slots__": names})
+    try:
+        probe = shadow()
+        probe.__class__ = cls
+    except TypeError:  # pragma: no cover - the events changed
+        return None
+    return shadow
+
+
+_RR = _shadow(
+    RequestReceived,
+    ("stream_id", "method", "target", "authority", "headers", "http_version", "ended", "protocol"),
+)
+_ME = _shadow(MessageEnded, ("stream_id", "trailers"))
+_DR = _shadow(DataReceived, ("stream_id", "data"))
+
+
+def _request_received(
+    sid: int,
+    method: bytes,
+    target: bytes,
+    authority: bytes,
+    headers: Headers,
+    ended: bool,
+    protocol: bytes,
+) -> RequestReceived:
+    if _RR is None:  # pragma: no cover - the events changed
+        return RequestReceived(
+            stream_id=sid,
+            method=method,
+            target=target,
+            authority=authority,
+            headers=headers,
+            http_version=b"2",
+            ended=ended,
+            protocol=protocol,
+        )
+    ev: Any = _RR()
+    ev.stream_id = sid
+    ev.method = method
+    ev.target = target
+    ev.authority = authority
+    ev.headers = headers
+    ev.http_version = b"2"
+    ev.ended = ended
+    ev.protocol = protocol
+    ev.__class__ = RequestReceived
+    return ev  # type: ignore[no-any-return]
+
+
+def _message_ended(sid: int, trailers: Headers) -> MessageEnded:
+    if _ME is None:  # pragma: no cover - the events changed
+        return MessageEnded(stream_id=sid, trailers=trailers)
+    ev: Any = _ME()
+    ev.stream_id = sid
+    ev.trailers = trailers
+    ev.__class__ = MessageEnded
+    return ev  # type: ignore[no-any-return]
+
+
+def _data_received(sid: int, data: bytes) -> DataReceived:
+    if _DR is None:  # pragma: no cover - the events changed
+        return DataReceived(stream_id=sid, data=data)
+    ev: Any = _DR()
+    ev.stream_id = sid
+    ev.data = data
+    ev.__class__ = DataReceived
+    return ev  # type: ignore[no-any-return]
+
+
 class H2Endpoint:
     """What both sides share: framing, stream states, SETTINGS, flow control, GOAWAY."""
 
@@ -194,6 +281,7 @@ class H2Endpoint:
         self._decoder = check.Decoder(max_header_list_size)
         self._streams: dict[int, Stream] = {}
         self._closed: dict[int, int] = {}  # stream id -> how it closed (_RESET_BY_US, ...)
+        self._known: set[tuple[bytes, bytes]] = set()  # fields seen valid (http2_check)
         self._open_in = 0  # open streams the peer opened
         self._open_out = 0  # open streams we opened
         self.highest_inbound_stream_id = 0
@@ -383,7 +471,7 @@ class H2Endpoint:
             self._credit(sid, length - len(data))  # padding is consumed on arrival
         if data:
             st.unacked += len(data)
-            out.append(DataReceived(stream_id=sid, data=data))
+            out.append(_data_received(sid, data))
         if end:
             self._remote_ended(sid, st, out)
 
@@ -481,7 +569,7 @@ class H2Endpoint:
         if not end:
             self._stream_error(sid, "trailers without END_STREAM", out)
             return
-        trailers = check.trailers(fields, from_client=not self._client_side)
+        trailers = check.trailers(fields, from_client=not self._client_side, known=self._known)
         if isinstance(trailers, str):
             self._stream_error(sid, trailers, out)
             return
@@ -521,7 +609,7 @@ class H2Endpoint:
         st.remote_open = False
         if not st.local_open:
             self._stream_closed(sid, st, _ENDED)
-        out.append(MessageEnded(stream_id=sid, trailers=st.trailers))
+        out.append(_message_ended(sid, st.trailers))
 
     def _window_update_frame(self, sid: int, payload: bytes, out: list[Event]) -> None:
         if len(payload) != 4:
@@ -921,31 +1009,20 @@ class H2Server(H2Endpoint):
         st = Stream(self._peer_initial_window, self._initial_window)
         self._streams[sid] = st
         self._open_in += 1
-        head = check.request(fields, connect_protocol=self._connect_protocol)
+        head = check.request(fields, connect_protocol=self._connect_protocol, known=self._known)
         if isinstance(head, str):
             self._stream_error(sid, head, out)
             return
         st.final = True
         if head.method == b"HEAD":
-            # h2 weighed a HEAD request's body against 0 whatever its content-length; so do we.
+            # A HEAD request's body is weighed against 0 whatever its content-length.
             st.head = True
             st.expected = 0
         else:
-            try:
-                st.expected = check.content_length(head.headers)
-            except ValueError:
-                self._stream_error(sid, "invalid content-length", out)
-                return
+            st.expected = head.content_length
         out.append(
-            RequestReceived(
-                stream_id=sid,
-                method=head.method,
-                target=head.target,
-                authority=head.authority,
-                headers=head.headers,
-                http_version=b"2",
-                ended=end,
-                protocol=head.protocol,
+            _request_received(
+                sid, head.method, head.target, head.authority, head.headers, end, head.protocol
             )
         )
         if end:

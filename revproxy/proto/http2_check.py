@@ -47,6 +47,9 @@ _BAD_NAME_BYTES = bytes([*range(0x21), *range(0x41, 0x5B), *range(0x7F, 0x100)])
 # Names seen valid, so that a common name is checked by one set look-up (bounded).
 _valid_names: set[bytes] = set()
 _VALID_NAMES_MAX = 1024
+# Fields a connection's ``known`` set may hold: fields seen valid on it (a client repeats its
+# fields, HPACK hands them back from its table), checked by one look-up next time.
+KNOWN_FIELDS_MAX = 256
 
 
 class RequestHead(NamedTuple):
@@ -55,6 +58,7 @@ class RequestHead(NamedTuple):
     authority: bytes
     protocol: bytes  # :protocol of an extended CONNECT, else b""
     headers: Headers  # Host first (from :authority), no pseudo-header
+    content_length: int | None = None
 
 
 def _bad_name(name: bytes) -> str | None:
@@ -93,16 +97,34 @@ def _bad_regular(name: bytes, value: bytes) -> str | None:
     return None
 
 
-def request(raw: Iterable[tuple[bytes, bytes]], *, connect_protocol: bool) -> RequestHead | str:
+def _bad_field(field: tuple[bytes, bytes], known: set[tuple[bytes, bytes]] | None) -> str | None:
+    """Why a field's name or value is invalid (RFC 9113 §8.2.1), or None; a valid one joins
+    ``known`` (while there is room), which spares it the check next time."""
+    if known is not None and field in known:
+        return None
+    name, value = field
+    reason = _bad_name(name) or (_bad_value(value) if value else None)
+    if reason is None and known is not None and len(known) < KNOWN_FIELDS_MAX:
+        known.add(field)
+    return reason
+
+
+def request(
+    raw: Iterable[tuple[bytes, bytes]],
+    *,
+    connect_protocol: bool,
+    known: set[tuple[bytes, bytes]] | None = None,
+) -> RequestHead | str:
     """A request head, or why it is malformed."""
-    method = scheme = authority = path = protocol = host = None
+    method = scheme = authority = path = protocol = host = length = None
     regular: Headers = []
     cookies: list[bytes] | None = None
     seen_regular = False
-    for name, value in raw:
-        reason = _bad_name(name) or (_bad_value(value) if value else None)
+    for field in raw:
+        reason = _bad_field(field, known)
         if reason is not None:
             return reason
+        name, value = field
         if name[0] == 0x3A:  # ":"
             if seen_regular:
                 return f"Received pseudo-header field out of sequence: {name!r}"
@@ -145,10 +167,16 @@ def request(raw: Iterable[tuple[bytes, bytes]], *, connect_protocol: bool) -> Re
                 return "Request header block has multiple Host headers."
             host = value
             continue
-        reason = _bad_regular(name, value)
-        if reason is not None:
-            return reason
-        regular.append((name, value))
+        if name == b"content-length":
+            # RFC 9110 §8.6: digits, the same in every field.
+            if not value.isdigit() or (length is not None and value != length):
+                return f"invalid content-length {value!r}"
+            length = value
+        else:
+            reason = _bad_regular(name, value)
+            if reason is not None:
+                return reason
+        regular.append(field)
     # RFC 9113 §8.3.1, §8.5; RFC 8441 §4.
     if method is None:
         return "Header block missing mandatory b':method' header"
@@ -184,19 +212,29 @@ def request(raw: Iterable[tuple[bytes, bytes]], *, connect_protocol: bool) -> Re
         regular.append((b"cookie", b"; ".join(cookies)))
     regular.insert(0, (b"host", authority))
     target = path if path is not None else authority
-    return RequestHead(method, target, authority, protocol or b"", regular)
+    return RequestHead(
+        method,
+        target,
+        authority,
+        protocol or b"",
+        regular,
+        None if length is None else int(length),
+    )
 
 
-def response(raw: Iterable[tuple[bytes, bytes]]) -> tuple[int, Headers] | str:
+def response(
+    raw: Iterable[tuple[bytes, bytes]], *, known: set[tuple[bytes, bytes]] | None = None
+) -> tuple[int, Headers] | str:
     """(status, headers without pseudo-headers) of a response head, or why it is malformed."""
     status: bytes | None = None
     regular: Headers = []
     cookies: list[bytes] | None = None
     seen_regular = False
-    for name, value in raw:
-        reason = _bad_name(name) or (_bad_value(value) if value else None)
+    for field in raw:
+        reason = _bad_field(field, known)
         if reason is not None:
             return reason
+        name, value = field
         if name[0] == 0x3A:  # ":"
             if seen_regular:
                 return f"Received pseudo-header field out of sequence: {name!r}"
@@ -219,7 +257,7 @@ def response(raw: Iterable[tuple[bytes, bytes]]) -> tuple[int, Headers] | str:
         reason = _bad_regular(name, value)
         if reason is not None:
             return reason
-        regular.append((name, value))
+        regular.append(field)
     if status is None:
         return "Header block missing mandatory b':status' header"
     code = int(status) if status.isdigit() and len(status) == 3 else 0
@@ -230,14 +268,20 @@ def response(raw: Iterable[tuple[bytes, bytes]]) -> tuple[int, Headers] | str:
     return code, regular
 
 
-def trailers(raw: Iterable[tuple[bytes, bytes]], *, from_client: bool) -> Headers | str:
+def trailers(
+    raw: Iterable[tuple[bytes, bytes]],
+    *,
+    from_client: bool,
+    known: set[tuple[bytes, bytes]] | None = None,
+) -> Headers | str:
     """A trailer section, or why it is malformed (no pseudo-header may appear in one)."""
     fields: Headers = []
     cookies: list[bytes] | None = None
-    for name, value in raw:
-        reason = _bad_name(name) or (_bad_value(value) if value else None)
+    for field in raw:
+        reason = _bad_field(field, known)
         if reason is not None:
             return reason
+        name, value = field
         if name[0] == 0x3A:  # ":"
             return f"Received pseudo-header in trailer {name!r}"
         if name == b"cookie":
@@ -249,7 +293,7 @@ def trailers(raw: Iterable[tuple[bytes, bytes]], *, from_client: bool) -> Header
         reason = _bad_regular(name, value)
         if reason is not None:
             return reason
-        fields.append((name, value))
+        fields.append(field)
     if cookies is not None:
         fields.append((b"cookie", b"; ".join(cookies)))
     return fields
@@ -278,6 +322,9 @@ for _i, (_n, _v) in enumerate(_STATIC, 1):
         _STATIC_FIELD.setdefault((_n, _v), _i)
         _STATIC_NAME.setdefault(_n, _i)
 DEFAULT_TABLE_SIZE = 4096
+# Decoded Huffman strings a decoder keeps (per connection), and the longest kept.
+HUFFMAN_CACHE_MAX = 64
+HUFFMAN_CACHED_LENGTH = 256
 # Longest integer representation accepted: a prefix and 4 continuation octets (2**28 and up
 # is no length or index we would accept anyway).
 _INT_OCTETS = 5
@@ -330,7 +377,7 @@ class _Table:
     __slots__ = ("entries", "inserted", "max_size", "size")
 
     def __init__(self) -> None:
-        self.entries: deque[tuple[bytes, bytes, int]] = deque()  # oldest first
+        self.entries: deque[tuple[tuple[bytes, bytes], int]] = deque()  # oldest first
         self.inserted = 0
         self.size = 0
         self.max_size = DEFAULT_TABLE_SIZE
@@ -342,14 +389,13 @@ class _Table:
         i = index - _STATIC_LEN
         entries = self.entries
         if 0 < i <= len(entries):
-            n, v, _ = entries[-i]
-            return n, v
+            return entries[-i][0]
         raise InvalidTableIndex(f"Invalid table index {index}")
 
-    def add(self, name: bytes, value: bytes) -> int | None:
+    def add(self, field: tuple[bytes, bytes]) -> int | None:
         """Insert a field; the number it got, or None when it did not fit (the table is then
         empty, RFC 7541 §4.4)."""
-        size = 32 + len(name) + len(value)
+        size = 32 + len(field[0]) + len(field[1])
         if size > self.max_size:
             self.entries.clear()
             self.size = 0
@@ -357,17 +403,18 @@ class _Table:
             return None
         number = self.inserted
         self.inserted += 1
-        self.entries.append((name, value, number))
+        self.entries.append((field, number))
         self.size += size
-        self.shrink()
+        if self.size > self.max_size:
+            self.shrink()
         return number
 
     def shrink(self) -> None:
         entries = self.entries
         while self.size > self.max_size:
-            n, v, number = entries.popleft()
-            self.size -= 32 + len(n) + len(v)
-            self.evicted(n, v, number)
+            field, number = entries.popleft()
+            self.size -= 32 + len(field[0]) + len(field[1])
+            self.evicted(field, number)
 
     def resize(self, size: int) -> None:
         self.max_size = size
@@ -378,7 +425,7 @@ class _Table:
         else:
             self.shrink()
 
-    def evicted(self, name: bytes, value: bytes, number: int) -> None:
+    def evicted(self, field: tuple[bytes, bytes], number: int) -> None:
         pass
 
     def evicted_all(self) -> None:
@@ -394,18 +441,18 @@ class _EncoderTable(_Table):
         self.by_field: dict[tuple[bytes, bytes], int] = {}
         self.by_name: dict[bytes, int] = {}
 
-    def add(self, name: bytes, value: bytes) -> int | None:
-        number = super().add(name, value)
+    def add(self, field: tuple[bytes, bytes]) -> int | None:
+        number = super().add(field)
         if number is not None:
-            self.by_field[(name, value)] = number
-            self.by_name[name] = number
+            self.by_field[field] = number
+            self.by_name[field[0]] = number
         return number
 
-    def evicted(self, name: bytes, value: bytes, number: int) -> None:
-        if self.by_field.get((name, value)) == number:
-            del self.by_field[(name, value)]
-        if self.by_name.get(name) == number:
-            del self.by_name[name]
+    def evicted(self, field: tuple[bytes, bytes], number: int) -> None:
+        if self.by_field.get(field) == number:
+            del self.by_field[field]
+        if self.by_name.get(field[0]) == number:
+            del self.by_name[field[0]]
 
     def evicted_all(self) -> None:
         self.by_field.clear()
@@ -511,7 +558,7 @@ class Encoder:
             out.append(0x40)
             out += _string(name)
         out += _string(value)
-        table.add(name, value)
+        table.add((name, value))
 
 
 class Decoder:
@@ -521,6 +568,7 @@ class Decoder:
 
     def __init__(self, max_header_list_size: int = 2**16) -> None:
         self._table = _Table()
+        self._huffman: dict[bytes, bytes] = {}  # Huffman-coded string -> decoded
         self.max_header_list_size = max_header_list_size
         self.max_allowed_table_size = DEFAULT_TABLE_SIZE
 
@@ -551,7 +599,7 @@ class Decoder:
                     field = _STATIC[index - 1] if 0 < index <= _STATIC_LEN else table.get(index)
                 elif b & 0x40:  # literal with incremental indexing (§6.2.1)
                     field, i = self._literal(data, i, 0x3F)
-                    table.add(field[0], field[1])
+                    table.add(field)
                 elif b & 0x20:  # dynamic table size update (§6.3)
                     if headers:
                         raise HPACKDecodingError("Table size update not at the start of the block")
@@ -612,4 +660,13 @@ class Decoder:
         if end > len(data):
             raise HPACKDecodingError("Truncated header block")
         raw = data[i:end]
-        return (decode_huffman(raw) if b & 0x80 else bytes(raw)), end
+        if not b & 0x80:
+            return bytes(raw), end
+        # A client codes the same strings again and again (those it does not index).
+        cache = self._huffman
+        text = cache.get(raw)
+        if text is None:
+            text = decode_huffman(raw)
+            if len(cache) < HUFFMAN_CACHE_MAX and length <= HUFFMAN_CACHED_LENGTH:
+                cache[bytes(raw)] = text
+        return text, end

@@ -78,7 +78,7 @@ class H2Client(H2Endpoint):
     def _next_head(
         self, sid: int, st: Stream, fields: list[tuple[bytes, bytes]], end: bool, out: list[Event]
     ) -> None:
-        head = check.response(fields)
+        head = check.response(fields, known=self._known)
         if isinstance(head, str):
             self._stream_error(sid, head, out)
             return

@@ -806,8 +806,14 @@ def _h2_request(raw: list[tuple[bytes, bytes]]) -> check.RequestHead | str:
     if cookies:
         regular.append((b"cookie", b"; ".join(cookies)))
     regular.insert(0, (b"host", authority))
+    length = next((int(v) for n, v in regular if n == b"content-length"), None)
     return check.RequestHead(
-        method, path if path is not None else authority, authority, protocol or b"", regular
+        method,
+        path if path is not None else authority,
+        authority,
+        protocol or b"",
+        regular,
+        length,
     )
 
 
