@@ -9,13 +9,27 @@ never forwards it anywhere.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 
 from revproxy.config import Route
 
 
 def normalise_host(authority: bytes | str) -> str:
-    """``Example.COM:8443`` → ``example.com``; ``[::1]:80`` → ``::1``; trailing dot dropped."""
+    """``Example.COM:8443`` → ``example.com``; ``[::1]:80`` → ``::1``; trailing dot dropped.
+
+    Remembered for authorities of DNS-name length (a client sends the same one on every
+    request); longer ones, which name no site anyway, are worked out each time so that the
+    memo stays small (4096 entries of 261 bytes at most)."""
+    if len(authority) <= _MEMO_LENGTH:
+        return _normalise_memo(authority)
+    return _normalise(authority)
+
+
+_MEMO_LENGTH = 261  # a 253-character name, ":" and a port
+
+
+def _normalise(authority: bytes | str) -> str:
     host = authority.decode("latin-1") if isinstance(authority, bytes) else authority
     host = host.strip().lower()
     if host.startswith("["):
@@ -24,6 +38,9 @@ def normalise_host(authority: bytes | str) -> str:
     elif host.count(":") == 1:
         host = host.split(":", 1)[0]
     return host.rstrip(".")
+
+
+_normalise_memo = functools.lru_cache(maxsize=4096)(_normalise)
 
 
 def host_matches(pattern: str, host: str) -> bool:
