@@ -533,6 +533,9 @@ class H1Server(Connection):
                     self._write_left = plain[2]
                 self._writer = LENGTH
                 return line + plain[0] + b"\r\n"
+        return self._send_response_exactly(status, headers, reason)
+
+    def _send_response_exactly(self, status: int, headers: Headers, reason: bytes) -> bytes:
         try:
             fields, listed = outgoing(headers)
             if not isinstance(status, int) or not 200 <= status < 1000:
@@ -591,11 +594,19 @@ class H1Server(Connection):
             fields.block = field_block(fields.fields(listed))
 
     def send_data(self, data: bytes) -> bytes:
+        if (
+            data
+            and self._server == SEND_BODY
+            and self._writer == LENGTH
+            and len(data) <= self._write_left
+        ):
+            self._write_left -= len(data)  # as _write_data does
+            return data
+        return self._send_data_exactly(data)
+
+    def _send_data_exactly(self, data: bytes) -> bytes:
         if not data:
             return b""
-        if self._server == SEND_BODY and self._writer == LENGTH and len(data) <= self._write_left:
-            self._write_left -= len(data)
-            return data
         try:
             return self._write_data(SERVER, data)
         except Violation as exc:
@@ -611,8 +622,11 @@ class H1Server(Connection):
             and not self._switch
             and (self._client == DONE or self._client == SEND_BODY)
         ):
-            self._server = DONE  # nothing else moves: see Connection._settle
+            self._server = DONE  # as _write_end does: nothing else moves (Connection._settle)
             return b""
+        return self._send_end_exactly(trailers)
+
+    def _send_end_exactly(self, trailers: Headers | None) -> bytes:
         try:
             return self._write_end(SERVER, outgoing(trailers)[0] if trailers else _NO_TRAILERS)
         except Violation as exc:
@@ -677,7 +691,7 @@ class H1Client(Connection):
         self, method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]]
     ) -> bytes:
         self.stream_id += 1
-        if (
+        if (  # a plain request: one Host, first; a plain length or none; nothing to switch to
             type(headers) is list
             and headers
             and headers[0][0] == b"host"
@@ -696,6 +710,11 @@ class H1Client(Connection):
                 self._writer = LENGTH
                 self._write_left = max(plain[2], 0)
                 return b"%b %b HTTP/1.1\r\n%b\r\n" % (method, target, plain[0])
+        return self._send_request_exactly(method, target, headers)
+
+    def _send_request_exactly(
+        self, method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]]
+    ) -> bytes:
         headers = list(headers)
         if not any(name == b"host" for name, _ in headers):
             headers.insert(0, (b"host", b""))  # RFC 9112 §3.2, as in http1.H1Client
@@ -721,11 +740,19 @@ class H1Client(Connection):
         return b"%b %b HTTP/1.1\r\n%b\r\n" % (method, target, fields.block)
 
     def send_data(self, data: bytes) -> bytes:
+        if (
+            data
+            and self._client == SEND_BODY
+            and self._writer == LENGTH
+            and len(data) <= self._write_left
+        ):
+            self._write_left -= len(data)  # as _write_data does
+            return data
+        return self._send_data_exactly(data)
+
+    def _send_data_exactly(self, data: bytes) -> bytes:
         if not data:
             return b""
-        if self._client == SEND_BODY and self._writer == LENGTH and len(data) <= self._write_left:
-            self._write_left -= len(data)
-            return data
         try:
             return self._write_data(CLIENT, data)
         except Violation as exc:
@@ -741,8 +768,11 @@ class H1Client(Connection):
             and not self._switch
             and (self._server == SEND_RESPONSE or self._server == SEND_BODY or self._server == DONE)
         ):
-            self._client = DONE  # nothing else moves: see Connection._settle
+            self._client = DONE  # as _write_end does: nothing else moves (Connection._settle)
             return b""
+        return self._send_end_exactly(trailers)
+
+    def _send_end_exactly(self, trailers: Headers | None) -> bytes:
         try:
             return self._write_end(CLIENT, outgoing(trailers)[0] if trailers else _NO_TRAILERS)
         except Violation as exc:
@@ -813,11 +843,14 @@ class H1Client(Connection):
                 self._buf += data[end:]
             return self._drain(out)
         elif length < 0:
-            self._reader = UNTIL_CLOSE
+            self._set_framing(UNTIL_CLOSE, 0, ours=False)
             if more:
                 out.append(data_received(sid, data[end:]))
             return self._drain(out)
-        self._reader = LENGTH
+        self._reader = LENGTH  # and the rest of what _set_framing does
+        self._chunk_left = 0
+        self._discard = b""
+        self._trailer = False
         if more > length:
             self._read_left = self._read_total = length
             self._buf += data[end:]  # bytes past the response: _drain leaves them unread

@@ -9,9 +9,10 @@ bytes are fed three ways (whole, one byte at a time, in two halves) and with tra
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -23,8 +24,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from revproxy.errors import RevproxyError
-from revproxy.proto import http1, http1_fast
-from revproxy.proto.events import DataReceived, Event
+from revproxy.proto import http1, http1_fast, http1_wire
+from revproxy.proto.events import (
+    DataReceived,
+    Event,
+    Headers,
+    MessageEnded,
+    RequestReceived,
+    ResponseReceived,
+)
 
 
 def _sibling(name: str) -> ModuleType:
@@ -118,6 +126,10 @@ def run(kind: str, script: Script, how: str = "whole") -> list[object]:
                 out: object = _merge(events)
             elif op == "next":
                 out = _merge(conn.start_next_cycle() or [])
+            elif op == "reuse":  # as dial.py does: only a reusable connection goes on
+                if not conn.reusable:
+                    break
+                out = conn.start_next_cycle()
             else:
                 out = getattr(conn, op)(*args)
         except Exception as exc:
@@ -1082,3 +1094,756 @@ def test_outgoing_fields_are_the_same_before_and_after_their_names_are_known() -
             assert r.send_response(200, headers) == outcomes[0]
         except (RevproxyError, h11.LocalProtocolError):
             assert outcomes[0] == b"BackendProtocolError"
+
+
+# --- the plain paths ---------------------------------------------------------------------------
+#
+# http1_fast reads and writes plain heads on paths of their own (``_plain_request``,
+# ``_plain_response``, the first branch of each ``send_*``), with memos of the lines it has
+# seen. Each must give what the exact code of the same module gives: the same events, the same
+# bytes, the same error, and the same connection state, slot for slot, after every step. The
+# exact code is reached by a subclass with the plain paths turned off; h11 stays the
+# reference for everything the API shows (``assert_same``).
+
+
+class ExactServer(http1_fast.H1Server):
+    """``H1Server`` with its plain paths turned off."""
+
+    __slots__ = ()
+
+    def _plain_request(self, data: bytes) -> list[Event] | None:
+        return None
+
+    def send_response(self, status: int, headers: Headers, reason: bytes = b"") -> bytes:
+        return self._send_response_exactly(status, headers, reason)
+
+    def send_data(self, data: bytes) -> bytes:
+        return self._send_data_exactly(data)
+
+    def send_end(self, trailers: Headers | None = None) -> bytes:
+        return self._send_end_exactly(trailers)
+
+
+class ExactClient(http1_fast.H1Client):
+    """``H1Client`` with its plain paths turned off."""
+
+    __slots__ = ()
+
+    def _plain_response(self, data: bytes) -> list[Event] | None:
+        return None
+
+    def send_request(
+        self, method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]]
+    ) -> bytes:
+        self.stream_id += 1
+        return self._send_request_exactly(method, target, headers)
+
+    def send_data(self, data: bytes) -> bytes:
+        return self._send_data_exactly(data)
+
+    def send_end(self, trailers: Headers | None = None) -> bytes:
+        return self._send_end_exactly(trailers)
+
+
+def _slots(conn: Any) -> dict[str, object]:
+    """Every slot of the connection: its whole state."""
+    names = [n for cls in type(conn).__mro__ for n in getattr(cls, "__slots__", ())]
+    state: dict[str, object] = {}
+    for name in names:
+        value = getattr(conn, name)
+        state[name] = bytes(value) if isinstance(value, bytearray) else value
+    return state
+
+
+def _steps(conn: Any, script: Script) -> list[object]:
+    """After each step: what it gave (events, bytes or error) and the whole state."""
+    results: list[object] = []
+    for op, *args in script[1:]:
+        try:
+            if op == "recv":
+                out: object = conn.receive_data(args[0])
+            elif op == "next":
+                out = conn.start_next_cycle()
+            elif op == "reuse":
+                if not conn.reusable:
+                    break
+                out = conn.start_next_cycle()
+            else:
+                out = getattr(conn, op)(*args)
+        except Exception as exc:
+            results.append(("raised", type(exc).__name__, str(exc), _slots(conn)))
+            break
+        results.append((out, _slots(conn)))
+    return results
+
+
+def clear_memos() -> None:
+    """Forget every line the plain paths remember, as a fresh worker would."""
+    for memo in (
+        http1_wire._lines,
+        http1_wire._framing_lines,
+        http1_wire._sent,
+        http1_wire._framing_sent,
+        http1_wire._field_names,
+        http1_wire._known_names,
+        http1_fast._request_lines,
+        http1_fast._targets,
+        http1_fast._status_lines,
+    ):
+        memo.clear()
+
+
+def assert_plain_is_exact(script: Script) -> None:
+    """The plain paths give what the exact code gives, memos cold and warm, and what h11
+    gives; events are compared unmerged, so even how a body is cut must be the same."""
+    server = script[0][0] == "server"
+    size = script[0][1] if len(script[0]) > 1 else 16384
+    fast_class = http1_fast.H1Server if server else http1_fast.H1Client
+    exact_class = ExactServer if server else ExactClient
+    clear_memos()
+    exact = _steps(exact_class(max_header_size=size), script)
+    for memos in ("cold", "warm"):
+        if memos == "cold":
+            clear_memos()
+        fast = _steps(fast_class(max_header_size=size), script)
+        assert fast == exact, f"memos {memos}"
+    assert_same(script)
+
+
+HOST = b"Host: app.test\r\n"
+BROWSER = (
+    b"GET /static/app.js?v=3 HTTP/1.1\r\n"
+    b"Host: www.example.com\r\n"
+    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n"
+    b"Accept: text/html,application/xhtml+xml,*/*;q=0.8\r\n"
+    b"Accept-Language: en-GB,en;q=0.5\r\n"
+    b"Accept-Encoding: gzip, deflate, br, zstd\r\n"
+    b"Connection: keep-alive\r\n"
+    b"Cookie: session=0123456789abcdef; theme=dark\r\n"
+    b"Upgrade-Insecure-Requests: 1\r\n"
+    b"Sec-Fetch-Dest: document\r\n"
+    b"\r\n"
+)
+NGINX_HEAD = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"Server: nginx/1.24.0\r\n"
+    b"Date: Mon, 01 Jul 2024 12:00:00 GMT\r\n"
+    b"Content-Type: text/html\r\n"
+    b"Content-Length: 10\r\n"
+    b"Last-Modified: Mon, 01 Jul 2024 11:00:00 GMT\r\n"
+    b"Connection: keep-alive\r\n"
+    b'ETag: "6682a0b0-a"\r\n'
+    b"Accept-Ranges: bytes\r\n"
+    b"\r\n"
+)
+# What forwarding.response_headers makes of it: what H1Server.send_response gets.
+NGINX_OUT = [
+    (b"date", b"Mon, 01 Jul 2024 12:00:00 GMT"),
+    (b"content-type", b"text/html"),
+    (b"content-length", b"10"),
+    (b"last-modified", b"Mon, 01 Jul 2024 11:00:00 GMT"),
+    (b"etag", b'"6682a0b0-a"'),
+    (b"accept-ranges", b"bytes"),
+]
+# What forwarding.request_headers makes of a request: what H1Client.send_request gets.
+FORWARDED = [
+    (b"host", b"app.test"),
+    (b"user-agent", b"curl/8.5.0"),
+    (b"x-forwarded-for", b"127.0.0.1"),
+    (b"x-forwarded-proto", b"https"),
+    (b"x-forwarded-host", b"app.test"),
+    (b"x-forwarded-port", b"443"),
+    (b"x-real-ip", b"127.0.0.1"),
+]
+ANSWER = [("send_response", 200, NGINX_OUT), ("send_data", b"0123456789"), ("send_end",)]
+
+
+def plain_server(name: str, data: bytes, *more: Step) -> Case:
+    """A request received whole, answered as the pipeline answers, then the next cycle."""
+    steps: list[Step] = [("server",), ("recv", data)]
+    steps += more or [*ANSWER, ("next",), ("recv", b"")]
+    return Case(name, steps)
+
+
+PLAIN_REQUESTS = [
+    plain_server("GET", b"GET /small HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"),
+    plain_server("browser GET", BROWSER),
+    *(
+        plain_server(method.decode(), method + b" /x?y=1 HTTP/1.1\r\n" + HOST + b"\r\n")
+        for method in (b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE")
+    ),
+    plain_server(
+        "HEAD answered with a length",
+        b"HEAD / HTTP/1.1\r\n" + HOST + b"\r\n",
+        ("send_response", 200, [(b"content-length", b"99")]),
+        ("send_end",),
+        ("next",),
+    ),
+    plain_server(
+        "odd but valid fields",
+        b"GET / HTTP/1.1\r\n" + HOST + b"X-A:v\r\nx-b:  \t a \x01\x7f\xff b \t\r\nX-C:\r\n"
+        b"x-a: again\r\nX.Y~!#$%&'*+^_`|: 1\r\n\r\n",
+    ),
+    plain_server(
+        "long lines are not remembered",
+        b"GET /" + b"p" * 300 + b" HTTP/1.1\r\n" + HOST + b"Cookie: " + b"c" * 400 + b"\r\n\r\n",
+    ),
+    plain_server(
+        "mixed-case framing names", b"GET / HTTP/1.1\r\nhOST: a\r\nconnection: Keep-Alive\r\n\r\n"
+    ),
+    plain_server("Host last", b"GET / HTTP/1.1\r\nAccept: */*\r\nX: 1\r\nHost: a\r\n\r\n"),
+    plain_server("empty Host", b"GET / HTTP/1.1\r\nHost:\r\n\r\n"),
+    plain_server("two Hosts", b"GET / HTTP/1.1\r\n" + HOST + HOST + b"\r\n"),
+    plain_server("no Host", b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n"),
+    plain_server("Upgrade", b"GET / HTTP/1.1\r\n" + HOST + b"Upgrade: websocket\r\n\r\n"),
+    plain_server(
+        "content-length body whole",
+        b"POST /f HTTP/1.1\r\n" + HOST + b"Content-Length: 5\r\n\r\nhello",
+    ),
+    plain_server(
+        "content-length body in pieces",
+        b"POST /f HTTP/1.1\r\n" + HOST + b"Content-Length: 9\r\n\r\nhel",
+        ("recv", b"lo, "),
+        ("recv", b"you"),
+        *ANSWER,
+        ("next",),
+    ),
+    plain_server(
+        "content-length body after the head",
+        b"PUT /f HTTP/1.1\r\n" + HOST + b"Content-Length: 2\r\n\r\n",
+        ("recv", b"ab"),
+        *ANSWER,
+        ("next",),
+    ),
+    plain_server(
+        "content-length 0 and leading zeros",
+        b"POST /f HTTP/1.1\r\n" + HOST + b"Content-Length: 000\r\n\r\n",
+    ),
+    plain_server(
+        "content-length twice",
+        b"POST /f HTTP/1.1\r\n" + HOST + b"Content-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+    ),
+    plain_server(
+        "content-length and chunked",
+        b"POST /f HTTP/1.1\r\n" + HOST + b"Content-Length: 1\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ),
+    plain_server(
+        "chunked body whole, with trailers",
+        b"POST /f HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n",
+    ),
+    plain_server(
+        "chunked body later",
+        b"POST /f HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: chunked\r\n\r\n",
+        ("recv", b"3\r\nabc\r\n"),
+        ("recv", b"0\r\n\r\n"),
+        *ANSWER,
+        ("next",),
+    ),
+    plain_server("connection close", b"GET / HTTP/1.1\r\n" + HOST + b"Connection: close\r\n\r\n"),
+    plain_server(
+        "connection close then bytes",
+        b"GET / HTTP/1.1\r\n" + HOST + b"Connection: close\r\n\r\nGET / HTTP/1.1\r\n",
+    ),
+    plain_server(
+        "connection close with a body",
+        b"POST / HTTP/1.1\r\n" + HOST + b"Connection: x, close\r\nContent-Length: 2\r\n\r\nab",
+    ),
+    plain_server(
+        "pipelined keep-alive cycles",
+        b"GET /1 HTTP/1.1\r\n" + HOST + b"\r\n"
+        b"POST /2 HTTP/1.1\r\n" + HOST + b"Content-Length: 3\r\n\r\nabc"
+        b"GET /3 HTTP/1.1\r\n" + HOST + b"Connection: close\r\n\r\n",
+        *ANSWER,
+        ("next",),
+        *ANSWER,
+        ("next",),
+        *ANSWER,
+        ("next",),
+    ),
+    plain_server(
+        "pipelined request arriving in halves",
+        b"GET /1 HTTP/1.1\r\n" + HOST + b"\r\nGET /2 HTT",
+        *ANSWER,
+        ("next",),
+        ("recv", b"P/1.1\r\n" + HOST + b"\r\n"),
+        *ANSWER,
+        ("next",),
+    ),
+    plain_server(
+        "request then EOF",
+        b"GET / HTTP/1.1\r\n" + HOST + b"\r\n",
+        ("recv", b""),
+        *ANSWER,
+        ("next",),
+    ),
+    plain_server(
+        "head at the limit", b"GET / HTTP/1.1\r\n" + HOST + b"X: " + b"a" * 16330 + b"\r\n\r\n"
+    ),
+    plain_server(
+        "head over the limit", b"GET / HTTP/1.1\r\n" + HOST + b"X: " + b"a" * 16331 + b"\r\n\r\n"
+    ),
+    plain_server("bare LF in a value", b"GET / HTTP/1.1\r\n" + HOST + b"X: a\nb\r\n\r\n"),
+    plain_server("bare CR in a value", b"GET / HTTP/1.1\r\n" + HOST + b"X: a\rb\r\n\r\n"),
+    plain_server("NUL in a value", b"GET / HTTP/1.1\r\n" + HOST + b"X: a\x00b\r\n\r\n"),
+    plain_server("VT in a value", b"GET / HTTP/1.1\r\n" + HOST + b"X: a\x0bb\r\n\r\n"),
+    plain_server("obs-fold", b"GET / HTTP/1.1\r\n" + HOST + b"X: a\r\n b\r\n\r\n"),
+    plain_server("space before colon", b"GET / HTTP/1.1\r\n" + HOST + b"X : a\r\n\r\n"),
+    plain_server("no colon", b"GET / HTTP/1.1\r\n" + HOST + b"X a\r\n\r\n"),
+    plain_server("target with DEL", b"GET /\x7f HTTP/1.1\r\n" + HOST + b"\r\n"),
+    plain_server("target with obs-text", b"GET /\xe9 HTTP/1.1\r\n" + HOST + b"\r\n"),
+    plain_server("target with tab", b"GET /a\tb HTTP/1.1\r\n" + HOST + b"\r\n"),
+    plain_server("lower-case method", b"get / HTTP/1.1\r\n" + HOST + b"\r\n"),
+    plain_server("HTTP/1.0", b"GET / HTTP/1.0\r\n" + HOST + b"\r\n"),
+    plain_server(
+        "answered without a length",
+        b"GET / HTTP/1.1\r\n" + HOST + b"\r\n",
+        ("send_response", 200, [(b"x", b"1")]),
+        ("send_data", b"abc"),
+        ("send_end",),
+        ("next",),
+    ),
+    plain_server(
+        "answered 204 and 304",
+        b"GET /1 HTTP/1.1\r\n" + HOST + b"\r\nGET /2 HTTP/1.1\r\n" + HOST + b"\r\n",
+        ("send_response", 204, [(b"x", b"1")]),
+        ("send_end",),
+        ("next",),
+        ("send_response", 304, [(b"etag", b'"x"'), (b"content-length", b"5")]),
+        ("send_end",),
+        ("next",),
+    ),
+    plain_server(
+        "answered with odd fields",
+        b"GET / HTTP/1.1\r\n" + HOST + b"\r\n",
+        ("send_response", 404, [(b"Content-Length", b"0"), (b"X-A", b"a\tb"), (b"x", b"")]),
+        ("send_end",),
+        ("next",),
+    ),
+    plain_server(
+        "answered with a Host",
+        b"GET / HTTP/1.1\r\n" + HOST + b"\r\n",
+        ("send_response", 200, [(b"host", b"h"), (b"content-length", b"0")]),
+        ("send_end",),
+        ("next",),
+    ),
+    plain_server(
+        "answered with a Host not first",
+        b"GET / HTTP/1.1\r\n" + HOST + b"\r\n",
+        ("send_response", 200, [(b"content-length", b"0"), (b"host", b"h")]),
+        ("send_end",),
+    ),
+    plain_server(
+        "answered with a bad value",
+        b"GET / HTTP/1.1\r\n" + HOST + b"\r\n",
+        ("send_response", 200, [(b"content-length", b"0"), (b"x", b"a\r\nb")]),
+    ),
+    plain_server(
+        "answered with a bad length",
+        b"GET / HTTP/1.1\r\n" + HOST + b"\r\n",
+        ("send_response", 200, [(b"content-length", b"-1")]),
+    ),
+    plain_server(
+        "answered with two lengths",
+        b"GET / HTTP/1.1\r\n" + HOST + b"\r\n",
+        ("send_response", 200, [(b"content-length", b"1"), (b"content-length", b"1")]),
+        ("send_data", b"x"),
+        ("send_end",),
+    ),
+    plain_server(
+        "answered with a reason",
+        b"GET / HTTP/1.1\r\n" + HOST + b"\r\n",
+        ("send_response", 200, [(b"content-length", b"0")], b"Fine"),
+        ("send_end",),
+    ),
+    plain_server(
+        "answered with an unknown status",
+        b"GET / HTTP/1.1\r\n" + HOST + b"\r\n",
+        ("send_response", 599, [(b"content-length", b"0")]),
+        ("send_end",),
+    ),
+    plain_server(
+        "answered with too much",
+        b"GET / HTTP/1.1\r\n" + HOST + b"\r\n",
+        ("send_response", 200, [(b"content-length", b"2")]),
+        ("send_data", b"a"),
+        ("send_data", b"bc"),
+    ),
+    plain_server(
+        "answered with too little",
+        b"GET / HTTP/1.1\r\n" + HOST + b"\r\n",
+        ("send_response", 200, [(b"content-length", b"2")]),
+        ("send_data", b""),
+        ("send_data", b"a"),
+        ("send_end",),
+    ),
+    plain_server(
+        "answered with trailers",
+        b"GET / HTTP/1.1\r\n" + HOST + b"\r\n",
+        ("send_response", 200, [(b"content-length", b"0")]),
+        ("send_end", [(b"x", b"1")]),
+    ),
+    plain_server(
+        "answered before the body came",
+        b"POST / HTTP/1.1\r\n" + HOST + b"Content-Length: 4\r\n\r\nab",
+        *ANSWER,
+        ("recv", b"cd"),
+        ("next",),
+    ),
+    plain_server(
+        "answered as the client closed",
+        b"POST / HTTP/1.1\r\n" + HOST + b"Content-Length: 2\r\n\r\nab",
+        ("recv", b""),
+        *ANSWER,
+        ("next",),
+    ),
+]
+
+
+def plain_client(
+    name: str,
+    *received: bytes,
+    method: bytes = b"GET",
+    headers: Sequence[tuple[bytes, bytes]] = FORWARDED,
+    body: bytes = b"",
+    again: bool = True,
+) -> Case:
+    """A request sent as the pipeline sends it, the response received in the given pieces,
+    then (``again``) the next cycle and a second exchange."""
+    steps: list[Step] = [("client",), ("send_request", method, b"/p?q=1", list(headers))]
+    if body:
+        steps.append(("send_data", body))
+    steps.append(("send_end",))
+    steps += [("recv", piece) for piece in received]
+    if again:
+        steps += [
+            ("start_next_cycle",),
+            ("send_request", b"GET", b"/2", list(FORWARDED)),
+            ("send_end",),
+            ("recv", NGINX_HEAD + b"0123456789"),
+        ]
+    return Case(name, steps)
+
+
+PLAIN_RESPONSES = [
+    plain_client("nginx", NGINX_HEAD + b"0123456789"),
+    plain_client("nginx, body later", NGINX_HEAD, b"01234", b"56789"),
+    plain_client("nginx, head and part of the body", NGINX_HEAD + b"0123", b"456789"),
+    plain_client("bytes past the response", NGINX_HEAD + b"0123456789HTTP/1.1"),
+    plain_client(
+        "length 0",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    ),
+    plain_client("no reason", b"HTTP/1.1 200\r\nContent-Length: 1\r\n\r\nx"),
+    plain_client("empty reason", b"HTTP/1.1 404 \r\nContent-Length: 1\r\n\r\nx"),
+    plain_client("odd reason", b"HTTP/1.1 599 So \t\x01\xff so\r\nContent-Length: 1\r\n\r\nx"),
+    plain_client("reason with NUL", b"HTTP/1.1 200 O\x00K\r\nContent-Length: 1\r\n\r\nx"),
+    plain_client("status 1000", b"HTTP/1.1 1000 OK\r\nContent-Length: 1\r\n\r\nx"),
+    plain_client("status 20x", b"HTTP/1.1 20x OK\r\nContent-Length: 1\r\n\r\nx"),
+    plain_client("status 200OK", b"HTTP/1.1 200OK\r\nContent-Length: 1\r\n\r\nx"),
+    plain_client("HTTP/1.0", b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx", again=False),
+    plain_client(
+        "1xx first",
+        b"HTTP/1.1 100 Continue\r\n\r\n" + NGINX_HEAD + b"0123456789",
+    ),
+    plain_client(
+        "chunked",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ),
+    plain_client(
+        "chunked later, with trailers",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"5\r\nhello\r\n",
+        b"0\r\nX-T: 1\r\n\r\n",
+    ),
+    plain_client(
+        "chunked then length",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nT: 1\r\n\r\n",
+    ),
+    plain_client(
+        "delimited by close", b"HTTP/1.1 200 OK\r\nX: 1\r\n\r\nuntil", b" the end", b"", again=False
+    ),
+    plain_client("204", b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"),
+    plain_client("304", b"HTTP/1.1 304 Not Modified\r\nETag: x\r\n\r\n"),
+    plain_client("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n", method=b"HEAD"),
+    plain_client(
+        "HEAD then bytes", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", method=b"HEAD"
+    ),
+    plain_client(
+        "response says close",
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\nx",
+        again=False,
+    ),
+    plain_client(
+        "response says close, body later",
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n",
+        b"xy",
+        b"",
+        again=False,
+    ),
+    plain_client(
+        "Upgrade in a response", b"HTTP/1.1 200 OK\r\nUpgrade: h2c\r\nContent-Length: 0\r\n\r\n"
+    ),
+    plain_client(
+        "two lengths", b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx"
+    ),
+    plain_client("bad length", b"HTTP/1.1 200 OK\r\nContent-Length: 0x1\r\n\r\nx"),
+    plain_client("TE gzip", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nx"),
+    plain_client("bare LF", b"HTTP/1.1 200 OK\r\nX: a\nContent-Length: 1\r\n\r\nx"),
+    plain_client("obs-fold", b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\nContent-Length: 1\r\n\r\nx"),
+    plain_client("bad name", b"HTTP/1.1 200 OK\r\nX Y: a\r\nContent-Length: 1\r\n\r\nx"),
+    plain_client("head over the limit", b"HTTP/1.1 200 OK\r\nX: " + b"a" * 16400 + b"\r\n\r\n"),
+    plain_client("EOF inside the body", NGINX_HEAD + b"01234", b""),
+    plain_client(
+        "request with a body",
+        NGINX_HEAD + b"0123456789",
+        method=b"POST",
+        headers=[*FORWARDED, (b"content-length", b"3")],
+        body=b"abc",
+    ),
+    plain_client(
+        "response before the request body",
+        NGINX_HEAD + b"0123456789",
+        method=b"POST",
+        headers=[*FORWARDED, (b"content-length", b"3")],
+        again=False,
+    ),
+    plain_client("request without Host", NGINX_HEAD + b"0123456789", headers=FORWARDED[1:]),
+    plain_client(
+        "request with Host not first", NGINX_HEAD + b"0123456789", headers=FORWARDED[::-1]
+    ),
+    plain_client(
+        "request with Host capitalised",
+        NGINX_HEAD + b"0123456789",
+        headers=[(b"Host", b"app.test"), *FORWARDED[1:]],
+    ),
+    plain_client(
+        "request with an empty value",
+        NGINX_HEAD + b"0123456789",
+        headers=[*FORWARDED, (b"x-empty", b"")],
+    ),
+    plain_client(
+        "request with a bad value",
+        NGINX_HEAD + b"0123456789",
+        headers=[*FORWARDED, (b"x-bad", b"a\nb")],
+    ),
+    plain_client(
+        "chunked request",
+        NGINX_HEAD + b"0123456789",
+        method=b"POST",
+        headers=[*FORWARDED, (b"transfer-encoding", b"chunked")],
+        body=b"abc",
+    ),
+    plain_client(
+        "request said close",
+        NGINX_HEAD + b"0123456789",
+        headers=[*FORWARDED, (b"connection", b"close")],
+        again=False,
+    ),
+    plain_client("CONNECT", b"HTTP/1.1 200 OK\r\n\r\nTUNNEL", method=b"CONNECT", again=False),
+    plain_client(
+        "upgrade refused",
+        NGINX_HEAD + b"0123456789",
+        headers=[*FORWARDED, (b"upgrade", b"websocket"), (b"connection", b"upgrade")],
+        again=False,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", PLAIN_REQUESTS + PLAIN_RESPONSES, ids=str)
+def test_plain_paths_are_the_exact_code(case: Case) -> None:
+    assert_plain_is_exact(case.script)
+
+
+@pytest.mark.parametrize("case", REQUESTS + RESPONSES + SENDS + CLIENT_SENDS, ids=str)
+def test_plain_paths_are_the_exact_code_on_the_whole_corpus(case: Case) -> None:
+    """The plain paths say "not plain" to all that is odd in the corpus, and the rest they
+    read as the exact code does."""
+    clear_memos()
+    server = case.script[0][0] == "server"
+    exact = _steps((ExactServer if server else ExactClient)(), case.script)
+    for _ in ("cold", "warm"):
+        fast = _steps((http1_fast.H1Server if server else http1_fast.H1Client)(), case.script)
+        assert fast == exact
+
+
+def test_plain_heads_take_the_plain_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """So that the comparisons above compare something: a plain exchange never reaches the
+    exact code."""
+
+    def exact(*args: object) -> object:
+        raise AssertionError("the exact code was reached")
+
+    for name in ("_try_head", "_send_response_exactly", "_send_data_exactly", "_send_end_exactly"):
+        monkeypatch.setattr(http1_fast.H1Server, name, exact)
+    for name in (
+        "_whole_head",
+        "_send_request_exactly",
+        "_send_data_exactly",
+        "_send_end_exactly",
+    ):
+        monkeypatch.setattr(http1_fast.H1Client, name, exact)
+    monkeypatch.setattr(http1_wire, "outgoing", exact)
+    for memos in ("cold", "warm"):
+        if memos == "cold":
+            clear_memos()
+        server, client = http1_fast.H1Server(), http1_fast.H1Client()
+        post = BROWSER.replace(b"GET", b"POST", 1)[:-2] + b"Content-Length: 2\r\n\r\nab"
+        for request in (BROWSER, post):
+            events = server.receive_data(request)
+            assert type(events[0]) is RequestReceived
+            assert client.send_request(b"GET", b"/x", FORWARDED) + client.send_end()
+            events = client.receive_data(NGINX_HEAD + b"0123456789")
+            assert [type(ev).__name__ for ev in events] == [
+                "ResponseReceived",
+                "DataReceived",
+                "MessageEnded",
+            ]
+            server.send_response(200, NGINX_OUT)
+            server.send_data(b"0123456789")
+            server.send_end([])
+            assert client.reusable and server.keep_alive
+            client.start_next_cycle()
+            assert server.start_next_cycle() == []
+
+
+def test_events_are_built_as_the_dataclasses_build_them() -> None:
+    """The plain paths fill the event slots directly; should events.py change the fields of
+    these events, this fails (and http1_fast falls back to the constructors, correct but slow)."""
+    assert http1_fast.FAST_EVENTS
+    built: list[tuple[object, object]] = [
+        (
+            http1_fast.request_received(3, b"GET", b"/", b"h", [(b"host", b"h")]),
+            RequestReceived(
+                stream_id=3, method=b"GET", target=b"/", authority=b"h", headers=[(b"host", b"h")]
+            ),
+        ),
+        (
+            http1_fast.response_received(3, 204, [], b"No Content"),
+            ResponseReceived(stream_id=3, status=204, headers=[], reason=b"No Content"),
+        ),
+        (http1_fast.data_received(3, b"x"), DataReceived(stream_id=3, data=b"x")),
+        (http1_fast.message_ended(3), MessageEnded(stream_id=3, trailers=[])),
+    ]
+    for fast, constructed in built:
+        assert type(fast) is type(constructed)
+        assert fast == constructed
+        assert hash(fast.__class__) == hash(constructed.__class__)
+        assert repr(fast) == repr(constructed)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            fast.stream_id = 4  # type: ignore[attr-defined]
+
+
+def test_memos_are_bounded_and_remember_only_what_they_accepted() -> None:
+    clear_memos()
+    server = http1_fast.H1Server()
+    # Lines refused, or longer than MAX_LINE, are never remembered.
+    with pytest.raises(RevproxyError):
+        server.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\nX Y: 1\r\n\r\n")
+    long_line = b"X-Long: " + b"v" * http1_wire.MAX_LINE
+    server = http1_fast.H1Server()
+    server.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n" + long_line + b"\r\n\r\n")
+    assert b"X Y: 1" not in http1_wire._lines
+    assert long_line not in http1_wire._lines
+    assert b"Host: a" in http1_wire._framing_lines
+    # A memo that is full forgets everything, so it follows the traffic of the moment.
+    for i in range(http1_wire.MAX_LINES + 10):
+        server = http1_fast.H1Server()
+        server.receive_data(b"GET /%d HTTP/1.1\r\nHost: a\r\nX-N: %d\r\n\r\n" % (i, i))
+        assert len(http1_wire._lines) <= http1_wire.MAX_LINES
+        assert len(http1_fast._request_lines) <= http1_wire.MAX_LINES
+        assert len(http1_fast._targets) <= http1_wire.MAX_LINES
+    client = http1_fast.H1Client()
+    for i in range(http1_wire.MAX_LINES + 10):
+        client.send_request(b"GET", b"/", [(b"host", b"a"), (b"x-n", b"%d" % i)])
+        client.send_end()
+        client.receive_data(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        client.start_next_cycle()
+        assert len(http1_wire._sent) <= http1_wire.MAX_LINES
+
+
+# Generated plain exchanges: every field a plain path may see, framing of each kind, several
+# messages on one connection; with now and then something that is not plain.
+plain_names = st.one_of(
+    st.sampled_from(
+        [b"Accept", b"user-agent", b"X-Forwarded-For", b"Cookie", b"ETag", b"Server", b"x"]
+    ),
+    names,
+)
+plain_values = st.one_of(
+    st.sampled_from([b"1", b"text/html", b"a b", b"a\tb", b"\x01\x7f\xff", b"", b"close"]),
+    value_bytes,
+)
+plain_field_lists = st.lists(st.tuples(plain_names, ows, plain_values, ows), max_size=6)
+
+
+@st.composite
+def plain_requests(draw: st.DrawFn) -> bytes:
+    method = draw(st.sampled_from([b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS"]))
+    target = draw(st.sampled_from([b"/", b"/a?b=c", b"/%20x", b"/a/b/c.js?v=3"]))
+    lines = [n + b":" + o1 + v + o2 for n, o1, v, o2 in draw(plain_field_lists)]
+    lines.insert(draw(st.integers(0, len(lines))), b"Host: " + draw(st.sampled_from([b"a", b""])))
+    if draw(st.integers(0, 9)) == 0:
+        lines.append(draw(st.sampled_from([b"Connection: close", b"Connection: keep-alive, x"])))
+    framing, body = draw(bodies())
+    head = b"%s %s HTTP/1.1\r\n" % (method, target)
+    return head + b"".join(line + b"\r\n" for line in lines + framing) + b"\r\n" + body
+
+
+@st.composite
+def plain_answers(draw: st.DrawFn) -> list[Step]:
+    fields = [(n.lower(), v.strip(b" \t")) for n, _, v, _ in draw(plain_field_lists)]
+    body = draw(st.sampled_from([b"", b"x", b"hello"]))
+    if draw(st.booleans()):
+        fields.append((b"content-length", b"%d" % len(body)))
+    status = draw(st.sampled_from([200, 200, 204, 304, 404]))
+    steps: list[Step] = [("send_response", status, fields)]
+    if body and status not in (204, 304):
+        steps.append(("send_data", body))
+    steps += [("send_end",), ("next",)]
+    return steps
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_generated_plain_requests(data: st.DataObject) -> None:
+    requests_ = data.draw(st.lists(plain_requests(), min_size=1, max_size=3))
+    pipelined = data.draw(st.booleans())
+    script: list[Step] = [("server",)]
+    if pipelined:
+        script.append(("recv", b"".join(requests_)))
+    for request in requests_:
+        if not pipelined:
+            script.append(("recv", request))
+        script += data.draw(plain_answers())
+    script.append(("recv", b""))
+    assert_plain_is_exact(script)
+
+
+@st.composite
+def plain_responses(draw: st.DrawFn) -> bytes:
+    status = draw(st.sampled_from([b"200", b"200", b"204", b"304", b"404", b"599", b"103"]))
+    reason = draw(st.sampled_from([b" OK", b"", b" ", b" Odd \t reason"]))
+    lines = [n + b":" + o1 + v + o2 for n, o1, v, o2 in draw(plain_field_lists)]
+    if draw(st.integers(0, 9)) == 0:
+        lines.append(b"Connection: close")
+    framing, body = draw(bodies())
+    head = b"HTTP/1.1 %s%s\r\n" % (status, reason)
+    return head + b"".join(line + b"\r\n" for line in lines + framing) + b"\r\n" + body
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_generated_plain_responses(data: st.DataObject) -> None:
+    script: list[Step] = [("client",)]
+    for _ in range(data.draw(st.integers(1, 3))):
+        method = data.draw(st.sampled_from([b"GET", b"HEAD", b"POST"]))
+        fields = [(n.lower(), v.strip(b" \t")) for n, _, v, _ in data.draw(plain_field_lists)]
+        script += [
+            ("send_request", method, b"/p", [(b"host", b"o"), *fields]),
+            ("send_end",),
+            ("recv", data.draw(plain_responses())),
+            ("reuse",),
+        ]
+    assert_plain_is_exact(script)
