@@ -35,6 +35,8 @@ READ_SIZE = 256 * 1024
 # DATA bytes a turn of the event loop may queue before they are written at once: coalescing
 # small frames must not let big ones pile up outside the socket's own backpressure.
 COALESCE_LIMIT = 64 * 1024
+# Events a stream's reader takes from its inbox.
+_DELIVERED = frozenset({DataReceived, MessageEnded, ResponseReceived, InformationalReceived})
 # Our own frames (SETTINGS and PING acks, WINDOW_UPDATEs, RST_STREAMs) buffered unsent beyond
 # this stop the reading of more frames until the peer reads: a peer that floods PINGs or
 # SETTINGS and never reads can't make us buffer without bound.
@@ -74,12 +76,17 @@ class H2Link:
         if data and not self.closed:
             self.writer.write(data)
 
+    @property
+    def drain_needed(self) -> bool:
+        """Whether ``drain()`` may wait (or raise): the transport is closing, or its write
+        buffer is above its low-water mark (below it, the transport is not paused)."""
+        transport = self.writer.transport
+        return transport.is_closing() or transport.get_write_buffer_size() > self._low_water
+
     async def drain(self) -> None:
         """Wait while the socket's write buffer is above its limit (or raise once the
-        connection is lost). The common case, a buffer at or below its low-water mark on an
-        open transport, returns without a coroutine of asyncio's."""
-        transport = self.writer.transport
-        if transport.is_closing() or transport.get_write_buffer_size() > self._low_water:
+        connection is lost). The common case returns without a coroutine of asyncio's."""
+        if self.drain_needed:
             await self.writer.drain()
 
     @property
@@ -89,20 +96,25 @@ class H2Link:
 
     def dispatch(self, ev: Event) -> None:
         """Hand a stream-level event to its channel."""
-        if isinstance(ev, WindowUpdated) and ev.stream_id == 0:
-            for each in self.channels.values():
-                each.window_opened()
+        kind = type(ev)
+        if kind in _DELIVERED:
+            ch = self.channels.get(ev.stream_id)
+            if ch is not None:
+                ch.deliver(ev)
             return
-        ch = self.channels.get(ev.stream_id)
-        if ch is None:
-            return
-        if isinstance(ev, WindowUpdated):
-            ch.window_opened()
-            return
-        if isinstance(ev, StreamReset):
-            ch.reset_received(ev.error_code)
-        elif isinstance(ev, DataReceived | MessageEnded | ResponseReceived | InformationalReceived):
-            ch.deliver(ev)
+        if kind is WindowUpdated:
+            if ev.stream_id == 0:
+                for each in self.channels.values():
+                    each.window_opened()
+                return
+            ch = self.channels.get(ev.stream_id)
+            if ch is not None:
+                ch.window_opened()
+        elif kind is StreamReset:
+            assert isinstance(ev, StreamReset)
+            ch = self.channels.get(ev.stream_id)
+            if ch is not None:
+                ch.reset_received(ev.error_code)
 
     def connection_lost(self) -> None:
         """The socket is gone (or about to be closed): what is queued goes first, then every
@@ -146,9 +158,11 @@ class H2Channel:
 
     def deliver(self, ev: Event) -> None:
         self.inbox.append(ev)
-        if isinstance(ev, DataReceived):
+        if type(ev) is DataReceived:
             self.bytes_in += len(ev.data)
-        self._wake(self._waiter)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def reset_received(self, code: int) -> None:
         self.reset_code = code
@@ -203,7 +217,7 @@ class H2Channel:
             self._unacked = len(ev.data)
         return ev
 
-    async def send_data(self, data: bytes, end: bool = False) -> None:
+    async def send_data(self, data: bytes | memoryview, end: bool = False) -> None:
         """Send ``data`` as the windows allow, waiting for them to open (RFC 9113 §5.2)."""
         link = self.link
         view: bytes | memoryview = data
@@ -224,7 +238,8 @@ class H2Channel:
                 await self._drain()
             else:
                 await self._wait_window()
-        await self._drain()
+        if link.unflushed >= COALESCE_LIMIT or link.drain_needed:
+            await self._drain()
 
     async def _drain(self) -> None:
         link = self.link

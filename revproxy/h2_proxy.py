@@ -34,7 +34,7 @@ from revproxy.errors import (
 )
 from revproxy.exchange import Exchange
 from revproxy.generation import Generation, ListenerRuntime, Signal
-from revproxy.h2_conn import READ_SIZE, H2Channel, H2Link, close_writer
+from revproxy.h2_conn import COALESCE_LIMIT, READ_SIZE, H2Channel, H2Link, close_writer
 from revproxy.proto.events import (
     DataReceived,
     Event,
@@ -135,13 +135,21 @@ class H2ServerStream(H2Channel):
     async def send_response(
         self, status: int, headers: Headers, end: bool = False, body: bytes = b""
     ) -> None:
+        self._head(status, headers, end and not body)
         if body:
-            self._head(status, headers, False)
-            await self.send_data(body, end=end)
+            # The whole body, in the same write as the head when the windows allow (the
+            # common case); the rest as they open.
+            try:
+                taken = self.conn.h2.send_data(self.stream_id, body, end)
+            except StreamClosed:
+                raise ClientGone() from None
+            self.bytes_out += taken
+            self.conn.unflushed += taken
+            if taken < len(body):
+                await self.send_data(memoryview(body)[taken:], end=end)
             self.ended = end
-            return
-        self._head(status, headers, end)
-        await self._drain()
+        if self.conn.unflushed >= COALESCE_LIMIT or self.conn.drain_needed:
+            await self._drain()
 
     async def send_end(self, trailers: Headers | None) -> None:
         await super().send_end(trailers)

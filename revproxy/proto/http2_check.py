@@ -498,17 +498,19 @@ class Encoder:
         by_field = table.by_field
         for field in headers:
             # A field found in a table was normalised when it got there: indexed at once.
-            key = (field[0], field[1])
-            index = _STATIC_FIELD.get(key)
-            if index is None:
-                number = by_field.get(key)
-                if number is None:
-                    self._literal(out, field)
-                    continue
+            key = field if type(field) is tuple else (field[0], field[1])
+            number = by_field.get(key)
+            if number is not None:
                 index = _STATIC_LEN + table.inserted - number
                 if index >= 0x7F:
                     out += _integer(index, 7, 0x80)
                     continue
+            else:
+                static = _STATIC_FIELD.get(key)
+                if static is None:
+                    self._literal(out, field)
+                    continue
+                index = static
             out.append(0x80 | index)
         return bytes(out)
 
