@@ -311,6 +311,7 @@ class H2Endpoint:
         self._block_size = 0
         self._now = 0.0
         self._dead = False
+        self._opened_all = False  # the connection's window opened (or SETTINGS changed)
         self.goaway_sent = False
         self.goaway_last_stream_id = 0
         self.goaway_received = False
@@ -431,6 +432,11 @@ class H2Endpoint:
                 raise self._fatal("PUSH_PROMISE while push is disabled", H2_PROTOCOL_ERROR)
             # Frames of unknown types (and ALTSVC, ORIGIN, PRIORITY_UPDATE) are ignored (§5.5).
         self._held = buf[i:] if i < n else b""
+        if self._opened_all:
+            # One notice for every stream however many frames opened the connection's window
+            # (each costs the shell a look at every stream).
+            self._opened_all = False
+            out.append(WindowUpdated(stream_id=0))
         return out
 
     # --- frames --------------------------------------------------------------------------------
@@ -621,7 +627,7 @@ class H2Endpoint:
             self._send_window += increment
             if self._send_window > MAX_WINDOW:
                 raise self._fatal("connection window over 2^31-1", H2_FLOW_CONTROL_ERROR)
-            out.append(WindowUpdated(stream_id=0))
+            self._opened_all = True
             return
         st = self._streams.get(sid)
         if st is None:
@@ -681,7 +687,7 @@ class H2Endpoint:
         self._out += _FRAME_HEADER.pack(0, 0, _SETTINGS, _ACK, 0)
         self.settings_received = True
         # The initial window or the frame size may have changed for every stream.
-        out.append(WindowUpdated(stream_id=0))
+        self._opened_all = True
 
     def _remote_setting(self, ident: int, value: int) -> None:
         """RFC 9113 §6.5.2 (and RFC 8441 §3): validate and apply one of the peer's settings."""

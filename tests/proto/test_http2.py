@@ -1247,3 +1247,12 @@ def test_random_exchanges_with_an_h2_client_keep_every_byte_and_window() -> None
     for s in ended:
         assert bytes(received[s]) == uploads[s]
         assert bytes(downloaded.get(s, b"")) == answers[s]
+
+
+def test_window_updates_of_the_connection_make_one_notice_per_read() -> None:
+    """Each notice costs the shell a look at every stream: a flood of WINDOW_UPDATE frames on
+    stream 0 (or of SETTINGS) makes one, not one each."""
+    server, _ = connected()
+    data = raw(0x8, 0, 0, b"\x00\x00\x00\x01") * 1000 + raw(0x4, 0, 0) * 10
+    assert server.receive_data(data) == [WindowUpdated(stream_id=0)]
+    assert server.receive_data(raw(0x6, 0, 0, b"\x00" * 8)) == []
