@@ -157,7 +157,8 @@ def request_headers(
             continue
         name, value = header
         if name == b"connection":
-            _connection_options(value, named)
+            if value != b"keep-alive":  # naming a hop-by-hop header changes nothing
+                _connection_options(value, named)
         elif name in FORWARDING_HEADERS:
             if peer_trusted is None:
                 peer_trusted = is_trusted(client.address, trusted)
@@ -331,7 +332,8 @@ def response_headers(
         if action == _DROP:
             continue
         if action == _CONNECTION:
-            _connection_options(value, named)
+            if value != b"keep-alive":  # naming a hop-by-hop header changes nothing
+                _connection_options(value, named)
             continue
         if hide and name in hide:
             continue
