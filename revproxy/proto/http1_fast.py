@@ -13,6 +13,14 @@ Content-Length with Transfer-Encoding, absolute-form reduced to origin-form) thr
 functions; on the fast path llhttp's strict lexer refuses every head that screen refuses, and
 a refused head is screened again before h11's grammar says why. One check is added to what
 h11 does: a reason phrase a peer could not parse back is never sent.
+
+Each direction has a plain path first (``_plain_request``, ``_plain_response`` and the first
+branch of each ``send_*``): a whole HTTP/1.1 head in one buffer, origin-form, plain fields and
+framing, no protocol switch, a connection that stays open. It does in a few steps what the
+exact code would do — the same events, bytes and connection state, slot for slot — and says
+"not plain" (None, nothing changed) for anything else, which the exact code then decides.
+The screening above holds there too: a plain head has no bare CR or LF, no obs-fold, one Host,
+and never both Content-Length and Transfer-Encoding.
 """
 
 from __future__ import annotations
@@ -288,7 +296,7 @@ class H1Server(Connection):
             if self._pending:
                 self._pending += data
                 return self._try_head(self._pending)
-            if not self._eof:
+            if not self._eof and type(data) is bytes:
                 out = self._plain_request(data)
                 if out is not None:
                     return out
@@ -792,9 +800,10 @@ class H1Client(Connection):
                     self._read_left -= len(data)
                 return self._drain([DataReceived(stream_id=self.stream_id, data=data)])
             if state == SEND_RESPONSE and data[0] >= 0x21:
-                out = self._plain_response(data)
-                if out is not None:
-                    return out
+                if type(data) is bytes:
+                    out = self._plain_response(data)
+                    if out is not None:
+                        return out
                 end = find_blank_line(data, 0)
                 if end > 0:
                     return self._whole_head(data, end)

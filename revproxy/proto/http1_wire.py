@@ -1,17 +1,17 @@
 """HTTP/1.1 header fields on the wire, for the fast implementation (``http1_fast.py``).
 
 Rule of this room: h11's grammar and h11's normalisation, bit for bit (``h11/_abnf.py``,
-``_headers.py``, ``_readers.py``), done faster. llhttp (strict: no lenient flag is ever set)
-lexes a header block; when it refuses one, the block is decided again by a port of h11's line
-reader, so llhttp can make the common case fast but never the answer different. Outgoing
-fields are checked as h11 checks them — names are tokens and values RFC 9110 §5.5 field
-values, so no CR, LF or NUL can reach the wire — with a few scans over the serialised block,
-falling back to field-by-field checks when a scan sees anything unusual.
+``_headers.py``, ``_readers.py``), done faster. Two ways, one answer:
 
-The plain case has its own readers and writers (``plain_fields``, ``plain_block``): a head
-whose lines are all ``token: value`` with CRLF, and whose framing fields are the usual ones,
-is read with a few byte-string operations and one step per line; whatever they do not
-recognise as plain is left to the exact code, which decides it as h11 does.
+- The plain case (``plain_fields``, ``plain_block``): CRLF lines of ``token: value``, one
+  Host at most, one plain Content-Length or ``Transfer-Encoding: chunked`` at most, no
+  Upgrade. Each line is read, or each field to send checked, once; then remembered, so that a
+  line seen before costs one dict lookup. Whatever is not plain is left to the exact code.
+- The exact code: llhttp (strict: no lenient flag is ever set) lexes a header block; when it
+  refuses one, the block is decided again by a port of h11's line reader, so llhttp can make
+  the common case fast but never the answer different. Outgoing fields are checked as h11
+  checks them — names are tokens and values RFC 9110 §5.5 field values, so no CR, LF or NUL
+  can reach the wire — field by field.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from http import HTTPStatus
-from operator import itemgetter
 from typing import Any, Final
 
 import httptools
@@ -46,10 +45,8 @@ CHUNK_HEADER_RE: Final = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;.*)?[ \t]*\r\n")
 _OBS_FOLD_RE: Final = re.compile(rb"[ \t]+")
 MAX_LENGTH_DIGITS: Final = 20
 
-# Bytes a value may hold anywhere (whitespace at its ends is checked apart).
-VALUE_BYTES: Final = bytes(b for b in range(256) if b not in b"\x00\r\n\x0b\x0c")
-# The others: translate(None, NOT_IN_VALUES) deletes them, so a length tells how many there are.
-# (A short table of bytes to delete: translate builds its table from it on every call.)
+# Bytes a value may not hold anywhere (whitespace at its ends is checked apart): a value holds
+# none when translate(None, NOT_IN_VALUES) leaves it as long as it was.
 NOT_IN_VALUES: Final = b"\x00\r\n\x0b\x0c"
 _NOTABLE: Final = frozenset(
     [b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade"]
@@ -292,9 +289,6 @@ def find_blank_line(buf: bytes | bytearray, start: int) -> int:
 
 # --- fields to send ------------------------------------------------------------------------
 
-_FIELD_LINE: Final = b": ".join
-_NAME: Final = itemgetter(0)
-
 
 class Outgoing:
     """Fields to send, checked and normalised as h11's event constructors do them.
@@ -329,7 +323,6 @@ _NAME_KINDS: Final = {
 }
 _known_names: dict[bytes, int] = {}
 _MAX_KNOWN_NAMES: Final = 1024
-_FIELD_LINES: Final = [b"%b: %b\r\n" * n for n in range(128)]
 
 
 def outgoing(headers: Iterable[tuple[bytes, bytes]]) -> tuple[Outgoing, list[tuple[bytes, bytes]]]:
