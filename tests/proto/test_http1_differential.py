@@ -1847,3 +1847,18 @@ def test_generated_plain_responses(data: st.DataObject) -> None:
             ("reuse",),
         ]
     assert_plain_is_exact(script)
+
+
+def test_a_bytearray_is_read_as_bytes_are() -> None:
+    request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    events = []
+    for data in (request, bytearray(request)):
+        server = http1_fast.H1Server()
+        client = http1_fast.H1Client()
+        client.send_request(b"GET", b"/", [(b"host", b"a")])
+        client.send_end()
+        events.append(
+            (server.receive_data(data), client.receive_data(type(data)(response)), _slots(server))
+        )
+    assert events[0] == events[1]
