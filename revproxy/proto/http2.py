@@ -116,8 +116,10 @@ DEFAULT_WINDOW = 65535
 DEFAULT_FRAME_SIZE = 16384
 # A peer's SETTINGS_MAX_CONCURRENT_STREAMS until it says one (RFC 9113 §6.5.2: unlimited).
 UNLIMITED_STREAMS = 2**32 + 1
-# Closed streams remembered (how they closed decides what a late frame on them means).
-CLOSED_STREAMS_KEPT = 4096
+# Closed streams remembered, of each kind: those we reset (late frames on them are ignored),
+# and the others (what a late frame on them means: STREAM_CLOSED rather than PROTOCOL_ERROR).
+# The oldest are forgotten first; a connection keeps at most twice this many ids.
+CLOSED_STREAMS_KEPT = 256
 
 # How a stream closed.
 _RESET_BY_US = 1
@@ -280,7 +282,8 @@ class H2Endpoint:
         self._encoder = check.Encoder()
         self._decoder = check.Decoder(max_header_list_size)
         self._streams: dict[int, Stream] = {}
-        self._closed: dict[int, int] = {}  # stream id -> how it closed (_RESET_BY_US, ...)
+        self._reset_by_us: dict[int, None] = {}  # closed streams we reset, oldest first
+        self._closed: dict[int, int] = {}  # other closed streams -> how they closed
         self._known: set[tuple[bytes, bytes]] = set()  # fields seen valid (http2_check)
         self._open_in = 0  # open streams the peer opened
         self._open_out = 0  # open streams we opened
@@ -484,7 +487,7 @@ class H2Endpoint:
     def _data_on_closed(self, sid: int, st: Stream | None, length: int, out: list[Event]) -> None:
         """DATA on a stream that is not open to the peer: credited back to the connection
         window at once; ignored after our RST_STREAM, else a stream error STREAM_CLOSED."""
-        closed_by = st.closed_by if st is not None else self._closed.get(sid, 0)
+        closed_by = st.closed_by if st is not None else self._closed_how(sid)
         if st is None and not closed_by and sid > self._highest(sid):
             raise self._fatal(f"DATA on idle stream {sid}", H2_PROTOCOL_ERROR)
         self._credit(0, length)
@@ -585,7 +588,7 @@ class H2Endpoint:
     def _headers_on_unknown(self, sid: int, out: list[Event]) -> None:
         """HEADERS on a stream that is not open: one we reset (ignored), one the peer ended
         or reset, or one the peer may not open."""
-        how = self._closed.get(sid, 0)
+        how = self._closed_how(sid)
         if how == _RESET_BY_US:
             return
         if how == _RESET_BY_PEER:
@@ -631,7 +634,7 @@ class H2Endpoint:
             return
         st = self._streams.get(sid)
         if st is None:
-            if sid > self._highest(sid) and not self._closed.get(sid):
+            if sid > self._highest(sid):
                 raise self._fatal(f"WINDOW_UPDATE on idle stream {sid}", H2_PROTOCOL_ERROR)
             return  # closed: ignored (RFC 9113 §6.9)
         if not st.local_open:
@@ -649,7 +652,7 @@ class H2Endpoint:
             raise self._fatal("RST_STREAM on stream 0", H2_PROTOCOL_ERROR)
         st = self._streams.get(sid)
         if st is None:
-            if sid > self._highest(sid) and not self._closed.get(sid):
+            if sid > self._highest(sid):
                 raise self._fatal(f"RST_STREAM on idle stream {sid}", H2_PROTOCOL_ERROR)
             return  # closed: nothing to do
         if not st.local_open and not st.remote_open:
@@ -767,10 +770,20 @@ class H2Endpoint:
             self._open_in -= 1
 
     def _remember(self, sid: int, how: int) -> None:
-        closed = self._closed
-        closed[sid] = how
-        if len(closed) > CLOSED_STREAMS_KEPT:
-            del closed[next(iter(closed))]
+        """How a stream the shell is done with closed, for frames that arrive late."""
+        if how == _RESET_BY_US:
+            kept: dict[int, None] | dict[int, int] = self._reset_by_us
+            self._reset_by_us[sid] = None
+        else:
+            kept = self._closed
+            self._closed[sid] = how
+        if len(kept) > CLOSED_STREAMS_KEPT:
+            del kept[next(iter(kept))]
+
+    def _closed_how(self, sid: int) -> int:
+        if sid in self._reset_by_us:
+            return _RESET_BY_US
+        return self._closed.get(sid, 0)
 
     def _stream_error(
         self, sid: int, reason: str, out: list[Event], code: int = H2_PROTOCOL_ERROR

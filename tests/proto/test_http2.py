@@ -1256,3 +1256,21 @@ def test_window_updates_of_the_connection_make_one_notice_per_read() -> None:
     data = raw(0x8, 0, 0, b"\x00\x00\x00\x01") * 1000 + raw(0x4, 0, 0) * 10
     assert server.receive_data(data) == [WindowUpdated(stream_id=0)]
     assert server.receive_data(raw(0x6, 0, 0, b"\x00" * 8)) == []
+
+
+def test_what_is_kept_of_closed_streams_is_bounded_and_resets_outlive_endings() -> None:
+    """A stream we reset early (a request body still coming) ignores its late frames even
+    after hundreds of streams ended meanwhile; what is kept per connection stays bounded."""
+    server, peer = connected()
+    server.receive_data(peer.raw_headers(1, post(), end=False))
+    server.send_response(1, 413, [], end=True)
+    server.forget(1)
+    for sid in range(3, 3 + 2 * 600, 2):
+        server.receive_data(peer.raw_headers(sid, GET))
+        server.send_response(sid, 204, [], end=True)
+        server.forget(sid)
+    server.data_to_send()
+    late = raw(0x0, 0, 1, b"x" * 100) + peer.trailers(1, [(b"x-t", b"1")])
+    assert useful(server.receive_data(late)) == []
+    assert not of(RstStreamFrame, server.data_to_send())
+    assert len(server._closed) <= 256 and len(server._reset_by_us) <= 256
