@@ -705,9 +705,10 @@ class H2Endpoint:
             delta = value - self._peer_initial_window
             self._peer_initial_window = value
             for st in self._streams.values():
-                st.send_window += delta
-                if st.send_window > MAX_WINDOW:
-                    raise self._fatal("stream window over 2^31-1", H2_FLOW_CONTROL_ERROR)
+                if st.local_open:
+                    st.send_window += delta
+                    if st.send_window > MAX_WINDOW:
+                        raise self._fatal("stream window over 2^31-1", H2_FLOW_CONTROL_ERROR)
         elif ident == SETTINGS_MAX_FRAME_SIZE:
             if not DEFAULT_FRAME_SIZE <= value <= 2**24 - 1:
                 raise self._fatal("invalid SETTINGS_MAX_FRAME_SIZE", H2_PROTOCOL_ERROR)
