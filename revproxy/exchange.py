@@ -136,6 +136,7 @@ class Exchange:
     for it); an HTTP/2 connection makes one per stream."""
 
     __slots__ = (
+        "client_id",
         "deadline",
         "gen",
         "grpc",
@@ -164,6 +165,7 @@ class Exchange:
         self.grpc = False
         self.deadline: float | None = None  # grpc-timeout, seconds
         self.pick_context = PickContext(client_ip=info.client[0])
+        self.client_id: ClientIdentity | None = None
 
     async def run(self, req: RequestReceived) -> bool:
         """Serve ``req``; True when the client connection may carry another request."""
@@ -289,12 +291,15 @@ class Exchange:
                 return await self._grpc_local(
                     grpc.UNAVAILABLE, f"pool {pr.config.name} speaks HTTP/1.1; gRPC needs HTTP/2"
                 )
-        client_id = ClientIdentity(
-            address=self.info.client[0],
-            scheme=self.scheme,
-            host=req.authority,
-            port=self.info.local_port,
-        )
+        client_id = self.client_id
+        if client_id is None or client_id.host != req.authority:
+            # Built once per connection and authority (a client sends the same one each time).
+            client_id = self.client_id = ClientIdentity(
+                address=self.info.client[0],
+                scheme=self.scheme,
+                host=req.authority,
+                port=self.info.local_port,
+            )
         headers = request_headers(
             req.headers,
             client_id,
