@@ -6,7 +6,9 @@ names are lower-case bytes; a connection's streams are numbered (HTTP/1.1 counts
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -115,3 +117,120 @@ Event = (
     | GoAwayReceived
     | PingAcknowledged
 )
+
+
+# --- the events of every request, built without the frozen dataclass __init__ ----------------
+#
+# A frozen dataclass sets each field through object.__setattr__, which costs more than reading
+# the head or frame an event comes from. The parsers' hot paths therefore fill an instance of a
+# plain class with the same slots and then make it an instance of the event class (``__class__``
+# assignment, which Python allows between classes of one layout): field for field and type for
+# type the event the constructor would have built. Should an event change (other fields, another
+# layout), its check fails and the constructor is used: slower, never wrong.
+
+
+def _shadow(cls: type) -> type | None:
+    """A class with ``cls``'s slots whose instances may become ``cls`` instances."""
+    names = tuple(f.name for f in dataclasses.fields(cls))
+    if getattr(cls, "__slots__", None) != names:
+        return None  # pragma: no cover - the events changed
+    shadow = type(f"_Fast{cls.__name__}", (), {"__slots__": names})
+    try:
+        probe = shadow()
+        probe.__class__ = cls
+    except TypeError:  # pragma: no cover - the events changed
+        return None
+    return shadow
+
+
+_REQUEST = _shadow(RequestReceived)
+_RESPONSE = _shadow(ResponseReceived)
+_DATA = _shadow(DataReceived)
+_END = _shadow(MessageEnded)
+FAST_EVENTS = None not in (_REQUEST, _RESPONSE, _DATA, _END)
+
+
+def request_received(
+    sid: int,
+    method: bytes,
+    target: bytes,
+    authority: bytes,
+    headers: Headers,
+    http_version: bytes = b"1.1",
+    ended: bool = False,
+    protocol: bytes = b"",
+) -> RequestReceived:
+    """``RequestReceived(...)``, built fast."""
+    if _REQUEST is None:  # pragma: no cover - the events changed
+        return RequestReceived(
+            stream_id=sid,
+            method=method,
+            target=target,
+            authority=authority,
+            headers=headers,
+            http_version=http_version,
+            ended=ended,
+            protocol=protocol,
+        )
+    ev: Any = _REQUEST()
+    ev.stream_id = sid
+    ev.method = method
+    ev.target = target
+    ev.authority = authority
+    ev.headers = headers
+    ev.http_version = http_version
+    ev.ended = ended
+    ev.protocol = protocol
+    ev.__class__ = RequestReceived
+    return ev  # type: ignore[no-any-return]
+
+
+def response_received(
+    sid: int,
+    status: int,
+    headers: Headers,
+    reason: bytes = b"",
+    http_version: bytes = b"1.1",
+    ended: bool = False,
+) -> ResponseReceived:
+    """``ResponseReceived(...)``, built fast."""
+    if _RESPONSE is None:  # pragma: no cover - the events changed
+        return ResponseReceived(
+            stream_id=sid,
+            status=status,
+            headers=headers,
+            reason=reason,
+            http_version=http_version,
+            ended=ended,
+        )
+    ev: Any = _RESPONSE()
+    ev.stream_id = sid
+    ev.status = status
+    ev.headers = headers
+    ev.reason = reason
+    ev.http_version = http_version
+    ev.ended = ended
+    ev.__class__ = ResponseReceived
+    return ev  # type: ignore[no-any-return]
+
+
+def data_received(sid: int, data: bytes) -> DataReceived:
+    """``DataReceived(...)``, built fast."""
+    if _DATA is None:  # pragma: no cover - the events changed
+        return DataReceived(stream_id=sid, data=data)
+    ev: Any = _DATA()
+    ev.stream_id = sid
+    ev.data = data
+    ev.__class__ = DataReceived
+    return ev  # type: ignore[no-any-return]
+
+
+def message_ended(sid: int, trailers: Headers | None = None) -> MessageEnded:
+    """``MessageEnded(...)`` (no trailers when None), built fast."""
+    if _END is None:  # pragma: no cover - the events changed
+        return MessageEnded(stream_id=sid, trailers=[] if trailers is None else trailers)
+    ev: Any = _END()
+    ev.stream_id = sid
+    ev.trailers = [] if trailers is None else trailers
+    ev.__class__ = MessageEnded
+    return ev  # type: ignore[no-any-return]

@@ -25,9 +25,8 @@ and never both Content-Length and Transfer-Encoding.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
-from typing import Any, ClassVar, Final
+from typing import ClassVar, Final
 
 from revproxy.errors import BackendProtocolError, ClientProtocolError, HeaderTooLarge
 from revproxy.proto.events import (
@@ -39,6 +38,10 @@ from revproxy.proto.events import (
     MessageEnded,
     RequestReceived,
     ResponseReceived,
+    data_received,
+    message_ended,
+    request_received,
+    response_received,
 )
 from revproxy.proto.http1 import DEFAULT_MAX_HEADER_SIZE, _screen_head, _split_absolute
 from revproxy.proto.http1_state import (
@@ -84,108 +87,6 @@ from revproxy.proto.http1_wire import (
 )
 
 _NO_TRAILERS: Final = Outgoing(b"", [])
-
-# --- events, built without the dataclass __init__ ---------------------------------------------
-#
-# A frozen dataclass sets each field through object.__setattr__: for the five events of a
-# plain exchange that costs more than reading both heads. So the plain paths fill a plain
-# class with the same slots and then make it the event class (``__class__`` assignment, which
-# Python allows between classes of the same layout): the result is the event, field for field
-# and type for type. Should the events ever change (other fields, another layout), the check
-# below fails and the dataclass constructors are used instead: slower, never wrong.
-
-
-def _shadow(cls: type, names: tuple[str, ...]) -> type | None:
-    """A class with ``cls``'s slots whose instances may become ``cls`` instances."""
-    slots = getattr(cls, "__slots__", None)
-    if tuple(f.name for f in dataclasses.fields(cls)) != names or slots != names:
-        return None
-    shadow = type(f"_{cls.__name__}", (), {"__slots__": names})
-    try:
-        probe = shadow()
-        probe.__class__ = cls
-    except TypeError:
-        return None
-    return shadow
-
-
-_RRShadow = _shadow(
-    RequestReceived,
-    (
-        "stream_id",
-        "method",
-        "target",
-        "authority",
-        "headers",
-        "http_version",
-        "ended",
-        "protocol",
-    ),
-)
-_SRShadow = _shadow(
-    ResponseReceived, ("stream_id", "status", "headers", "reason", "http_version", "ended")
-)
-_DRShadow = _shadow(DataReceived, ("stream_id", "data"))
-_MEShadow = _shadow(MessageEnded, ("stream_id", "trailers"))
-FAST_EVENTS: Final = None not in (_RRShadow, _SRShadow, _DRShadow, _MEShadow)
-
-
-def request_received(
-    sid: int, method: bytes, target: bytes, authority: bytes, headers: Headers
-) -> RequestReceived:
-    """``RequestReceived`` of an HTTP/1.1 request."""
-    if _RRShadow is None:  # pragma: no cover - the events changed
-        return RequestReceived(
-            stream_id=sid, method=method, target=target, authority=authority, headers=headers
-        )
-    ev: Any = _RRShadow()
-    ev.stream_id = sid
-    ev.method = method
-    ev.target = target
-    ev.authority = authority
-    ev.headers = headers
-    ev.http_version = b"1.1"
-    ev.ended = False
-    ev.protocol = b""
-    ev.__class__ = RequestReceived
-    return ev  # type: ignore[no-any-return]
-
-
-def response_received(sid: int, status: int, headers: Headers, reason: bytes) -> ResponseReceived:
-    """``ResponseReceived`` of an HTTP/1.1 response."""
-    if _SRShadow is None:  # pragma: no cover - the events changed
-        return ResponseReceived(stream_id=sid, status=status, headers=headers, reason=reason)
-    ev: Any = _SRShadow()
-    ev.stream_id = sid
-    ev.status = status
-    ev.headers = headers
-    ev.reason = reason
-    ev.http_version = b"1.1"
-    ev.ended = False
-    ev.__class__ = ResponseReceived
-    return ev  # type: ignore[no-any-return]
-
-
-def data_received(sid: int, data: bytes) -> DataReceived:
-    if _DRShadow is None:  # pragma: no cover - the events changed
-        return DataReceived(stream_id=sid, data=data)
-    ev: Any = _DRShadow()
-    ev.stream_id = sid
-    ev.data = data
-    ev.__class__ = DataReceived
-    return ev  # type: ignore[no-any-return]
-
-
-def message_ended(sid: int) -> MessageEnded:
-    """``MessageEnded`` without trailers."""
-    if _MEShadow is None:  # pragma: no cover - the events changed
-        return MessageEnded(stream_id=sid, trailers=[])
-    ev: Any = _MEShadow()
-    ev.stream_id = sid
-    ev.trailers = []
-    ev.__class__ = MessageEnded
-    return ev  # type: ignore[no-any-return]
-
 
 # Methods a plain request may have: those of RFC 9110 §9 that neither switch protocols
 # (CONNECT) nor are unusual enough to leave to the exact code.

@@ -43,9 +43,7 @@ on the client side, ``h2_code`` set) after queueing their GOAWAY: flush, then cl
 
 from __future__ import annotations
 
-import dataclasses
 import struct
-from typing import Any
 
 from hpack.exceptions import HPACKDecodingError, OversizedHeaderListError
 
@@ -61,15 +59,15 @@ from revproxy.errors import (
 )
 from revproxy.proto import http2_check as check
 from revproxy.proto.events import (
-    DataReceived,
     Event,
     GoAwayReceived,
     Headers,
-    MessageEnded,
     PingAcknowledged,
-    RequestReceived,
     StreamReset,
     WindowUpdated,
+    data_received,
+    message_ended,
+    request_received,
 )
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -177,91 +175,6 @@ def _window_update(processed: int, current: int, maximum: int) -> int:
     if (current == 0 and processed > min(1024, maximum // 4)) or processed >= maximum // 2:
         return min(processed, maximum - current)
     return 0
-
-
-# --- events, built without the frozen dataclass __init__ ----------------------------------
-#
-# A frozen dataclass sets each field through object.__setattr__, which costs more than the
-# frame the event comes from. The events of every request are therefore filled in as
-# instances of a plain class with the same slots, then made instances of the event class
-# (``__class__`` assignment, allowed between classes of one layout): field for field and type
-# for type the event. Should an event change (other fields, another layout), the check below
-# fails and its constructor is used: slower, never wrong. (http1_fast.py does the same.)
-
-
-def _shadow(cls: type, names: tuple[str, ...]) -> type | None:
-    """A class with ``cls``'s slots whose instances may become ``cls`` instances."""
-    slots = getattr(cls, "__slots__", None)
-    if tuple(f.name for f in dataclasses.fields(cls)) != names or slots != names:
-        return None  # pragma: no cover - the events changed
-    shadow = type(f"_{cls.__name__}2", (), {"__slots__": names})
-    try:
-        probe = shadow()
-        probe.__class__ = cls
-    except TypeError:  # pragma: no cover - the events changed
-        return None
-    return shadow
-
-
-_RR = _shadow(
-    RequestReceived,
-    ("stream_id", "method", "target", "authority", "headers", "http_version", "ended", "protocol"),
-)
-_ME = _shadow(MessageEnded, ("stream_id", "trailers"))
-_DR = _shadow(DataReceived, ("stream_id", "data"))
-
-
-def _request_received(
-    sid: int,
-    method: bytes,
-    target: bytes,
-    authority: bytes,
-    headers: Headers,
-    ended: bool,
-    protocol: bytes,
-) -> RequestReceived:
-    if _RR is None:  # pragma: no cover - the events changed
-        return RequestReceived(
-            stream_id=sid,
-            method=method,
-            target=target,
-            authority=authority,
-            headers=headers,
-            http_version=b"2",
-            ended=ended,
-            protocol=protocol,
-        )
-    ev: Any = _RR()
-    ev.stream_id = sid
-    ev.method = method
-    ev.target = target
-    ev.authority = authority
-    ev.headers = headers
-    ev.http_version = b"2"
-    ev.ended = ended
-    ev.protocol = protocol
-    ev.__class__ = RequestReceived
-    return ev  # type: ignore[no-any-return]
-
-
-def _message_ended(sid: int, trailers: Headers) -> MessageEnded:
-    if _ME is None:  # pragma: no cover - the events changed
-        return MessageEnded(stream_id=sid, trailers=trailers)
-    ev: Any = _ME()
-    ev.stream_id = sid
-    ev.trailers = trailers
-    ev.__class__ = MessageEnded
-    return ev  # type: ignore[no-any-return]
-
-
-def _data_received(sid: int, data: bytes) -> DataReceived:
-    if _DR is None:  # pragma: no cover - the events changed
-        return DataReceived(stream_id=sid, data=data)
-    ev: Any = _DR()
-    ev.stream_id = sid
-    ev.data = data
-    ev.__class__ = DataReceived
-    return ev  # type: ignore[no-any-return]
 
 
 class H2Endpoint:
@@ -480,7 +393,7 @@ class H2Endpoint:
             self._credit(sid, length - len(data))  # padding is consumed on arrival
         if data:
             st.unacked += len(data)
-            out.append(_data_received(sid, data))
+            out.append(data_received(sid, data))
         if end:
             self._remote_ended(sid, st, out)
 
@@ -618,7 +531,7 @@ class H2Endpoint:
         st.remote_open = False
         if not st.local_open:
             self._stream_closed(sid, st, _ENDED)
-        out.append(_message_ended(sid, st.trailers))
+        out.append(message_ended(sid, st.trailers))
 
     def _window_update_frame(self, sid: int, payload: bytes, out: list[Event]) -> None:
         if len(payload) != 4:
@@ -1041,8 +954,15 @@ class H2Server(H2Endpoint):
         else:
             st.expected = head.content_length
         out.append(
-            _request_received(
-                sid, head.method, head.target, head.authority, head.headers, end, head.protocol
+            request_received(
+                sid,
+                head.method,
+                head.target,
+                head.authority,
+                head.headers,
+                b"2",
+                end,
+                head.protocol,
             )
         )
         if end:

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from revproxy.errors import RevproxyError
-from revproxy.proto import http1, http1_fast, http1_wire
+from revproxy.proto import events, http1, http1_fast, http1_wire
 from revproxy.proto.events import (
     DataReceived,
     Event,
@@ -1709,9 +1709,10 @@ def test_plain_heads_take_the_plain_paths(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_events_are_built_as_the_dataclasses_build_them() -> None:
-    """The plain paths fill the event slots directly; should events.py change the fields of
-    these events, this fails (and http1_fast falls back to the constructors, correct but slow)."""
-    assert http1_fast.FAST_EVENTS
+    """The plain paths (HTTP/1.1 and HTTP/2) fill the event slots directly (events.py's fast
+    constructors); should the fields of these events change, this fails (and the constructors
+    are used instead, correct but slow)."""
+    assert events.FAST_EVENTS
     built: list[tuple[object, object]] = [
         (
             http1_fast.request_received(3, b"GET", b"/", b"h", [(b"host", b"h")]),
@@ -1720,11 +1721,28 @@ def test_events_are_built_as_the_dataclasses_build_them() -> None:
             ),
         ),
         (
+            events.request_received(5, b"CONNECT", b"/", b"h", [], b"2", True, b"websocket"),
+            RequestReceived(
+                stream_id=5,
+                method=b"CONNECT",
+                target=b"/",
+                authority=b"h",
+                headers=[],
+                http_version=b"2",
+                ended=True,
+                protocol=b"websocket",
+            ),
+        ),
+        (
             http1_fast.response_received(3, 204, [], b"No Content"),
             ResponseReceived(stream_id=3, status=204, headers=[], reason=b"No Content"),
         ),
         (http1_fast.data_received(3, b"x"), DataReceived(stream_id=3, data=b"x")),
         (http1_fast.message_ended(3), MessageEnded(stream_id=3, trailers=[])),
+        (
+            events.message_ended(5, [(b"grpc-status", b"0")]),
+            MessageEnded(stream_id=5, trailers=[(b"grpc-status", b"0")]),
+        ),
     ]
     for fast, constructed in built:
         assert type(fast) is type(constructed)
