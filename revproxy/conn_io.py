@@ -149,6 +149,25 @@ class ConnIO(asyncio.Protocol):
             self.transport.resume_reading()
         return data
 
+    def as_streams(
+        self, limit: int = HIGH_WATER
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """The connection handed to code that reads a ``StreamReader`` (HTTP/2): the transport
+        changes protocol, with whatever was received and not read yet."""
+        assert self.transport is not None
+        transport = self.transport
+        reader = asyncio.StreamReader(limit=limit, loop=self.loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=self.loop)
+        self.flush()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        pending = self.take_buffered()
+        if pending:
+            reader.feed_data(pending)
+        if self._eof:
+            reader.feed_eof()
+        return reader, asyncio.StreamWriter(transport, protocol, reader, self.loop)
+
     def at_eof(self) -> bool:
         return self._eof and not self._buffered
 

@@ -298,35 +298,13 @@ class Dialer:
     async def open(
         self, backend: Backend, identity: bytes | None = None
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """A connection to ``backend``: TCP, the PROXY header, then TLS when the pool has it."""
-        targets = backend.addresses or ((backend.host, backend.port),)
-        last: Exception | None = None
-        for host, port in targets:
-            try:
-                async with asyncio.timeout(self.connect_timeout):
-                    reader, writer = await asyncio.open_connection(host, port, limit=STREAM_LIMIT)
-            except (OSError, TimeoutError) as exc:
-                last = exc
-                continue
-            sock = writer.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if identity:
-                writer.write(identity)
-            if self.ssl is not None:
-                sni = (self.tls.sni if self.tls is not None else None) or backend.host
-                try:
-                    async with asyncio.timeout(self.connect_timeout):
-                        await writer.start_tls(self.ssl, server_hostname=sni)
-                except BaseException:
-                    writer.close()
-                    raise
-            return reader, writer
-        raise last or OSError("no address")
+        """``open_conn``, as streams (HTTP/2 origins read a ``StreamReader``)."""
+        io = await self.open_conn(backend, identity)
+        return io.as_streams(STREAM_LIMIT)
 
     async def open_conn(self, backend: Backend, identity: bytes | None = None) -> ConnIO:
-        """``open`` for an HTTP/1.1 exchange: the connection as a ``ConnIO``."""
+        """A connection to ``backend`` (each resolved address in turn): TCP, the PROXY
+        header, then TLS when the pool has it."""
         loop = asyncio.get_running_loop()
         targets = backend.addresses or ((backend.host, backend.port),)
         last: Exception | None = None

@@ -444,29 +444,12 @@ class Acceptor:
                 info.sni = server_name_of(sslobj)
                 info.alpn = sslobj.selected_alpn_protocol() or ""
         if h2c or info.alpn == "h2":
-            reader, writer = _as_stream_pair(loop, transport, conn)
+            reader, writer = conn.as_streams(STREAM_LIMIT)
             await Http2Connection(
                 reader, writer, generation=gen, listener=lrt, info=info, stopping=stopping
             ).run()
             return
         await HttpConnection(conn, generation=gen, listener=lrt, info=info).run()
-
-
-def _as_stream_pair(
-    loop: asyncio.AbstractEventLoop, transport: asyncio.Transport, conn: ConnIO
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """An HTTP/2 connection reads a ``StreamReader``: its transport changes protocol, with
-    whatever ``conn`` received meanwhile."""
-    reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
-    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-    transport.set_protocol(protocol)
-    protocol.connection_made(transport)
-    pending = conn.take_buffered()
-    if pending:
-        reader.feed_data(pending)
-    if conn.at_eof():
-        reader.feed_eof()
-    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
 async def peek_preface(sock: socket.socket, *, timeout: float) -> bool:

@@ -50,6 +50,12 @@ class Transport:
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default
 
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
@@ -255,5 +261,21 @@ def test_take_buffered_hands_everything_over() -> None:
         assert t.paused
         assert io.take_buffered() == big + b"z"
         assert not t.paused and not io.buffered
+
+    run(main())
+
+
+def test_as_streams_hands_over_what_was_not_read() -> None:
+    async def main() -> None:
+        io, t = await made()
+        io.write_soon(b"pending ")
+        io.data_received(b"PRI * HTTP/2.0")
+        io.eof_received()
+        reader, writer = io.as_streams()
+        assert t.writes == [b"pending "]  # written before the transport changed hands
+        assert isinstance(t.protocol, asyncio.StreamReaderProtocol)
+        assert await reader.read() == b"PRI * HTTP/2.0"  # then the end of the stream
+        writer.write(b"after")
+        assert t.writes[-1] == b"after"
 
     run(main())
