@@ -1140,6 +1140,9 @@ class Report:
             "",
             *self.goals(),
             "",
+            "What was done for these figures, where the time goes and what limits the goals "
+            "not met: `docs/performance.md`.",
+            "",
         ]
         for sc in self.b.scenarios():
             lines += self.table(sc)
