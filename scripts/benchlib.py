@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import functools
 import importlib.metadata
 import json
 import os
@@ -833,68 +834,26 @@ class Bench:
         for t in self.targets:
             if not t.key.startswith(("revproxy", "bare")) or t.key == "revproxy-auto":
                 continue
-            raw = self.work / f"profile-{t.key}.txt"
-            spy = subprocess.Popen(
-                [
-                    "py-spy",
-                    "record",
-                    "--pid",
-                    str(t.service.pid if t.service else 0),
-                    "--duration",
-                    str(round(seconds)),
-                    "--rate",
-                    "250",
-                    "--format",
-                    "raw",
-                    "--nonblocking",
-                    "--output",
-                    str(raw),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+            rows = _profiled(
+                t.service.pid if t.service else 0,
+                self.work / f"profile-{t.key}.txt",
+                seconds,
+                functools.partial(run_wrk, f"http://{LOOPBACK}:{t.http}/small", 50, seconds),
             )
-            time.sleep(0.5)
-            run_wrk(f"http://{LOOPBACK}:{t.http}/small", 50, seconds)
-            try:
-                spy.wait(timeout=seconds + RUN_SLACK)
-            except subprocess.TimeoutExpired:
-                spy.kill()
-                spy.wait()
-            if raw.exists():
-                self.profiles[t.key] = top_functions(raw.read_text())
+            if rows is not None:
+                self.profiles[t.key] = rows
             self.log(f"profiled {t.key}")
         for t in self.targets:
             if t.key != "revproxy" or t.https is None or t.service is None:
                 continue
-            raw = self.work / "profile-revproxy-tls.txt"
-            spy = subprocess.Popen(
-                [
-                    "py-spy",
-                    "record",
-                    "--pid",
-                    str(t.service.pid),
-                    "--duration",
-                    str(round(seconds)),
-                    "--rate",
-                    "250",
-                    "--format",
-                    "raw",
-                    "--nonblocking",
-                    "--output",
-                    str(raw),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+            rows = _profiled(
+                t.service.pid,
+                self.work / "profile-revproxy-tls.txt",
+                seconds,
+                functools.partial(run_s_time, t.https, "-new", seconds),
             )
-            time.sleep(0.5)
-            run_s_time(t.https, "-new", seconds)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                spy.wait(timeout=seconds + RUN_SLACK)
-            if spy.poll() is None:
-                spy.kill()
-                spy.wait()
-            if raw.exists():
-                self.profiles["revproxy/tls-full"] = top_functions(raw.read_text())
+            if rows is not None:
+                self.profiles["revproxy/tls-full"] = rows
             self.log("profiled revproxy under new TLS handshakes")
 
     def stop_all(self) -> None:
@@ -930,6 +889,28 @@ class RssSampler:
         memory["bytes_streamed_big"] = memory.get("bytes_streamed_big", 0) + int(
             (run.mb_s or 0) * 1e6 * seconds
         )
+
+
+def _profiled(
+    pid: int, raw: Path, seconds: float, load: Callable[[], object]
+) -> list[tuple[str, float, float]] | None:
+    """py-spy on ``pid`` while ``load`` runs: its top functions, None without a profile."""
+    spy = subprocess.Popen(
+        [
+            *("py-spy", "record", "--pid", str(pid), "--duration", str(round(seconds))),
+            *("--rate", "250", "--format", "raw", "--nonblocking", "--output", str(raw)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(0.5)
+    load()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        spy.wait(timeout=seconds + RUN_SLACK)
+    if spy.poll() is None:
+        spy.kill()
+        spy.wait()
+    return top_functions(raw.read_text()) if raw.exists() else None
 
 
 def top_functions(raw: str, n: int = 15) -> list[tuple[str, float, float]]:
