@@ -81,6 +81,9 @@ class OriginStream(Protocol):
     upgrading: bool  # the request asked to switch to WebSocket
     bytes_read: int  # response bytes received (0: nothing came back yet)
     events: deque[Event]  # parsed and not yet taken
+    # When ``next`` must wait, it waits until this loop time at most, then raises
+    # TimeoutError (None: no limit).
+    deadline: float | None
 
     def send_head(
         self,
@@ -147,8 +150,7 @@ class H1Origin:
         self.events: deque[Event] = deque()
         self.bytes_read = 0
         self.eof = False
-        # When ``next`` must wait, it waits until this loop time at most (None: no limit).
-        self.deadline: float | None = None
+        self.deadline: float | None = None  # see OriginStream
 
     def send_head(
         self,

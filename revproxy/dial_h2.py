@@ -59,7 +59,16 @@ _Key = tuple[int, bytes | None]
 class H2OriginStream(H2Channel):
     """The backend side of one exchange: one stream on an ``H2Origin``."""
 
-    __slots__ = ("backend", "bytes_read", "events", "origin", "refused", "reused", "upgrading")
+    __slots__ = (
+        "backend",
+        "bytes_read",
+        "deadline",
+        "events",
+        "origin",
+        "refused",
+        "reused",
+        "upgrading",
+    )
 
     def __init__(self, origin: H2Origin, reused: bool) -> None:
         super().__init__(origin, 0, stall_timeout=origin.origins.dialer.idle_timeout)
@@ -70,6 +79,7 @@ class H2OriginStream(H2Channel):
         self.upgrading = False  # WebSocket goes to HTTP/1.1 origins only
         self.bytes_read = 0
         self.events = self.inbox
+        self.deadline: float | None = None  # see dial.OriginStream
 
     def gone(self) -> Exception:
         if self.refused:
@@ -117,7 +127,11 @@ class H2OriginStream(H2Channel):
         origin.flush()
 
     async def next(self) -> Event:
-        ev = await self.next_event()
+        if self.inbox or self.deadline is None:
+            ev = await self.next_event()
+        else:
+            async with asyncio.timeout_at(self.deadline):
+                ev = await self.next_event()
         if isinstance(ev, DataReceived):
             self.bytes_read += len(ev.data)
         elif isinstance(ev, ResponseReceived | InformationalReceived):

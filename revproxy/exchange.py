@@ -38,7 +38,7 @@ from typing import Any
 from revproxy.accesslog import AccessRecord
 from revproxy.acme import challenge_answer
 from revproxy.client_side import ClientGone, ClientStream, ConnInfo, proxy_header_for
-from revproxy.dial import H1Origin, OriginStream
+from revproxy.dial import OriginStream
 from revproxy.errors import (
     BackendError,
     BackendProtocolError,
@@ -197,9 +197,8 @@ class Exchange:
         self.deadline = None
         try:
             action = self._route(req, normalise_host(req.authority))
-            if type(action) is PoolRuntime:
+            if isinstance(action, PoolRuntime):
                 return await self._proxy(action)
-            assert not isinstance(action, PoolRuntime)
             return await action
         except BaseException:
             if rec.status == 0:
@@ -259,10 +258,7 @@ class Exchange:
             self.rec.route = "acme"
             return await self._local(answer.status, headers=list(answer.headers), body=answer.body)
         action = self._route(req, host, acme_done=True)
-        if type(action) is PoolRuntime:
-            return await self._proxy(action)
-        assert not isinstance(action, PoolRuntime)
-        return await action
+        return await (self._proxy(action) if isinstance(action, PoolRuntime) else action)
 
     def _check_authority(self, host: str) -> None:
         """RFC 9110 §7.4: a request for a name this TLS connection does not serve gets 421."""
@@ -435,23 +431,18 @@ class Exchange:
         wait = timeouts.response
         if self.deadline is not None:
             wait = min(wait, self.deadline)
-        h1 = ostream if type(ostream) is H1Origin else None
-        if h1 is not None:
-            # The connection's own deadline: no timer armed for this wait.
-            loop = h1.conn.io.loop
-            h1.deadline = loop.time() + wait
-            resp: ResponseReceived | InformationalReceived | None = None
-            if upload is None:
-                ev = await h1.next()  # the common case, awaited here: one coroutine less
-                if type(ev) is ResponseReceived:
-                    resp = ev
-                else:
-                    h1.events.appendleft(ev)
-            if resp is None:
-                resp = await self._response_head(ostream, upload, pr)
-        else:
-            async with asyncio.timeout(wait):
-                resp = await self._response_head(ostream, upload, pr)
+        # Waits end at the stream's deadline (no timer armed per wait on HTTP/1.1).
+        loop = asyncio.get_running_loop()
+        ostream.deadline = loop.time() + wait
+        resp: ResponseReceived | InformationalReceived | None = None
+        if upload is None:
+            ev = await ostream.next()  # the common case, awaited here: one coroutine less
+            if type(ev) is ResponseReceived:
+                resp = ev
+            else:
+                ostream.events.appendleft(ev)
+        if resp is None:
+            resp = await self._response_head(ostream, upload, pr)
         stream = self.stream
         self.rec.status = resp.status
         if resp.status == 101:
@@ -476,14 +467,9 @@ class Exchange:
         idle = timeouts.idle
         queued = ostream.events
         while True:
-            if queued:
-                ev = await ostream.next()  # already received: no wait, so no timer to arm
-            elif h1 is not None:
-                h1.deadline = loop.time() + idle
-                ev = await ostream.next()
-            else:
-                async with asyncio.timeout(idle):
-                    ev = await ostream.next()
+            if not queued:
+                ostream.deadline = loop.time() + idle
+            ev = await ostream.next()
             if isinstance(ev, DataReceived):
                 await stream.send_data(ev.data)
             elif isinstance(ev, MessageEnded):

@@ -47,11 +47,11 @@ class _Source:
         self.bytes_read = 0
         self.eof = False
 
-    async def next(self, deadline: float | None = None) -> Event:
+    async def next(self) -> Event:
         while not self.events:
             if self.eof:
                 raise ConnectionResetError("peer closed the connection")
-            data = await self.conn.read(READ_SIZE, deadline)
+            data = await self.conn.read(READ_SIZE)
             if not data:
                 self.eof = True
             self.bytes_read += len(data)
@@ -176,9 +176,9 @@ class HttpConnection:
             return ev
         return None
 
-    async def next_body_event(self, deadline: float | None = None) -> Event:
+    async def next_body_event(self) -> Event:
         try:
-            ev = await self.client.next(deadline)
+            ev = await self.client.next()
         except (ConnectionError, OSError) as exc:
             raise ClientGone() from exc
         if isinstance(ev, DataReceived | MessageEnded):

@@ -166,6 +166,7 @@ class Origin:
         self.refused = refused
         self.upgrading = False
         self.bytes_read = 0
+        self.deadline: float | None = None  # waits end there (TimeoutError), as OriginStream's
         self.events: deque[Event] = deque()
         self.script: deque[Event | BaseException] = deque(response)
         self.head: tuple[Any, ...] | None = None
@@ -199,7 +200,10 @@ class Origin:
             self.bytes_read += 1
             return self.events.popleft()
         if not self.script:
-            await asyncio.sleep(3600)
+            if self.deadline is None:
+                await asyncio.sleep(3600)
+            async with asyncio.timeout_at(self.deadline):
+                await asyncio.sleep(3600)
         item = self.script.popleft()
         if isinstance(item, BaseException):
             raise item
