@@ -358,7 +358,9 @@ class Dialer:
     ) -> tuple[Backend | None, H1Origin | None]:
         """HTTP/1.1 pools: the server the pool picks, and an exchange on its pooled
         connection when it has one (no coroutine, no wait); else pass the server to
-        ``open_stream`` as ``first``."""
+        ``open_stream`` as ``first``. HTTP/2 pools: (None, None), ``open_stream`` does it all."""
+        if self.h2 is not None:
+            return None, None
         backend = self.pool.pick(ctx)
         if backend is None:
             return None, None

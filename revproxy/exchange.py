@@ -327,7 +327,7 @@ class Exchange:
             dialer = pr.dialer
             first = None
             ostream: OriginStream | None = None
-            if not fresh and dialer.h2 is None:
+            if not fresh:
                 first, ostream = dialer.pooled_stream(ctx, identity)
             try:
                 if ostream is None:

@@ -226,8 +226,6 @@ class Origin:
 class Dialer:
     """Hands out scripted origin streams (or raises), recording how it was asked."""
 
-    h2 = None  # an HTTP/1.1 pool: the exchange asks for a pooled stream first
-
     def __init__(self, *streams: Origin | BaseException) -> None:
         self.streams = deque(streams)
         self.calls: list[bool] = []  # the ``fresh`` of each call
