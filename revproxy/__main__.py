@@ -1,5 +1,5 @@
 import sys
 
-from revproxy.cli import main
+from revproxy.cli.main import main
 
 sys.exit(main())

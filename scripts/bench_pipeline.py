@@ -24,12 +24,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from revproxy.client_side import ConnInfo  # noqa: E402
-from revproxy.config_load import load_config_text  # noqa: E402
-from revproxy.conn_io import ConnIO  # noqa: E402
-from revproxy.dial import BackendConnection  # noqa: E402
-from revproxy.generation import build_generation  # noqa: E402
-from revproxy.http_proxy import HttpConnection  # noqa: E402
+from revproxy.edge.client_side import ConnInfo  # noqa: E402
+from revproxy.config.load import load_config_text  # noqa: E402
+from revproxy.net.conn_io import ConnIO  # noqa: E402
+from revproxy.upstream.dialer import BackendConnection  # noqa: E402
+from revproxy.edge.generation import build_generation  # noqa: E402
+from revproxy.edge.h1_connection import HttpConnection  # noqa: E402
 
 CONFIG = """
 [global]

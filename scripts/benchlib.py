@@ -962,7 +962,7 @@ import sys
 from revproxy.proto import http1, http1_fast
 http1.H1Server = http1_fast.H1Server
 http1.H1Client = http1_fast.H1Client
-from revproxy.cli import main
+from revproxy.cli.main import main
 sys.exit(main(["run", "-c", sys.argv[1]]))
 """
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from revproxy.acme import (
+from revproxy.certs.acme import (
     MAX_ANSWER_SIZE,
     MAX_TOKEN_LENGTH,
     Challenge,
@@ -27,9 +27,9 @@ from revproxy.acme import (
     split_forward,
     token_path,
 )
-from revproxy.config import Acme, Bind, Config, Global, Listener, ListenerTLS, Respond, Route
-from revproxy.generation import answers_acme
-from revproxy.supervisor import Instance
+from revproxy.config.model import Acme, Bind, Config, Global, Listener, ListenerTLS, Respond, Route
+from revproxy.edge.generation import answers_acme
+from revproxy.runtime.supervisor import Instance
 
 TOKEN = "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"
 KEY_AUTH = f"{TOKEN}.9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI".encode()

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from revproxy import allocator
+from revproxy.runtime import allocator as allocator
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
@@ -16,7 +16,7 @@ GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 @pytest.mark.skipif(not GLIBC, reason="glibc only")
 def test_thresholds_are_applied_on_glibc() -> None:
     # In a fresh interpreter: the settings last for the life of the process.
-    code = "from revproxy.allocator import tune_allocator; print(tune_allocator())"
+    code = "from revproxy.runtime.allocator import tune_allocator; print(tune_allocator())"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=_env()
     )

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from revproxy.balancing import (
+from revproxy.upstream.balancing import (
     POLICIES,
     BalancePolicy,
     Candidates,
@@ -28,8 +28,8 @@ from revproxy.balancing import (
     UriHash,
     make_policy,
 )
-from revproxy.config import BALANCE_NAMES
-from revproxy.pool import Backend, PickContext
+from revproxy.config.model import BALANCE_NAMES
+from revproxy.upstream.pool import Backend, PickContext
 
 NO_KEY = PickContext()
 

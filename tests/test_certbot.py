@@ -23,15 +23,15 @@ from pathlib import Path
 
 import pytest
 
-from revproxy import cert_cli
-from revproxy.cert_cli import (
+from revproxy.cli import cert as cert_cli
+from revproxy.cli.cert import (
     CertRow,
     format_rows,
     notify_running,
     probe_challenge_route,
     served_certificates,
 )
-from revproxy.certbot import (
+from revproxy.certs.certbot import (
     DEPLOY_HOOK_ENV,
     DEPLOY_HOOK_SCRIPT,
     CertbotNotFound,
@@ -44,10 +44,10 @@ from revproxy.certbot import (
     renew_args,
     run_certbot,
 )
-from revproxy.cli import main
-from revproxy.config import Acme, Admin, Bind, Config, Global, Listener, ListenerTLS
-from revproxy.supervisor import Instance
-from revproxy.tls import generate_self_signed
+from revproxy.cli.main import main
+from revproxy.config.model import Acme, Admin, Bind, Config, Global, Listener, ListenerTLS
+from revproxy.runtime.supervisor import Instance
+from revproxy.edge.tls import generate_self_signed
 
 REPO = Path(__file__).resolve().parents[1]
 HOOK = "env REVPROXY_CONF=/etc/revproxy /hook"

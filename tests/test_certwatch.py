@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from revproxy.certwatch import (
+from revproxy.runtime.certwatch import (
     CertWatcher,
     certificate_expiry,
     certificate_samples,
@@ -28,10 +28,10 @@ from revproxy.certwatch import (
     log_expiring,
     watch_set,
 )
-from revproxy.config import Bind, CertPair, Config, Global, Listener, ListenerTLS
-from revproxy.generation import Generation, build_generation
-from revproxy.supervisor import Instance
-from revproxy.tls import DEFAULT_CERT_COMMON_NAME, generate_default_cert, generate_self_signed
+from revproxy.config.model import Bind, CertPair, Config, Global, Listener, ListenerTLS
+from revproxy.edge.generation import Generation, build_generation
+from revproxy.runtime.supervisor import Instance
+from revproxy.edge.tls import DEFAULT_CERT_COMMON_NAME, generate_default_cert, generate_self_signed
 
 NAME = "a.example"
 # Generous bound for the watcher to notice a change and swap (it settles in ~2 s).

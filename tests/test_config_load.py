@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from revproxy import config_listener, config_load, config_pool, config_route
-from revproxy.config import (
+from revproxy.config.model import (
     Acme,
     Admin,
     BasicAuth,
@@ -40,7 +40,7 @@ from revproxy.config import (
     Server,
     Timeouts,
 )
-from revproxy.config_load import load_config, load_config_text, summary
+from revproxy.config.load import load_config, load_config_text, summary
 from revproxy.errors import ConfigError
 
 FILE = "conf/10-test.toml"

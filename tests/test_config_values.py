@@ -8,8 +8,8 @@ import ipaddress
 
 import pytest
 
-from revproxy.config import Bind
-from revproxy.config_values import (
+from revproxy.config.model import Bind
+from revproxy.config.values import (
     format_duration,
     format_size,
     parse_acme_server,

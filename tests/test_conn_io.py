@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from revproxy import conn_io
-from revproxy.conn_io import ConnIO
+from revproxy.net import conn_io as conn_io
+from revproxy.net.conn_io import ConnIO
 
 
 class Transport:

@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from revproxy.accesslog import AccessRecord
-from revproxy.client_side import ClientGone, ConnInfo
-from revproxy.config_load import load_config_text
+from revproxy.ops.accesslog import AccessRecord
+from revproxy.edge.client_side import ClientGone, ConnInfo
+from revproxy.config.load import load_config_text
 from revproxy.errors import BackendUnreachable, NoBackendAvailable
-from revproxy.exchange import Exchange
-from revproxy.generation import Generation, build_generation
-from revproxy.pool import Backend
+from revproxy.edge.exchange import Exchange
+from revproxy.edge.generation import Generation, build_generation
+from revproxy.upstream.pool import Backend
 from revproxy.proto.events import (
     DataReceived,
     Event,

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from revproxy.config import Health as HealthConfig
-from revproxy.config import Passive, PoolTLS, Server
-from revproxy.config import Pool as PoolConfig
-from revproxy.health import (
+from revproxy.config.model import Health as HealthConfig
+from revproxy.config.model import Passive, PoolTLS, Server
+from revproxy.config.model import Pool as PoolConfig
+from revproxy.upstream.health import (
     TABLE,
     Change,
     Event,
@@ -30,10 +30,10 @@ from revproxy.health import (
     status_matches,
     step,
 )
-from revproxy.metrics import InstanceMetrics
-from revproxy.pool import Backend, BackendState
+from revproxy.ops.metrics import InstanceMetrics
+from revproxy.upstream.pool import Backend, BackendState
 from revproxy.proto.proxy_protocol import build_local_v2
-from revproxy.tls import generate_self_signed
+from revproxy.edge.tls import generate_self_signed
 
 UP, DOWN, DRAIN, MAINT = (
     BackendState.UP,
@@ -362,7 +362,7 @@ async def test_tls_check_uses_the_pool_sni_and_verifies(tmp_path: Path) -> None:
     seen: list[bytes] = []
     async with server(http_reply(204, seen), sctx) as (port, _):
         good, b = pool_for(port, tls=PoolTLS(sni="app.internal", ca=cert))
-        from revproxy.health import client_context
+        from revproxy.upstream.health import client_context
 
         assert await check_once(b, good, client_context(good)) == (True, "204")
         bad, _ = pool_for(port, tls=PoolTLS(sni="other.internal", ca=cert))

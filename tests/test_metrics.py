@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from revproxy.accesslog import AccessRecord
-from revproxy.channel import Channel
-from revproxy.metrics import (
+from revproxy.ops.accesslog import AccessRecord
+from revproxy.runtime.channel import Channel
+from revproxy.ops.metrics import (
     LATENCY_BUCKETS,
     InstanceMetrics,
     Registry,
@@ -22,8 +22,8 @@ from revproxy.metrics import (
     merged,
     status_class,
 )
-from revproxy.stats import RateMeter
-from revproxy.workers import describe_exit, worker_count
+from revproxy.runtime.stats import RateMeter
+from revproxy.runtime.workers import describe_exit, worker_count
 
 
 def record(**kw: object) -> AccessRecord:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from revproxy.config import Route
-from revproxy.routing import Router, host_matches, normalise_host, route_order
+from revproxy.config.model import Route
+from revproxy.upstream.routing import Router, host_matches, normalise_host, route_order
 
 
 def route(index: int, host: tuple[str, ...] = (), path: str = "/") -> Route:

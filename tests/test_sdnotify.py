@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from revproxy.sdnotify import Notifier
+from revproxy.runtime.sdnotify import Notifier
 
 
 @pytest.fixture

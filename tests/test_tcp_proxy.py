@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from revproxy.config import Bind, Listener, ListenerTLS, Route
+from revproxy.config.model import Bind, Listener, ListenerTLS, Route
 from revproxy.errors import ClientHelloError
-from revproxy.generation import passthrough_table
-from revproxy.listener import peek_client_hello
-from revproxy.tcp_proxy import match_passthrough
+from revproxy.edge.generation import passthrough_table
+from revproxy.edge.listener import peek_client_hello
+from revproxy.edge.tcp import match_passthrough
 
 TLS = ListenerTLS(cert_dir=Path("/nonexistent"))
 

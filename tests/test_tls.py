@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from revproxy.errors import CertificateError
-from revproxy.tls import (
+from revproxy.edge.tls import (
     DEFAULT_CERT_COMMON_NAME,
     CertStore,
     LoadedCert,

@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from revproxy import tunnel
-from revproxy.tunnel import RelayEnd, RelayResult, SocketRelay, relay, relay_streams
+from revproxy.net import relay as tunnel
+from revproxy.net.relay import RelayEnd, RelayResult, SocketRelay, relay, relay_streams
 
 T = TypeVar("T")
 

@@ -37,7 +37,7 @@ from harness import (
     wait_until,
 )
 
-from revproxy.config import Bind, Config, Global, Listener, Pool, Server, Timeouts
+from revproxy.config.model import Bind, Config, Global, Listener, Pool, Server, Timeouts
 
 __all__ = ["LOOPBACK", "REPO", "START_TIMEOUT", "STOP_TIMEOUT", "closed_port", "free_port",
            "wait_until"]
@@ -45,7 +45,7 @@ __all__ = ["LOOPBACK", "REPO", "START_TIMEOUT", "STOP_TIMEOUT", "closed_port", "
 
 _LAUNCHER = """
 import asyncio, pickle, sys
-from revproxy.supervisor import Instance
+from revproxy.runtime.supervisor import Instance
 
 with open(sys.argv[1], "rb") as f:
     config = pickle.load(f)

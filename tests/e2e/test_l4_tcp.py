@@ -40,7 +40,7 @@ from l4_peers import (
     wait_until,
 )
 
-from revproxy.config import Config, ProxyProtocolIn
+from revproxy.config.model import Config, ProxyProtocolIn
 
 pytestmark = [pytest.mark.e2e]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from revproxy.config import Pool, Server
-from revproxy.generation import _hiding
+from revproxy.config.model import Pool, Server
+from revproxy.edge.generation import _hiding
 from revproxy.proto.forwarding import HidingPolicy, interim_headers, response_headers
 
 POOL = Pool(

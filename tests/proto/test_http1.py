@@ -22,7 +22,7 @@ from revproxy.proto.events import (
     RequestReceived,
     ResponseReceived,
 )
-from revproxy.proto.http1 import H1Client, H1Server
+from revproxy.proto.http1.exact import H1Client, H1Server
 
 NEXT_REQUEST = b"GET /next HTTP/1.1\r\nHost: app.test\r\n\r\n"
 NEXT_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext"

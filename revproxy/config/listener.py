@@ -1,0 +1,244 @@
+"""``[[listener]]`` tables → ``Listener``, and the checks listeners need the whole config for.
+
+Rule of this room: a listener is a bound socket and its mode. An http listener ends TLS (when
+it has ``tls``) or speaks plain HTTP — only a plain one answers ACME HTTP-01 challenges or
+accepts h2c; a tcp listener relays bytes to its pool and has none of the HTTP keys. Two
+listeners never take the same port on the same address (a wildcard bind takes every address
+of its family), and nothing else in the config (the admin address) may either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from revproxy.config.model import Bind, CertPair, Listener, ListenerTLS, ProxyProtocolIn
+from revproxy.config.reader import MISSING, Entry, ReadContext, TableReader, defined
+from revproxy.config.values import describe, parse_bind, parse_network
+from revproxy.errors import CertificateError
+
+__all__ = ["ListenerRead", "bound_by", "check_listeners", "read_listener"]
+
+# The TOML keys: the field names of config.py minus ``source``.
+_LISTENER_KEYS = (
+    "name", "bind", "mode", "tls", "redirect_https", "redirect_port", "trusted_proxies",
+    "proxy_protocol", "forwarded", "pool", "acme", "h2c", "max_conns",
+)  # fmt: skip
+_TLS_KEYS = ("cert_dir", "certs", "unknown_sni", "alpn")
+_CERT_KEYS = ("cert", "key")
+_PROXY_PROTOCOL_KEYS = ("mode", "trusted", "timeout")
+
+_MODES: tuple[Literal["http", "tcp"], ...] = ("http", "tcp")
+_UNKNOWN_SNI: tuple[Literal["generated", "reject"], ...] = ("generated", "reject")
+_PROXY_MODES: tuple[Literal["off", "optional", "required"], ...] = ("off", "optional", "required")
+_ALPN = ("h2", "http/1.1")
+
+# Defaults come from the dataclasses themselves, so config.py stays the one place for them.
+_LISTENER = Listener(name="", bind=())
+_TLS = ListenerTLS()
+_PROXY_PROTOCOL = ProxyProtocolIn()
+
+
+@dataclass
+class ListenerRead:
+    listener: Listener
+    binds: list[tuple[str, Bind]]  # key path of each bind, for clash messages
+    table: TableReader
+
+
+def _read_tls(t: TableReader) -> ListenerTLS:
+    cert_dir = t.path("cert_dir", None)
+    if cert_dir is not None and cert_dir.exists() and not cert_dir.is_dir():
+        t.problem("cert_dir", f"{cert_dir} is not a directory")
+    pairs: list[CertPair] = []
+    for ct in t.tables("certs", _CERT_KEYS):
+        cert = ct.path("cert", None, required='the certificate chain file, e.g. "fullchain.pem"')
+        key = ct.path("key", None, required='the private key file, e.g. "privkey.pem"')
+        if cert is None or key is None:
+            continue
+        pairs.append(CertPair(cert=cert, key=key))
+        reason = _check_cert_pair(cert, key)
+        if reason:
+            ct.problem_here(reason)
+    alpn = t.strings("alpn", _parse_alpn)
+    t.unique("alpn", alpn)
+    if t.raw("alpn") == []:
+        t.problem("alpn", f"must name at least one protocol ({', '.join(_ALPN)})")
+    return ListenerTLS(
+        cert_dir=cert_dir,
+        certs=tuple(pairs),
+        unknown_sni=t.choice("unknown_sni", _UNKNOWN_SNI, _TLS.unknown_sni),
+        alpn=tuple(name for _, name in alpn) or _TLS.alpn,
+    )
+
+
+def _check_cert_pair(cert: Path, key: Path) -> str:
+    """Why the pair cannot serve, or "" if it can. tls.py owns reading certificates."""
+    from revproxy.edge.tls import load_cert_pair  # imported late: tls.py pulls in ssl machinery
+
+    try:
+        load_cert_pair(cert, key)
+    except CertificateError as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"cannot read: {exc}"
+    return ""
+
+
+def _parse_alpn(value: str) -> str:
+    if value not in _ALPN:
+        listed = ", ".join(f'"{name}"' for name in _ALPN)
+        raise ValueError(f"expected one of {listed}, got {describe(value)}")
+    return value
+
+
+def _read_proxy_protocol(t: TableReader) -> ProxyProtocolIn:
+    mode = t.choice("mode", _PROXY_MODES, _PROXY_PROTOCOL.mode)
+    trusted = t.strings("trusted", parse_network)
+    if mode != "off" and t.raw("trusted") in (MISSING, []):
+        t.problem(
+            "trusted",
+            f'mode "{mode}" needs the addresses allowed to send PROXY headers '
+            '(write e.g. trusted = ["10.0.0.0/8"])',
+        )
+    return ProxyProtocolIn(
+        mode=mode,
+        trusted=tuple(network for _, network in trusted),
+        timeout=t.duration("timeout", _PROXY_PROTOCOL.timeout),
+    )
+
+
+def read_listener(index: int, entry: Entry, ctx: ReadContext) -> ListenerRead:
+    t = TableReader(entry.data, f"listener[{index}]", entry.file, ctx, _LISTENER_KEYS)
+    name = t.string("name", "", required='e.g. name = "https"')
+    binds = t.strings("bind", parse_bind)
+    if t.raw("bind") in (MISSING, []):
+        t.problem("bind", 'needs at least one address (write e.g. bind = [":443"])')
+    t.unique("bind", binds)
+    mode = t.choice("mode", _MODES, _LISTENER.mode)
+    tls_table = t.table("tls", _TLS_KEYS)
+    tls = _read_tls(tls_table) if tls_table is not None else None
+    proxy_table = t.table("proxy_protocol", _PROXY_PROTOCOL_KEYS)
+    trusted = t.strings("trusted_proxies", parse_network)
+    listener = Listener(
+        name=name,
+        bind=tuple(bind for _, bind in binds),
+        mode=mode,
+        tls=tls,
+        redirect_https=t.boolean("redirect_https", _LISTENER.redirect_https),
+        redirect_port=t.integer("redirect_port", _LISTENER.redirect_port, 1, 65535),
+        trusted_proxies=tuple(network for _, network in trusted),
+        proxy_protocol=(
+            _read_proxy_protocol(proxy_table) if proxy_table is not None else _PROXY_PROTOCOL
+        ),
+        forwarded=t.boolean("forwarded", _LISTENER.forwarded),
+        pool=t.string("pool", _LISTENER.pool),
+        acme=t.boolean("acme", _LISTENER.acme),
+        h2c=t.boolean("h2c", _LISTENER.h2c),
+        max_conns=t.integer("max_conns", _LISTENER.max_conns, 1),
+        source=entry.file,
+    )
+    if mode == "tcp":
+        if not t.has("pool"):
+            t.problem("pool", "required on a tcp listener (the pool its connections go to)")
+        http_only = ("tls", "redirect_https", "redirect_port", "trusted_proxies", "forwarded")
+        for key in (*http_only, "acme", "h2c"):
+            # false and [] say "not this" and are harmless; anything else is a mistake
+            if t.has(key) and t.raw(key) is not False and t.raw(key) != []:
+                t.problem(key, 'only for mode = "http" (a tcp listener relays bytes untouched)')
+    else:
+        if t.has("pool"):
+            t.problem("pool", 'only for mode = "tcp"; http listeners reach pools through routes')
+        if tls is not None and listener.redirect_https:
+            t.problem(
+                "redirect_https",
+                "a TLS listener already serves HTTPS; set redirect_https on the plain listener",
+            )
+        if tls_table is not None and listener.acme:
+            t.problem(
+                "acme",
+                "only on plain http listeners: ACME HTTP-01 challenges come over plain HTTP "
+                "(to port 80); set acme on that listener",
+            )
+        if tls_table is not None and listener.h2c:
+            t.problem(
+                "h2c",
+                "only on plain http listeners: h2c is HTTP/2 without TLS "
+                '(for HTTP/2 over TLS, add "h2" to tls.alpn)',
+            )
+    return ListenerRead(listener, binds, t)
+
+
+# --- what needs the whole config -----------------------------------------------------------
+
+
+def _covers(wide: str, narrow: str) -> bool:
+    """Whether binding `wide` takes the port on address `narrow` too."""
+    if wide == "":
+        return True
+    if wide == "0.0.0.0":
+        return narrow.count(".") == 3 and narrow.replace(".", "").isdigit()
+    # asyncio binds IPv6 sockets IPV6_V6ONLY, so "::" takes only IPv6 addresses.
+    return wide == "::" and ":" in narrow
+
+
+def _clashes(bind: Bind, taken: Bind) -> bool:
+    return bind.port == taken.port and (
+        bind.host == taken.host or _covers(bind.host, taken.host) or _covers(taken.host, bind.host)
+    )
+
+
+def bound_by(bind: Bind, reads: Sequence[ListenerRead]) -> str:
+    """':80 of listener "http" (listener[0].bind in conf/10-a.toml)' if a listener takes
+    `bind`'s port on its address, else ""."""
+    for read in reads:
+        for key, taken in read.binds:
+            if _clashes(bind, taken):
+                listener = read.listener
+                return f'{taken} of listener "{listener.name}" ({key} in {listener.source})'
+    return ""
+
+
+def check_listeners(reads: Sequence[ListenerRead], pools: Sequence[str], ctx: ReadContext) -> None:
+    first_name: dict[str, int] = {}
+    bound: list[tuple[int, str, Bind]] = []
+    for index, read in enumerate(reads):
+        listener, t = read.listener, read.table
+        if listener.name in first_name:
+            other = first_name[listener.name]
+            t.problem(
+                "name",
+                f'duplicate listener name "{listener.name}" '
+                f"(first used by listener[{other}] in {reads[other].listener.source})",
+            )
+        elif listener.name:
+            first_name[listener.name] = index
+        for key, bind in read.binds:
+            for other, other_key, taken in bound:
+                if other != index and _clashes(bind, taken):
+                    clash = reads[other].listener
+                    ctx.add(
+                        t.file,
+                        key,
+                        f'{bind} clashes with {taken} of listener "{clash.name}" '
+                        f"({other_key} in {clash.source})",
+                    )
+                    break
+            bound.append((index, key, bind))
+        if listener.mode == "tcp" and listener.pool and listener.pool not in pools:
+            t.problem("pool", f'no pool named "{listener.pool}" ({defined("pool", pools)})')
+    has_tls = any(read.listener.tls is not None for read in reads)
+    for read in reads:
+        listener = read.listener
+        if (
+            listener.mode == "http"
+            and listener.redirect_https
+            and listener.redirect_port is None
+            and not has_tls
+        ):
+            read.table.problem(
+                "redirect_https",
+                "there is no TLS listener to redirect to (add one, or set redirect_port)",
+            )

@@ -1,0 +1,266 @@
+"""``[pool.NAME]`` tables → ``Pool``: servers, timeouts, health checks, TLS to origins.
+
+Rule of this room: one pool table is judged on its own — every key read, every problem
+recorded under ``pool.NAME.…`` with what to write instead. Whether anything uses the pool, or
+names one that does not exist, needs the whole config and is ``config_load.py``'s.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from revproxy.config.model import (
+    BALANCE_NAMES,
+    Health,
+    Passive,
+    Pool,
+    PoolTLS,
+    Server,
+    Timeouts,
+)
+from revproxy.config.reader import MISSING, Entry, ReadContext, TableReader
+from revproxy.config.values import (
+    as_str,
+    describe,
+    format_duration,
+    header_value,
+    parse_check_path,
+    parse_expect,
+    parse_host_name,
+    parse_server,
+    parse_sni_name,
+)
+
+__all__ = ["read_pool"]
+
+# The TOML keys of each table: the field names of config.py, minus what the loader fills in
+# itself (a pool's ``name`` and ``source``, a server's ``port``).
+_POOL_KEYS = (
+    "servers", "balance", "timeouts", "send_proxy", "hide_headers", "server_header",
+    "resolve_interval", "keepalive", "health", "passive", "slow_start", "protocol", "tls",
+)  # fmt: skip
+_SERVER_KEYS = ("address", "weight", "backup", "name", "max_conns")
+_TIMEOUT_KEYS = ("connect", "response", "idle", "tunnel")
+_HEALTH_KEYS = ("path", "interval", "timeout", "rise", "fall", "expect", "tcp", "host")
+_PASSIVE_KEYS = ("failures", "cooldown")
+_POOL_TLS_KEYS = ("sni", "verify", "ca")
+
+_SEND_PROXY: tuple[Literal["v1", "v2"], ...] = ("v1", "v2")
+_PROTOCOLS: tuple[Literal["http1", "h2", "h2c"], ...] = ("http1", "h2", "h2c")
+_MAX_WEIGHT = 256
+
+# Defaults come from the dataclasses themselves, so config.py stays the one place for them.
+_POOL = Pool(name="", servers=())
+_SERVER = Server(address="", port=0)
+_TIMEOUTS = Timeouts()
+_HEALTH = Health()
+_PASSIVE = Passive()
+_POOL_TLS = PoolTLS()
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field-name
+
+
+def _read_server(key: str, item: object, file: str, ctx: ReadContext) -> Server | None:
+    if isinstance(item, str):
+        try:
+            address, port = parse_server(item)
+        except ValueError as exc:
+            ctx.add(file, key, str(exc))
+            return None
+        return Server(address=address, port=port)
+    if not isinstance(item, dict):
+        reason = f'expected "HOST:PORT" or a table with address, got {describe(item)}'
+        ctx.add(file, key, reason)
+        return None
+    t = TableReader(item, key, file, ctx, _SERVER_KEYS)
+    raw = t.string("address", None, required='write e.g. address = "10.0.0.10:8080"')
+    weight = t.integer("weight", _SERVER.weight, 1, _MAX_WEIGHT)
+    backup = t.boolean("backup", _SERVER.backup)
+    name = t.string("name", _SERVER.name)
+    max_conns = t.integer("max_conns", _SERVER.max_conns, 1)
+    if raw is None:
+        return None
+    try:
+        address, port = parse_server(raw)
+    except ValueError as exc:
+        t.problem("address", str(exc))
+        return None
+    return Server(
+        address=address, port=port, weight=weight, backup=backup, name=name, max_conns=max_conns
+    )
+
+
+def _read_servers(t: TableReader, ctx: ReadContext) -> tuple[Server, ...]:
+    raw = t.raw("servers")
+    if raw is MISSING or raw == []:
+        t.problem("servers", 'a pool needs at least one server (write servers = ["HOST:PORT"])')
+        return ()
+    servers: list[Server] = []
+    by_address: dict[str, str] = {}
+    by_name: dict[str, str] = {}
+    for key, item in t.items("servers", single=False):
+        server = _read_server(key, item, t.file, ctx)
+        if server is None:
+            continue
+        servers.append(server)
+        short = key.rpartition(".")[2]
+        if str(server) in by_address:
+            ctx.add(t.file, key, f"{server} is listed twice (also {by_address[str(server)]})")
+        else:
+            by_address[str(server)] = short
+        if server.name is not None:
+            if server.name in by_name:
+                reason = f'server name "{server.name}" is used twice (also {by_name[server.name]})'
+                ctx.add(t.file, f"{key}.name", reason)
+            else:
+                by_name[server.name] = short
+    if servers and all(server.backup for server in servers):
+        t.problem(
+            "servers",
+            "every server is a backup; at least one must not be "
+            "(backups take traffic only when every other server is down)",
+        )
+    return tuple(servers)
+
+
+def _read_timeouts(t: TableReader) -> Timeouts:
+    return Timeouts(
+        connect=t.duration("connect", _TIMEOUTS.connect),
+        response=t.duration("response", _TIMEOUTS.response),
+        idle=t.duration("idle", _TIMEOUTS.idle),
+        tunnel=t.duration("tunnel", _TIMEOUTS.tunnel),
+    )
+
+
+def _read_health(t: TableReader) -> Health:
+    tcp = t.boolean("tcp", _HEALTH.tcp)
+    interval = t.duration("interval", _HEALTH.interval)
+    timeout = t.duration("timeout", _HEALTH.timeout)
+    if t.valid("timeout") and t.valid("interval") and timeout >= interval:
+        overlap = "a check still waiting when the next is due would overlap it"
+        if t.has("timeout"):
+            default = "" if t.has("interval") else ", the default"
+            shown = f"{format_duration(interval)}{default}"
+            t.problem("timeout", f"must be shorter than interval ({shown}): {overlap}")
+        else:
+            shown = f"{format_duration(timeout)}, the default; or set a shorter timeout"
+            t.problem("interval", f"must be longer than timeout ({shown}): {overlap}")
+    health = Health(
+        path=t.parsed("path", lambda v: parse_check_path(as_str(v)), _HEALTH.path),
+        interval=interval,
+        timeout=timeout,
+        rise=t.integer("rise", _HEALTH.rise, 1),
+        fall=t.integer("fall", _HEALTH.fall, 1),
+        expect=t.parsed("expect", lambda v: parse_expect(as_str(v)), _HEALTH.expect),
+        tcp=tcp,
+        host=t.parsed("host", lambda v: parse_host_name(as_str(v)), _HEALTH.host),
+    )
+    if tcp:
+        for key in ("path", "expect", "host"):
+            if t.has(key):
+                t.problem(key, "only for HTTP checks (tcp = true only opens a connection)")
+    return health
+
+
+def _read_passive(t: TableReader) -> Passive | None:
+    """``passive = { failures = 3, cooldown = "10s" }``, ``true`` (the defaults) or ``false``
+    (no passive checks)."""
+    raw = t.raw("passive")
+    if raw is MISSING or raw is True:
+        return _POOL.passive
+    if raw is False:
+        return None
+    table = t.table("passive", _PASSIVE_KEYS) if isinstance(raw, dict) else None
+    if table is None:
+        t.problem(
+            "passive",
+            'expected a table (e.g. passive = { failures = 3, cooldown = "10s" }) or false '
+            f"(no passive checks), got {describe(raw)}",
+        )
+        return _POOL.passive
+    return Passive(
+        failures=table.integer("failures", _PASSIVE.failures, 1),
+        cooldown=table.duration("cooldown", _PASSIVE.cooldown),
+    )
+
+
+def _read_pool_tls(t: TableReader) -> PoolTLS:
+    verify = t.boolean("verify", _POOL_TLS.verify)
+    ca = t.path("ca", _POOL_TLS.ca)
+    if ca is not None:
+        reason = _check_ca(ca)
+        if reason:
+            t.problem("ca", reason)
+        elif not verify:
+            t.problem("ca", "only used with verify = true (verify = false checks no certificate)")
+    return PoolTLS(
+        sni=t.parsed("sni", lambda v: parse_sni_name(as_str(v)), _POOL_TLS.sni),
+        verify=verify,
+        ca=ca,
+    )
+
+
+def _check_ca(ca: Path) -> str:
+    """Why `ca` cannot be the trust store for origin certificates, or "" if it can."""
+    import ssl  # imported late, as the certificate checks of listeners are
+
+    if not ca.exists():
+        return f"{ca} does not exist (name a PEM file of CA certificates)"
+    if ca.is_dir():
+        return f"{ca} is a directory (name a PEM file of CA certificates)"
+    try:
+        with ca.open("rb"):
+            pass
+        ssl.create_default_context(cafile=str(ca))
+    except ssl.SSLError as exc:  # before OSError, which it subclasses
+        reason = str(exc.reason).lower().replace("_", " ") if exc.reason else str(exc)
+        return f"{ca} holds no usable PEM certificate ({reason})"
+    except OSError as exc:
+        return f"cannot read {ca}: {exc.strerror or exc}"
+    return ""
+
+
+def _parse_header_name(value: str) -> str:
+    if not _TOKEN.fullmatch(value):
+        raise ValueError(f'"{value}" is not a header name (letters, digits and "-", no ":")')
+    return value.lower()
+
+
+def read_pool(name: str, entry: Entry, ctx: ReadContext) -> Pool:
+    t = TableReader(entry.data, f"pool.{name}", entry.file, ctx, _POOL_KEYS)
+    if not _NAME.fullmatch(name):
+        t.problem_here('pool names are letters, digits, "_", "-" and "." (e.g. [pool.web])')
+    timeouts_table = t.table("timeouts", _TIMEOUT_KEYS)
+    health_table = t.table("health", _HEALTH_KEYS)
+    tls_table = t.table("tls", _POOL_TLS_KEYS)
+    tls = _read_pool_tls(tls_table) if tls_table is not None else None
+    protocol = t.choice("protocol", _PROTOCOLS, _POOL.protocol)
+    if protocol == "h2" and tls is None and t.valid("tls"):
+        t.problem(
+            "protocol",
+            '"h2" to origins runs over TLS: add tls = {} (or write "h2c" for HTTP/2 without TLS)',
+        )
+    elif protocol == "h2c" and tls is not None:
+        t.problem("protocol", '"h2c" is HTTP/2 without TLS, but this pool has tls (write "h2")')
+    hide = t.strings("hide_headers", _parse_header_name)
+    t.unique("hide_headers", hide)
+    return Pool(
+        name=name,
+        servers=_read_servers(t, ctx),
+        balance=t.choice("balance", BALANCE_NAMES, _POOL.balance),
+        timeouts=_read_timeouts(timeouts_table) if timeouts_table is not None else _TIMEOUTS,
+        send_proxy=t.choice("send_proxy", _SEND_PROXY, _POOL.send_proxy),
+        hide_headers=tuple(dict.fromkeys(header for _, header in hide)),
+        server_header=t.parsed("server_header", header_value, _POOL.server_header),
+        resolve_interval=t.duration("resolve_interval", _POOL.resolve_interval),
+        keepalive=t.integer("keepalive", _POOL.keepalive, 0),
+        health=_read_health(health_table) if health_table is not None else _POOL.health,
+        passive=_read_passive(t),
+        slow_start=t.duration("slow_start", _POOL.slow_start, positive=False),
+        protocol=protocol,
+        tls=tls,
+        source=entry.file,
+    )

@@ -1,0 +1,118 @@
+"""The client side of an exchange: what is known of the client's connection, what the exchange
+needs of it, and how the client is introduced to origins.
+
+Rule of this room: the client's identity is established once, when its connection is accepted
+(``ConnInfo``: socket, or a trusted PROXY header — DESIGN decision 5), and everything after
+reads it from here. ``ClientStream`` is all an exchange may do with its client, whatever the
+protocol: an HTTP/1.1 connection (http_proxy.py) or one HTTP/2 stream (h2_proxy.py) implement
+it; the backend side's counterpart is ``OriginStream`` (dial.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from revproxy.proto.events import Event, Headers, MessageEnded
+from revproxy.proto.proxy_protocol import ProxyHeader, build_v1, build_v2
+
+if TYPE_CHECKING:
+    from revproxy.net.relay import StreamPair
+
+
+class ClientGone(Exception):
+    """The client closed or reset its connection (or stream); nothing more can be sent."""
+
+
+@dataclass(slots=True, kw_only=True)
+class ConnInfo:
+    """Facts about a client connection, established once when it is accepted."""
+
+    peer: tuple[str, int]  # TCP peer
+    client: tuple[str, int]  # the client (PROXY header from a trusted peer, else the peer)
+    local: tuple[str, int]  # our socket's address
+    destination: tuple[str, int]  # what the client connected to (PROXY header, else local)
+    local_port: int
+    tls: bool
+    sni: str | None = None
+    alpn: str = ""
+    proxy: ProxyHeader | None = None
+    authority: str = ""  # PROXY v2 AUTHORITY TLV
+    vpce: str = ""  # PROXY v2 AWS VPC endpoint id
+
+
+class ClientStream(Protocol):
+    """The client side of one exchange (http_proxy.py: a connection; h2_proxy.py: a stream).
+
+    Every ``send_*`` raises ClientGone when the client can no longer be written to."""
+
+    bytes_out: int  # bytes sent to the client so far (the exchange takes differences)
+
+    @property
+    def response_started(self) -> bool:
+        """A response head went out: a local error page can no longer replace it."""
+        ...
+
+    @property
+    def request_complete(self) -> bool:
+        """The whole request (body and trailers) was received."""
+        ...
+
+    def take_bytes_in(self) -> int:
+        """Client bytes received since the last call (for the access log)."""
+        ...
+
+    def body_end_ready(self) -> MessageEnded | None:
+        """The request's end, when nothing of its body is left to read; else None."""
+        ...
+
+    async def next_body_event(self) -> Event:
+        """The next DataReceived or MessageEnded of the request body; the previous chunk is
+        taken as consumed. Raises ClientGone."""
+        ...
+
+    async def send_informational(self, status: int, headers: Headers) -> None: ...
+
+    async def send_response(
+        self, status: int, headers: Headers, end: bool = False, body: bytes = b""
+    ) -> None:
+        """The response head, then ``body`` (the whole body when ``end``) in one go."""
+        ...
+
+    async def send_data(self, data: bytes) -> None: ...
+
+    async def send_end(self, trailers: Headers) -> None: ...
+
+    async def send_whole(self, status: int, headers: Headers, body: bytes, close: bool) -> bool:
+        """A whole local response; False when the client connection must close after it."""
+        ...
+
+    async def tunnel(
+        self,
+        headers: Headers,
+        origin: StreamPair,
+        leftover: bytes,
+        idle_timeout: float,
+    ) -> tuple[int, int]:
+        """Accept a protocol switch with ``headers`` (101 over HTTP/1.1, 200 over HTTP/2),
+        send the origin's ``leftover`` bytes, then relay bytes both ways until both directions
+        end or nothing moves for ``idle_timeout``; returns (bytes up, bytes down)."""
+        ...
+
+
+def proxy_header_for(version: str | None, info: ConnInfo) -> bytes | None:
+    """The PROXY header a backend connection for this client starts with, if its pool wants one."""
+    if version == "v1":
+        return build_v1(info.client, info.destination)
+    if version == "v2":
+        # What is known of the client's connection: our own TLS handshake, else the TLVs of
+        # the PROXY header a trusted load balancer sent with it.
+        upstream = info.proxy
+        alpn = info.alpn.encode() if info.alpn else (upstream.alpn if upstream else None)
+        return build_v2(
+            info.client,
+            info.destination,
+            alpn=alpn,
+            authority=info.sni or info.authority or None,
+        )
+    return None

@@ -1,0 +1,652 @@
+"""One exchange: a request routed, then answered locally or forwarded to a server of its pool.
+
+Rule of this room: this is the one place that turns errors into responses, for both client
+protocols. The client side of an exchange is a ``ClientStream`` (client_side.py): an HTTP/1.1
+connection (http_proxy.py) or one HTTP/2 stream (h2_proxy.py). Its backend side is an
+``OriginStream`` from the pool's dialer (HTTP/1.1 or HTTP/2: dial.py, dial_h2.py). The exchange
+never knows which: protocol differences live behind those two interfaces. Bodies stream both
+ways with backpressure: a chunk is asked for only once the previous one was written to the
+other side (which is when HTTP/2 acknowledges it). A request that was not fully read or
+forwarded ends the client connection (HTTP/1.1) or its stream (HTTP/2). Every wait has a
+timeout; every origin stream is finished in ``finally``.
+
+gRPC (grpc/doc/PROTOCOL-HTTP2.md): a gRPC call that cannot reach its service — no server
+available or reachable, an origin error before any answer, a pool that speaks HTTP/1.1 — is
+answered Trailers-Only with ``grpc-status`` UNAVAILABLE (14); one whose ``grpc-timeout``
+elapses before the answer gets DEADLINE_EXCEEDED (4).
+
+WebSocket (RFC 6455 §4, RFC 8441): an HTTP/1.1 ``Upgrade: websocket`` request, or an HTTP/2
+extended CONNECT with ``:protocol = websocket``, goes to an HTTP/1.1 origin as an Upgrade
+request; on its 101 the client gets the switch (101, or 200 on HTTP/2) and both sides become a
+byte tunnel with ``timeouts.tunnel`` as idle timeout. Any other answer is relayed as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Coroutine
+from http import HTTPStatus
+from typing import Any
+
+from revproxy.ops.accesslog import AccessRecord
+from revproxy.certs.acme import challenge_answer
+from revproxy.edge.client_side import ClientGone, ClientStream, ConnInfo, proxy_header_for
+from revproxy.upstream.dialer import OriginStream
+from revproxy.errors import (
+    BackendError,
+    BackendProtocolError,
+    BackendTimeout,
+    BodyTooLarge,
+    ClientProtocolError,
+    MisdirectedRequest,
+    RequestTimeout,
+    RevproxyError,
+)
+from revproxy.edge.generation import Generation, ListenerRuntime, PoolRuntime
+from revproxy.upstream.pool import PickContext
+from revproxy.proto import grpc
+from revproxy.proto.events import (
+    DataReceived,
+    Event,
+    Headers,
+    InformationalReceived,
+    MessageEnded,
+    RequestReceived,
+    ResponseReceived,
+)
+from revproxy.proto.forwarding import (
+    ClientIdentity,
+    interim_headers,
+    request_headers,
+    response_headers,
+)
+from revproxy.upstream.routing import normalise_host
+
+log = logging.getLogger("revproxy.http")
+
+_ids = itertools.count(1)
+_ID_PREFIX = os.urandom(3).hex()
+
+# Access-log status of a request whose client went away before any answer (nginx's 499).
+STATUS_CLIENT_GONE = 499
+
+
+def request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ids):x}"
+
+
+def _body_expected(req: RequestReceived) -> int:
+    """-1 for a body of unknown length (chunked, or HTTP/2 without content-length), else the
+    Content-Length (0 when there is no body)."""
+    for name, value in req.headers:
+        if name == b"transfer-encoding":
+            return -1
+        if name == b"content-length":
+            return int(value)
+    if req.http_version == b"2" and not req.ended:
+        return -1
+    return 0
+
+
+def _wants_websocket(req: RequestReceived) -> bool:
+    """RFC 6455 §4.1 (``Upgrade: websocket`` with ``Connection: Upgrade``) or RFC 8441 §4."""
+    if req.protocol:
+        return req.method == b"CONNECT" and req.protocol.lower() == b"websocket"
+    if req.method != b"GET":
+        return False
+    upgrade = connection = False
+    for name, value in req.headers:
+        if name == b"upgrade":
+            upgrade = upgrade or b"websocket" in value.lower()
+        elif name == b"connection":
+            connection = connection or b"upgrade" in value.lower()
+    return upgrade and connection
+
+
+# RFC 9110 §9.2.2: "A proxy MUST NOT automatically retry non-idempotent requests."
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+# The WebSocket handshake headers an origin's 101 carries to the client (RFC 6455 §4.2.2).
+_UPGRADE_HEADERS = [(b"upgrade", b"websocket"), (b"connection", b"Upgrade")]
+
+
+# What routing decided: the pool to forward to, or the local answer to await.
+_Action = PoolRuntime | Coroutine[Any, Any, bool]
+
+
+class _StaleConnection(Exception):
+    """A reused keep-alive connection turned out closed before any response byte (or an
+    HTTP/2 origin refused the stream unprocessed): the request may go again."""
+
+
+class _UploadFailed(Exception):
+    """The request body could not be relayed; the cause says why."""
+
+
+class Exchange:
+    """Routes and serves the requests of one client stream, one at a time.
+
+    An HTTP/1.1 connection keeps one for all its requests (nothing is allocated per request
+    for it); an HTTP/2 connection makes one per stream."""
+
+    __slots__ = (
+        "client_id",
+        "deadline",
+        "gen",
+        "grpc",
+        "info",
+        "listener",
+        "pick_context",
+        "rec",
+        "req",
+        "scheme",
+        "stream",
+    )
+
+    def __init__(
+        self,
+        stream: ClientStream,
+        *,
+        generation: Generation,
+        listener: ListenerRuntime,
+        info: ConnInfo,
+    ) -> None:
+        self.stream = stream
+        self.gen = generation
+        self.listener = listener
+        self.info = info
+        self.scheme = "https" if info.tls else "http"
+        self.grpc = False
+        self.deadline: float | None = None  # grpc-timeout, seconds
+        self.pick_context = PickContext(client_ip=info.client[0])
+        self.client_id: ClientIdentity | None = None
+
+    async def run(self, req: RequestReceived) -> bool:
+        """Serve ``req``; True when the client connection may carry another request."""
+        started = time.monotonic()
+        stream = self.stream
+        rec = AccessRecord(
+            id=request_id(),
+            client=self.info.client[0],
+            peer=self.info.peer[0],
+            listener=self.listener.config.name,
+            sni=self.info.sni or "",
+            host=req.authority.decode("latin-1"),
+            method=req.method.decode("latin-1"),
+            path=req.target.decode("latin-1"),
+            status=0,
+            bytes_in=0,
+            bytes_out=stream.bytes_out,
+            route="",
+            pool="",
+            backend="-",
+            duration_ms=0.0,
+            upstream_ms=0.0,
+            authority=self.info.authority,
+            vpce=self.info.vpce,
+        )
+        self.req = req
+        self.rec = rec
+        self.grpc = False
+        self.deadline = None
+        try:
+            action = self._route(req, normalise_host(req.authority))
+            if isinstance(action, PoolRuntime):
+                return await self._proxy(action)
+            return await action
+        except BaseException:
+            if rec.status == 0:
+                rec.status = STATUS_CLIENT_GONE
+            raise
+        finally:
+            rec.duration_ms = (time.monotonic() - started) * 1000
+            rec.bytes_in = stream.take_bytes_in()
+            rec.bytes_out = stream.bytes_out - rec.bytes_out
+            self.gen.access_log.record(rec)
+            self.gen.metrics.record(rec)
+
+    # --- routing ---------------------------------------------------------------------------
+
+    def _route(self, req: RequestReceived, host: str, *, acme_done: bool = False) -> _Action:
+        """Where the request goes: a pool, or the local answer to await (nothing is awaited
+        here, so a proxied request costs no coroutine of its own)."""
+        lst = self.listener
+        try:
+            self._check_authority(host)
+        except MisdirectedRequest as exc:
+            return self._local_error(exc)
+        if req.method == b"CONNECT" and not _wants_websocket(req):
+            return self._local(405, close=True)
+        if lst.acme and not acme_done:  # ACME HTTP-01 challenges come before anything else
+            return self._acme(req, host)
+        if lst.config.redirect_https:
+            port = lst.redirect_port
+            authority = host if ":" not in host else f"[{host}]"
+            if port and port != 443:
+                authority += f":{port}"
+            location = f"https://{authority}".encode() + req.target
+            return self._local(308, headers=[(b"location", location)], body=b"")
+        target = req.target
+        cut = target.find(b"?")
+        path = (target if cut < 0 else target[:cut]).decode("latin-1")
+        route = lst.router.match(host, path)
+        if route is None:
+            return self._local(404)
+        self.rec.route = str(route.index)
+        if route.redirect is not None:
+            return self._local(
+                route.redirect_status, headers=[(b"location", route.redirect.encode())], body=b""
+            )
+        if route.respond is not None:
+            r = route.respond
+            return self._local(
+                r.status, body=r.body.encode(), headers=[(b"content-type", r.content_type.encode())]
+            )
+        assert route.pool is not None
+        self.rec.pool = route.pool
+        return self.gen.pools[route.pool]
+
+    async def _acme(self, req: RequestReceived, host: str) -> bool:
+        answer = await challenge_answer(self.gen.config.acme, req.method, req.target, host)
+        if answer is not None:
+            self.rec.route = "acme"
+            return await self._local(answer.status, headers=list(answer.headers), body=answer.body)
+        action = self._route(req, host, acme_done=True)
+        return await (self._proxy(action) if isinstance(action, PoolRuntime) else action)
+
+    def _check_authority(self, host: str) -> None:
+        """RFC 9110 §7.4: a request for a name this TLS connection does not serve gets 421."""
+        sni = self.info.sni
+        tls = self.listener.tls
+        if tls is None or sni is None or host == sni:
+            return
+        store = tls.store
+        cert = store.lookup(sni)
+        if cert is None or store.lookup(host) is not cert:
+            raise MisdirectedRequest(f"host {host!r} does not match TLS server name {sni!r}")
+
+    # --- forwarding ------------------------------------------------------------------------
+
+    async def _proxy(self, pr: PoolRuntime) -> bool:
+        req = self.req
+        g = self.gen.config.global_
+        expected = _body_expected(req)
+        if g.max_body_size and expected > g.max_body_size:
+            return await self._local_error(BodyTooLarge("request body too large"))
+        self.grpc = grpc.is_grpc(req.headers)
+        protocol = pr.config.protocol
+        if self.grpc:
+            self.deadline = grpc.timeout_seconds(req.headers)
+            if protocol == "http1":
+                return await self._grpc_local(
+                    grpc.UNAVAILABLE, f"pool {pr.config.name} speaks HTTP/1.1; gRPC needs HTTP/2"
+                )
+        client_id = self.client_id
+        if client_id is None or client_id.host != req.authority:
+            # Built once per connection and authority (a client sends the same one each time).
+            client_id = self.client_id = ClientIdentity(
+                address=self.info.client[0],
+                scheme=self.scheme,
+                host=req.authority,
+                port=self.info.local_port,
+            )
+        headers = request_headers(
+            req.headers,
+            client_id,
+            trusted=self.listener.config.trusted_proxies,
+            forwarded=self.listener.config.forwarded,
+        )
+        websocket = False
+        if protocol == "http1":
+            if _wants_websocket(req):
+                websocket = True
+                headers.extend(_UPGRADE_HEADERS)
+                if req.http_version == b"2":
+                    # RFC 8441 §5: the HTTP/1.1 handshake the origin expects of a client.
+                    headers.append((b"sec-websocket-key", _websocket_key()))
+            elif expected == -1:
+                # Transfer-Encoding is hop-by-hop and was removed above, but a body of unknown
+                # length is still relayed chunked: without this the origin would read none.
+                headers.append((b"transfer-encoding", b"chunked"))
+        elif grpc.wants_trailers(req.headers):
+            # TE is hop-by-hop, but "te: trailers" is what an HTTP/2 origin (gRPC) requires.
+            headers.append((b"te", b"trailers"))
+        if pr.config.balance == "uri":
+            ctx = PickContext(client_ip=self.info.client[0], uri=req.target.decode("latin-1"))
+        else:
+            ctx = self.pick_context  # the same for every request of this client
+        identity = proxy_header_for(pr.config.send_proxy, self.info)
+        fresh = False
+        while True:
+            dialer = pr.dialer
+            first = None
+            ostream: OriginStream | None = None
+            if not fresh:
+                first, ostream = dialer.pooled_stream(ctx, identity)
+            try:
+                if ostream is None:
+                    ostream = await dialer.open_stream(
+                        ctx, fresh=fresh, identity=identity, first=first
+                    )
+            except BackendError as exc:
+                return await self._local_error(exc)
+            backend = ostream.backend
+            self.rec.backend = backend.label
+            backend.acquire()
+            t0 = time.monotonic()
+            try:
+                return await self._forward(ostream, pr, headers, websocket, retry=not fresh)
+            except _StaleConnection:
+                fresh = True  # the origin closed a pooled connection; nothing was lost
+                continue
+            finally:
+                backend.release()
+                self.rec.upstream_ms = (time.monotonic() - t0) * 1000
+
+    async def _forward(
+        self,
+        ostream: OriginStream,
+        pr: PoolRuntime,
+        headers: Headers,
+        websocket: bool,
+        *,
+        retry: bool,
+    ) -> bool:
+        req = self.req
+        stream = self.stream
+        g = self.gen.config.global_
+        timeouts = pr.config.timeouts
+        end = stream.body_end_ready()
+        upload: asyncio.Task[None] | None = None
+        complete = False
+        # A pooled connection the origin had closed is retried on a fresh one (once), but only
+        # for a request that is whole in hand and idempotent: the origin may have acted on it.
+        # A stream an HTTP/2 origin refused unprocessed may go again whatever its method.
+        retry_ok = retry and ostream.reused and req.method in _IDEMPOTENT and end is not None
+        refused_ok = retry and end is not None
+        try:
+            ostream.send_head(
+                req.method,
+                req.target,
+                req.authority,
+                self.scheme.encode(),
+                headers,
+                end=end,
+                upgrade=websocket,
+            )
+            if end is None:
+                upload = asyncio.get_running_loop().create_task(
+                    self._upload(ostream, timeouts.idle, g.max_body_size)
+                )
+            try:
+                complete = await self._relay_response(ostream, pr, upload)
+            except BaseException:
+                if upload is not None and not upload.done():
+                    upload.cancel()
+                raise
+            if upload is not None:
+                if not upload.done():
+                    # The origin answered before the request body was complete: the rest
+                    # of that body can't be read, so neither connection carries another.
+                    complete = False
+                    upload.cancel()
+                    with contextlib.suppress(BaseException):
+                        await upload
+                    return False
+                upload.result()
+            return complete
+        except _UploadFailed as exc:
+            # The client's body broke off or was malformed.
+            return await self._aborted(exc.__cause__ or exc)
+        except ClientGone:
+            raise
+        except TimeoutError:
+            # Before the OSError clause: TimeoutError is an OSError since Python 3.3.
+            return await self._aborted(BackendTimeout("origin did not answer in time"))
+        except (ConnectionError, OSError) as exc:
+            if stream.response_started:
+                raise ClientGone() from exc
+            if ostream.bytes_read == 0 and (retry_ok or (refused_ok and ostream.refused)):
+                raise _StaleConnection() from exc
+            return await self._local_error(BackendProtocolError("origin closed the connection"))
+        except RevproxyError as exc:
+            stale = ostream.bytes_read == 0 and (retry_ok or (refused_ok and ostream.refused))
+            if isinstance(exc, BackendProtocolError) and stale:
+                raise _StaleConnection() from exc
+            return await self._aborted(exc)
+        finally:
+            ostream.finish(complete)
+
+    async def _relay_response(
+        self, ostream: OriginStream, pr: PoolRuntime, upload: asyncio.Task[None] | None
+    ) -> bool:
+        """Relay the origin's response; True when it ended cleanly."""
+        timeouts = pr.config.timeouts
+        wait = timeouts.response
+        if self.deadline is not None:
+            wait = min(wait, self.deadline)
+        # Waits end at the stream's deadline (no timer armed per wait on HTTP/1.1).
+        loop = asyncio.get_running_loop()
+        ostream.deadline = loop.time() + wait
+        resp: ResponseReceived | InformationalReceived | None = None
+        if upload is None:
+            ev = await ostream.next()  # the common case, awaited here: one coroutine less
+            if type(ev) is ResponseReceived:
+                resp = ev
+            else:
+                ostream.events.appendleft(ev)
+        if resp is None:
+            resp = await self._response_head(ostream, upload, pr)
+        stream = self.stream
+        self.rec.status = resp.status
+        if resp.status == 101:
+            await self._tunnel(ostream, resp, pr)
+            return False
+        out_headers = response_headers(
+            resp.headers,
+            pr.hiding,
+            scheme=self.scheme.encode(),
+            host=self.req.authority,
+        )
+        # The origin's reason phrase is not relayed: it is free text that may name it.
+        events = ostream.events
+        body = _whole_body(events)
+        if body is not None:
+            # The whole response is in hand (HTTP/2: or a gRPC "Trailers-Only" answer): head,
+            # body and end go out in one block.
+            events.clear()
+            await stream.send_response(resp.status, out_headers, end=True, body=body)
+            return True
+        await stream.send_response(resp.status, out_headers)
+        idle = timeouts.idle
+        queued = ostream.events
+        while True:
+            if not queued:
+                ostream.deadline = loop.time() + idle
+            ev = await ostream.next()
+            if isinstance(ev, DataReceived):
+                await stream.send_data(ev.data)
+            elif isinstance(ev, MessageEnded):
+                await stream.send_end(interim_headers(ev.trailers, pr.hiding))
+                return True
+            else:
+                raise BackendProtocolError("origin closed inside the response body")
+
+    async def _response_head(
+        self, ostream: OriginStream, upload: asyncio.Task[None] | None, pr: PoolRuntime
+    ) -> ResponseReceived | InformationalReceived:
+        """The origin's final response head (or its 101 to an upgrade), relaying other 1xx;
+        a failed upload ends the wait."""
+        while True:
+            if upload is not None and not upload.done():
+                waiter = asyncio.ensure_future(ostream.next())
+                try:
+                    await asyncio.wait({waiter, upload}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    if not waiter.done():
+                        waiter.cancel()
+                        with contextlib.suppress(BaseException):
+                            await waiter
+                if upload.done() and upload.exception() is not None:
+                    raise _UploadFailed() from upload.exception()
+                ev = waiter.result() if not waiter.cancelled() else await ostream.next()
+            else:
+                if upload is not None and upload.exception() is not None:
+                    raise _UploadFailed() from upload.exception()
+                ev = await ostream.next()
+            if isinstance(ev, InformationalReceived):
+                if ev.status == 101:
+                    if ostream.upgrading:
+                        return ev
+                    continue  # a switch nobody asked for is not relayed
+                headers = interim_headers(ev.headers, pr.hiding)
+                await self.stream.send_informational(ev.status, headers)
+                continue
+            if isinstance(ev, ResponseReceived):
+                return ev
+            raise BackendProtocolError("origin sent no response head")
+
+    async def _upload(self, ostream: OriginStream, idle: float, limit: int) -> None:
+        stream = self.stream
+        sent = 0
+        while True:
+            try:
+                async with asyncio.timeout(idle):
+                    ev = await stream.next_body_event()
+            except TimeoutError:
+                raise RequestTimeout("request body not received in time") from None
+            if isinstance(ev, DataReceived):
+                sent += len(ev.data)
+                if limit and sent > limit:
+                    raise BodyTooLarge("request body too large")
+                await ostream.send_data(ev.data)
+            elif isinstance(ev, MessageEnded):
+                await ostream.send_end(ev.trailers)
+                return
+            else:
+                raise ClientGone()
+
+    async def _tunnel(
+        self, ostream: OriginStream, resp: ResponseReceived | InformationalReceived, pr: PoolRuntime
+    ) -> None:
+        """The origin switched to WebSocket: switch the client too and relay bytes."""
+        origin = ostream.take_over()
+        if origin is None:
+            raise BackendProtocolError("origin switched protocols on a stream that cannot")
+        reader, writer, leftover = origin
+        headers = response_headers(
+            resp.headers, pr.hiding, scheme=self.scheme.encode(), host=self.req.authority
+        )
+        if self.req.http_version == b"2":
+            # RFC 8441 §5: the HTTP/1.1 handshake fields mean nothing on an HTTP/2 stream.
+            headers = [(n, v) for n, v in headers if n != b"sec-websocket-accept"]
+        else:
+            headers.extend(_UPGRADE_HEADERS)
+        try:
+            up, down = await self.stream.tunnel(
+                headers, (reader, writer), leftover, pr.config.timeouts.tunnel
+            )
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+        log.debug("id=%s tunnel closed up=%d down=%d", self.rec.id, up, down)
+
+    # --- local answers ---------------------------------------------------------------------
+
+    async def _aborted(self, exc: BaseException) -> bool:
+        """An exchange failed after forwarding began: answer if we still can, else hang up."""
+        if isinstance(exc, ClientGone):
+            raise exc
+        err = exc if isinstance(exc, RevproxyError) else BackendProtocolError(str(exc))
+        if self.stream.response_started:
+            log.warning("id=%s response aborted: %s", self.rec.id, err)
+            return False
+        return await self._local_error(err)
+
+    async def _local_error(self, exc: RevproxyError) -> bool:
+        log.info("id=%s %s: %s", self.rec.id, type(exc).__name__, exc)
+        if self.grpc and isinstance(exc, BackendError):
+            if isinstance(exc, BackendTimeout) and self.deadline is not None:
+                return await self._grpc_local(grpc.DEADLINE_EXCEEDED, "deadline exceeded")
+            return await self._grpc_local(grpc.UNAVAILABLE, f"upstream unavailable ({exc.status})")
+        close = isinstance(exc, ClientProtocolError) or not self.stream.request_complete
+        return await self._local(exc.status, close=close)
+
+    async def _grpc_local(self, status: int, message: str) -> bool:
+        """A gRPC Trailers-Only answer: HTTP 200, ``grpc-status`` in the only header block."""
+        stream = self.stream
+        self.rec.status = 200
+        if stream.response_started:
+            return False
+        headers = grpc.trailers_only(status, message)
+        return await stream.send_whole(200, headers, b"", not stream.request_complete)
+
+    async def _local(
+        self,
+        status: int,
+        *,
+        headers: Headers | None = None,
+        body: bytes | None = None,
+        close: bool = False,
+    ) -> bool:
+        stream = self.stream
+        self.rec.status = status
+        if stream.response_started:
+            return False
+        if body is None:
+            body = _error_body(status)
+        out: Headers = list(headers or [])
+        if not any(n == b"content-type" for n, _ in out) and body:
+            out.append((b"content-type", b"text/plain; charset=utf-8"))
+        out.append((b"content-length", str(len(body)).encode()))
+        out.append((b"cache-control", b"no-store"))
+        close = close or not stream.request_complete
+        if self.req.method == b"HEAD":
+            body = b""
+        return await stream.send_whole(status, out, body, close)
+
+
+def _whole_body(events: deque[Event]) -> bytes | None:
+    """The body, when ``events`` hold the rest of a response: data, then an end without
+    trailers; else None."""
+    if not events:
+        return None
+    last = events[-1]
+    if type(last) is not MessageEnded or last.trailers:
+        return None
+    n = len(events)
+    if n == 1:
+        return b""
+    first = events[0]
+    if n == 2:
+        return first.data if type(first) is DataReceived else None
+    chunks = []
+    for ev in itertools.islice(events, n - 1):
+        if type(ev) is not DataReceived:
+            return None
+        chunks.append(ev.data)
+    return b"".join(chunks)
+
+
+def _websocket_key() -> bytes:
+    """RFC 6455 §4.1: "a nonce consisting of a randomly selected 16-byte value" in base64."""
+    return base64.b64encode(os.urandom(16))
+
+
+def _error_body(status: int) -> bytes:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    return f"{status} {phrase}\n".encode()
+
+
+def error_body(status: int) -> bytes:
+    """The body of a locally generated error page: "404 Not Found"."""
+    return _error_body(status)

@@ -1,0 +1,303 @@
+"""A generation: one compiled, immutable config with the live objects it needs.
+
+Rule of this room: a generation is built completely beside the live one, then swapped in by
+replacing one reference; nothing live is mutated by a reload. Connections keep the generation
+they started with. Health state is carried over for backends whose address did not change.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from revproxy.ops.accesslog import AccessLog
+from revproxy.config.model import Config, Listener, Route
+from revproxy.config.model import Pool as PoolConfig
+from revproxy.upstream.dialer import Dialer
+from revproxy.errors import CertificateError, ConfigError, ConfigProblem
+from revproxy.ops.metrics import RequestMetrics
+from revproxy.upstream.pool import Backend, Pool
+from revproxy.proto.forwarding import HidingPolicy
+from revproxy.proto.http1.exact import H1Server, H1ServerAPI, client_class, server_class
+from revproxy.upstream.routing import Router
+from revproxy.edge.tls import CertStore, LoadedCert, ServerTLS, load_cert_pair, scan_cert_dir
+
+log = logging.getLogger("revproxy.generation")
+
+
+class Signal:
+    """A one-shot notice to the connections that subscribed: "wind down" (a generation was
+    retired, a listener stopped accepting). HTTP/2 connections answer it with GOAWAY."""
+
+    __slots__ = ("_next", "_subscribers", "fired")
+
+    def __init__(self) -> None:
+        self.fired = False
+        self._subscribers: dict[int, Callable[[], None]] = {}
+        self._next = 0
+
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` when fired (at once if it was); returns the unsubscribe."""
+        if self.fired:
+            callback()
+            return _nothing
+        key = self._next
+        self._next += 1
+        self._subscribers[key] = callback
+
+        def unsubscribe() -> None:
+            self._subscribers.pop(key, None)
+
+        return unsubscribe
+
+    def fire(self) -> None:
+        if self.fired:
+            return
+        self.fired = True
+        callbacks = list(self._subscribers.values())
+        self._subscribers.clear()
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("a connection failed to wind down")
+
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass(eq=False)
+class PoolRuntime:
+    config: PoolConfig
+    pool: Pool
+    dialer: Dialer
+    hiding: HidingPolicy
+
+
+@dataclass(eq=False)
+class ListenerRuntime:
+    config: Listener
+    router: Router
+    tls: ServerTLS | None
+    redirect_port: int | None
+    # TLS passthrough (tcp_proxy.py): (SNI pattern, pool) with exact names before wildcards,
+    # longer wildcards first. Empty: the listener never peeks at a ClientHello.
+    passthrough: tuple[tuple[str, str], ...] = ()
+    # Answers ACME HTTP-01 challenges (acme.py) before any redirect or route.
+    acme: bool = False
+
+
+@dataclass(eq=False)
+class Generation:
+    number: int
+    config: Config
+    listeners: dict[str, ListenerRuntime]
+    pools: dict[str, PoolRuntime]
+    access_log: AccessLog
+    # Request counters; the same object is handed from generation to generation.
+    metrics: RequestMetrics = field(default_factory=RequestMetrics)
+    # Bind address (as written in the config) → name of the listener that owns it.
+    bind_owner: dict[str, str] = field(default_factory=dict)
+    retired: bool = field(default=False)
+    # The generation that replaced this one: keep-alive connections move to it between
+    # requests, so that routes, drains and health apply to them too (http_proxy.py).
+    successor: Generation | None = field(default=None)
+    # Fired on retirement: HTTP/2 connections send GOAWAY and finish their streams
+    # (h2_proxy.py), HTTP/2 origin connections close once idle (dial_h2.py).
+    retiring: Signal = field(default_factory=Signal)
+    # The HTTP/1.1 implementation chosen by global.http1_parser (llhttp or h11).
+    h1_server: type[H1ServerAPI] = field(default=H1Server)
+
+    def close(self) -> None:
+        self.retired = True
+        self.retiring.fire()
+        for p in self.pools.values():
+            p.dialer.close_idle()
+
+
+def _hiding(cfg: PoolConfig) -> HidingPolicy:
+    authorities: set[bytes] = set()
+    hosts: set[bytes] = set()
+    for s in cfg.servers:
+        host = s.address.lower()
+        hosts.add(host.encode())
+        shown = f"[{host}]" if ":" in host else host
+        authorities.add(f"{shown}:{s.port}".encode())
+        authorities.add(shown.encode())
+    return HidingPolicy(
+        origin_authorities=frozenset(authorities),
+        origin_hosts=frozenset(hosts),
+        hide=frozenset(h.encode() for h in cfg.hide_headers),
+        server_header=cfg.server_header,
+    )
+
+
+def _backends(cfg: PoolConfig, previous: Pool | None) -> list[Backend]:
+    old = {}
+    if previous is not None:
+        old = {(b.host, b.port): b for b in previous.backends}
+    out = []
+    for s in cfg.servers:
+        b = Backend(
+            pool=cfg.name,
+            host=s.address,
+            port=s.port,
+            weight=s.weight,
+            backup=s.backup,
+            max_conns=s.max_conns,
+            name=s.name,
+        )
+        try:
+            ipaddress.ip_address(s.address)
+            b.addresses = ((s.address, s.port),)
+        except ValueError:
+            pass
+        prev = old.get((s.address, s.port))
+        if prev is not None:
+            b.state = prev.state
+            b.failures = prev.failures
+            b.total = prev.total
+            b.weight_factor = prev.weight_factor
+            if prev.addresses:
+                b.addresses = prev.addresses
+        if cfg.slow_start > 0 and cfg.balance in SLOW_START_BALANCE:
+            b.weight_scale = SLOW_START_SCALE
+        out.append(b)
+    return out
+
+
+# Slow start ramps weights in these policies; the hashing ones keep their keys where they are.
+SLOW_START_BALANCE = ("roundrobin", "leastconn", "random")
+# Weights in slow-start pools are scaled by this so that a weight-1 backend ramps in 1% steps.
+SLOW_START_SCALE = 100
+
+
+def answers_acme(lst: Listener) -> bool:
+    """``listener.acme`` when set; else on for plain HTTP listeners bound to port 80."""
+    if lst.mode != "http":
+        return False
+    if lst.acme is not None:
+        return lst.acme
+    return lst.tls is None and any(b.port == 80 for b in lst.bind)
+
+
+def passthrough_table(lst: Listener, routes: Sequence[Route]) -> tuple[tuple[str, str], ...]:
+    """The passthrough routes of a TLS listener as (SNI pattern, pool), in matching order.
+
+    An exact name beats a wildcard; among wildcards the longest suffix wins; ties keep the
+    configuration order, and a name listed twice keeps its first route.
+    """
+    if lst.tls is None:
+        return ()
+    exact: list[tuple[str, str]] = []
+    wild: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for r in routes:
+        if not r.passthrough or r.pool is None:
+            continue
+        for name in (n.lower().rstrip(".") for n in r.sni):
+            if name in seen:
+                continue
+            seen.add(name)
+            (wild if name.startswith("*.") else exact).append((name, r.pool))
+    wild.sort(key=lambda entry: -len(entry[0]))
+    return (*exact, *wild)
+
+
+def listener_certs(lst: Listener) -> tuple[list[LoadedCert], list[ConfigProblem]]:
+    """Every certificate a TLS listener serves, and what is wrong with the rest."""
+    certs: list[LoadedCert] = []
+    problems: list[ConfigProblem] = []
+    if lst.tls is None:
+        return certs, problems
+    for i, pair in enumerate(lst.tls.certs):
+        try:
+            certs.append(load_cert_pair(pair.cert, pair.key))
+        except CertificateError as exc:
+            problems.append(
+                ConfigProblem(lst.source, f"listener.{lst.name}.tls.certs[{i}]", str(exc))
+            )
+    if lst.tls.cert_dir is not None:
+        found, errors = scan_cert_dir(Path(lst.tls.cert_dir))
+        certs.extend(found)
+        # A broken folder in cert_dir is logged, not fatal: certbot may be mid-issuance.
+        for e in errors:
+            log.error("listener=%s cert_dir: %s", lst.name, e)
+    return certs, problems
+
+
+def build_generation(
+    config: Config,
+    *,
+    number: int,
+    default_pem: tuple[bytes, bytes],
+    previous: Generation | None = None,
+    access_log: AccessLog | None = None,
+    metrics: RequestMetrics | None = None,
+) -> Generation:
+    """Compile ``config`` into live objects; raises ConfigError and leaves nothing behind."""
+    problems: list[ConfigProblem] = []
+    pools: dict[str, PoolRuntime] = {}
+    # global.http1_parser: resolved once here, not per connection.
+    h1_server = server_class(config.global_.http1_parser)
+    h1_client = client_class(config.global_.http1_parser)
+    for pc in config.pools:
+        prev_pool = previous.pools[pc.name].pool if previous and pc.name in previous.pools else None
+        pool = Pool(pc.name, _backends(pc, prev_pool), pc.balance)
+        try:
+            dialer = Dialer(
+                pool,
+                connect_timeout=pc.timeouts.connect,
+                idle_timeout=pc.timeouts.idle,
+                keepalive=pc.keepalive,
+                protocol=pc.protocol,
+                tls=pc.tls,
+                h2=config.global_.h2,
+                max_header_size=config.global_.max_header_size,
+                h1_client=h1_client,
+            )
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            problems.append(ConfigProblem(pc.source, f"pool.{pc.name}.tls.ca", str(exc)))
+            continue
+        pools[pc.name] = PoolRuntime(config=pc, pool=pool, dialer=dialer, hiding=_hiding(pc))
+
+    first_tls_port = next(
+        (b.port for lst in config.listeners if lst.tls is not None for b in lst.bind), None
+    )
+    listeners: dict[str, ListenerRuntime] = {}
+    for lst in config.listeners:
+        routes = [r for r in config.routes if not r.listeners or lst.name in r.listeners]
+        server_tls = None
+        if lst.tls is not None:
+            certs, cert_problems = listener_certs(lst)
+            problems.extend(cert_problems)
+            store = CertStore(certs, alpn=lst.tls.alpn)
+            server_tls = ServerTLS(
+                store, unknown_sni=lst.tls.unknown_sni, alpn=lst.tls.alpn, default_pem=default_pem
+            )
+        listeners[lst.name] = ListenerRuntime(
+            config=lst,
+            router=Router([r for r in routes if not r.passthrough]),
+            tls=server_tls,
+            redirect_port=lst.redirect_port or first_tls_port,
+            passthrough=passthrough_table(lst, routes),
+            acme=answers_acme(lst),
+        )
+    if problems:
+        raise ConfigError(problems)
+    if access_log is None:
+        access_log = AccessLog(config.global_.access_log, config.global_.access_log_format)
+    return Generation(
+        number=number,
+        config=config,
+        listeners=listeners,
+        pools=pools,
+        access_log=access_log,
+        h1_server=h1_server,
+        # Counters continue across reloads: the previous generation's object is handed on.
+        metrics=metrics or (previous.metrics if previous is not None else RequestMetrics()),
+    )

@@ -1,0 +1,286 @@
+"""The asyncio shell around one HTTP/2 endpoint (``proto/http2.py``), for both roles.
+
+Rule of this room: every HTTP/2 duty goes through one ``flush()`` (as in hypercorn's
+``protocol/h2.py``): after any command to the sans-I/O endpoint, ``flush()`` has its bytes
+written, in order, by the connection's one writer — coalesced to one write per turn of the
+event loop; nothing else writes to the socket. Received DATA is acknowledged when a stream's reader
+asks for its next event — the previous chunk has been written to the other side by then —
+so a slow reader holds back its own sender only. Sending takes what the windows allow (the
+endpoint decides how much), then waits for ``WindowUpdated`` and for the socket to drain.
+The connection's reader task is the only one reading its socket.
+
+``h2_proxy.py`` (client connections, server role) and ``dial_h2.py`` (origin connections,
+client role) build on ``H2Link`` and ``H2Channel``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+
+from revproxy.proto.events import (
+    DataReceived,
+    Event,
+    InformationalReceived,
+    MessageEnded,
+    ResponseReceived,
+    StreamReset,
+    WindowUpdated,
+)
+from revproxy.proto.h2.engine import H2Endpoint, StreamClosed
+
+# Bytes read from the socket at a time.
+READ_SIZE = 256 * 1024
+# DATA bytes a turn of the event loop may queue before they are written at once: coalescing
+# small frames must not let big ones pile up outside the socket's own backpressure.
+COALESCE_LIMIT = 64 * 1024
+# Events a stream's reader takes from its inbox.
+_DELIVERED = frozenset({DataReceived, MessageEnded, ResponseReceived, InformationalReceived})
+# Our own frames (SETTINGS and PING acks, WINDOW_UPDATEs, RST_STREAMs) buffered unsent beyond
+# this stop the reading of more frames until the peer reads: a peer that floods PINGs or
+# SETTINGS and never reads can't make us buffer without bound.
+WRITE_BUFFER_LIMIT = 1024 * 1024
+
+
+class H2Link:
+    """One HTTP/2 connection: the endpoint, its one writer, and the streams being served."""
+
+    def __init__(
+        self, proto: H2Endpoint, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.proto = proto
+        self.reader = reader
+        self.writer = writer
+        self.channels: dict[int, H2Channel] = {}
+        self.closed = False
+        self.unflushed = 0  # DATA bytes queued since the last write
+        self._flush_pending = False
+        # Below this the transport is not paused: drain() need not ask asyncio.
+        self._low_water = writer.transport.get_write_buffer_limits()[0]
+
+    def flush(self) -> None:
+        """Write whatever the endpoint queued — at the end of this turn of the event loop, so
+        that the frames every stream produced in it leave in one write (one TLS record, one
+        system call) instead of one each. What is queued meanwhile is bounded by the windows."""
+        if not self._flush_pending and not self.closed:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self.flush_now)
+
+    def flush_now(self) -> None:
+        """Write what the endpoint queued at once (before a close, say): the one place bytes go
+        to the socket."""
+        self._flush_pending = False
+        self.unflushed = 0
+        data = self.proto.data_to_send()
+        if data and not self.closed:
+            self.writer.write(data)
+
+    @property
+    def drain_needed(self) -> bool:
+        """Whether ``drain()`` may wait (or raise): the transport is closing, or its write
+        buffer is above its low-water mark (below it, the transport is not paused)."""
+        transport = self.writer.transport
+        return transport.is_closing() or transport.get_write_buffer_size() > self._low_water
+
+    async def drain(self) -> None:
+        """Wait while the socket's write buffer is above its limit (or raise once the
+        connection is lost). The common case returns without a coroutine of asyncio's."""
+        if self.drain_needed:
+            await self.writer.drain()
+
+    @property
+    def write_backlog(self) -> bool:
+        transport = self.writer.transport
+        return transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT
+
+    def dispatch(self, ev: Event) -> None:
+        """Hand a stream-level event to its channel."""
+        kind = type(ev)
+        if kind in _DELIVERED:
+            ch = self.channels.get(ev.stream_id)
+            if ch is not None:
+                ch.deliver(ev)
+            return
+        if kind is WindowUpdated:
+            if ev.stream_id == 0:
+                for each in self.channels.values():
+                    each.window_opened()
+                return
+            ch = self.channels.get(ev.stream_id)
+            if ch is not None:
+                ch.window_opened()
+        elif kind is StreamReset:
+            assert isinstance(ev, StreamReset)
+            ch = self.channels.get(ev.stream_id)
+            if ch is not None:
+                ch.reset_received(ev.error_code)
+
+    def connection_lost(self) -> None:
+        """The socket is gone (or about to be closed): what is queued goes first, then every
+        stream's waits end."""
+        self.flush_now()
+        self.closed = True
+        for ch in list(self.channels.values()):
+            ch.wake()
+
+
+class H2Channel:
+    """One stream of an ``H2Link``: an inbox of received events and flow-controlled sending."""
+
+    __slots__ = (
+        "_unacked",
+        "_waiter",
+        "_window",
+        "bytes_in",
+        "bytes_out",
+        "inbox",
+        "link",
+        "reset_code",
+        "stall_timeout",
+        "stream_id",
+    )
+
+    def __init__(self, link: H2Link, stream_id: int, stall_timeout: float) -> None:
+        self.link = link
+        self.stream_id = stream_id
+        self.inbox: deque[Event] = deque()
+        self.reset_code: int | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+        # Longest wait for the peer to open a window before the stream is given up.
+        self.stall_timeout = stall_timeout
+        self._unacked = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._window: asyncio.Future[None] | None = None
+
+    # --- what the link calls
+
+    def deliver(self, ev: Event) -> None:
+        self.inbox.append(ev)
+        if type(ev) is DataReceived:
+            self.bytes_in += len(ev.data)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def reset_received(self, code: int) -> None:
+        self.reset_code = code
+        self.wake()
+
+    def window_opened(self) -> None:
+        self._wake(self._window)
+
+    def wake(self) -> None:
+        self._wake(self._waiter)
+        self._wake(self._window)
+
+    @staticmethod
+    def _wake(fut: asyncio.Future[None] | None) -> None:
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    # --- what the stream's task calls
+
+    def gone(self) -> Exception:
+        """The exception a wait on a reset (or lost) stream raises; subclasses choose."""
+        return ConnectionResetError("HTTP/2 stream reset")
+
+    def stalled(self) -> Exception:
+        return TimeoutError("HTTP/2 peer kept its window closed")
+
+    @property
+    def broken(self) -> bool:
+        return self.reset_code is not None or self.link.closed
+
+    def acknowledge(self) -> None:
+        """The last chunk taken was consumed: give its bytes back to the peer's window."""
+        if self._unacked:
+            self.link.proto.acknowledge(self.stream_id, self._unacked)
+            self._unacked = 0
+            self.link.flush()
+
+    async def next_event(self) -> Event:
+        """The next received event; the chunk taken before is acknowledged first."""
+        self.acknowledge()
+        while not self.inbox:
+            if self.broken:
+                raise self.gone()
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiter = fut
+            try:
+                await fut
+            finally:
+                self._waiter = None
+        ev = self.inbox.popleft()
+        if isinstance(ev, DataReceived):
+            self._unacked = len(ev.data)
+        return ev
+
+    async def send_data(self, data: bytes | memoryview, end: bool = False) -> None:
+        """Send ``data`` as the windows allow, waiting for them to open (RFC 9113 §5.2)."""
+        link = self.link
+        view: bytes | memoryview = data
+        while True:
+            if self.broken:
+                raise self.gone()
+            try:
+                taken = link.proto.send_data(self.stream_id, view, end)
+            except StreamClosed:
+                raise self.gone() from None
+            link.flush()
+            link.unflushed += taken
+            self.bytes_out += taken
+            if taken == len(view):
+                break
+            view = memoryview(view)[taken:]
+            if taken:
+                await self._drain()
+            else:
+                await self._wait_window()
+        if link.unflushed >= COALESCE_LIMIT or link.drain_needed:
+            await self._drain()
+
+    async def _drain(self) -> None:
+        link = self.link
+        if link.unflushed >= COALESCE_LIMIT:
+            link.flush_now()  # let the socket's backpressure see it
+        try:
+            await link.drain()
+        except (ConnectionError, OSError, RuntimeError):
+            raise self.gone() from None
+
+    async def _wait_window(self) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._window = fut
+        try:
+            async with asyncio.timeout(self.stall_timeout):
+                await fut
+        except TimeoutError:
+            raise self.stalled() from None
+        finally:
+            self._window = None
+
+    async def send_end(self, trailers: list[tuple[bytes, bytes]] | None) -> None:
+        try:
+            self.link.proto.send_end(self.stream_id, trailers or None)
+        except StreamClosed:
+            raise self.gone() from None
+        self.link.flush()
+        await self._drain()
+
+    def close(self, code: int) -> None:
+        """Done with the stream: credit back unread data, reset it if still open."""
+        self.link.channels.pop(self.stream_id, None)
+        self.link.proto.forget(self.stream_id, code)
+        self.link.flush()
+        self.reset_code = code if self.reset_code is None else self.reset_code
+        self.inbox.clear()
+
+
+async def close_writer(writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(Exception):
+        writer.close()
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(1.0):
+            await writer.wait_closed()

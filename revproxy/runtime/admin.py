@@ -1,0 +1,333 @@
+"""The admin endpoints: a Unix socket for ``revproxy ctl``, and HTTP ``/metrics`` and ``/stats``.
+
+Rule of this room: the admin reads the instance and asks it to act; it never edits a
+generation itself. Backend states change through the health monitor (``set_admin_state``),
+configurations through ``Instance.reload``. The socket (``[admin] socket``, mode 0660) takes
+one command line per connection and answers ``ok`` or ``error`` on the first line, then text.
+The HTTP side (``[admin] bind``, optional basic auth) answers GET only, one request per
+connection. Label values on /metrics come from the configuration, never from clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hmac
+import logging
+import os
+import stat
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import h11
+
+from revproxy.config.model import Admin, BasicAuth, Bind
+from revproxy.errors import ConfigError, ConfigProblem
+from revproxy.upstream.pool import BackendState
+from revproxy.runtime.stats import (
+    RateMeter,
+    add_instance_gauges,
+    certs_table,
+    info_text,
+    servers_table,
+    stats_page,
+)
+
+if TYPE_CHECKING:
+    from revproxy.runtime.supervisor import Instance
+
+log = logging.getLogger("revproxy.admin")
+
+# A ctl client has this long to send its command line; an HTTP client its request head.
+REQUEST_TIMEOUT = 10.0
+# Longest command line accepted on the socket.
+MAX_COMMAND = 4096
+
+HELP = """\
+commands:
+  show servers            every server: state, weight, requests, last check
+  show certs              certificates served, with their expiry
+  show info               instance: generation, processes, reloads
+  show metrics            the Prometheus exposition (as /metrics)
+  drain POOL/SERVER       no new requests; those in flight finish
+  disable POOL/SERVER     out of service (maintenance)
+  enable POOL/SERVER      back into service (health decides: up or down)
+  reload                  load the configuration from disk (all or nothing)
+  reload certs            load certificates from disk now
+servers are named POOL/host:port, or by their name key"""
+
+
+class AdminServer:
+    """The Unix socket and the HTTP endpoint, following ``[admin]`` across reloads."""
+
+    def __init__(self, instance: Instance) -> None:
+        self.instance = instance
+        self.config = Admin()
+        self._socket: tuple[Path, asyncio.AbstractServer] | None = None
+        self._http: tuple[Bind, asyncio.AbstractServer] | None = None
+        self._retire: list[tuple[asyncio.AbstractServer, Path | None]] = []
+        self.rates = RateMeter()
+
+    # --- following the configuration
+
+    async def prepare(self, cfg: Admin) -> None:
+        """Open what ``cfg`` adds or moves (ConfigError if it cannot, and then nothing
+        changed); what it replaces or drops is closed by ``commit``."""
+        opened_socket: tuple[Path, asyncio.AbstractServer] | None = None
+        opened_http: tuple[Bind, asyncio.AbstractServer] | None = None
+        try:
+            if cfg.socket is not None and (self._socket is None or self._socket[0] != cfg.socket):
+                opened_socket = (cfg.socket, await self._open_socket(cfg.socket))
+            if cfg.bind is not None and (self._http is None or self._http[0] != cfg.bind):
+                opened_http = (cfg.bind, await self._open_http(cfg.bind))
+        except BaseException:
+            if opened_socket is not None:
+                await _close_server(opened_socket[1], opened_socket[0])
+            raise
+        if self._socket is not None and (cfg.socket is None or opened_socket is not None):
+            self._retire.append((self._socket[1], self._socket[0]))
+            self._socket = None
+        if self._http is not None and (cfg.bind is None or opened_http is not None):
+            self._retire.append((self._http[1], None))
+            self._http = None
+        self._socket = opened_socket or self._socket
+        self._http = opened_http or self._http
+        self.config = cfg
+        if self.instance.generation is None:
+            self.commit()  # at start there is nothing to keep serving meanwhile
+
+    def commit(self) -> None:
+        retire, self._retire = self._retire, []
+        for server, path in retire:
+            asyncio.get_running_loop().create_task(_close_server(server, path))
+
+    async def _open_http(self, bind: Bind) -> asyncio.AbstractServer:
+        try:
+            server = await asyncio.start_server(
+                self._serve_http, bind.host or None, bind.port, reuse_address=True
+            )
+        except OSError as exc:
+            raise _problem("admin.bind", f"cannot bind {bind}: {exc.strerror or exc}") from None
+        log.info("admin HTTP on %s (/metrics, /stats)", bind)
+        return server
+
+    async def _open_socket(self, path: Path) -> asyncio.AbstractServer:
+        if path.exists() or path.is_symlink():
+            if not stat.S_ISSOCK(path.lstat().st_mode):
+                raise _problem("admin.socket", f"{path} exists and is not a socket")
+            if await _socket_answers(path):
+                raise _problem("admin.socket", f"{path} is in use by another running instance")
+            path.unlink()  # left behind by an instance that died
+        try:
+            server = await asyncio.start_unix_server(self._serve_ctl, path=str(path))
+            os.chmod(path, 0o660)
+        except OSError as exc:
+            raise _problem(
+                "admin.socket", f"cannot listen on {path}: {exc.strerror or exc}"
+            ) from None
+        log.info("admin socket %s", path)
+        return server
+
+    async def close(self) -> None:
+        self.commit()
+        if self._socket is not None:
+            await _close_server(self._socket[1], self._socket[0])
+        if self._http is not None:
+            await _close_server(self._http[1], None)
+        self._socket = self._http = None
+
+    # --- the ctl socket
+
+    async def _serve_ctl(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                line = await reader.readline()
+            if len(line) > MAX_COMMAND:
+                ok, text = False, "command too long"
+            else:
+                ok, text = await self.execute(line.decode("utf-8", "replace").strip())
+            writer.write((("ok" if ok else "error") + "\n" + text.rstrip("\n") + "\n").encode())
+            await writer.drain()
+        except (TimeoutError, ConnectionError, ValueError):
+            pass
+        except Exception:
+            log.exception("admin command failed")
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def execute(self, line: str) -> tuple[bool, str]:
+        """Run one command line; (succeeded, text for the operator)."""
+        words = line.split()
+        if not words or words[0] in ("help", "?"):
+            return True, HELP
+        verb, args = words[0].lower(), words[1:]
+        inst = self.instance
+        if verb == "show" and args:
+            what = args[0].lower()
+            if what == "servers":
+                return True, servers_table(inst, await inst.collect(), self.rates)
+            if what == "certs":
+                return True, certs_table(inst)
+            if what == "info":
+                return True, info_text(inst)
+            if what == "metrics":
+                return True, await self.metrics_text()
+        if verb in ("drain", "disable", "enable") and len(args) == 1:
+            state = {"drain": BackendState.DRAIN, "disable": BackendState.MAINT}.get(verb)
+            ok, text = inst.set_admin_state(args[0], state)
+            log.info("admin: %s %s: %s", verb, args[0], text)
+            return ok, text
+        if verb == "reload" and not args:
+            problems = await inst.reload()
+            if problems:
+                return False, "reload rejected; nothing changed:\n" + "\n".join(problems)
+            gen = inst.generation
+            return True, f"reloaded: generation {gen.number if gen else 0}"
+        if verb == "reload" and args == ["certs"]:
+            problems = await inst.reload_certs()
+            if problems:
+                return False, "\n".join(problems)
+            return True, "certificates reloaded"
+        return False, f"unknown command {line!r}\n{HELP}"
+
+    # --- HTTP: /metrics and /stats
+
+    async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16384)
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                request = await _read_request(conn, reader)
+            if request is None:
+                return
+            status, headers, body = await self._answer(request)
+            headers = [
+                *headers,
+                ("content-length", str(len(body))),
+                ("cache-control", "no-store"),
+                ("connection", "close"),
+            ]
+            out = conn.send(h11.Response(status_code=status, headers=headers))
+            if request.method != b"HEAD":
+                out += conn.send(h11.Data(data=body))
+            out += conn.send(h11.EndOfMessage())
+            writer.write(out)
+            await writer.drain()
+        except (TimeoutError, ConnectionError, h11.ProtocolError):
+            pass
+        except Exception:
+            log.exception("admin HTTP request failed")
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _answer(self, req: h11.Request) -> tuple[int, list[tuple[str, str]], bytes]:
+        auth = self.config.auth
+        if auth is not None and not _authorized(req, auth):
+            return (
+                401,
+                [
+                    ("www-authenticate", 'Basic realm="revproxy admin"'),
+                    ("content-type", "text/plain"),
+                ],
+                b"401 Unauthorized\n",
+            )
+        if req.method not in (b"GET", b"HEAD"):
+            return 405, [("allow", "GET, HEAD"), ("content-type", "text/plain")], b"405\n"
+        path = req.target.split(b"?", 1)[0]
+        if path == b"/metrics":
+            text = await self.metrics_text()
+            return (
+                200,
+                [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+                text.encode(),
+            )
+        if path in (b"/stats", b"/stats/"):
+            page = stats_page(self.instance, await self.instance.collect(), self.rates)
+            return 200, [("content-type", "text/html; charset=utf-8")], page.encode()
+        if path == b"/":
+            return 302, [("location", "/stats"), ("content-type", "text/plain")], b"/stats\n"
+        return 404, [("content-type", "text/plain")], b"404 Not Found\n"
+
+    async def metrics_text(self) -> str:
+        collected = await self.instance.collect()
+        add_instance_gauges(collected.registry, self.instance, collected)
+        return str(collected.registry.render())
+
+
+# --- small pieces ------------------------------------------------------------------------------
+
+
+def _problem(key: str, reason: str) -> ConfigError:
+    return ConfigError([ConfigProblem("", key, reason)])
+
+
+async def _socket_answers(path: Path) -> bool:
+    try:
+        async with asyncio.timeout(1.0):
+            _, writer = await asyncio.open_unix_connection(str(path))
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
+async def _close_server(server: asyncio.AbstractServer, path: Path | None) -> None:
+    server.close()
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(1.0):
+            await server.wait_closed()
+    if path is not None:
+        with contextlib.suppress(OSError):
+            if stat.S_ISSOCK(path.lstat().st_mode):
+                path.unlink()
+
+
+async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader) -> h11.Request | None:
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            data = await reader.read(65536)
+            conn.receive_data(data)
+            if not data and conn.their_state is h11.IDLE:
+                return None
+            continue
+        if isinstance(event, h11.Request):
+            return event
+        return None
+
+
+def _authorized(req: h11.Request, auth: BasicAuth) -> bool:
+    for name, value in req.headers:
+        if name == b"authorization":
+            scheme, _, token = value.partition(b" ")
+            if scheme.lower() != b"basic":
+                return False
+            try:
+                user, _, password = base64.b64decode(token.strip(), validate=True).partition(b":")
+            except ValueError:
+                return False
+            ok_user = hmac.compare_digest(user, auth.user.encode())
+            ok_password = hmac.compare_digest(password, auth.password.encode())
+            return ok_user and ok_password
+    return False
+
+
+# --- the client side: revproxy ctl / reload ------------------------------------------------------
+
+
+async def send_command(path: Path, line: str, timeout: float = 120.0) -> tuple[bool, str]:
+    """Send one command to a running instance's socket; (ok, text). OSError if none answers."""
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        try:
+            writer.write(line.encode() + b"\n")
+            await writer.drain()
+            data = await reader.read()
+        finally:
+            writer.close()
+    status, _, text = data.decode("utf-8", "replace").partition("\n")
+    return status == "ok", text.rstrip("\n")

@@ -1,0 +1,594 @@
+"""The running instance: listeners, generations, workers, signals, reload and graceful stop.
+
+Rule of this room: build, validate, swap, retire. A reload loads and compiles the new config
+completely and binds any new address before the one reference to the current generation is
+swapped; if any step fails, nothing changes and the errors are reported. Listening sockets
+that stay in the config are never closed. SIGTERM/SIGINT stop accepting, let in-flight
+requests finish for up to ``shutdown_timeout``, then exit 0.
+
+Processes (DESIGN decision 4). With ``workers = 1`` one process binds, accepts and serves.
+With more (``"auto"``: one per CPU) the master binds every listening socket, runs the health
+checks, the admin endpoints, the config watch and sd_notify, and hands sockets and validated
+configs to worker processes (``workers.py``) that accept and serve. Either way a reload swaps
+generations in place in every serving process: nothing is re-forked.
+
+Reloads come from SIGHUP, the admin socket (``revproxy reload`` / ``revproxy ctl reload``) and,
+with ``watch = true``, from changes to ``*.toml`` in the configuration directory (debounced).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from revproxy.config.model import Bind, Config
+from revproxy.errors import ConfigError, ConfigProblem
+from revproxy.edge.generation import Generation, build_generation
+from revproxy.upstream.health import Change as HealthChange
+from revproxy.upstream.health import HealthMonitor, Key, Target
+from revproxy.edge.listener import Acceptor, BoundListener, bind_socket
+from revproxy.ops.metrics import InstanceMetrics, RequestMetrics
+from revproxy.upstream.pool import BackendState
+from revproxy.runtime.sdnotify import Notifier
+from revproxy.edge.tls import generate_default_cert
+
+if TYPE_CHECKING:
+    from revproxy.runtime.admin import AdminServer
+    from revproxy.runtime.workers import StateRow, WorkerPool
+
+log = logging.getLogger("revproxy")
+
+# Config watch: reload once no *.toml changed for this long (ms), at most this long after the
+# first change of a burst (an editor writes a file in several steps).
+WATCH_QUIET_MS = 500
+WATCH_MAX_MS = 3000
+# Name resolution of backend host names gives up after this long.
+RESOLVE_TIMEOUT = 5.0
+
+OpenSockets = Callable[[Bind, str], list[socket.socket]]
+
+
+class Frontend:
+    """One process's serving side: the current generation, the listening sockets it holds,
+    and the connections it accepted on them (``accept=False``: a master that only holds
+    sockets for its workers)."""
+
+    def __init__(self, default_pem: tuple[bytes, bytes], *, accept: bool) -> None:
+        self.default_pem = default_pem
+        self.accept = accept
+        self.generation: Generation | None = None
+        self.bound: dict[str, BoundListener] = {}  # bind address → sockets and accept tasks
+        self.acceptor = Acceptor(self._current)
+        self.metrics = RequestMetrics()
+        self._resolver: asyncio.Task[None] | None = None
+
+    def _current(self) -> Generation:
+        assert self.generation is not None
+        return self.generation
+
+    def build(self, config: Config, number: int | None = None) -> Generation:
+        """Compile ``config`` beside the current generation (raises ConfigError)."""
+        old = self.generation
+        return build_generation(
+            config,
+            number=number if number is not None else (old.number + 1 if old else 1),
+            default_pem=self.default_pem,
+            previous=old,
+            access_log=old.access_log if old and _same_log(old.config, config) else None,
+            metrics=self.metrics,
+        )
+
+    def bind_new(self, gen: Generation, open_sockets: OpenSockets) -> dict[str, BoundListener]:
+        """Open the addresses ``gen`` names that are not bound yet (ConfigError if one fails;
+        then nothing stays open)."""
+        wanted: dict[str, str] = {}  # bind address → listener name
+        for lst in gen.config.listeners:
+            for b in lst.bind:
+                wanted[str(b)] = lst.name
+        new: dict[str, BoundListener] = {}
+        try:
+            for addr, name in wanted.items():
+                if addr in self.bound:
+                    continue
+                lst = gen.config.listener(name)
+                bind = next(b for b in lst.bind if str(b) == addr)
+                try:
+                    socks = open_sockets(bind, addr)
+                except OSError as exc:
+                    raise ConfigError(
+                        [
+                            ConfigProblem(
+                                lst.source,
+                                f"listener {name!r} bind {addr}",
+                                f"cannot bind: {exc.strerror or exc}",
+                            )
+                        ]
+                    ) from None
+                new[addr] = BoundListener(name=name, binds=(bind,), sockets=socks)
+        except BaseException:
+            for bl in new.values():
+                for s in bl.sockets:
+                    s.close()
+            raise
+        gen.bind_owner = wanted
+        return new
+
+    def listeners_after(
+        self, gen: Generation, new: dict[str, BoundListener]
+    ) -> dict[str, list[socket.socket]]:
+        """Every listening socket once ``gen`` is in: those kept plus ``new``."""
+        out = {a: bl.sockets for a, bl in self.bound.items() if a in gen.bind_owner}
+        out.update({a: bl.sockets for a, bl in new.items()})
+        return out
+
+    async def swap(self, gen: Generation, new: dict[str, BoundListener]) -> None:
+        """Make ``gen`` current: accept on new sockets, close removed ones, retire the old."""
+        old = self.generation
+        self.generation = gen  # the swap
+        for addr, bl in new.items():
+            if self.accept:
+                bl.tasks = self.acceptor.start(addr, bl.sockets)
+            self.bound[addr] = bl
+            log.info("listener=%s on %s", bl.name, addr)
+        for addr in [a for a in self.bound if a not in gen.bind_owner]:
+            bl = self.bound.pop(addr)
+            await bl.close()
+            log.info("listener=%s closed %s", bl.name, addr)
+        if old is not None:
+            old.successor = gen
+            old.close()
+
+    # --- name resolution
+
+    async def resolve(self, gen: Generation) -> None:
+        loop = asyncio.get_running_loop()
+        for pr in gen.pools.values():
+            for b in pr.pool.backends:
+                try:
+                    ipaddress.ip_address(b.host)
+                    continue
+                except ValueError:
+                    pass
+                try:
+                    async with asyncio.timeout(RESOLVE_TIMEOUT):
+                        infos = await loop.getaddrinfo(b.host, b.port, type=socket.SOCK_STREAM)
+                except (OSError, TimeoutError) as exc:
+                    log.warning(
+                        "pool=%s backend=%s cannot resolve: %s", pr.config.name, b.label, exc
+                    )
+                    continue
+                addrs = tuple(dict.fromkeys((str(i[4][0]), int(i[4][1])) for i in infos))
+                if addrs != b.addresses:
+                    b.addresses = addrs
+
+    def start_resolver(self) -> None:
+        if self._resolver is None:
+            self._resolver = asyncio.get_running_loop().create_task(self._resolve_forever())
+
+    async def _resolve_forever(self) -> None:
+        while True:
+            gen = self.generation
+            if gen is None:
+                return
+            await self.resolve(gen)
+            interval = min((p.config.resolve_interval for p in gen.pools.values()), default=30.0)
+            await asyncio.sleep(max(interval, 1.0))
+
+    # --- stopping
+
+    def stop_accepting(self) -> None:
+        for bl in self.bound.values():
+            bl.stop_accepting()
+        if self._resolver is not None:
+            self._resolver.cancel()
+            self._resolver = None
+
+    async def shutdown(self, timeout: float) -> None:
+        """Stop accepting, let connections finish for up to ``timeout``, close everything."""
+        self.stop_accepting()
+        pending = set(self.acceptor.connections)
+        if pending:
+            log.info("stopping: waiting for %d connection(s)", len(pending))
+            _, still = await asyncio.wait(pending, timeout=timeout)
+            for t in still:
+                t.cancel()
+            if still:
+                log.warning("stopping: %d connection(s) cut at shutdown_timeout", len(still))
+                await asyncio.wait(still, timeout=1.0)
+        for bl in self.bound.values():
+            await bl.close()
+        self.bound.clear()
+        if self.generation is not None:
+            self.generation.close()
+            self.generation.access_log.close()
+
+
+class Instance:
+    """One revproxy instance (the master): serves one configuration at a time."""
+
+    def __init__(
+        self,
+        load: Callable[[], Config],
+        *,
+        conf_dir: Path | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self._load = load
+        self.conf_dir = conf_dir
+        self.notifier = notifier if notifier is not None else Notifier()
+        self._default_pem = generate_default_cert()
+        self.metrics = InstanceMetrics()
+        self.monitor = HealthMonitor(on_change=self._health_changed, metrics=self.metrics)
+        self.frontend = Frontend(self._default_pem, accept=True)
+        self.workers: WorkerPool | None = None
+        self.admin: AdminServer | None = None
+        self.cert_watcher: Any = None
+        self._stop = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._watch_task: asyncio.Task[None] | None = None
+        self._watch_stop: asyncio.Event | None = None
+        self._pid_file: Path | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.reloads = 0
+        self.started_at = time.time()
+        self.last_reload: tuple[float, list[str]] | None = None  # (unix time, problems)
+
+    @property
+    def generation(self) -> Generation | None:
+        return self.frontend.generation
+
+    @property
+    def worker_mode(self) -> bool:
+        return self.workers is not None
+
+    # --- start and reload ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load, build and bind; raises ConfigError (or OSError for a bind) before serving."""
+        from revproxy.runtime.workers import worker_count
+
+        config = self._load()
+        count = worker_count(config.global_.workers)
+        if count > 1:
+            self.frontend.accept = False
+        gen = self.frontend.build(config, number=1)
+        # The admin socket first: once a listener answers, so does `revproxy ctl`.
+        await self._prepare_admin(config)
+        try:
+            new = self.frontend.bind_new(gen, _bind)
+        except BaseException:
+            if self.admin is not None:
+                await self.admin.close()
+            raise
+        self._adopt(gen)
+        await self.frontend.swap(gen, new)
+        if count > 1:
+            from revproxy.runtime.workers import WorkerPool
+
+            self.workers = WorkerPool(
+                default_pem=self._default_pem,
+                states=self.state_rows,
+                on_passive=self.monitor.observe_key,
+                on_restart=lambda: self.metrics.worker_restarts.inc(()),
+            )
+            try:
+                await self.workers.start(
+                    count, config, gen.number, self.frontend.listeners_after(gen, {})
+                )
+            except BaseException:
+                await self._close_everything()
+                raise
+        self.frontend.start_resolver()
+        self.monitor.start()
+        from revproxy.runtime.certwatch import CertWatcher  # hot certificate swap (certwatch.py)
+
+        self.cert_watcher = CertWatcher(lambda: self.generation)  # `reload certs` uses it too
+        self.cert_watcher.start()
+        self._write_pid_file(config)
+        self._follow_watch(config)
+        self.metrics.last_reload.set((), time.time())
+        self.notifier.ready(self._status())
+        self.notifier.start_watchdog()
+
+    async def reload(self) -> list[str]:
+        """Swap in the config on disk; returns the problems (empty on success)."""
+        async with self._reload_lock:
+            if self._stop.is_set():
+                return ["revproxy is stopping; not reloading"]
+            self.notifier.reloading()
+            problems = await self._reload()
+            self.last_reload = (time.time(), problems)
+            if problems:
+                self.metrics.reloads.inc(("error",))
+                self.notifier.ready(
+                    f"reload rejected ({len(problems)} problem(s)); " + self._status()
+                )
+            else:
+                self.reloads += 1
+                self.metrics.reloads.inc(("ok",))
+                self.metrics.last_reload.set((), time.time())
+                self.notifier.ready(self._status())
+            return problems
+
+    async def _reload(self) -> list[str]:
+        from revproxy.runtime.workers import worker_count
+
+        try:
+            config = self._load()
+            gen = self.frontend.build(config)
+            await self.frontend.resolve(gen)
+            new = self.frontend.bind_new(gen, _bind)
+        except ConfigError as exc:
+            for p in exc.problems:
+                log.error("reload rejected: %s", p)
+            return [str(p) for p in exc.problems]
+        except OSError as exc:
+            log.error("reload rejected: %s", exc)
+            return [str(exc)]
+        try:
+            await self._prepare_admin(config)
+        except ConfigError as exc:
+            for bl in new.values():
+                for s in bl.sockets:
+                    s.close()
+            for p in exc.problems:
+                log.error("reload rejected: %s", p)
+            return [str(p) for p in exc.problems]
+        count = worker_count(config.global_.workers)
+        if (count > 1) != self.worker_mode:
+            log.warning(
+                "workers = %s takes effect at the next restart (a reload does not switch "
+                "between one process and several)",
+                config.global_.workers,
+            )
+        self._adopt(gen)
+        if self.workers is not None:
+            # A worker that cannot follow (say, a certificate file vanished since the master
+            # read it) is replaced by one started on the new config: logged, not a rejection.
+            await self.workers.reload(
+                config,
+                gen.number,
+                self.frontend.listeners_after(gen, new),
+                count if count > 1 else self.workers.count,
+            )
+        await self.frontend.swap(gen, new)
+        if self.admin is not None:
+            self.admin.commit()
+        self._write_pid_file(config)
+        self._follow_watch(config)
+        log.info("reload done: generation %d", gen.number)
+        return []
+
+    async def _prepare_admin(self, config: Config) -> None:
+        adm = config.admin
+        if self.admin is None and adm.socket is None and adm.bind is None:
+            return
+        if self.admin is None:
+            from revproxy.runtime.admin import AdminServer
+
+            self.admin = AdminServer(self)
+        await self.admin.prepare(adm)
+
+    def _adopt(self, gen: Generation) -> None:
+        """Health follows the new generation's backends (records kept for unchanged ones)."""
+        self.monitor.adopt((pr.config, pr.pool.backends) for pr in gen.pools.values())
+        if not self.worker_mode and self.frontend.accept:
+            for pr in gen.pools.values():
+                if pr.config.passive is not None:
+                    pr.dialer.observer = self.monitor.observe
+
+    async def reload_certs(self) -> list[str]:
+        """``reload certs``: certificates from disk now (the whole config when there is no
+        certificate watcher)."""
+        from revproxy.runtime.workers import REPLY_TIMEOUT
+
+        if self.cert_watcher is None:
+            return await self.reload()
+        problems: list[str] = list(self.cert_watcher.reload_now())
+        if self.workers is not None:
+            answers = await self.workers.ask_all({"op": "reload_certs"}, timeout=REPLY_TIMEOUT)
+            for answer in answers:
+                problems.extend(answer.get("problems") or [])
+        return problems
+
+    # --- health ---------------------------------------------------------------------------
+
+    def _health_changed(self, target: Target, change: HealthChange) -> None:
+        if self.workers is not None:
+            self.workers.broadcast_states([_state_row(target)])
+
+    def state_rows(self) -> list[StateRow]:
+        return [_state_row(t) for t in self.monitor.targets.values()]
+
+    def set_admin_state(self, spec: str, state: BackendState | None) -> tuple[bool, str]:
+        """``drain`` / ``disable`` / ``enable`` a backend named by the operator."""
+        t = self.monitor.find(spec)
+        if t is None:
+            names = ", ".join(sorted(x.backend.label for x in self.monitor.targets.values()))
+            return False, f"no server {spec!r} (servers: {names or 'none'})"
+        before = t.record.state
+        self.monitor.set_admin(t, state)
+        after = t.record.state
+        if before is after:
+            return True, f"{t.backend.label}: already {after.value}"
+        return True, f"{t.backend.label}: {before.value} -> {after.value}"
+
+    # --- what the admin shows ---------------------------------------------------------------
+
+    async def collect(self) -> Collected:
+        """Request metrics and live counts, summed over the serving processes."""
+        from revproxy.ops.metrics import Registry
+
+        registry = Registry()
+        live: dict[Key, list[int]] = {}
+        connections: dict[str, int] = {}
+        if self.workers is None:
+            registry.merge(self.frontend.metrics.registry.snapshot())
+            connections = dict(self.frontend.acceptor.active)
+            gen = self.generation
+            if gen is not None:
+                for pr in gen.pools.values():
+                    for b in pr.pool.backends:
+                        live[(b.pool, b.host, b.port)] = [b.active, b.total]
+        else:
+            for answer in await self.workers.ask_all({"op": "stats"}):
+                registry.merge(answer.get("metrics") or {})
+                for name, n in (answer.get("connections") or {}).items():
+                    connections[name] = connections.get(name, 0) + int(n)
+                for pool, host, port, active, total in answer.get("backends") or []:
+                    row = live.setdefault((pool, host, int(port)), [0, 0])
+                    row[0] += int(active)
+                    row[1] += int(total)
+        registry.merge(self.metrics.registry.snapshot())
+        return Collected(registry=registry, live=live, connections=connections)
+
+    def _status(self) -> str:
+        gen = self.generation
+        if gen is None:
+            return "starting"
+        n = sum(len(lst.bind) for lst in gen.config.listeners)
+        procs = f"{len(self.workers.handles)} workers" if self.workers else "1 process"
+        return f"generation {gen.number}: {n} listening address(es), {procs}"
+
+    # --- config watch and pid file ----------------------------------------------------------
+
+    def _follow_watch(self, config: Config) -> None:
+        want = config.global_.watch and self.conf_dir is not None
+        if want and self._watch_task is None:
+            self._watch_stop = asyncio.Event()
+            self._watch_task = asyncio.get_running_loop().create_task(self._watch())
+        elif not want and self._watch_task is not None:
+            assert self._watch_stop is not None
+            self._watch_stop.set()
+            self._watch_task = None
+
+    async def _watch(self) -> None:
+        from watchfiles import Change, awatch
+
+        assert self.conf_dir is not None and self._watch_stop is not None
+
+        def toml_only(change: Change, path: str) -> bool:
+            return path.endswith(".toml")
+
+        log.info("watching %s for configuration changes", self.conf_dir)
+        try:
+            async for changes in awatch(
+                self.conf_dir,
+                watch_filter=toml_only,
+                step=WATCH_QUIET_MS,
+                debounce=WATCH_MAX_MS,
+                stop_event=self._watch_stop,
+                recursive=False,
+            ):
+                names = ", ".join(sorted({Path(p).name for _, p in changes}))
+                log.info("configuration changed (%s); reloading", names)
+                await self.reload()
+        except Exception as exc:  # a broken watch must not take the instance down
+            log.error("configuration watch stopped: %s", exc)
+
+    def _write_pid_file(self, config: Config) -> None:
+        path = config.global_.pid_file
+        if path == self._pid_file:
+            return
+        self._remove_pid_file()
+        if path is None:
+            return
+        try:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(f"{os.getpid()}\n")
+            tmp.replace(path)
+            self._pid_file = path
+        except OSError as exc:
+            log.error("cannot write pid_file %s: %s", path, exc)
+
+    def _remove_pid_file(self) -> None:
+        if self._pid_file is None:
+            return
+        with contextlib.suppress(OSError):
+            if self._pid_file.read_text().strip() == str(os.getpid()):
+                self._pid_file.unlink()
+        self._pid_file = None
+
+    # --- running and stopping -----------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def serve_until_stopped(self, on_hup: Callable[[], None] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, on_hup or (lambda: self._spawn(self.reload())))
+        try:
+            await self._stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        gen = self.generation
+        timeout = gen.config.global_.shutdown_timeout if gen else 0.0
+        self.notifier.stopping()
+        if self._watch_stop is not None:
+            self._watch_stop.set()
+        self.frontend.stop_accepting()
+        if self.workers is not None:
+            await self.workers.stop(timeout)
+        await self.frontend.shutdown(timeout)
+        await self._close_everything()
+
+    async def _close_everything(self) -> None:
+        self.monitor.close()
+        if self.cert_watcher is not None:
+            with contextlib.suppress(Exception):
+                await self.cert_watcher.stop()
+        if self.admin is not None:
+            await self.admin.close()
+        if self.workers is not None:
+            await self.workers.stop(0.0)
+        for task in list(self._tasks):
+            task.cancel()
+        self._remove_pid_file()
+        self.notifier.close()
+
+
+class Collected:
+    """What the admin endpoints show that lives in the serving processes."""
+
+    def __init__(
+        self, *, registry: Any, live: dict[Key, list[int]], connections: dict[str, int]
+    ) -> None:
+        self.registry = registry  # metrics.Registry: request metrics + instance metrics
+        self.live = live  # backend key → [active, total]
+        self.connections = connections  # listener name → client connections open
+
+
+def _state_row(t: Target) -> StateRow:
+    pool, host, port = t.key
+    return [pool, host, port, t.record.state.value, t.record.up_since]
+
+
+def _bind(bind: Bind, addr: str) -> list[socket.socket]:
+    return bind_socket(bind)
+
+
+def _same_log(a: Config, b: Config) -> bool:
+    return (a.global_.access_log, a.global_.access_log_format) == (
+        b.global_.access_log,
+        b.global_.access_log_format,
+    )

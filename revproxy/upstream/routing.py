@@ -1,0 +1,124 @@
+"""Routes compiled to a lookup: (host, path) → route.
+
+Rule of this room: pure and total. The most specific host wins (an exact name, then the
+longest wildcard suffix, then routes for any host); within a host, the longest path prefix
+wins; ties keep configuration order. A host whose routes have no matching path falls through
+to less specific hosts. No match is ``None`` — the pipeline answers it locally (404) and
+never forwards it anywhere.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+
+from revproxy.config.model import Route
+
+
+def normalise_host(authority: bytes | str) -> str:
+    """``Example.COM:8443`` → ``example.com``; ``[::1]:80`` → ``::1``; trailing dot dropped.
+
+    Remembered for authorities of DNS-name length (a client sends the same one on every
+    request); longer ones, which name no site anyway, are worked out each time so that the
+    memo stays small (4096 entries of 261 bytes at most)."""
+    if len(authority) <= _MEMO_LENGTH:
+        return _normalise_memo(authority)
+    return _normalise(authority)
+
+
+_MEMO_LENGTH = 261  # a 253-character name, ":" and a port
+
+
+def _normalise(authority: bytes | str) -> str:
+    host = authority.decode("latin-1") if isinstance(authority, bytes) else authority
+    host = host.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        host = host[1:end] if end != -1 else host[1:]
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host.rstrip(".")
+
+
+_normalise_memo = functools.lru_cache(maxsize=4096)(_normalise)
+
+
+def host_matches(pattern: str, host: str) -> bool:
+    """Exact name, or ``*.example.com`` matching exactly one more label."""
+    if pattern.startswith("*."):
+        suffix = pattern[1:]
+        return host.endswith(suffix) and "." not in host[: -len(suffix)] and len(host) > len(suffix)
+    return pattern == host
+
+
+def _by_path(routes: Iterable[Route]) -> tuple[Route, ...]:
+    # Longest path first; sorted() is stable, so ties keep configuration order.
+    return tuple(sorted(routes, key=lambda r: -len(r.path)))
+
+
+def route_order(routes: Sequence[Route]) -> list[Route]:
+    """All routes in the order they are tried for a host that matches them all."""
+
+    def key(r: Route) -> tuple[int, int, int]:
+        if not r.host:
+            tier, spec = 2, 0
+        elif all(h.startswith("*.") for h in r.host):
+            tier, spec = 1, -max(len(h) for h in r.host)
+        else:
+            tier, spec = 0, 0
+        return (tier, spec, -len(r.path))
+
+    return sorted(routes, key=key)
+
+
+class Router:
+    """Route lookup for one listener."""
+
+    def __init__(self, routes: Sequence[Route]) -> None:
+        exact: dict[str, list[Route]] = {}
+        wild: dict[str, list[Route]] = {}
+        anyhost: list[Route] = []
+        for r in routes:
+            if not r.host:
+                anyhost.append(r)
+            for h in r.host:
+                if h.startswith("*."):
+                    wild.setdefault(h[1:], []).append(r)
+                else:
+                    exact.setdefault(h, []).append(r)
+        self._exact = {h: _by_path(rs) for h, rs in exact.items()}
+        # Longest suffix first.
+        self._wild = sorted(((s, _by_path(rs)) for s, rs in wild.items()), key=lambda x: -len(x[0]))
+        self._any = _by_path(anyhost)
+        self.routes = tuple(routes)
+
+    def match(self, host: str, path: str) -> Route | None:
+        """``host`` already normalised; ``path`` without the query string."""
+        candidates = self._exact.get(host)
+        if candidates:
+            r = _first_prefix(candidates, path)
+            if r is not None:
+                return r
+        for suffix, rs in self._wild:
+            if (
+                host.endswith(suffix)
+                and "." not in host[: -len(suffix)]
+                and len(host) > len(suffix)
+            ):
+                r = _first_prefix(rs, path)
+                if r is not None:
+                    return r
+        return _first_prefix(self._any, path)
+
+    def knows_host(self, host: str) -> bool:
+        """True when some route names this host (or a route takes any host)."""
+        if self._any or host in self._exact:
+            return True
+        return any(host_matches("*" + s, host) for s, _ in self._wild)
+
+
+def _first_prefix(routes: Sequence[Route], path: str) -> Route | None:
+    for r in routes:
+        if path.startswith(r.path):
+            return r
+    return None
