@@ -38,7 +38,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from revproxy.proto import http1, http1_fast
 from revproxy.proto.events import (
     DataReceived,
     MessageEnded,
@@ -51,6 +50,8 @@ from revproxy.proto.forwarding import (
     request_headers,
     response_headers,
 )
+from revproxy.proto.http1 import exact as http1
+from revproxy.proto.http1 import fast as http1_fast
 
 SMALL_REQUEST = b"GET /small HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
 BROWSER_REQUEST = (

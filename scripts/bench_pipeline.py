@@ -24,12 +24,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from revproxy.edge.client_side import ConnInfo  # noqa: E402
-from revproxy.config.load import load_config_text  # noqa: E402
-from revproxy.net.conn_io import ConnIO  # noqa: E402
-from revproxy.upstream.dialer import BackendConnection  # noqa: E402
-from revproxy.edge.generation import build_generation  # noqa: E402
-from revproxy.edge.h1_connection import HttpConnection  # noqa: E402
+from revproxy.config.load import load_config_text
+from revproxy.edge.client_side import ConnInfo
+from revproxy.edge.generation import build_generation
+from revproxy.edge.h1_connection import HttpConnection
+from revproxy.net.conn_io import ConnIO
+from revproxy.upstream.dialer import BackendConnection
 
 CONFIG = """
 [global]

@@ -959,7 +959,8 @@ def _short(frame: str) -> str:
 # itself. Run with -c so that the measured process holds nothing of this script.
 _LAUNCH_WITH_PARSER = """
 import sys
-from revproxy.proto import http1, http1_fast
+from revproxy.proto.http1 import exact as http1
+from revproxy.proto.http1 import fast as http1_fast
 http1.H1Server = http1_fast.H1Server
 http1.H1Client = http1_fast.H1Client
 from revproxy.cli.main import main

@@ -25,7 +25,7 @@ from revproxy.certs.acme import split_forward
 from revproxy.config.model import Acme
 
 # The hook certbot runs after each issued or renewed certificate (scripts/ in a checkout).
-DEPLOY_HOOK_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "certbot-deploy-hook"
+DEPLOY_HOOK_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "certbot-deploy-hook"
 # Overrides the deploy hook command revproxy hands to certbot.
 DEPLOY_HOOK_ENV = "REVPROXY_DEPLOY_HOOK"
 

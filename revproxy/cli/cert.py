@@ -40,10 +40,11 @@ from revproxy.certs.certbot import (
     renew_args,
     run_certbot,
 )
+from revproxy.certs.files import LoadedCert, load_cert_pair, scan_cert_dir
+from revproxy.cli.conf import default_conf_dir, load
+from revproxy.config.listener import answers_acme
 from revproxy.config.model import Config
 from revproxy.errors import CertificateError, ConfigError
-from revproxy.edge.generation import answers_acme
-from revproxy.edge.tls import LoadedCert, load_cert_pair, scan_cert_dir
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -113,20 +114,12 @@ def _conf_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _conf_dir(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Path:
-    from revproxy.cli.main import default_conf_dir  # late: cli.py imports this module
-
     environ = os.environ if env is None else env
     if args.conf:
         return Path(args.conf)
     if environ.get(ENV_CONF):
         return Path(environ[ENV_CONF])
     return default_conf_dir()
-
-
-def _load(conf: Path) -> Config:
-    from revproxy.config.load import load_config
-
-    return load_config(conf)
 
 
 def _say(message: str) -> None:
@@ -176,7 +169,7 @@ def _served_from(config: Config, folder: Path) -> list[str]:
 def cmd_issue(args: argparse.Namespace) -> int:
     conf = _conf_dir(args)
     try:
-        config = _load(conf)
+        config = load(conf)
     except ConfigError as exc:
         _print_problems(exc)
         return EXIT_CONFIG
@@ -241,7 +234,7 @@ def cmd_issue(args: argparse.Namespace) -> int:
 def cmd_renew(args: argparse.Namespace) -> int:
     conf = _conf_dir(args)
     try:
-        config = _load(conf)
+        config = load(conf)
     except ConfigError as exc:
         _print_problems(exc)
         return EXIT_CONFIG
@@ -404,7 +397,7 @@ def format_rows(rows: Sequence[CertRow], now: datetime) -> list[str]:
 
 def cmd_list(args: argparse.Namespace) -> int:
     try:
-        config = _load(_conf_dir(args))
+        config = load(_conf_dir(args))
     except ConfigError as exc:
         _print_problems(exc)
         return EXIT_CONFIG
@@ -540,7 +533,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
     conf = _conf_dir(args, env)
     config: Config | None
     try:
-        config = _load(conf)
+        config = load(conf)
     except ConfigError as exc:
         config = None  # still try what the environment names
         _say(f"{conf}: configuration does not load ({len(exc.problems)} problem(s))")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import h11
 
-from revproxy.edge.tls import generate_self_signed, load_cert_pair
+from revproxy.certs.files import generate_self_signed, load_cert_pair
 
 DEMO_HTTPS_PORT = 8443
 DEMO_HTTP_PORT = 8080

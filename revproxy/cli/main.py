@@ -16,21 +16,15 @@ import tomllib
 from pathlib import Path
 
 from revproxy import __version__
+from revproxy.cli.conf import default_conf_dir, load_text
+from revproxy.cli.conf import load as load_conf
 from revproxy.config.model import Config
-from revproxy.config.load import load_config, load_config_text, summary
+from revproxy.config.summary import summary
 from revproxy.errors import ConfigError
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_RUNTIME = 1
-
-
-def default_conf_dir() -> Path:
-    """``./conf`` in a checkout, ``/etc/revproxy`` when installed."""
-    here = Path.cwd()
-    if (here / "conf").is_dir() and (here / "pyproject.toml").is_file():
-        return here / "conf"
-    return Path("/etc/revproxy")
 
 
 def _print_problems(exc: ConfigError) -> None:
@@ -49,7 +43,7 @@ def _setup_logging(level: str, who: str = "") -> None:
 
 def cmd_check(args: argparse.Namespace) -> int:
     try:
-        config = load_config(Path(args.conf))
+        config = load_conf(Path(args.conf))
     except ConfigError as exc:
         _print_problems(exc)
         return EXIT_CONFIG
@@ -131,7 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             files = demo_config(state, port)
 
             def load() -> Config:
-                return load_config_text(files)
+                return load_text(files)
 
             return load
 
@@ -146,7 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     conf = Path(args.conf)
 
     def load() -> Config:
-        return load_config(conf)
+        return load_conf(conf)
 
     return _run_loop(_serve(load, None, demo_origin=False, conf_dir=conf))
 
@@ -212,7 +206,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
             print(f"revproxy: cannot read pid_file {pid_file}: {exc}", file=sys.stderr)
             return EXIT_RUNTIME
     try:
-        load_config(conf)  # a signal cannot report errors: check here first
+        load_conf(conf)  # a signal cannot report errors: check here first
     except ConfigError as exc:
         _print_problems(exc)
         print("revproxy: reload not sent; the running configuration is unchanged", file=sys.stderr)

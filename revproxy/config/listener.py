@@ -11,13 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from revproxy.config.model import Bind, CertPair, Listener, ListenerTLS, ProxyProtocolIn
 from revproxy.config.reader import MISSING, Entry, ReadContext, TableReader, defined
 from revproxy.config.values import describe, parse_bind, parse_network
-from revproxy.errors import CertificateError
 
 __all__ = ["ListenerRead", "bound_by", "check_listeners", "read_listener"]
 
@@ -59,7 +57,8 @@ def _read_tls(t: TableReader) -> ListenerTLS:
         if cert is None or key is None:
             continue
         pairs.append(CertPair(cert=cert, key=key))
-        reason = _check_cert_pair(cert, key)
+        check = t.ctx.check_cert_pair
+        reason = check(cert, key) if check is not None else ""
         if reason:
             ct.problem_here(reason)
     alpn = t.strings("alpn", _parse_alpn)
@@ -72,19 +71,6 @@ def _read_tls(t: TableReader) -> ListenerTLS:
         unknown_sni=t.choice("unknown_sni", _UNKNOWN_SNI, _TLS.unknown_sni),
         alpn=tuple(name for _, name in alpn) or _TLS.alpn,
     )
-
-
-def _check_cert_pair(cert: Path, key: Path) -> str:
-    """Why the pair cannot serve, or "" if it can. tls.py owns reading certificates."""
-    from revproxy.edge.tls import load_cert_pair  # imported late: tls.py pulls in ssl machinery
-
-    try:
-        load_cert_pair(cert, key)
-    except CertificateError as exc:
-        return str(exc)
-    except OSError as exc:
-        return f"cannot read: {exc}"
-    return ""
 
 
 def _parse_alpn(value: str) -> str:
@@ -242,3 +228,12 @@ def check_listeners(reads: Sequence[ListenerRead], pools: Sequence[str], ctx: Re
                 "redirect_https",
                 "there is no TLS listener to redirect to (add one, or set redirect_port)",
             )
+
+
+def answers_acme(lst: Listener) -> bool:
+    """``listener.acme`` when set; else on for plain HTTP listeners bound to port 80."""
+    if lst.mode != "http":
+        return False
+    if lst.acme is not None:
+        return lst.acme
+    return lst.tls is None and any(b.port == 80 for b in lst.bind)

@@ -32,10 +32,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from revproxy.config.model import Acme, Admin, BasicAuth, Bind, Config, Global, H2Settings
 from revproxy.config.listener import ListenerRead, bound_by, check_listeners, read_listener
+from revproxy.config.model import Acme, Admin, BasicAuth, Bind, Config, Global, H2Settings
 from revproxy.config.pool import read_pool
-from revproxy.config.reader import MISSING, Entry, ReadContext, TableReader, unknown_key
+from revproxy.config.reader import (
+    MISSING,
+    CertPairCheck,
+    Entry,
+    ReadContext,
+    TableReader,
+    unknown_key,
+)
 from revproxy.config.route import check_routes, read_route
 from revproxy.config.summary import summary
 from revproxy.config.values import (
@@ -377,21 +384,29 @@ def _load(
     )
 
 
-def load_config_text(files: Sequence[tuple[str, str]], *, base_dir: Path | None = None) -> Config:
+def load_config_text(
+    files: Sequence[tuple[str, str]],
+    *,
+    base_dir: Path | None = None,
+    check_cert_pair: CertPairCheck | None = None,
+) -> Config:
     """(file name, TOML text) pairs, already in order → Config; raises ConfigError.
 
-    Relative paths in the config are resolved against `base_dir` when it is given.
+    Relative paths in the config are resolved against `base_dir` when it is given;
+    `check_cert_pair` reads each certificate/key pair (``certs.files.cert_pair_problem``).
     """
-    return _load(files, ReadContext(base_dir), tuple(Path(name) for name, _ in files))
+    ctx = ReadContext(base_dir, check_cert_pair=check_cert_pair)
+    return _load(files, ctx, tuple(Path(name) for name, _ in files))
 
 
-def load_config(conf_dir: Path) -> Config:
+def load_config(conf_dir: Path, *, check_cert_pair: CertPairCheck | None = None) -> Config:
     """Read conf_dir/*.toml in name order → Config; raises ConfigError with every problem.
 
     Problems name files as "<conf dir name>/<file name>", e.g. "conf/20-sites.toml".
+    `check_cert_pair` reads each certificate/key pair (``certs.files.cert_pair_problem``).
     """
     conf_dir = conf_dir.resolve()
-    ctx = ReadContext(conf_dir)
+    ctx = ReadContext(conf_dir, check_cert_pair=check_cert_pair)
     if not conf_dir.is_dir():
         raise ConfigError([ConfigProblem(str(conf_dir), "", "not a directory")])
     paths = sorted(

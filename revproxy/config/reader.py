@@ -27,12 +27,19 @@ _S = TypeVar("_S", bound=str)
 MISSING = object()  # what TableReader.raw returns for a key that is not there
 
 
+CertPairCheck = Callable[[Path, Path], str]
+
+
 @dataclass
 class ReadContext:
     """What every reader shares: where relative paths start, and the problems so far."""
 
     base_dir: Path | None
     problems: list[ConfigProblem] = field(default_factory=list)
+    # Why a certificate/key pair cannot serve ("" if it can). Reading certificates is
+    # ``revproxy.certs``' job, a part above this one: the command that loads the config hands
+    # its check in (``certs.files.cert_pair_problem``); None checks only that the keys are set.
+    check_cert_pair: CertPairCheck | None = None
 
     def add(self, file: str, key: str, reason: str) -> None:
         self.problems.append(ConfigProblem(file, key, reason))

@@ -25,7 +25,7 @@ from revproxy.config.values import (
     parse_host_pattern,
     parse_sni_pattern,
 )
-from revproxy.upstream.routing import host_matches
+from revproxy.proto.host import host_matches
 
 __all__ = ["RouteRead", "check_routes", "read_route"]
 

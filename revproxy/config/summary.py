@@ -10,18 +10,11 @@ from __future__ import annotations
 
 import json
 
+from revproxy.config.listener import answers_acme
 from revproxy.config.model import Config, Listener, Pool, Route
 from revproxy.config.values import format_duration, format_size
 
 __all__ = ["summary"]
-
-
-def _answers_acme(listener: Listener) -> bool:
-    """generation.py owns the rule (plain listeners on port 80 by default); imported late so
-    reading a config does not pull in TLS, dialing and pools."""
-    from revproxy.edge.generation import answers_acme
-
-    return answers_acme(listener)
 
 
 def _global_lines(config: Config) -> list[str]:
@@ -65,7 +58,7 @@ def _admin_line(config: Config) -> str:
 
 def _acme_line(config: Config) -> str:
     acme = config.acme
-    names = [lst.name for lst in config.listeners if _answers_acme(lst)]
+    names = [lst.name for lst in config.listeners if answers_acme(lst)]
     if not names:
         return "acme: no listener answers HTTP-01 challenges"
     facts = [f"challenges answered on {', '.join(names)}"]
@@ -92,7 +85,7 @@ def _listener_line(listener: Listener, config: Config) -> str:
         )
     if listener.h2c:
         facts.append("h2c (HTTP/2 without TLS)")
-    if _answers_acme(listener):
+    if answers_acme(listener):
         default = "" if listener.acme is not None else " (port 80)"
         facts.append(f"answers ACME challenges{default}")
     if listener.redirect_https:

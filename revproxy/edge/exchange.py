@@ -35,10 +35,9 @@ from collections.abc import Coroutine
 from http import HTTPStatus
 from typing import Any
 
-from revproxy.ops.accesslog import AccessRecord
 from revproxy.certs.acme import challenge_answer
 from revproxy.edge.client_side import ClientGone, ClientStream, ConnInfo, proxy_header_for
-from revproxy.upstream.dialer import OriginStream
+from revproxy.edge.generation import Generation, ListenerRuntime, PoolRuntime
 from revproxy.errors import (
     BackendError,
     BackendProtocolError,
@@ -49,8 +48,7 @@ from revproxy.errors import (
     RequestTimeout,
     RevproxyError,
 )
-from revproxy.edge.generation import Generation, ListenerRuntime, PoolRuntime
-from revproxy.upstream.pool import PickContext
+from revproxy.ops.accesslog import AccessRecord
 from revproxy.proto import grpc
 from revproxy.proto.events import (
     DataReceived,
@@ -67,7 +65,9 @@ from revproxy.proto.forwarding import (
     request_headers,
     response_headers,
 )
-from revproxy.upstream.routing import normalise_host
+from revproxy.proto.host import normalise_host
+from revproxy.upstream.backend import PickContext
+from revproxy.upstream.dialer import OriginStream
 
 log = logging.getLogger("revproxy.http")
 

@@ -13,17 +13,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from revproxy.ops.accesslog import AccessLog
+from revproxy.certs.files import LoadedCert, load_cert_pair, scan_cert_dir
+from revproxy.certs.store import CertStore
+from revproxy.config.listener import answers_acme
 from revproxy.config.model import Config, Listener, Route
 from revproxy.config.model import Pool as PoolConfig
-from revproxy.upstream.dialer import Dialer
+from revproxy.edge.tls import ServerTLS
 from revproxy.errors import CertificateError, ConfigError, ConfigProblem
+from revproxy.ops.accesslog import AccessLog
 from revproxy.ops.metrics import RequestMetrics
-from revproxy.upstream.pool import Backend, Pool
 from revproxy.proto.forwarding import HidingPolicy
-from revproxy.proto.http1.exact import H1Server, H1ServerAPI, client_class, server_class
+from revproxy.proto.http1.api import H1ServerAPI, client_class, server_class
+from revproxy.proto.http1.exact import H1Server
+from revproxy.upstream.backend import Backend
+from revproxy.upstream.dialer import Dialer
+from revproxy.upstream.pool import Pool
 from revproxy.upstream.routing import Router
-from revproxy.edge.tls import CertStore, LoadedCert, ServerTLS, load_cert_pair, scan_cert_dir
 
 log = logging.getLogger("revproxy.generation")
 
@@ -174,15 +179,6 @@ def _backends(cfg: PoolConfig, previous: Pool | None) -> list[Backend]:
 SLOW_START_BALANCE = ("roundrobin", "leastconn", "random")
 # Weights in slow-start pools are scaled by this so that a weight-1 backend ramps in 1% steps.
 SLOW_START_SCALE = 100
-
-
-def answers_acme(lst: Listener) -> bool:
-    """``listener.acme`` when set; else on for plain HTTP listeners bound to port 80."""
-    if lst.mode != "http":
-        return False
-    if lst.acme is not None:
-        return lst.acme
-    return lst.tls is None and any(b.port == 80 for b in lst.bind)
 
 
 def passthrough_table(lst: Listener, routes: Sequence[Route]) -> tuple[tuple[str, str], ...]:

@@ -15,13 +15,13 @@ from collections import deque
 from collections.abc import Callable
 from http import HTTPStatus
 
-from revproxy.ops.accesslog import AccessRecord
 from revproxy.edge.client_side import ClientGone, ConnInfo, proxy_header_for
-from revproxy.net.conn_io import ConnIO
-from revproxy.upstream.dialer import READ_SIZE
-from revproxy.errors import ClientProtocolError, RequestTimeout, RevproxyError
 from revproxy.edge.exchange import Exchange, error_body, log, request_id
 from revproxy.edge.generation import Generation, ListenerRuntime
+from revproxy.errors import ClientProtocolError, RequestTimeout, RevproxyError
+from revproxy.net.conn_io import ConnIO
+from revproxy.net.relay import StreamPair, relay_streams
+from revproxy.ops.accesslog import AccessRecord
 from revproxy.proto.events import (
     ConnectionClosed,
     DataReceived,
@@ -30,7 +30,7 @@ from revproxy.proto.events import (
     MessageEnded,
     RequestReceived,
 )
-from revproxy.net.relay import StreamPair, relay_streams
+from revproxy.upstream.dialer import READ_SIZE
 
 __all__ = ["ClientGone", "ConnInfo", "HttpConnection", "proxy_header_for"]
 

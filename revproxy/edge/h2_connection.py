@@ -25,6 +25,8 @@ import itertools
 import logging
 
 from revproxy.edge.client_side import ClientGone, ConnInfo
+from revproxy.edge.exchange import Exchange
+from revproxy.edge.generation import Generation, ListenerRuntime, Signal
 from revproxy.errors import (
     H2_CANCEL,
     H2_INTERNAL_ERROR,
@@ -32,9 +34,8 @@ from revproxy.errors import (
     H2_REFUSED_STREAM,
     RevproxyError,
 )
-from revproxy.edge.exchange import Exchange
-from revproxy.edge.generation import Generation, ListenerRuntime, Signal
 from revproxy.net.h2_channel import COALESCE_LIMIT, READ_SIZE, H2Channel, H2Link, close_writer
+from revproxy.net.relay import StreamPair
 from revproxy.proto.events import (
     DataReceived,
     Event,
@@ -46,7 +47,6 @@ from revproxy.proto.events import (
     StreamReset,
 )
 from revproxy.proto.h2.engine import H2Server, StreamClosed
-from revproxy.net.relay import StreamPair
 
 log = logging.getLogger("revproxy.http2")
 

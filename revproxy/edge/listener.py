@@ -38,19 +38,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from revproxy.edge.client_side import ConnInfo
 from revproxy.config.model import Bind, ProxyProtocolIn
-from revproxy.net.conn_io import ConnIO
-from revproxy.errors import ClientHelloError, ProxyProtocolError
+from revproxy.edge.client_side import ConnInfo
 from revproxy.edge.generation import Generation, ListenerRuntime, Signal
-from revproxy.edge.h2_connection import Http2Connection
 from revproxy.edge.h1_connection import HttpConnection
+from revproxy.edge.h2_connection import Http2Connection
+from revproxy.edge.tcp import match_passthrough, record_refused, serve_passthrough, serve_tcp
+from revproxy.edge.tls import server_name_of
+from revproxy.errors import ClientHelloError, ProxyProtocolError
+from revproxy.net.conn_io import ConnIO
 from revproxy.proto import proxy_protocol as pp
 from revproxy.proto.clienthello import MAX_CLIENTHELLO, ClientHelloInfo, parse_client_hello
 from revproxy.proto.forwarding import is_trusted
 from revproxy.proto.h2.engine import PREFACE
-from revproxy.edge.tcp import match_passthrough, record_refused, serve_passthrough, serve_tcp
-from revproxy.edge.tls import server_name_of
 
 log = logging.getLogger("revproxy.listener")
 

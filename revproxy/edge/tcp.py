@@ -26,13 +26,13 @@ import os
 import socket
 import time
 
-from revproxy.ops.accesslog import AccessRecord
-from revproxy.errors import BackendError
 from revproxy.edge.generation import Generation, ListenerRuntime
 from revproxy.edge.h1_connection import ConnInfo, proxy_header_for
-from revproxy.upstream.pool import PickContext
-from revproxy.upstream.routing import host_matches
+from revproxy.errors import BackendError
 from revproxy.net.relay import RelayEnd, SocketRelay
+from revproxy.ops.accesslog import AccessRecord
+from revproxy.proto.host import host_matches
+from revproxy.upstream.backend import PickContext
 
 log = logging.getLogger("revproxy.tcp")
 

@@ -18,13 +18,12 @@ import logging
 import os
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import h11
 
 from revproxy.config.model import Admin, BasicAuth, Bind
 from revproxy.errors import ConfigError, ConfigProblem
-from revproxy.upstream.pool import BackendState
+from revproxy.runtime.control import InstanceView
 from revproxy.runtime.stats import (
     RateMeter,
     add_instance_gauges,
@@ -33,9 +32,7 @@ from revproxy.runtime.stats import (
     servers_table,
     stats_page,
 )
-
-if TYPE_CHECKING:
-    from revproxy.runtime.supervisor import Instance
+from revproxy.upstream.backend import BackendState
 
 log = logging.getLogger("revproxy.admin")
 
@@ -61,7 +58,7 @@ servers are named POOL/host:port, or by their name key"""
 class AdminServer:
     """The Unix socket and the HTTP endpoint, following ``[admin]`` across reloads."""
 
-    def __init__(self, instance: Instance) -> None:
+    def __init__(self, instance: InstanceView) -> None:
         self.instance = instance
         self.config = Admin()
         self._socket: tuple[Path, asyncio.AbstractServer] | None = None

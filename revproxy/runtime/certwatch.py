@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from revproxy.errors import CertificateError
+from revproxy.certs.files import CERTBOT_CHAIN, CERTBOT_KEY, LoadedCert
+from revproxy.certs.store import CertStore
 from revproxy.edge.generation import Generation, ListenerRuntime, listener_certs
-from revproxy.edge.tls import CERTBOT_CHAIN, CERTBOT_KEY, CertStore, LoadedCert
+from revproxy.errors import CertificateError
 
 log = logging.getLogger("revproxy.certwatch")
 

@@ -13,13 +13,10 @@ import os
 import time
 from collections import deque
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from revproxy.ops.metrics import Registry
-from revproxy.upstream.pool import BackendState
-
-if TYPE_CHECKING:
-    from revproxy.runtime.supervisor import Collected, Instance
+from revproxy.runtime.control import Collected, InstanceView
+from revproxy.upstream.backend import BackendState
 
 # The stats page reloads itself this often (seconds).
 STATS_REFRESH = 5
@@ -46,7 +43,7 @@ class RateMeter:
         return rates
 
 
-def _totals(inst: Instance, collected: Collected) -> dict[str, float]:
+def _totals(inst: InstanceView, collected: Collected) -> dict[str, float]:
     totals: dict[str, float] = {}
     fam = collected.registry.families.get("revproxy_requests_total")
     if fam is not None:
@@ -75,7 +72,9 @@ def _rate(rates: dict[str, float], key: str) -> str:
     return f"{rates[key]:.1f}/s" if key in rates else "-"
 
 
-def server_rows(inst: Instance, collected: Collected, rates: dict[str, float]) -> list[list[str]]:
+def server_rows(
+    inst: InstanceView, collected: Collected, rates: dict[str, float]
+) -> list[list[str]]:
     now = time.monotonic()
     rows = []
     for t in inst.monitor.targets.values():
@@ -109,7 +108,7 @@ def server_rows(inst: Instance, collected: Collected, rates: dict[str, float]) -
 SERVER_COLUMNS = ["SERVER", "STATE", "WEIGHT", "ACTIVE", "TOTAL", "RATE", "SINCE", "LAST CHECK"]
 
 
-def servers_table(inst: Instance, collected: Collected, meter: RateMeter) -> str:
+def servers_table(inst: InstanceView, collected: Collected, meter: RateMeter) -> str:
     rates = meter.update(_totals(inst, collected))
     rows = server_rows(inst, collected, rates)
     if not rows:
@@ -124,7 +123,7 @@ def _table(rows: list[list[str]]) -> str:
     )
 
 
-def cert_rows(inst: Instance) -> list[list[str]]:
+def cert_rows(inst: InstanceView) -> list[list[str]]:
     """[listener, names, not after, days left, file] for every certificate served."""
     gen = inst.generation
     rows: list[list[str]] = []
@@ -148,14 +147,14 @@ def cert_rows(inst: Instance) -> list[list[str]]:
     return rows
 
 
-def certs_table(inst: Instance) -> str:
+def certs_table(inst: InstanceView) -> str:
     rows = cert_rows(inst)
     if not rows:
         return "no certificates"
     return _table([["LISTENER", "NAMES", "NOT AFTER", "DAYS LEFT", "FILE"], *rows])
 
 
-def info_text(inst: Instance) -> str:
+def info_text(inst: InstanceView) -> str:
     gen = inst.generation
     lines = [
         f"pid: {os.getpid()}",
@@ -174,7 +173,7 @@ def info_text(inst: Instance) -> str:
     return "\n".join(lines)
 
 
-def add_instance_gauges(registry: Registry, inst: Instance, collected: Collected) -> None:
+def add_instance_gauges(registry: Registry, inst: InstanceView, collected: Collected) -> None:
     """The gauges read at scrape time: backend states and weights, connections, certs."""
     up = registry.gauge(
         "revproxy_backend_up", "1 when the backend takes new requests.", ("pool", "backend")
@@ -233,7 +232,7 @@ def add_instance_gauges(registry: Registry, inst: Instance, collected: Collected
     )
 
 
-def stats_page(inst: Instance, collected: Collected, meter: RateMeter) -> str:
+def stats_page(inst: InstanceView, collected: Collected, meter: RateMeter) -> str:
     rates = meter.update(_totals(inst, collected))
     e = html.escape
     gen = inst.generation

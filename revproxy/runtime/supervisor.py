@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import signal
@@ -28,22 +27,23 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from revproxy.certs.files import generate_default_cert
 from revproxy.config.model import Bind, Config
-from revproxy.errors import ConfigError, ConfigProblem
-from revproxy.edge.generation import Generation, build_generation
+from revproxy.edge.generation import Generation
+from revproxy.edge.listener import bind_socket
+from revproxy.errors import ConfigError
+from revproxy.ops.metrics import InstanceMetrics
+from revproxy.runtime.admin import AdminServer
+from revproxy.runtime.certwatch import CertWatcher
+from revproxy.runtime.control import Collected
+from revproxy.runtime.frontend import Frontend
+from revproxy.runtime.sdnotify import Notifier
+from revproxy.runtime.workers import REPLY_TIMEOUT, StateRow, WorkerPool, worker_count
+from revproxy.upstream.backend import BackendState
 from revproxy.upstream.health import Change as HealthChange
 from revproxy.upstream.health import HealthMonitor, Key, Target
-from revproxy.edge.listener import Acceptor, BoundListener, bind_socket
-from revproxy.ops.metrics import InstanceMetrics, RequestMetrics
-from revproxy.upstream.pool import BackendState
-from revproxy.runtime.sdnotify import Notifier
-from revproxy.edge.tls import generate_default_cert
-
-if TYPE_CHECKING:
-    from revproxy.runtime.admin import AdminServer
-    from revproxy.runtime.workers import StateRow, WorkerPool
 
 log = logging.getLogger("revproxy")
 
@@ -51,165 +51,8 @@ log = logging.getLogger("revproxy")
 # first change of a burst (an editor writes a file in several steps).
 WATCH_QUIET_MS = 500
 WATCH_MAX_MS = 3000
-# Name resolution of backend host names gives up after this long.
-RESOLVE_TIMEOUT = 5.0
 
 OpenSockets = Callable[[Bind, str], list[socket.socket]]
-
-
-class Frontend:
-    """One process's serving side: the current generation, the listening sockets it holds,
-    and the connections it accepted on them (``accept=False``: a master that only holds
-    sockets for its workers)."""
-
-    def __init__(self, default_pem: tuple[bytes, bytes], *, accept: bool) -> None:
-        self.default_pem = default_pem
-        self.accept = accept
-        self.generation: Generation | None = None
-        self.bound: dict[str, BoundListener] = {}  # bind address → sockets and accept tasks
-        self.acceptor = Acceptor(self._current)
-        self.metrics = RequestMetrics()
-        self._resolver: asyncio.Task[None] | None = None
-
-    def _current(self) -> Generation:
-        assert self.generation is not None
-        return self.generation
-
-    def build(self, config: Config, number: int | None = None) -> Generation:
-        """Compile ``config`` beside the current generation (raises ConfigError)."""
-        old = self.generation
-        return build_generation(
-            config,
-            number=number if number is not None else (old.number + 1 if old else 1),
-            default_pem=self.default_pem,
-            previous=old,
-            access_log=old.access_log if old and _same_log(old.config, config) else None,
-            metrics=self.metrics,
-        )
-
-    def bind_new(self, gen: Generation, open_sockets: OpenSockets) -> dict[str, BoundListener]:
-        """Open the addresses ``gen`` names that are not bound yet (ConfigError if one fails;
-        then nothing stays open)."""
-        wanted: dict[str, str] = {}  # bind address → listener name
-        for lst in gen.config.listeners:
-            for b in lst.bind:
-                wanted[str(b)] = lst.name
-        new: dict[str, BoundListener] = {}
-        try:
-            for addr, name in wanted.items():
-                if addr in self.bound:
-                    continue
-                lst = gen.config.listener(name)
-                bind = next(b for b in lst.bind if str(b) == addr)
-                try:
-                    socks = open_sockets(bind, addr)
-                except OSError as exc:
-                    raise ConfigError(
-                        [
-                            ConfigProblem(
-                                lst.source,
-                                f"listener {name!r} bind {addr}",
-                                f"cannot bind: {exc.strerror or exc}",
-                            )
-                        ]
-                    ) from None
-                new[addr] = BoundListener(name=name, binds=(bind,), sockets=socks)
-        except BaseException:
-            for bl in new.values():
-                for s in bl.sockets:
-                    s.close()
-            raise
-        gen.bind_owner = wanted
-        return new
-
-    def listeners_after(
-        self, gen: Generation, new: dict[str, BoundListener]
-    ) -> dict[str, list[socket.socket]]:
-        """Every listening socket once ``gen`` is in: those kept plus ``new``."""
-        out = {a: bl.sockets for a, bl in self.bound.items() if a in gen.bind_owner}
-        out.update({a: bl.sockets for a, bl in new.items()})
-        return out
-
-    async def swap(self, gen: Generation, new: dict[str, BoundListener]) -> None:
-        """Make ``gen`` current: accept on new sockets, close removed ones, retire the old."""
-        old = self.generation
-        self.generation = gen  # the swap
-        for addr, bl in new.items():
-            if self.accept:
-                bl.tasks = self.acceptor.start(addr, bl.sockets)
-            self.bound[addr] = bl
-            log.info("listener=%s on %s", bl.name, addr)
-        for addr in [a for a in self.bound if a not in gen.bind_owner]:
-            bl = self.bound.pop(addr)
-            await bl.close()
-            log.info("listener=%s closed %s", bl.name, addr)
-        if old is not None:
-            old.successor = gen
-            old.close()
-
-    # --- name resolution
-
-    async def resolve(self, gen: Generation) -> None:
-        loop = asyncio.get_running_loop()
-        for pr in gen.pools.values():
-            for b in pr.pool.backends:
-                try:
-                    ipaddress.ip_address(b.host)
-                    continue
-                except ValueError:
-                    pass
-                try:
-                    async with asyncio.timeout(RESOLVE_TIMEOUT):
-                        infos = await loop.getaddrinfo(b.host, b.port, type=socket.SOCK_STREAM)
-                except (OSError, TimeoutError) as exc:
-                    log.warning(
-                        "pool=%s backend=%s cannot resolve: %s", pr.config.name, b.label, exc
-                    )
-                    continue
-                addrs = tuple(dict.fromkeys((str(i[4][0]), int(i[4][1])) for i in infos))
-                if addrs != b.addresses:
-                    b.addresses = addrs
-
-    def start_resolver(self) -> None:
-        if self._resolver is None:
-            self._resolver = asyncio.get_running_loop().create_task(self._resolve_forever())
-
-    async def _resolve_forever(self) -> None:
-        while True:
-            gen = self.generation
-            if gen is None:
-                return
-            await self.resolve(gen)
-            interval = min((p.config.resolve_interval for p in gen.pools.values()), default=30.0)
-            await asyncio.sleep(max(interval, 1.0))
-
-    # --- stopping
-
-    def stop_accepting(self) -> None:
-        for bl in self.bound.values():
-            bl.stop_accepting()
-        if self._resolver is not None:
-            self._resolver.cancel()
-            self._resolver = None
-
-    async def shutdown(self, timeout: float) -> None:
-        """Stop accepting, let connections finish for up to ``timeout``, close everything."""
-        self.stop_accepting()
-        pending = set(self.acceptor.connections)
-        if pending:
-            log.info("stopping: waiting for %d connection(s)", len(pending))
-            _, still = await asyncio.wait(pending, timeout=timeout)
-            for t in still:
-                t.cancel()
-            if still:
-                log.warning("stopping: %d connection(s) cut at shutdown_timeout", len(still))
-                await asyncio.wait(still, timeout=1.0)
-        for bl in self.bound.values():
-            await bl.close()
-        self.bound.clear()
-        if self.generation is not None:
-            self.generation.close()
-            self.generation.access_log.close()
 
 
 class Instance:
@@ -254,8 +97,6 @@ class Instance:
 
     async def start(self) -> None:
         """Load, build and bind; raises ConfigError (or OSError for a bind) before serving."""
-        from revproxy.runtime.workers import worker_count
-
         config = self._load()
         count = worker_count(config.global_.workers)
         if count > 1:
@@ -272,8 +113,6 @@ class Instance:
         self._adopt(gen)
         await self.frontend.swap(gen, new)
         if count > 1:
-            from revproxy.runtime.workers import WorkerPool
-
             self.workers = WorkerPool(
                 default_pem=self._default_pem,
                 states=self.state_rows,
@@ -289,8 +128,6 @@ class Instance:
                 raise
         self.frontend.start_resolver()
         self.monitor.start()
-        from revproxy.runtime.certwatch import CertWatcher  # hot certificate swap (certwatch.py)
-
         self.cert_watcher = CertWatcher(lambda: self.generation)  # `reload certs` uses it too
         self.cert_watcher.start()
         self._write_pid_file(config)
@@ -320,8 +157,6 @@ class Instance:
             return problems
 
     async def _reload(self) -> list[str]:
-        from revproxy.runtime.workers import worker_count
-
         try:
             config = self._load()
             gen = self.frontend.build(config)
@@ -373,8 +208,6 @@ class Instance:
         if self.admin is None and adm.socket is None and adm.bind is None:
             return
         if self.admin is None:
-            from revproxy.runtime.admin import AdminServer
-
             self.admin = AdminServer(self)
         await self.admin.prepare(adm)
 
@@ -389,8 +222,6 @@ class Instance:
     async def reload_certs(self) -> list[str]:
         """``reload certs``: certificates from disk now (the whole config when there is no
         certificate watcher)."""
-        from revproxy.runtime.workers import REPLY_TIMEOUT
-
         if self.cert_watcher is None:
             return await self.reload()
         problems: list[str] = list(self.cert_watcher.reload_now())
@@ -567,17 +398,6 @@ class Instance:
         self.notifier.close()
 
 
-class Collected:
-    """What the admin endpoints show that lives in the serving processes."""
-
-    def __init__(
-        self, *, registry: Any, live: dict[Key, list[int]], connections: dict[str, int]
-    ) -> None:
-        self.registry = registry  # metrics.Registry: request metrics + instance metrics
-        self.live = live  # backend key → [active, total]
-        self.connections = connections  # listener name → client connections open
-
-
 def _state_row(t: Target) -> StateRow:
     pool, host, port = t.key
     return [pool, host, port, t.record.state.value, t.record.up_since]
@@ -585,10 +405,3 @@ def _state_row(t: Target) -> StateRow:
 
 def _bind(bind: Bind, addr: str) -> list[socket.socket]:
     return bind_socket(bind)
-
-
-def _same_log(a: Config, b: Config) -> bool:
-    return (a.global_.access_log, a.global_.access_log_format) == (
-        b.global_.access_log,
-        b.global_.access_log_format,
-    )

@@ -33,12 +33,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from revproxy.runtime.channel import Channel, Message, flatten, pack_config, unflatten, unpack_config
 from revproxy.config.model import Bind, Config
-from revproxy.errors import ConfigError
 from revproxy.edge.generation import Generation
+from revproxy.errors import ConfigError
+from revproxy.runtime.channel import (
+    Channel,
+    Message,
+    flatten,
+    pack_config,
+    unflatten,
+    unpack_config,
+)
+from revproxy.runtime.frontend import Frontend
+from revproxy.upstream.backend import BackendState
 from revproxy.upstream.health import TICK, Key, slow_start_factor
-from revproxy.upstream.pool import BackendState
 
 log = logging.getLogger("revproxy.workers")
 
@@ -146,7 +154,7 @@ class WorkerPool:
         """One worker, initialised with the current config and sockets (hold the lock)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = dict(os.environ)
-        package_root = str(Path(__file__).resolve().parents[1])
+        package_root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         env.pop("NOTIFY_SOCKET", None)  # only the master talks to systemd
         try:
@@ -426,8 +434,6 @@ class Worker:
     """One worker process: serves connections on the sockets the master gave it."""
 
     def __init__(self, channel: Channel, slot: int) -> None:
-        from revproxy.runtime.supervisor import Frontend
-
         self.channel = channel
         self.slot = slot
         self.frontend: Frontend | None = None

@@ -19,10 +19,9 @@ import random
 import types
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import ClassVar, Protocol
 
-if TYPE_CHECKING:
-    from revproxy.upstream.pool import Backend, PickContext
+from revproxy.upstream.backend import Backend, PickContext
 
 
 class BalancePolicy(Protocol):

@@ -27,18 +27,18 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from revproxy.config.model import H2Settings, PoolTLS
-from revproxy.net.conn_io import ConnIO
 from revproxy.errors import BackendUnreachable, NoBackendAvailable
-from revproxy.upstream.pool import Backend, PickContext, Pool
-from revproxy.proto.events import Event, Headers, MessageEnded
-from revproxy.proto.http1.exact import H1Client, H1ClientAPI
+from revproxy.net.conn_io import ConnIO
 from revproxy.net.relay import ByteReader, ByteWriter
-
-if TYPE_CHECKING:
-    from revproxy.upstream.h2_origins import H2Origins
+from revproxy.proto.events import Event, Headers, MessageEnded
+from revproxy.proto.http1.api import H1ClientAPI
+from revproxy.proto.http1.exact import H1Client
+from revproxy.upstream.backend import Backend, PickContext
+from revproxy.upstream.h2_origins import H2Origins
+from revproxy.upstream.pool import Pool
 
 log = logging.getLogger("revproxy.dial")
 
@@ -258,8 +258,6 @@ class Dialer:
         self.observer: Callable[[Backend, bool], None] | None = None
         self.h2: H2Origins | None = None
         if protocol != "http1":
-            from revproxy.upstream.h2_origins import H2Origins
-
             self.h2 = H2Origins(self, h2 or H2Settings())
 
     def _observe(self, backend: Backend, ok: bool) -> None:

@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from revproxy.config.model import H2Settings
 from revproxy.errors import (
@@ -32,7 +33,6 @@ from revproxy.errors import (
     RevproxyError,
 )
 from revproxy.net.h2_channel import READ_SIZE, H2Channel, H2Link, close_writer
-from revproxy.upstream.pool import Backend, PickContext
 from revproxy.proto.events import (
     DataReceived,
     Event,
@@ -42,11 +42,10 @@ from revproxy.proto.events import (
     MessageEnded,
     ResponseReceived,
 )
-from revproxy.proto.h2.engine import StreamClosed
 from revproxy.proto.h2.client import H2Client
-
-if TYPE_CHECKING:
-    from revproxy.upstream.dialer import Dialer
+from revproxy.proto.h2.engine import StreamClosed
+from revproxy.upstream.backend import Backend, PickContext
+from revproxy.upstream.pool import Pool
 
 log = logging.getLogger("revproxy.dial")
 
@@ -272,10 +271,28 @@ def _retrieve(fut: asyncio.Future[None]) -> None:
         fut.exception()
 
 
+class Connector(Protocol):
+    """What HTTP/2 origins need of their pool's dialer (``dialer.Dialer``): the pool, the
+    timeouts and TLS settings, connecting, and passive health's account of each connect."""
+
+    pool: Pool
+    ssl: ssl.SSLContext | None
+    connect_timeout: float
+    idle_timeout: float
+
+    async def open(
+        self, backend: Backend, identity: bytes | None = None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]: ...
+
+    def failed(self, backend: Backend, exc: BaseException) -> None: ...
+
+    def connected(self, backend: Backend) -> None: ...
+
+
 class H2Origins:
     """A pool's HTTP/2 connections, per server (and client identity for PROXY headers)."""
 
-    def __init__(self, dialer: Dialer, settings: H2Settings) -> None:
+    def __init__(self, dialer: Connector, settings: H2Settings) -> None:
         self.dialer = dialer
         self.settings = settings
         self.conns: dict[_Key, list[H2Origin]] = {}

@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 from revproxy.config.model import Health as HealthConfig
 from revproxy.config.model import Pool as PoolConfig
 from revproxy.ops.metrics import InstanceMetrics
-from revproxy.upstream.pool import Backend, BackendState
 from revproxy.proto.events import ResponseReceived
 from revproxy.proto.http1.exact import H1Client
 from revproxy.proto.proxy_protocol import build_local_v2, build_v1
+from revproxy.upstream.backend import Backend, BackendState
 
 log = logging.getLogger("revproxy.health")
 

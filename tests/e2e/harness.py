@@ -26,7 +26,7 @@ from types import TracebackType
 
 import h11
 
-from revproxy.edge.tls import generate_self_signed
+from revproxy.certs.files import generate_self_signed
 
 LOOPBACK = "127.0.0.1"
 REPO = Path(__file__).resolve().parents[2]

@@ -39,8 +39,15 @@ from harness import (
 
 from revproxy.config.model import Bind, Config, Global, Listener, Pool, Server, Timeouts
 
-__all__ = ["LOOPBACK", "REPO", "START_TIMEOUT", "STOP_TIMEOUT", "closed_port", "free_port",
-           "wait_until"]
+__all__ = [
+    "LOOPBACK",
+    "REPO",
+    "START_TIMEOUT",
+    "STOP_TIMEOUT",
+    "closed_port",
+    "free_port",
+    "wait_until",
+]
 
 
 _LAUNCHER = """

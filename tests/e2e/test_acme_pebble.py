@@ -43,7 +43,7 @@ from harness import (
     wait_until,
 )
 
-from revproxy.edge.tls import generate_self_signed
+from revproxy.certs.files import generate_self_signed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_peers")]
 

@@ -37,7 +37,7 @@ from harness import (
     wait_until,
 )
 
-from revproxy.edge.tls import DEFAULT_CERT_COMMON_NAME
+from revproxy.certs.files import DEFAULT_CERT_COMMON_NAME
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_peers")]
 

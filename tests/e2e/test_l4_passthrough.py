@@ -31,9 +31,9 @@ from l4_peers import (
     wait_until,
 )
 
+from revproxy.certs.files import generate_self_signed
 from revproxy.config.model import Bind, CertPair, Config, Listener, ListenerTLS, Route
 from revproxy.proto import proxy_protocol as pp
-from revproxy.edge.tls import generate_self_signed
 
 pytestmark = [pytest.mark.e2e]
 

@@ -12,8 +12,8 @@ content (HEAD, 204, 304); a GOAWAY from the origin says which streams were not p
 from __future__ import annotations
 
 from revproxy.errors import H2_PROTOCOL_ERROR
-from revproxy.proto.h2 import check as check
 from revproxy.proto.events import Event, Headers, InformationalReceived, ResponseReceived
+from revproxy.proto.h2 import check as check
 from revproxy.proto.h2.engine import DEFAULT_WINDOW, H2Endpoint, Stream
 
 # Statuses whose responses carry no content whatever their content-length says (RFC 9110 §6.4.1).

@@ -57,7 +57,6 @@ from revproxy.errors import (
     ClientProtocolError,
     RevproxyError,
 )
-from revproxy.proto.h2 import check as check
 from revproxy.proto.events import (
     Event,
     GoAwayReceived,
@@ -69,6 +68,7 @@ from revproxy.proto.events import (
     message_ended,
     request_received,
 )
+from revproxy.proto.h2 import check as check
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 

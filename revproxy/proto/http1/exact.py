@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import Any
 
 import h11
 
@@ -43,8 +43,7 @@ from revproxy.proto.events import (
     RequestReceived,
     ResponseReceived,
 )
-
-DEFAULT_MAX_HEADER_SIZE = 16384
+from revproxy.proto.http1.head import DEFAULT_MAX_HEADER_SIZE, screen_head, split_absolute
 
 
 def _phrase(status: int) -> bytes:
@@ -52,37 +51,6 @@ def _phrase(status: int) -> bytes:
         return HTTPStatus(status).phrase.encode()
     except ValueError:
         return b""
-
-
-def _screen_head(head: bytes) -> None:
-    """Reject request-head bytes that h11 would accept but a proxy must not pass on."""
-    crlf = head.count(b"\r\n")
-    if head.count(b"\r") != crlf or head.count(b"\n") != crlf:
-        raise ClientProtocolError("bare CR or LF in request head")
-    if b"\r\n " in head or b"\r\n\t" in head:
-        raise ClientProtocolError("obsolete line folding in request head")
-
-
-def _split_absolute(target: bytes) -> tuple[bytes, bytes] | None:
-    """``http://host:port/p?q`` → (authority, "/p?q"); None when not absolute-form."""
-    lower = target[:8].lower()
-    if lower.startswith(b"http://"):
-        rest = target[7:]
-    elif lower.startswith(b"https://"):
-        rest = target[8:]
-    else:
-        return None
-    cut = len(rest)
-    for sep in (b"/", b"?"):
-        i = rest.find(sep)
-        if i != -1:
-            cut = min(cut, i)
-    authority, path = rest[:cut], rest[cut:]
-    if not authority or b"@" in authority:
-        raise ClientProtocolError("invalid absolute-form request target")
-    if not path.startswith(b"/"):
-        path = b"/" + path
-    return authority, path
 
 
 class H1Server:
@@ -131,7 +99,7 @@ class H1Server:
             return []
         if end + 4 > self._max:
             raise HeaderTooLarge("request head too large")
-        _screen_head(bytes(buf[: end + 2]))
+        screen_head(bytes(buf[: end + 2]))
         self._head_done = True
         data = bytes(buf)
         buf.clear()
@@ -174,7 +142,7 @@ class H1Server:
         if has_te and has_cl:
             raise ClientProtocolError("both Content-Length and Transfer-Encoding")
         target = bytes(ev.target)
-        absolute = _split_absolute(target)
+        absolute = split_absolute(target)
         if absolute is not None:
             host, target = absolute
             headers = [(n, v) for n, v in headers if n != b"host"]
@@ -361,95 +329,3 @@ class H1Client:
 
     def start_next_cycle(self) -> None:
         self._conn.start_next_cycle()
-
-
-# --- choosing an implementation (global.http1_parser) ---------------------------------------
-#
-# http1_fast.py implements the same API on llhttp (httptools); it must give the same events
-# and errors for the same bytes (tests/proto/test_http1_differential.py). h11 stays the
-# portable fallback and the reference.
-
-HTTP1_PARSERS = ("auto", "httptools", "h11")
-
-
-class H1ServerAPI(Protocol):
-    """What http_proxy.py needs of the client side of an exchange (either implementation)."""
-
-    stream_id: int
-
-    def __init__(self, *, max_header_size: int = DEFAULT_MAX_HEADER_SIZE) -> None: ...
-    @property
-    def trailing_data(self) -> bytes: ...
-
-    def receive_data(self, data: bytes) -> list[Event]: ...
-    def send_informational(self, status: int, headers: Headers) -> bytes: ...
-    def send_response(self, status: int, headers: Headers, reason: bytes = b"") -> bytes: ...
-    def send_data(self, data: bytes) -> bytes: ...
-    def send_end(self, trailers: Headers | None = None) -> bytes: ...
-    def start_next_cycle(self) -> list[Event]: ...
-    @property
-    def has_partial_head(self) -> bool: ...
-    @property
-    def response_started(self) -> bool: ...
-    @property
-    def request_complete(self) -> bool: ...
-    @property
-    def keep_alive(self) -> bool: ...
-
-
-class H1ClientAPI(Protocol):
-    """What http_proxy.py needs of the backend side of an exchange (either implementation)."""
-
-    stream_id: int
-
-    def __init__(self, *, max_header_size: int = DEFAULT_MAX_HEADER_SIZE) -> None: ...
-    @property
-    def trailing_data(self) -> bytes: ...
-
-    def send_request(
-        self, method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]]
-    ) -> bytes: ...
-    def send_data(self, data: bytes) -> bytes: ...
-    def send_end(self, trailers: Headers | None = None) -> bytes: ...
-    def receive_data(self, data: bytes) -> list[Event]: ...
-    def start_next_cycle(self) -> None: ...
-    @property
-    def response_complete(self) -> bool: ...
-    @property
-    def reusable(self) -> bool: ...
-
-
-def _fast(kind: str) -> bool:
-    """Whether ``global.http1_parser = kind`` means llhttp: "httptools" (it must be
-    installed), "auto" (when it is), or "h11"."""
-    if kind == "h11":
-        return False
-    if kind not in HTTP1_PARSERS:
-        raise ValueError(f'http1_parser: expected "auto", "httptools" or "h11", got {kind!r}')
-    try:
-        import httptools  # noqa: F401
-    except ImportError:
-        if kind == "httptools":
-            raise ImportError(
-                'http1_parser = "httptools" needs the httptools package (pip install httptools)'
-            ) from None
-        return False
-    return True
-
-
-def server_class(kind: str = "auto") -> type[H1ServerAPI]:
-    """The H1Server for ``global.http1_parser``; resolve it once per generation."""
-    if _fast(kind):
-        from revproxy.proto.http1.fast import H1Server as FastServer
-
-        return FastServer
-    return H1Server
-
-
-def client_class(kind: str = "auto") -> type[H1ClientAPI]:
-    """The H1Client for ``global.http1_parser``; resolve it once per generation."""
-    if _fast(kind):
-        from revproxy.proto.http1.fast import H1Client as FastClient
-
-        return FastClient
-    return H1Client

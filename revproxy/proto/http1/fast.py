@@ -43,7 +43,7 @@ from revproxy.proto.events import (
     request_received,
     response_received,
 )
-from revproxy.proto.http1.exact import DEFAULT_MAX_HEADER_SIZE, _screen_head, _split_absolute
+from revproxy.proto.http1.head import DEFAULT_MAX_HEADER_SIZE, screen_head, split_absolute
 from revproxy.proto.http1.state import (
     CHUNKED,
     CLIENT,
@@ -298,7 +298,7 @@ class H1Server(Connection):
             # llhttp refused the fields, or the request line is wrong: screen as http1.py
             # does before anything else, then let h11's grammar say what is wrong.
             try:
-                _screen_head(head[:-2])
+                screen_head(head[:-2])
             except ClientProtocolError:
                 self._keep_pending(buf, start)
                 raise
@@ -339,7 +339,7 @@ class H1Server(Connection):
         host = msg.host
         if msg.chunked and msg.length >= 0:
             raise ClientProtocolError("both Content-Length and Transfer-Encoding")
-        absolute = _split_absolute(target)
+        absolute = split_absolute(target)
         if absolute is not None:
             host, target = absolute
             headers = [(n, v) for n, v in headers if n != b"host"]

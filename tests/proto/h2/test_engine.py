@@ -39,7 +39,6 @@ from revproxy.errors import (
     BackendProtocolError,
     ClientProtocolError,
 )
-from revproxy.proto.h2 import check as check
 from revproxy.proto.events import (
     DataReceived,
     Event,
@@ -52,8 +51,9 @@ from revproxy.proto.events import (
     StreamReset,
     WindowUpdated,
 )
-from revproxy.proto.h2.engine import PREFACE, H2Server
+from revproxy.proto.h2 import check as check
 from revproxy.proto.h2.client import H2Client
+from revproxy.proto.h2.engine import PREFACE, H2Server
 
 FLOW_CONTROL_ERROR = 0x3
 FRAME_SIZE_ERROR = 0x6

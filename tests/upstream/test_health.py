@@ -13,9 +13,13 @@ from typing import Any
 
 import pytest
 
+from revproxy.certs.files import generate_self_signed
 from revproxy.config.model import Health as HealthConfig
 from revproxy.config.model import Passive, PoolTLS, Server
 from revproxy.config.model import Pool as PoolConfig
+from revproxy.ops.metrics import InstanceMetrics
+from revproxy.proto.proxy_protocol import build_local_v2
+from revproxy.upstream.backend import Backend, BackendState
 from revproxy.upstream.health import (
     TABLE,
     Change,
@@ -30,10 +34,6 @@ from revproxy.upstream.health import (
     status_matches,
     step,
 )
-from revproxy.ops.metrics import InstanceMetrics
-from revproxy.upstream.pool import Backend, BackendState
-from revproxy.proto.proxy_protocol import build_local_v2
-from revproxy.edge.tls import generate_self_signed
 
 UP, DOWN, DRAIN, MAINT = (
     BackendState.UP,

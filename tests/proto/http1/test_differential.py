@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from revproxy.errors import RevproxyError
-from revproxy.proto import events, http1, http1_fast, http1_wire
+from revproxy.proto import events
 from revproxy.proto.events import (
     DataReceived,
     Event,
@@ -33,6 +33,10 @@ from revproxy.proto.events import (
     RequestReceived,
     ResponseReceived,
 )
+from revproxy.proto.http1 import api
+from revproxy.proto.http1 import exact as http1
+from revproxy.proto.http1 import fast as http1_fast
+from revproxy.proto.http1 import wire as http1_wire
 
 
 def _sibling(name: str) -> ModuleType:
@@ -1050,20 +1054,20 @@ def test_generated_responses(data: st.DataObject) -> None:
 
 
 def test_global_http1_parser_picks_the_implementation() -> None:
-    assert http1.server_class("h11") is http1.H1Server
-    assert http1.client_class("h11") is http1.H1Client
-    assert http1.server_class("httptools") is http1_fast.H1Server
-    assert http1.client_class("httptools") is http1_fast.H1Client
+    assert api.server_class("h11") is http1.H1Server
+    assert api.client_class("h11") is http1.H1Client
+    assert api.server_class("httptools") is http1_fast.H1Server
+    assert api.client_class("httptools") is http1_fast.H1Client
     # httptools is a dependency, so "auto" means llhttp wherever the tests run.
-    assert http1.server_class("auto") is http1_fast.H1Server
-    assert http1.client_class() is http1_fast.H1Client
+    assert api.server_class("auto") is http1_fast.H1Server
+    assert api.client_class() is http1_fast.H1Client
     with pytest.raises(ValueError, match="http1_parser"):
-        http1.server_class("picohttpparser")
+        api.server_class("picohttpparser")
 
 
 def test_both_implementations_have_the_api_the_pipeline_uses() -> None:
-    servers: list[http1.H1ServerAPI] = [http1.H1Server(), http1_fast.H1Server()]
-    clients: list[http1.H1ClientAPI] = [http1.H1Client(), http1_fast.H1Client()]
+    servers: list[api.H1ServerAPI] = [http1.H1Server(), http1_fast.H1Server()]
+    clients: list[api.H1ClientAPI] = [http1.H1Client(), http1_fast.H1Client()]
     assert [s.stream_id for s in servers] == [0, 0]
     assert [c.reusable for c in clients] == [False, False]
 

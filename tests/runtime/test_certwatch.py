@@ -20,6 +20,13 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from revproxy.certs.files import (
+    DEFAULT_CERT_COMMON_NAME,
+    generate_default_cert,
+    generate_self_signed,
+)
+from revproxy.config.model import Bind, CertPair, Config, Global, Listener, ListenerTLS
+from revproxy.edge.generation import Generation, build_generation
 from revproxy.runtime.certwatch import (
     CertWatcher,
     certificate_expiry,
@@ -28,10 +35,7 @@ from revproxy.runtime.certwatch import (
     log_expiring,
     watch_set,
 )
-from revproxy.config.model import Bind, CertPair, Config, Global, Listener, ListenerTLS
-from revproxy.edge.generation import Generation, build_generation
 from revproxy.runtime.supervisor import Instance
-from revproxy.edge.tls import DEFAULT_CERT_COMMON_NAME, generate_default_cert, generate_self_signed
 
 NAME = "a.example"
 # Generous bound for the watcher to notice a change and swap (it settles in ~2 s).

@@ -23,14 +23,6 @@ from pathlib import Path
 
 import pytest
 
-from revproxy.cli import cert as cert_cli
-from revproxy.cli.cert import (
-    CertRow,
-    format_rows,
-    notify_running,
-    probe_challenge_route,
-    served_certificates,
-)
 from revproxy.certs.certbot import (
     DEPLOY_HOOK_ENV,
     DEPLOY_HOOK_SCRIPT,
@@ -44,12 +36,20 @@ from revproxy.certs.certbot import (
     renew_args,
     run_certbot,
 )
+from revproxy.certs.files import generate_self_signed
+from revproxy.cli import cert as cert_cli
+from revproxy.cli.cert import (
+    CertRow,
+    format_rows,
+    notify_running,
+    probe_challenge_route,
+    served_certificates,
+)
 from revproxy.cli.main import main
 from revproxy.config.model import Acme, Admin, Bind, Config, Global, Listener, ListenerTLS
 from revproxy.runtime.supervisor import Instance
-from revproxy.edge.tls import generate_self_signed
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HOOK = "env REVPROXY_CONF=/etc/revproxy /hook"
 PATHS = [
     "--config-dir", "/le/config", "--work-dir", "/le/work", "--logs-dir", "/le/logs",
@@ -320,7 +320,7 @@ def _config(
 def use_config(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Config]]:
     """`revproxy cert …` reads this config instead of a conf directory."""
     holder: list[Config] = []
-    monkeypatch.setattr(cert_cli, "_load", lambda _conf: holder[0])
+    monkeypatch.setattr(cert_cli, "load", lambda _conf: holder[0])
     yield holder
 
 

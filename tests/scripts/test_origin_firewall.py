@@ -24,7 +24,7 @@ from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "origin-firewall"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "origin-firewall"
 # Bound on every command the test runs.
 COMMAND_TIMEOUT = 30.0
 # How long a probe waits for a connection: a dropped SYN never gets an answer.

@@ -15,13 +15,12 @@ from typing import Any
 
 import pytest
 
-from revproxy.ops.accesslog import AccessRecord
-from revproxy.edge.client_side import ClientGone, ConnInfo
 from revproxy.config.load import load_config_text
-from revproxy.errors import BackendUnreachable, NoBackendAvailable
+from revproxy.edge.client_side import ClientGone, ConnInfo
 from revproxy.edge.exchange import Exchange
 from revproxy.edge.generation import Generation, build_generation
-from revproxy.upstream.pool import Backend
+from revproxy.errors import BackendUnreachable, NoBackendAvailable
+from revproxy.ops.accesslog import AccessRecord
 from revproxy.proto.events import (
     DataReceived,
     Event,
@@ -31,6 +30,7 @@ from revproxy.proto.events import (
     RequestReceived,
     ResponseReceived,
 )
+from revproxy.upstream.backend import Backend
 
 CONFIG = """
 [global]

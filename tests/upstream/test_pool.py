@@ -14,11 +14,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from revproxy.upstream.balancing import POLICIES
 from revproxy.config.model import Passive, Server
 from revproxy.config.model import Pool as PoolConfig
+from revproxy.upstream.backend import Backend, BackendState, PickContext
+from revproxy.upstream.balancing import POLICIES
 from revproxy.upstream.health import HealthMonitor
-from revproxy.upstream.pool import Backend, BackendState, PickContext, Pool
+from revproxy.upstream.pool import Pool
 
 CTX = PickContext(client_ip="192.0.2.7", uri="/index.html?x=1")
 

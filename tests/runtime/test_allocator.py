@@ -44,4 +44,4 @@ def _env() -> dict[str, str]:
 def _repo() -> object:
     from pathlib import Path
 
-    return Path(__file__).resolve().parent.parent
+    return Path(__file__).resolve().parent.parent.parent

@@ -17,6 +17,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from revproxy.config.model import BALANCE_NAMES
+from revproxy.upstream.backend import Backend, PickContext
 from revproxy.upstream.balancing import (
     POLICIES,
     BalancePolicy,
@@ -28,8 +30,6 @@ from revproxy.upstream.balancing import (
     UriHash,
     make_policy,
 )
-from revproxy.config.model import BALANCE_NAMES
-from revproxy.upstream.pool import Backend, PickContext
 
 NO_KEY = PickContext()
 

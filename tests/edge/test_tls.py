@@ -29,21 +29,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from revproxy.errors import CertificateError
-from revproxy.edge.tls import (
+from revproxy.certs.files import (
     DEFAULT_CERT_COMMON_NAME,
-    CertStore,
     LoadedCert,
-    ServerTLS,
     generate_default_cert,
     generate_self_signed,
     load_cert_pair,
     scan_cert_dir,
-    server_context,
-    server_name_of,
-    set_ticket_keys,
-    ticket_keys_from,
 )
+from revproxy.certs.store import CertStore, server_context
+from revproxy.edge.tls import ServerTLS, server_name_of, set_ticket_keys, ticket_keys_from
+from revproxy.errors import CertificateError
 
 ALPN = ("h2", "http/1.1")
 needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")

@@ -13,7 +13,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from revproxy.ops.accesslog import AccessRecord
-from revproxy.runtime.channel import Channel
 from revproxy.ops.metrics import (
     LATENCY_BUCKETS,
     InstanceMetrics,
@@ -22,6 +21,7 @@ from revproxy.ops.metrics import (
     merged,
     status_class,
 )
+from revproxy.runtime.channel import Channel
 from revproxy.runtime.stats import RateMeter
 from revproxy.runtime.workers import describe_exit, worker_count
 

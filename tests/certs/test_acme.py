@@ -27,8 +27,8 @@ from revproxy.certs.acme import (
     split_forward,
     token_path,
 )
+from revproxy.config.listener import answers_acme
 from revproxy.config.model import Acme, Bind, Config, Global, Listener, ListenerTLS, Respond, Route
-from revproxy.edge.generation import answers_acme
 from revproxy.runtime.supervisor import Instance
 
 TOKEN = "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"

@@ -18,7 +18,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from revproxy import config_listener, config_load, config_pool, config_route
+from revproxy.certs.files import cert_pair_problem
+from revproxy.config import listener as config_listener
+from revproxy.config import load as config_load
+from revproxy.config import pool as config_pool
+from revproxy.config import route as config_route
+from revproxy.config.load import load_config, load_config_text, summary
 from revproxy.config.model import (
     Acme,
     Admin,
@@ -40,7 +45,6 @@ from revproxy.config.model import (
     Server,
     Timeouts,
 )
-from revproxy.config.load import load_config, load_config_text, summary
 from revproxy.errors import ConfigError
 
 FILE = "conf/10-test.toml"
@@ -60,12 +64,13 @@ def problems(*texts: str) -> list[str]:
     """Problems of the files `texts` (named conf/10-test.toml, conf/11-test.toml, ...)."""
     files = [(f"conf/{10 + i}-test.toml", text) for i, text in enumerate(texts)]
     with pytest.raises(ConfigError) as caught:
-        load_config_text(files)
+        load_config_text(files, check_cert_pair=cert_pair_problem)
     return [str(problem) for problem in caught.value.problems]
 
 
 def load(*texts: str) -> Config:
-    return load_config_text([(f"conf/{10 + i}-test.toml", text) for i, text in enumerate(texts)])
+    files = [(f"conf/{10 + i}-test.toml", text) for i, text in enumerate(texts)]
+    return load_config_text(files, check_cert_pair=cert_pair_problem)
 
 
 # --- one problem each ---------------------------------------------------------------------

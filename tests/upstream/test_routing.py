@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 
 from revproxy.config.model import Route
-from revproxy.upstream.routing import Router, host_matches, normalise_host, route_order
+from revproxy.proto.host import host_matches, normalise_host
+from revproxy.upstream.routing import Router, route_order
 
 
 def route(index: int, host: tuple[str, ...] = (), path: str = "/") -> Route:

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from revproxy.config.model import Bind, Listener, ListenerTLS, Route
-from revproxy.errors import ClientHelloError
 from revproxy.edge.generation import passthrough_table
 from revproxy.edge.listener import peek_client_hello
 from revproxy.edge.tcp import match_passthrough
+from revproxy.errors import ClientHelloError
 
 TLS = ListenerTLS(cert_dir=Path("/nonexistent"))
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-PROTO = Path(__file__).resolve().parents[1] / "revproxy" / "proto"
+PROTO = Path(__file__).resolve().parents[2] / "revproxy" / "proto"
 
 # Modules that do I/O, run an event loop, or read a clock or the system's randomness.
 FORBIDDEN_MODULES = frozenset(
@@ -39,7 +39,7 @@ FORBIDDEN_CALLS = frozenset({"urandom", "getrandom", "monotonic", "perf_counter"
 
 
 def proto_modules() -> list[Path]:
-    return sorted(PROTO.glob("*.py"))
+    return sorted(PROTO.rglob("*.py"))
 
 
 def violations(source: str) -> list[str]:
@@ -66,11 +66,11 @@ def violations(source: str) -> list[str]:
 
 
 def test_proto_has_modules() -> None:
-    names = {p.stem for p in proto_modules()}
-    assert {"events", "http1", "forwarding"} <= names
+    names = {p.relative_to(PROTO).as_posix() for p in proto_modules()}
+    assert {"events.py", "http1/exact.py", "h2/engine.py", "forwarding.py"} <= names
 
 
-@pytest.mark.parametrize("path", proto_modules(), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", proto_modules(), ids=lambda p: p.relative_to(PROTO).as_posix())
 def test_proto_module_is_sans_io(path: Path) -> None:
     problems = violations(path.read_text(encoding="utf-8"))
     assert not problems, f"revproxy/proto/{path.name} must stay sans-I/O:\n" + "\n".join(problems)

@@ -1,0 +1,190 @@
+"""One process's serving side: the current generation, the listening sockets it holds and
+the connections accepted on them, and the resolver of backend host names.
+
+Rule of this room: the master (``supervisor.py``, ``accept=False`` with workers) and each
+worker (``workers.py``) serve through a ``Frontend``; it builds a generation beside the current
+one and swaps one reference, so both kinds of process reload the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from collections.abc import Callable
+
+from revproxy.config.model import Bind, Config
+from revproxy.edge.generation import Generation, build_generation
+from revproxy.edge.listener import Acceptor, BoundListener
+from revproxy.errors import ConfigError, ConfigProblem
+from revproxy.ops.metrics import RequestMetrics
+
+log = logging.getLogger("revproxy")
+
+# Name resolution of backend host names gives up after this long.
+RESOLVE_TIMEOUT = 5.0
+
+OpenSockets = Callable[[Bind, str], list[socket.socket]]
+
+
+class Frontend:
+    """One process's serving side: the current generation, the listening sockets it holds,
+    and the connections it accepted on them (``accept=False``: a master that only holds
+    sockets for its workers)."""
+
+    def __init__(self, default_pem: tuple[bytes, bytes], *, accept: bool) -> None:
+        self.default_pem = default_pem
+        self.accept = accept
+        self.generation: Generation | None = None
+        self.bound: dict[str, BoundListener] = {}  # bind address → sockets and accept tasks
+        self.acceptor = Acceptor(self._current)
+        self.metrics = RequestMetrics()
+        self._resolver: asyncio.Task[None] | None = None
+
+    def _current(self) -> Generation:
+        assert self.generation is not None
+        return self.generation
+
+    def build(self, config: Config, number: int | None = None) -> Generation:
+        """Compile ``config`` beside the current generation (raises ConfigError)."""
+        old = self.generation
+        return build_generation(
+            config,
+            number=number if number is not None else (old.number + 1 if old else 1),
+            default_pem=self.default_pem,
+            previous=old,
+            access_log=old.access_log if old and _same_log(old.config, config) else None,
+            metrics=self.metrics,
+        )
+
+    def bind_new(self, gen: Generation, open_sockets: OpenSockets) -> dict[str, BoundListener]:
+        """Open the addresses ``gen`` names that are not bound yet (ConfigError if one fails;
+        then nothing stays open)."""
+        wanted: dict[str, str] = {}  # bind address → listener name
+        for lst in gen.config.listeners:
+            for b in lst.bind:
+                wanted[str(b)] = lst.name
+        new: dict[str, BoundListener] = {}
+        try:
+            for addr, name in wanted.items():
+                if addr in self.bound:
+                    continue
+                lst = gen.config.listener(name)
+                bind = next(b for b in lst.bind if str(b) == addr)
+                try:
+                    socks = open_sockets(bind, addr)
+                except OSError as exc:
+                    raise ConfigError(
+                        [
+                            ConfigProblem(
+                                lst.source,
+                                f"listener {name!r} bind {addr}",
+                                f"cannot bind: {exc.strerror or exc}",
+                            )
+                        ]
+                    ) from None
+                new[addr] = BoundListener(name=name, binds=(bind,), sockets=socks)
+        except BaseException:
+            for bl in new.values():
+                for s in bl.sockets:
+                    s.close()
+            raise
+        gen.bind_owner = wanted
+        return new
+
+    def listeners_after(
+        self, gen: Generation, new: dict[str, BoundListener]
+    ) -> dict[str, list[socket.socket]]:
+        """Every listening socket once ``gen`` is in: those kept plus ``new``."""
+        out = {a: bl.sockets for a, bl in self.bound.items() if a in gen.bind_owner}
+        out.update({a: bl.sockets for a, bl in new.items()})
+        return out
+
+    async def swap(self, gen: Generation, new: dict[str, BoundListener]) -> None:
+        """Make ``gen`` current: accept on new sockets, close removed ones, retire the old."""
+        old = self.generation
+        self.generation = gen  # the swap
+        for addr, bl in new.items():
+            if self.accept:
+                bl.tasks = self.acceptor.start(addr, bl.sockets)
+            self.bound[addr] = bl
+            log.info("listener=%s on %s", bl.name, addr)
+        for addr in [a for a in self.bound if a not in gen.bind_owner]:
+            bl = self.bound.pop(addr)
+            await bl.close()
+            log.info("listener=%s closed %s", bl.name, addr)
+        if old is not None:
+            old.successor = gen
+            old.close()
+
+    # --- name resolution
+
+    async def resolve(self, gen: Generation) -> None:
+        loop = asyncio.get_running_loop()
+        for pr in gen.pools.values():
+            for b in pr.pool.backends:
+                try:
+                    ipaddress.ip_address(b.host)
+                    continue
+                except ValueError:
+                    pass
+                try:
+                    async with asyncio.timeout(RESOLVE_TIMEOUT):
+                        infos = await loop.getaddrinfo(b.host, b.port, type=socket.SOCK_STREAM)
+                except (OSError, TimeoutError) as exc:
+                    log.warning(
+                        "pool=%s backend=%s cannot resolve: %s", pr.config.name, b.label, exc
+                    )
+                    continue
+                addrs = tuple(dict.fromkeys((str(i[4][0]), int(i[4][1])) for i in infos))
+                if addrs != b.addresses:
+                    b.addresses = addrs
+
+    def start_resolver(self) -> None:
+        if self._resolver is None:
+            self._resolver = asyncio.get_running_loop().create_task(self._resolve_forever())
+
+    async def _resolve_forever(self) -> None:
+        while True:
+            gen = self.generation
+            if gen is None:
+                return
+            await self.resolve(gen)
+            interval = min((p.config.resolve_interval for p in gen.pools.values()), default=30.0)
+            await asyncio.sleep(max(interval, 1.0))
+
+    # --- stopping
+
+    def stop_accepting(self) -> None:
+        for bl in self.bound.values():
+            bl.stop_accepting()
+        if self._resolver is not None:
+            self._resolver.cancel()
+            self._resolver = None
+
+    async def shutdown(self, timeout: float) -> None:
+        """Stop accepting, let connections finish for up to ``timeout``, close everything."""
+        self.stop_accepting()
+        pending = set(self.acceptor.connections)
+        if pending:
+            log.info("stopping: waiting for %d connection(s)", len(pending))
+            _, still = await asyncio.wait(pending, timeout=timeout)
+            for t in still:
+                t.cancel()
+            if still:
+                log.warning("stopping: %d connection(s) cut at shutdown_timeout", len(still))
+                await asyncio.wait(still, timeout=1.0)
+        for bl in self.bound.values():
+            await bl.close()
+        self.bound.clear()
+        if self.generation is not None:
+            self.generation.close()
+            self.generation.access_log.close()
+
+
+def _same_log(a: Config, b: Config) -> bool:
+    return (a.global_.access_log, a.global_.access_log_format) == (
+        b.global_.access_log,
+        b.global_.access_log_format,
+    )
