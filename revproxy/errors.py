@@ -7,6 +7,7 @@ Rule of this room: every error says whose fault it is and carries the reply it i
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 
 # HTTP/2 error codes (RFC 9113 section 7) used as hints.
@@ -91,6 +92,27 @@ class BackendTimeout(BackendError):
     """The origin did not answer within the pool's response timeout."""
 
     status = 504
+
+
+# --- our own shortage ----------------------------------------------------------------------
+
+
+class LocalResourceError(BackendError):
+    """This proxy ran out of something it needs to reach any server (file descriptors, kernel
+    buffers, memory). No server is at fault: passive and active health never count it, and
+    the client gets 503 (try again), not 502."""
+
+    status = 503
+    h2_code = H2_REFUSED_STREAM
+
+
+# errno values that say this process or host, not the peer, is out of something.
+LOCAL_SHORTAGE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def is_local_shortage(exc: BaseException) -> bool:
+    """Whether ``exc`` is the proxy's own lack of a resource (EMFILE, ENFILE, ...)."""
+    return isinstance(exc, OSError) and exc.errno in LOCAL_SHORTAGE_ERRNOS
 
 
 # --- the operator's fault -----------------------------------------------------------------

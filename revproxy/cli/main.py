@@ -55,8 +55,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 def _run_loop(coro_main: object) -> int:
     """Run with uvloop when present (Linux), else the default asyncio loop."""
     from revproxy.runtime.allocator import tune_allocator
+    from revproxy.runtime.fd_limit import raise_nofile_limit
 
     tune_allocator()
+    raise_nofile_limit()  # workers inherit it
     use_uvloop = os.environ.get("REVPROXY_LOOP", "auto") != "asyncio"
     if use_uvloop:
         try:

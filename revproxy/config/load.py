@@ -75,7 +75,8 @@ _SINGLE_TABLES = ("global", "admin", "acme")  # merged key by key across files
 _GLOBAL_KEYS = (
     "workers", "access_log", "access_log_format", "http1_parser", "shutdown_timeout",
     "header_timeout", "keepalive_timeout", "max_header_size", "max_body_size", "state_dir",
-    "watch", "pid_file", "h2",
+    "watch", "pid_file", "h2", "path_escaped_slashes", "underscores_in_headers",
+    "max_buffer_memory",
 )  # fmt: skip
 _H2_KEYS = (
     "max_concurrent_streams", "initial_window_size", "max_frame_size", "max_header_list_size",
@@ -88,6 +89,8 @@ _ACME_KEYS = (
 )  # fmt: skip
 
 _LOG_FORMATS: tuple[Literal["text", "json"], ...] = ("text", "json")
+_ESCAPED_SLASHES: tuple[Literal["reject", "keep"], ...] = ("reject", "keep")
+_UNDERSCORES: tuple[Literal["drop", "keep"], ...] = ("drop", "keep")
 _HTTP1_PARSERS: tuple[Literal["auto", "httptools", "h11"], ...] = ("auto", "httptools", "h11")
 # Below this a browser's ordinary request head (cookies included) no longer fits.
 _MIN_HEADER_SIZE = 1024
@@ -214,6 +217,13 @@ def _read_global(merged: _Merged, ctx: ReadContext) -> Global:
         keepalive_timeout=t.duration("keepalive_timeout", _GLOBAL.keepalive_timeout),
         max_header_size=t.size("max_header_size", _GLOBAL.max_header_size, _MIN_HEADER_SIZE),
         max_body_size=t.size("max_body_size", _GLOBAL.max_body_size),
+        max_buffer_memory=t.size("max_buffer_memory", _GLOBAL.max_buffer_memory),
+        path_escaped_slashes=t.choice(
+            "path_escaped_slashes", _ESCAPED_SLASHES, _GLOBAL.path_escaped_slashes
+        ),
+        underscores_in_headers=t.choice(
+            "underscores_in_headers", _UNDERSCORES, _GLOBAL.underscores_in_headers
+        ),
         state_dir=t.path("state_dir", _GLOBAL.state_dir),
         watch=t.boolean("watch", _GLOBAL.watch),
         pid_file=_file_path(t, "pid_file", _GLOBAL.pid_file, '"/run/revproxy.pid"'),

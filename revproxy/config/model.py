@@ -34,6 +34,14 @@ class Global:
     max_header_size: int = 16384
     # Largest request body accepted (0 = no limit; bodies are streamed, never buffered).
     max_body_size: int = 0
+    # All bytes held for slow readers in one process; past it the slowest are cut (0 = none).
+    max_buffer_memory: int = 256 * 1024 * 1024
+    # %2F, %5C, %00 and a literal backslash in a request path: refused with 400, or kept
+    # (upper-cased) for origins that need them (proto/target.py).
+    path_escaped_slashes: Literal["reject", "keep"] = "reject"
+    # Request headers whose names contain "_": dropped (nginx's default) or kept
+    # (proto/forwarding.py says why dropping is safer).
+    underscores_in_headers: Literal["drop", "keep"] = "drop"
     # Where generated state lives (the generated default certificate of the demo, ...).
     state_dir: Path | None = None
     # Reload automatically when conf/*.toml change (debounced).
@@ -163,6 +171,9 @@ class Route:
     # TLS passthrough: connections whose ClientHello names one of these go to `pool` undecrypted.
     sni: tuple[str, ...] = ()
     passthrough: bool = False
+    # Forward the normalised path (proto/target.py); false keeps the client's raw path for
+    # origins that need it (matching always uses the normalised one).
+    normalize_path: bool = True
     index: int = 0  # position in the merged config, for messages and stable ordering
     source: str = ""
 

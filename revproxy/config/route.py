@@ -25,14 +25,16 @@ from revproxy.config.values import (
     parse_host_pattern,
     parse_sni_pattern,
 )
+from revproxy.errors import ClientProtocolError
 from revproxy.proto.host import host_matches
+from revproxy.proto.target import normalize_path
 
 __all__ = ["RouteRead", "check_routes", "read_route"]
 
 # The TOML keys: the field names of config.py minus ``index`` and ``source``.
 _ROUTE_KEYS = (
     "host", "path", "pool", "redirect", "redirect_status", "respond", "listeners", "sni",
-    "passthrough",
+    "passthrough", "normalize_path",
 )  # fmt: skip
 _RESPOND_KEYS = ("status", "body", "content_type")
 
@@ -57,6 +59,15 @@ def _parse_route_path(value: str) -> str:
         raise ValueError(f'"{value}": paths match without the query or fragment')
     if any(c.isspace() for c in value):
         raise ValueError(f'"{value}" contains white space (write it percent-encoded)')
+    try:
+        normal = normalize_path(value.encode("latin-1"), reject_escaped=False).decode("latin-1")
+    except (ClientProtocolError, UnicodeEncodeError):
+        raise ValueError(f'"{value}" is not a valid path (write it percent-encoded)') from None
+    if normal != value:
+        raise ValueError(
+            f'"{value}" never matches: requests are matched on their normalised path '
+            f'(write "{normal}")'
+        )
     return value
 
 
@@ -128,6 +139,7 @@ def read_route(index: int, entry: Entry, ctx: ReadContext) -> RouteRead:
         listeners=tuple(dict.fromkeys(name for _, name in listeners)),
         sni=tuple(dict.fromkeys(sni for _, sni in snis)),
         passthrough=t.boolean("passthrough", _ROUTE.passthrough),
+        normalize_path=t.boolean("normalize_path", _ROUTE.normalize_path),
         index=index,
         source=entry.file,
     )

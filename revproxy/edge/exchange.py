@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import itertools
 import logging
 import os
@@ -65,7 +66,8 @@ from revproxy.proto.forwarding import (
     request_headers,
     response_headers,
 )
-from revproxy.proto.host import normalise_host
+from revproxy.proto.host import normalise_host, valid_authority
+from revproxy.proto.target import normalize_target, path_of
 from revproxy.upstream.backend import PickContext
 from revproxy.upstream.dialer import OriginStream
 
@@ -147,6 +149,8 @@ class Exchange:
         "req",
         "scheme",
         "stream",
+        "target",
+        "ws_accept",
     )
 
     def __init__(
@@ -166,6 +170,7 @@ class Exchange:
         self.deadline: float | None = None  # grpc-timeout, seconds
         self.pick_context = PickContext(client_ip=info.client[0])
         self.client_id: ClientIdentity | None = None
+        self.ws_accept: bytes | None = None
 
     async def run(self, req: RequestReceived) -> bool:
         """Serve ``req``; True when the client connection may carry another request."""
@@ -196,7 +201,17 @@ class Exchange:
         self.grpc = False
         self.deadline = None
         try:
-            action = self._route(req, normalise_host(req.authority))
+            try:
+                authority = req.authority
+                # An HTTP/1.0 request may come without Host; any other needs a valid one.
+                if not valid_authority(authority) and (authority or req.http_version != b"1.0"):
+                    raise ClientProtocolError("invalid Host")
+                reject = self.gen.config.global_.path_escaped_slashes == "reject"
+                self.target = normalize_target(req.method, req.target, reject_escaped=reject)
+            except ClientProtocolError as exc:
+                action: _Action = self._local_error(exc)
+            else:
+                action = self._route(req, normalise_host(req.authority))
             if isinstance(action, PoolRuntime):
                 return await self._proxy(action)
             return await action
@@ -230,15 +245,15 @@ class Exchange:
             authority = host if ":" not in host else f"[{host}]"
             if port and port != 443:
                 authority += f":{port}"
-            location = f"https://{authority}".encode() + req.target
+            location = f"https://{authority}".encode() + self.target
             return self._local(308, headers=[(b"location", location)], body=b"")
-        target = req.target
-        cut = target.find(b"?")
-        path = (target if cut < 0 else target[:cut]).decode("latin-1")
+        path = path_of(self.target).decode("latin-1")
         route = lst.router.match(host, path)
         if route is None:
             return self._local(404)
         self.rec.route = str(route.index)
+        if not route.normalize_path:
+            self.target = req.target  # matched normalised, forwarded as the client wrote it
         if route.redirect is not None:
             return self._local(
                 route.redirect_status, headers=[(b"location", route.redirect.encode())], body=b""
@@ -301,8 +316,10 @@ class Exchange:
             client_id,
             trusted=self.listener.config.trusted_proxies,
             forwarded=self.listener.config.forwarded,
+            underscores=g.underscores_in_headers == "keep",
         )
         websocket = False
+        self.ws_accept = None
         if protocol == "http1":
             if _wants_websocket(req):
                 websocket = True
@@ -310,6 +327,7 @@ class Exchange:
                 if req.http_version == b"2":
                     # RFC 8441 §5: the HTTP/1.1 handshake the origin expects of a client.
                     headers.append((b"sec-websocket-key", _websocket_key()))
+                self.ws_accept = _websocket_accept(headers)
             elif expected == -1:
                 # Transfer-Encoding is hop-by-hop and was removed above, but a body of unknown
                 # length is still relayed chunked: without this the origin would read none.
@@ -318,7 +336,7 @@ class Exchange:
             # TE is hop-by-hop, but "te: trailers" is what an HTTP/2 origin (gRPC) requires.
             headers.append((b"te", b"trailers"))
         if pr.config.balance == "uri":
-            ctx = PickContext(client_ip=self.info.client[0], uri=req.target.decode("latin-1"))
+            ctx = PickContext(client_ip=self.info.client[0], uri=self.target.decode("latin-1"))
         else:
             ctx = self.pick_context  # the same for every request of this client
         identity = proxy_header_for(pr.config.send_proxy, self.info)
@@ -373,7 +391,7 @@ class Exchange:
         try:
             ostream.send_head(
                 req.method,
-                req.target,
+                self.target,
                 req.authority,
                 self.scheme.encode(),
                 headers,
@@ -433,19 +451,24 @@ class Exchange:
             wait = min(wait, self.deadline)
         # Waits end at the stream's deadline (no timer armed per wait on HTTP/1.1).
         loop = asyncio.get_running_loop()
-        ostream.deadline = loop.time() + wait
         resp: ResponseReceived | InformationalReceived | None = None
         if upload is None:
+            ostream.deadline = loop.time() + wait
             ev = await ostream.next()  # the common case, awaited here: one coroutine less
             if type(ev) is ResponseReceived:
                 resp = ev
             else:
                 ostream.events.appendleft(ev)
+        else:
+            # The response timer starts once the whole request went to the origin; while the
+            # client uploads, the upload's idle timeouts bound the wait (_upload).
+            ostream.deadline = None
         if resp is None:
-            resp = await self._response_head(ostream, upload, pr)
+            resp = await self._response_head(ostream, upload, pr, wait)
         stream = self.stream
         self.rec.status = resp.status
         if resp.status == 101:
+            self._check_switch(ostream, resp)
             await self._tunnel(ostream, resp, pr)
             return False
         out_headers = response_headers(
@@ -479,10 +502,14 @@ class Exchange:
                 raise BackendProtocolError("origin closed inside the response body")
 
     async def _response_head(
-        self, ostream: OriginStream, upload: asyncio.Task[None] | None, pr: PoolRuntime
+        self,
+        ostream: OriginStream,
+        upload: asyncio.Task[None] | None,
+        pr: PoolRuntime,
+        wait: float,
     ) -> ResponseReceived | InformationalReceived:
         """The origin's final response head (or its 101 to an upgrade), relaying other 1xx;
-        a failed upload ends the wait."""
+        a failed upload ends the wait, a finished one starts the response timer (``wait``)."""
         while True:
             if upload is not None and not upload.done():
                 waiter = asyncio.ensure_future(ostream.next())
@@ -493,12 +520,17 @@ class Exchange:
                         waiter.cancel()
                         with contextlib.suppress(BaseException):
                             await waiter
-                if upload.done() and upload.exception() is not None:
-                    raise _UploadFailed() from upload.exception()
+                if upload.done():
+                    if upload.exception() is not None:
+                        raise _UploadFailed() from upload.exception()
+                    ostream.deadline = asyncio.get_running_loop().time() + wait
                 ev = waiter.result() if not waiter.cancelled() else await ostream.next()
             else:
-                if upload is not None and upload.exception() is not None:
-                    raise _UploadFailed() from upload.exception()
+                if upload is not None:
+                    if upload.exception() is not None:
+                        raise _UploadFailed() from upload.exception()
+                    if ostream.deadline is None:
+                        ostream.deadline = asyncio.get_running_loop().time() + wait
                 ev = await ostream.next()
             if isinstance(ev, InformationalReceived):
                 if ev.status == 101:
@@ -525,12 +557,29 @@ class Exchange:
                 sent += len(ev.data)
                 if limit and sent > limit:
                     raise BodyTooLarge("request body too large")
-                await ostream.send_data(ev.data)
+                try:
+                    async with asyncio.timeout(idle):
+                        await ostream.send_data(ev.data)
+                except TimeoutError:
+                    raise BackendTimeout("origin did not read the request body in time") from None
             elif isinstance(ev, MessageEnded):
                 await ostream.send_end(ev.trailers)
                 return
             else:
                 raise ClientGone()
+
+    def _check_switch(
+        self, ostream: OriginStream, resp: ResponseReceived | InformationalReceived
+    ) -> None:
+        """RFC 6455 §4.1: a 101 switches only in answer to the WebSocket upgrade we sent, with
+        the Sec-WebSocket-Accept that our key implies; any other 101 is the origin's error."""
+        if not ostream.upgrading or self.ws_accept is None:
+            self.rec.status = 502
+            raise BackendProtocolError("origin switched protocols unasked")
+        accept = next((v for n, v in resp.headers if n == b"sec-websocket-accept"), None)
+        if accept is None or accept.strip() != self.ws_accept:
+            self.rec.status = 502
+            raise BackendProtocolError("origin's Sec-WebSocket-Accept does not match the key")
 
     async def _tunnel(
         self, ostream: OriginStream, resp: ResponseReceived | InformationalReceived, pr: PoolRuntime
@@ -637,6 +686,18 @@ def _whole_body(events: deque[Event]) -> bytes | None:
 def _websocket_key() -> bytes:
     """RFC 6455 §4.1: "a nonce consisting of a randomly selected 16-byte value" in base64."""
     return base64.b64encode(os.urandom(16))
+
+
+# RFC 6455 §1.3: the GUID the server appends to the key before hashing it.
+_WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def _websocket_accept(headers: Headers) -> bytes | None:
+    """The Sec-WebSocket-Accept an origin must answer the request's key with (§4.2.2)."""
+    key = next((v for n, v in headers if n == b"sec-websocket-key"), None)
+    if key is None:
+        return None
+    return base64.b64encode(hashlib.sha1(key.strip() + _WEBSOCKET_GUID).digest())
 
 
 def _error_body(status: int) -> bytes:

@@ -30,6 +30,7 @@ from revproxy.proto.events import (
     MessageEnded,
     RequestReceived,
 )
+from revproxy.proto.http1.head import START_CHECKED, impossible_request_start
 from revproxy.upstream.dialer import READ_SIZE
 
 __all__ = ["ClientGone", "ConnInfo", "HttpConnection", "proxy_header_for"]
@@ -96,7 +97,11 @@ class HttpConnection:
                 keep = await self.exchange.run(req)
                 if not keep or not self.h1.keep_alive:
                     return
-                self.client.events.extend(self.h1.start_next_cycle())
+                try:
+                    self.client.events.extend(self.h1.start_next_cycle())
+                except ClientProtocolError as exc:  # a pipelined request that cannot be read
+                    await self._fail(exc)
+                    return
                 wait = g.keepalive_timeout
         except ClientGone:
             return
@@ -113,6 +118,7 @@ class HttpConnection:
         loop = self.conn.loop
         deadline = loop.time() + idle
         head_deadline: float | None = None
+        start = b""  # the first bytes of this head, while it is incomplete
         while True:
             try:
                 while not self.client.events:
@@ -128,6 +134,12 @@ class HttpConnection:
                         self.client.eof = True
                     self.client.bytes_read += len(data)
                     self.client.events.extend(self.h1.receive_data(data))
+                    if not self.client.events and len(start) < START_CHECKED:
+                        # Bytes that can never become a request line are answered now, not
+                        # when the head timeout ends a wait for a line end.
+                        start += data[: START_CHECKED - len(start)]
+                        if self.h1.has_partial_head and impossible_request_start(start):
+                            raise ClientProtocolError("bytes that cannot begin a request")
             except TimeoutError:
                 if self.h1.has_partial_head:
                     await self._fail(RequestTimeout("request head not received in time"))

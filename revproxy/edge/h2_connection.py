@@ -46,7 +46,8 @@ from revproxy.proto.events import (
     RequestReceived,
     StreamReset,
 )
-from revproxy.proto.h2.engine import H2Server, StreamClosed
+from revproxy.proto.h2.connection import StreamClosed
+from revproxy.proto.h2.server import H2Server
 
 log = logging.getLogger("revproxy.http2")
 

@@ -45,12 +45,13 @@ from revproxy.edge.h1_connection import HttpConnection
 from revproxy.edge.h2_connection import Http2Connection
 from revproxy.edge.tcp import match_passthrough, record_refused, serve_passthrough, serve_tcp
 from revproxy.edge.tls import server_name_of
-from revproxy.errors import ClientHelloError, ProxyProtocolError
+from revproxy.errors import ClientHelloError, ProxyProtocolError, is_local_shortage
 from revproxy.net.conn_io import ConnIO
+from revproxy.ops.log_limit import RateLimitedLog
 from revproxy.proto import proxy_protocol as pp
 from revproxy.proto.clienthello import MAX_CLIENTHELLO, ClientHelloInfo, parse_client_hello
 from revproxy.proto.forwarding import is_trusted
-from revproxy.proto.h2.engine import PREFACE
+from revproxy.proto.h2.frames import PREFACE
 
 log = logging.getLogger("revproxy.listener")
 
@@ -301,6 +302,7 @@ class Acceptor:
     async def _accept_loop(self, addr: str, lsock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         backoff = EMFILE_BACKOFF_MIN
+        shortage = RateLimitedLog()
         # Fired when this loop ends (it is cancelled to stop accepting).
         stopping = Signal()
         try:
@@ -308,9 +310,9 @@ class Acceptor:
                 try:
                     csock, _ = await loop.sock_accept(lsock)
                 except OSError as exc:
-                    if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                        log.error(
-                            "listener %s: out of resources accepting (%s); pausing", addr, exc
+                    if is_local_shortage(exc):
+                        shortage.warn(
+                            log, "listener %s: out of resources accepting (%s); pausing", addr, exc
                         )
                         await asyncio.sleep(backoff)
                         backoff = min(backoff * 2, EMFILE_BACKOFF_MAX)

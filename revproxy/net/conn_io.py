@@ -10,7 +10,8 @@ costs a float store. Reads stop the transport when more than ``HIGH_WATER`` byte
 (memory per connection stays bounded); writes wait in ``drain`` while the transport says its
 buffer is full. Small writes made in one turn of the event loop go out as one write
 (``write_soon``): a response head, its body and its end cost one system call (one TLS record).
-The duck-typed reader/writer methods ``tunnel.relay_streams`` uses are here too.
+The duck-typed reader/writer methods ``relay.relay_streams`` uses are here too. Every
+connection is weighed in the process's budget for slow readers (``cut_slowest``).
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class ConnIO(asyncio.Protocol):
         # uvloop's TLS transport is no asyncio.Transport subclass, but has its methods.
         self.transport = cast(asyncio.Transport, transport)
         self._over_ssl = transport.get_extra_info("sslcontext") is not None
+        _live.add(self)
 
     def set_transport(self, transport: asyncio.Transport) -> None:
         """After ``loop.start_tls``: the TLS transport replaces the plain one."""
@@ -100,6 +102,7 @@ class ConnIO(asyncio.Protocol):
         return not self._over_ssl
 
     def connection_lost(self, exc: Exception | None) -> None:
+        _live.discard(self)
         self._eof = True
         if exc is not None:
             self._exc = exc
@@ -158,6 +161,7 @@ class ConnIO(asyncio.Protocol):
         transport = self.transport
         reader = asyncio.StreamReader(limit=limit, loop=self.loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=self.loop)
+        _live.discard(self)  # the connection is no longer ours to account
         self.flush()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
@@ -329,3 +333,39 @@ class ConnIO(asyncio.Protocol):
         with contextlib.suppress(Exception):
             async with asyncio.timeout(timeout):
                 await self.wait_closed()
+
+
+# --- the process's budget for slow readers -----------------------------------------------------
+
+# Every connection of this process (registered while it is a ConnIO's), for ``cut_slowest``.
+_live: set[ConnIO] = set()
+
+
+def held(io: ConnIO) -> int:
+    """The bytes ``io`` holds: received and unread, and written but not yet sent."""
+    transport = io.transport
+    waiting = 0
+    if transport is not None and not transport.is_closing():
+        waiting = transport.get_write_buffer_size()
+    return io._buffered + waiting + sum(map(len, io._corked))
+
+
+def cut_slowest(cap: int) -> tuple[int, int]:
+    """When the connections of this process hold more than ``cap`` bytes in all, abort those
+    holding the most (the slowest readers: what they do not take piles up) until what is left
+    is under nine tenths of the cap. Returns (bytes held after, connections cut)."""
+    sizes = [(held(io), io) for io in _live]
+    total = sum(size for size, _ in sizes)
+    if cap <= 0 or total <= cap:
+        return total, 0
+    cut = 0
+    goal = cap * 9 // 10
+    sizes.sort(key=lambda pair: pair[0], reverse=True)
+    for size, io in sizes:
+        if total <= goal or size == 0:
+            break
+        io.abort()
+        _live.discard(io)
+        total -= size
+        cut += 1
+    return total, cut

@@ -28,7 +28,8 @@ from revproxy.proto.events import (
     StreamReset,
     WindowUpdated,
 )
-from revproxy.proto.h2.engine import H2Endpoint, StreamClosed
+from revproxy.proto.h2.connection import StreamClosed
+from revproxy.proto.h2.engine import H2Endpoint
 
 # Bytes read from the socket at a time.
 READ_SIZE = 256 * 1024

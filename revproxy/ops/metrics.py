@@ -271,6 +271,12 @@ class RequestMetrics:
             "of how they ended (as in the access log).",
             ("listener", "pool", "code"),
         )
+        self.slow_readers_cut = r.counter(
+            "revproxy_slow_readers_cut_total",
+            "Connections cut because this process held more than global.max_buffer_memory "
+            "for readers that did not take their bytes (the slowest first).",
+            (),
+        )
 
         # Exchanges recorded since the families were last brought up to date, by what
         # their labels are made of; see ``record`` and ``collect``.

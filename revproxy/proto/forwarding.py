@@ -10,7 +10,14 @@ RFC 9110 §7.6.1: "Intermediaries MUST parse a received Connection header field 
 message is forwarded and, for each connection-option in this field, remove any header or
 trailer field(s) from the message with the same name as the connection-option, and then
 remove the Connection header field itself (or replace it with the intermediary's own
-control options for the forwarded message)."
+control options for the forwarded message)." A Connection header may not name away what routing,
+framing and the origin need (``Host``, ``Content-Length``, ``Transfer-Encoding``, the forwarding
+headers): such names are ignored (``Connection: close, host`` once left the origin no Host).
+
+Request header names with an underscore (``X_Forwarded_For``) are dropped by default
+(``global.underscores_in_headers = "drop"``, nginx's default): CGI and WSGI origins read
+``X-Forwarded-For`` and ``X_Forwarded_For`` as the same ``HTTP_X_FORWARDED_FOR``, so a client's
+twin would be merged with the identity the proxy vouches for.
 """
 
 from __future__ import annotations
@@ -80,16 +87,24 @@ def remove_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
     return _drop_named(kept, named)
 
 
+# End-to-end headers a Connection header cannot name away (RFC 9110 §7.6.1 lets it name only
+# what is hop-by-hop for this connection; these never are).
+_NEVER_NAMED = frozenset({b"host", b"content-length", b"transfer-encoding"}) | FORWARDING_HEADERS
+
+
 def _connection_options(value: bytes, named: set[bytes]) -> None:
     """Add the connection-options a Connection header lists to ``named``."""
     # (find, not ``in``: bytes.__contains__ first tries its argument as an int, and builds and
     # drops a TypeError when it is not one.)
     if value.find(b",") < 0:  # the usual "keep-alive" or "close"
         option = value.strip().lower()
-        if option:
+        if option and option not in _NEVER_NAMED:
             named.add(option)
         return
-    named.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    for token in value.split(b","):
+        option = token.strip().lower()
+        if option and option not in _NEVER_NAMED:
+            named.add(option)
 
 
 def _drop_named(headers: Headers, named: set[bytes]) -> Headers:
@@ -131,6 +146,11 @@ class ClientIdentity:
 
 # Request headers ``request_headers`` does more with than keep them.
 _REQUEST_SPECIAL = HOP_BY_HOP | FORWARDING_HEADERS
+# Names met before that are kept as they are (neither special nor with "_"): a client sends
+# the same names on every request, so most headers cost one set lookup. Bounded: cleared when
+# full.
+_plain_names: set[bytes] = set()
+_PLAIN_NAMES_MAX = 1024
 
 
 def request_headers(
@@ -139,24 +159,33 @@ def request_headers(
     *,
     trusted: Sequence[Network] = (),
     forwarded: bool = False,
+    underscores: bool = False,
 ) -> Headers:
     """Headers to send to the origin for a request received from ``client``.
 
-    One pass: most requests carry no hop-by-hop or forwarding header, so each header costs one
-    set lookup (and is kept as the same tuple). A trusted peer's forwarding headers are set
-    aside and only read once the Connection header, wherever it was, has been seen: it may
-    name them away."""
+    One pass: most requests carry no hop-by-hop or forwarding header, and names met before
+    are remembered, so each header costs one set lookup (and is kept as the same tuple). A
+    trusted peer's forwarding headers are set aside and joined with ours at the end.
+    ``underscores`` keeps header names with "_" (dropped by default)."""
     kept: Headers = []
     keep = kept.append
     named: set[bytes] = set()
     incoming: Headers = []  # a trusted peer's forwarding headers, in order
     peer_trusted: bool | None = None
     for header in headers:
-        if header[0] not in _REQUEST_SPECIAL:
+        if header[0] in _plain_names:
             keep(header)
             continue
         name, value = header
-        if name == b"connection":
+        if name not in _REQUEST_SPECIAL:
+            if name.find(b"_") < 0:
+                if len(_plain_names) >= _PLAIN_NAMES_MAX:
+                    _plain_names.clear()
+                _plain_names.add(name)
+                keep(header)
+            elif underscores:
+                keep(header)
+        elif name == b"connection":
             if value != b"keep-alive":  # naming a hop-by-hop header changes nothing
                 _connection_options(value, named)
         elif name in FORWARDING_HEADERS:
@@ -176,8 +205,6 @@ def request_headers(
         xff: list[bytes] = []
         proto_in = host_in = port_in = None
         for name, value in incoming:
-            if name in named:
-                continue
             if name == b"x-forwarded-for":
                 xff.append(value)
             elif name == b"forwarded":

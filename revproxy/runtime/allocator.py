@@ -53,3 +53,26 @@ def tune_allocator() -> bool:
     if not ok:
         log.debug("mallopt refused the allocator thresholds")
     return ok
+
+
+_libc: ctypes.CDLL | None = None
+
+
+def give_back() -> bool:
+    """Return the heap's free pages to the kernel (glibc ``malloc_trim(0)``), wherever they lie:
+    after many connections held and released buffers, what glibc keeps free inside the heap
+    would otherwise stay resident. False when not on glibc."""
+    global _libc
+    if _libc is None:
+        if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+            return False
+        name = ctypes.util.find_library("c")
+        if name is None:
+            return False
+        try:
+            _libc = ctypes.CDLL(name)
+            _libc.malloc_trim.argtypes = (ctypes.c_size_t,)
+            _libc.malloc_trim.restype = ctypes.c_int
+        except (OSError, AttributeError):
+            return False
+    return bool(_libc.malloc_trim(0))

@@ -18,12 +18,17 @@ from revproxy.config.model import Bind, Config
 from revproxy.edge.generation import Generation, build_generation
 from revproxy.edge.listener import Acceptor, BoundListener
 from revproxy.errors import ConfigError, ConfigProblem
+from revproxy.net.conn_io import cut_slowest
+from revproxy.ops.log_limit import RateLimitedLog
 from revproxy.ops.metrics import RequestMetrics
+from revproxy.runtime.allocator import give_back
 
 log = logging.getLogger("revproxy")
 
 # Name resolution of backend host names gives up after this long.
 RESOLVE_TIMEOUT = 5.0
+# How often the bytes held for slow readers are weighed against global.max_buffer_memory.
+BUDGET_INTERVAL = 1.0
 
 OpenSockets = Callable[[Bind, str], list[socket.socket]]
 
@@ -41,6 +46,7 @@ class Frontend:
         self.acceptor = Acceptor(self._current)
         self.metrics = RequestMetrics()
         self._resolver: asyncio.Task[None] | None = None
+        self._budget: asyncio.Task[None] | None = None
 
     def _current(self) -> Generation:
         assert self.generation is not None
@@ -141,9 +147,34 @@ class Frontend:
                 if addrs != b.addresses:
                     b.addresses = addrs
 
-    def start_resolver(self) -> None:
+    def start_background(self) -> None:
+        """The resolver of backend names, and the budget for slow readers."""
+        loop = asyncio.get_running_loop()
         if self._resolver is None:
-            self._resolver = asyncio.get_running_loop().create_task(self._resolve_forever())
+            self._resolver = loop.create_task(self._resolve_forever())
+        if self._budget is None:
+            self._budget = loop.create_task(self._keep_budget())
+
+    async def _keep_budget(self) -> None:
+        """``global.max_buffer_memory``: past it, the slowest readers are cut (conn_io.py)."""
+        shortage = RateLimitedLog()
+        while True:
+            await asyncio.sleep(BUDGET_INTERVAL)
+            gen = self.generation
+            if gen is None:
+                return
+            cap = gen.config.global_.max_buffer_memory
+            left, cut = cut_slowest(cap)
+            give_back()
+            if cut:
+                self.metrics.slow_readers_cut.inc((), cut)
+                shortage.warn(
+                    log,
+                    "max_buffer_memory (%d bytes) reached: cut %d slowest connections; %d left",
+                    cap,
+                    cut,
+                    left,
+                )
 
     async def _resolve_forever(self) -> None:
         while True:
@@ -159,9 +190,10 @@ class Frontend:
     def stop_accepting(self) -> None:
         for bl in self.bound.values():
             bl.stop_accepting()
-        if self._resolver is not None:
-            self._resolver.cancel()
-            self._resolver = None
+        for task in (self._resolver, self._budget):
+            if task is not None:
+                task.cancel()
+        self._resolver = self._budget = None
 
     async def shutdown(self, timeout: float) -> None:
         """Stop accepting, let connections finish for up to ``timeout``, close everything."""

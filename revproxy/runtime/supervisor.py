@@ -126,7 +126,7 @@ class Instance:
             except BaseException:
                 await self._close_everything()
                 raise
-        self.frontend.start_resolver()
+        self.frontend.start_background()
         self.monitor.start()
         self.cert_watcher = CertWatcher(lambda: self.generation)  # `reload certs` uses it too
         self.cert_watcher.start()

@@ -464,7 +464,7 @@ class Worker:
         new = self.frontend.bind_new(gen, self._take)
         self._prepare(gen)
         await self.frontend.swap(gen, new)
-        self.frontend.start_resolver()
+        self.frontend.start_background()
         self._start_cert_watcher()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)

@@ -30,7 +30,12 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from revproxy.config.model import H2Settings, PoolTLS
-from revproxy.errors import BackendUnreachable, NoBackendAvailable
+from revproxy.errors import (
+    BackendUnreachable,
+    LocalResourceError,
+    NoBackendAvailable,
+    is_local_shortage,
+)
 from revproxy.net.conn_io import ConnIO
 from revproxy.net.relay import ByteReader, ByteWriter
 from revproxy.proto.events import Event, Headers, MessageEnded
@@ -315,6 +320,7 @@ class Dialer:
                     factory = functools.partial(_same, io)
                     transport, _ = await loop.create_connection(factory, host, port)
             except (OSError, TimeoutError) as exc:
+                _raise_if_local(exc)
                 last = exc
                 continue
             sock = transport.get_extra_info("socket")
@@ -439,12 +445,14 @@ class Dialer:
                             sock.close()
                             if not isinstance(exc, OSError):
                                 raise
+                            _raise_if_local(exc)
                             last = exc
                             continue
                         with contextlib.suppress(OSError):
                             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                         return sock
             except (OSError, TimeoutError) as exc:
+                _raise_if_local(exc)
                 last = exc
         raise last or OSError("no address")
 
@@ -528,3 +536,11 @@ async def _socket_addresses(
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         return [(int(i[0]), (str(i[4][0]), int(i[4][1]))) for i in infos]
     return [(family, (host, port))]
+
+
+def _raise_if_local(exc: BaseException) -> None:
+    """A connect that failed for want of our own resources (EMFILE, ...) says nothing about
+    the server: it is not counted against it, and no other server is tried (they would fail
+    alike)."""
+    if is_local_shortage(exc):
+        raise LocalResourceError(f"out of resources connecting to origins: {exc}") from exc

@@ -29,6 +29,7 @@ from revproxy.errors import (
     H2_REFUSED_STREAM,
     BackendProtocolError,
     BackendUnreachable,
+    LocalResourceError,
     NoBackendAvailable,
     RevproxyError,
 )
@@ -43,7 +44,7 @@ from revproxy.proto.events import (
     ResponseReceived,
 )
 from revproxy.proto.h2.client import H2Client
-from revproxy.proto.h2.engine import StreamClosed
+from revproxy.proto.h2.connection import StreamClosed
 from revproxy.upstream.backend import Backend, PickContext
 from revproxy.upstream.pool import Pool
 
@@ -324,6 +325,8 @@ class H2Origins:
                         await asyncio.shield(pending)
                     except _ConnectorGone:
                         pass  # its exchange was cancelled: connect anew
+                    except LocalResourceError:
+                        raise
                     except Exception:
                         tried.add(backend)  # its connector logged and counted the failure
                     continue
@@ -333,6 +336,9 @@ class H2Origins:
             self._connecting[key] = fut
             try:
                 origin = await self._connect(backend, key, identity)
+            except LocalResourceError as exc:  # ours, not the server's: not counted
+                fut.set_exception(exc)
+                raise
             except (OSError, TimeoutError, RevproxyError) as exc:
                 self.dialer.failed(backend, exc)
                 tried.add(backend)

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 
 from revproxy.config.model import Health as HealthConfig
 from revproxy.config.model import Pool as PoolConfig
+from revproxy.errors import LocalResourceError, is_local_shortage
+from revproxy.ops.log_limit import RateLimitedLog
 from revproxy.ops.metrics import InstanceMetrics
 from revproxy.proto.events import ResponseReceived
 from revproxy.proto.http1.exact import H1Client
@@ -355,6 +357,8 @@ async def check_once(
                 if not data:
                     return False, "closed without a response"
     except Exception as exc:  # every failure of the origin is a failed check
+        if is_local_shortage(exc):  # ... but not our own want of descriptors or memory
+            raise LocalResourceError(f"out of resources checking {backend.label}: {exc}") from exc
         return False, _describe(exc)
     finally:
         if writer is not None:
@@ -397,6 +401,7 @@ class HealthMonitor:
     rng: random.Random = field(default_factory=random.Random)
     clock: Callable[[], float] = time.monotonic
     targets: dict[Key, Target] = field(default_factory=dict)
+    shortage_log: RateLimitedLog = field(default_factory=RateLimitedLog)
     _ticker: asyncio.Task[None] | None = None
 
     # --- following the configuration
@@ -531,7 +536,13 @@ class HealthMonitor:
             if health is None:
                 return
             started = time.monotonic()
-            ok, detail = await check_once(t.backend, t.pool, t.tls)
+            try:
+                ok, detail = await check_once(t.backend, t.pool, t.tls)
+            except LocalResourceError as exc:
+                # Says nothing of the server: no result is recorded, the state stays.
+                self.shortage_log.warn(log, "pool=%s check skipped: %s", t.pool.name, exc)
+                await asyncio.sleep(health.interval)
+                continue
             duration = time.monotonic() - started
             t.record.last_check = CheckResult(ok, detail, duration, self.clock())
             if self.metrics is not None:

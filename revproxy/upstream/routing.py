@@ -2,9 +2,10 @@
 
 Rule of this room: pure and total. The most specific host wins (an exact name, then the
 longest wildcard suffix, then routes for any host); within a host, the longest path prefix
-wins; ties keep configuration order. A host whose routes have no matching path falls through
-to less specific hosts. No match is ``None`` — the pipeline answers it locally (404) and
-never forwards it anywhere.
+wins; ties keep configuration order; a path rule ending in "/" also takes the same path without
+it. Paths arrive normalised (proto/target.py), so what is matched is what the origin serves. A
+host whose routes have no matching path falls through to less specific hosts. No match is
+``None`` — the pipeline answers it locally (404) and never forwards it anywhere.
 """
 
 from __future__ import annotations
@@ -83,6 +84,11 @@ class Router:
 
 def _first_prefix(routes: Sequence[Route], path: str) -> Route | None:
     for r in routes:
-        if path.startswith(r.path):
+        rp = r.path
+        if path.startswith(rp):
+            return r
+        # A rule ending in "/" also takes the same path without it ("/admin" is "/admin/"):
+        # an origin serving "/admin/" answers "/admin" too, with its content or a redirect.
+        if len(rp) == len(path) + 1 and rp[-1] == "/" and rp.startswith(path):
             return r
     return None

@@ -341,7 +341,8 @@ def test_listener_answers_challenge_before_redirect_and_routes(tmp_path: Path) -
     assert (status, body, headers["content-length"]) == (200, b"", str(len(KEY_AUTH)))
     assert results["missing"][0] == 404
     status, _, body = results["dots"]
-    assert status == 404 and b"never" not in body
+    # An encoded slash never reaches the webroot: refused before routing (proto/target.py).
+    assert status == 400 and b"never" not in body
     status, headers, _ = results["post"]
     assert status == 308  # not a challenge: redirected like any other request
     status, headers, _ = results["other"]

@@ -172,14 +172,38 @@ def test_hop_by_hop_headers_do_not_reach_the_origin() -> None:
     assert b"proxy-authorization" not in names
 
 
-def test_connection_can_name_forwarding_headers_away() -> None:
-    """A trusted peer's Connection header removes what it names before anything is kept."""
+def test_connection_cannot_name_forwarding_headers_away() -> None:
+    """Forwarding headers are end to end: a Connection header naming one is not obeyed, so a
+    trusted peer's chain is kept."""
     out = request_headers(
         [(b"connection", b"x-forwarded-for"), (b"x-forwarded-for", b"6.6.6.6")],
         PROXY,
         trusted=LOCAL,
     )
-    assert values(out, b"x-forwarded-for") == [b"10.0.0.2"]
+    assert values(out, b"x-forwarded-for") == [b"6.6.6.6, 10.0.0.2"]
+
+
+@pytest.mark.parametrize("named", [b"host", b"Host", b"content-length", b"x-real-ip"])
+def test_connection_cannot_name_host_or_framing_away(named: bytes) -> None:
+    """``Connection: close, host`` once left the origin without a Host."""
+    headers = [
+        (b"host", b"app.test"),
+        (b"content-length", b"3"),
+        (b"connection", b"close, " + named),
+    ]
+    out = request_headers(headers, CLIENT)
+    assert values(out, b"host") == [b"app.test"]
+    assert values(out, b"content-length") == [b"3"]
+
+
+def test_underscore_twins_of_forwarding_headers_are_dropped() -> None:
+    headers = [(b"x_forwarded_for", b"6.6.6.6"), (b"x_real_ip", b"6.6.6.6"), (b"x-a_b", b"1")]
+    assert [n for n, _ in request_headers(headers, CLIENT)] == [
+        b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port",
+        b"x-real-ip",
+    ]  # fmt: skip
+    kept = request_headers(headers, CLIENT, underscores=True)
+    assert [n for n, _ in kept[:3]] == [b"x_forwarded_for", b"x_real_ip", b"x-a_b"]
 
 
 # --- toward the client ----------------------------------------------------------------------
@@ -271,11 +295,16 @@ def test_ordinary_headers_pass_unchanged_and_in_order() -> None:
 # passes, the way the RFC sentences read; on any headers, both must give the same list.
 
 
+# End-to-end headers a Connection header may not name away.
+NEVER_NAMED = {b"host", b"content-length", b"transfer-encoding", *FORWARDING_HEADERS}
+
+
 def reference_remove_hop_by_hop(headers: Headers) -> Headers:
     named: set[bytes] = set()
     for name, value in headers:
         if name == b"connection":
             named.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    named -= NEVER_NAMED
     return [(n, v) for n, v in headers if n not in HOP_BY_HOP and n not in named]
 
 
@@ -284,7 +313,10 @@ def reference_request_headers(
     client: ClientIdentity,
     trusted: list[Network],
     forwarded: bool,
+    underscores: bool = False,
 ) -> Headers:
+    if not underscores:
+        headers = [(n, v) for n, v in headers if b"_" not in n]
     peer_trusted = is_trusted(client.address, trusted)
     xff: list[bytes] = []
     fwd: list[bytes] = []
@@ -352,7 +384,8 @@ def reference_response_headers(
 NAMES = [
     b"connection", b"keep-alive", b"te", b"upgrade", b"x-forwarded-for", b"x-forwarded-proto",
     b"x-forwarded-host", b"forwarded", b"x-real-ip", b"x-powered-by", b"via", b"host",
-    b"server", b"location", b"refresh", b"set-cookie", b"x-a",
+    b"server", b"location", b"refresh", b"set-cookie", b"x-a", b"x_forwarded_for",
+    b"content-length",
 ]  # fmt: skip
 header_name = st.sampled_from(NAMES)
 # Connection values name any header, in any case, with stray commas and spaces.
@@ -401,13 +434,16 @@ def test_remove_hop_by_hop_matches_the_rule(headers: Headers) -> None:
     client=client_st,
     trust=st.booleans(),
     forwarded=st.booleans(),
+    underscores=st.booleans(),
 )
 def test_request_headers_match_the_rules(
-    headers: Headers, client: ClientIdentity, trust: bool, forwarded: bool
+    headers: Headers, client: ClientIdentity, trust: bool, forwarded: bool, underscores: bool
 ) -> None:
     trusted = LOCAL if trust else []
-    got = request_headers(headers, client, trusted=trusted, forwarded=forwarded)
-    assert got == reference_request_headers(headers, client, trusted, forwarded)
+    got = request_headers(
+        headers, client, trusted=trusted, forwarded=forwarded, underscores=underscores
+    )
+    assert got == reference_request_headers(headers, client, trusted, forwarded, underscores)
     assert all(type(h) is tuple for h in got)
 
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 from revproxy.errors import H2_PROTOCOL_ERROR
 from revproxy.proto.events import Event, Headers, InformationalReceived, ResponseReceived
 from revproxy.proto.h2 import check as check
-from revproxy.proto.h2.engine import DEFAULT_WINDOW, H2Endpoint, Stream
+from revproxy.proto.h2.connection import Stream
+from revproxy.proto.h2.engine import H2Endpoint
+from revproxy.proto.h2.frames import DEFAULT_WINDOW
 
 # Statuses whose responses carry no content whatever their content-length says (RFC 9110 §6.4.1).
 _NO_CONTENT = frozenset({204, 304})

@@ -11,8 +11,8 @@ from typing import Protocol
 
 from revproxy.proto.events import Event, Headers
 from revproxy.proto.http1.exact import H1Client, H1Server
-from revproxy.proto.http1.fast import H1Client as FastClient
 from revproxy.proto.http1.fast import H1Server as FastServer
+from revproxy.proto.http1.fast_client import H1Client as FastClient
 from revproxy.proto.http1.head import DEFAULT_MAX_HEADER_SIZE
 
 # --- choosing an implementation (global.http1_parser) ---------------------------------------

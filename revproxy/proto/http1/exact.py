@@ -43,7 +43,12 @@ from revproxy.proto.events import (
     RequestReceived,
     ResponseReceived,
 )
-from revproxy.proto.http1.head import DEFAULT_MAX_HEADER_SIZE, screen_head, split_absolute
+from revproxy.proto.http1.head import (
+    BOTH_LENGTHS,
+    DEFAULT_MAX_HEADER_SIZE,
+    screen_head,
+    split_absolute,
+)
 
 
 def _phrase(status: int) -> bytes:
@@ -287,6 +292,7 @@ class H1Client:
                     )
                 )
             elif isinstance(ev, h11.Response):
+                _refuse_both_lengths(ev.headers)
                 out.append(
                     ResponseReceived(
                         stream_id=sid,
@@ -329,3 +335,12 @@ class H1Client:
 
     def start_next_cycle(self) -> None:
         self._conn.start_next_cycle()
+
+
+def _refuse_both_lengths(headers: Iterable[tuple[bytes, bytes]]) -> None:
+    """RFC 9112 §6.3: a response with both Transfer-Encoding and Content-Length "ought to be
+    handled as an error" — relayed, its stale Content-Length would misframe the client's
+    connection (or the next response of a proxy in front)."""
+    names = {name for name, _ in headers}
+    if b"transfer-encoding" in names and b"content-length" in names:
+        raise BackendProtocolError(f"malformed response: {BOTH_LENGTHS}")

@@ -52,8 +52,10 @@ from revproxy.proto.events import (
     WindowUpdated,
 )
 from revproxy.proto.h2 import check as check
+from revproxy.proto.h2 import hpack_codec as hpack_codec
 from revproxy.proto.h2.client import H2Client
-from revproxy.proto.h2.engine import PREFACE, H2Server
+from revproxy.proto.h2.frames import PREFACE
+from revproxy.proto.h2.server import H2Server
 
 FLOW_CONTROL_ERROR = 0x3
 FRAME_SIZE_ERROR = 0x6
@@ -715,7 +717,7 @@ def random_fields(rng: random.Random, n: int) -> list[tuple[bytes, bytes]]:
 
 def test_encoder_writes_what_hpack_with_h2_normalisation_writes() -> None:
     rng = random.Random(7)
-    ours, theirs = check.Encoder(), Encoder()
+    ours, theirs = hpack_codec.Encoder(), Encoder()
     decoder = Decoder()
     flags = HeaderValidationFlags(False, False, True, False)
     for block_no in range(400):
@@ -734,7 +736,7 @@ def test_encoder_writes_what_hpack_with_h2_normalisation_writes() -> None:
 def test_decoder_reads_what_hpack_reads() -> None:
     rng = random.Random(11)
     encoder = Encoder()
-    ours, theirs = check.Decoder(), Decoder()
+    ours, theirs = hpack_codec.Decoder(), Decoder()
     for _ in range(300):
         fields = [(n.strip().lower(), v) for n, v in random_fields(rng, rng.randrange(0, 12))]
         block = encoder.encode(fields, huffman=rng.random() < 0.5)
@@ -760,13 +762,13 @@ def test_decoder_refuses_what_hpack_refuses(block: bytes) -> None:
     with pytest.raises(HPACKDecodingError):
         Decoder().decode(block, raw=True)
     with pytest.raises(HPACKDecodingError):
-        check.Decoder().decode(block)
+        hpack_codec.Decoder().decode(block)
 
 
 def test_decoder_enforces_the_header_list_size() -> None:
     block = Encoder().encode([(b"x-big", b"y" * 200)])
     with pytest.raises(OversizedHeaderListError):
-        check.Decoder(max_header_list_size=100).decode(block)
+        hpack_codec.Decoder(max_header_list_size=100).decode(block)
 
 
 def _h2_request(raw: list[tuple[bytes, bytes]]) -> check.RequestHead | str:

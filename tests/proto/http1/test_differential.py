@@ -36,6 +36,8 @@ from revproxy.proto.events import (
 from revproxy.proto.http1 import api
 from revproxy.proto.http1 import exact as http1
 from revproxy.proto.http1 import fast as http1_fast
+from revproxy.proto.http1 import fast_client as http1_fast_client
+from revproxy.proto.http1 import fast_lines as http1_fast_lines
 from revproxy.proto.http1 import wire as http1_wire
 
 
@@ -1190,9 +1192,9 @@ def clear_memos() -> None:
         http1_wire._framing_sent,
         http1_wire._field_names,
         http1_wire._known_names,
-        http1_fast._request_lines,
-        http1_fast._targets,
-        http1_fast._status_lines,
+        http1_fast_lines._request_lines,
+        http1_fast_lines._targets,
+        http1_fast_lines._status_lines,
     ):
         memo.clear()
 
@@ -1738,7 +1740,7 @@ def test_events_are_built_as_the_dataclasses_build_them() -> None:
             ),
         ),
         (
-            http1_fast.response_received(3, 204, [], b"No Content"),
+            http1_fast_client.response_received(3, 204, [], b"No Content"),
             ResponseReceived(stream_id=3, status=204, headers=[], reason=b"No Content"),
         ),
         (http1_fast.data_received(3, b"x"), DataReceived(stream_id=3, data=b"x")),
@@ -1774,8 +1776,8 @@ def test_memos_are_bounded_and_remember_only_what_they_accepted() -> None:
         server = http1_fast.H1Server()
         server.receive_data(b"GET /%d HTTP/1.1\r\nHost: a\r\nX-N: %d\r\n\r\n" % (i, i))
         assert len(http1_wire._lines) <= http1_wire.MAX_LINES
-        assert len(http1_fast._request_lines) <= http1_wire.MAX_LINES
-        assert len(http1_fast._targets) <= http1_wire.MAX_LINES
+        assert len(http1_fast_lines._request_lines) <= http1_wire.MAX_LINES
+        assert len(http1_fast_lines._targets) <= http1_wire.MAX_LINES
     client = http1_fast.H1Client()
     for i in range(http1_wire.MAX_LINES + 10):
         client.send_request(b"GET", b"/", [(b"host", b"a"), (b"x-n", b"%d" % i)])
