@@ -2,7 +2,7 @@
 
 Rule of this room: every error says whose fault it is and carries the reply it implies
 (HTTP status for HTTP/1.1, error code for an HTTP/2 stream reset). Only the HTTP pipeline
-(`http_proxy.py`) turns these into responses; everything else just raises.
+(`edge/h1_connection.py`) turns these into responses; everything else just raises.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 """Microbenchmark of one proxied HTTP/1.1 exchange through the parsers and the header policy.
 
 Runs, in one process and without I/O, what the pipeline does for a request on a keep-alive
-connection (``http_proxy.py``, ``exchange.py``, ``dial.py``), step by step:
+connection (``edge/h1_connection.py``, ``exchange.py``, ``upstream/dialer.py``), step by step:
 
     server parse       H1Server.receive_data(request)          → RequestReceived, MessageEnded
     request_headers    forwarding.request_headers(...)          (X-Forwarded-* appended)

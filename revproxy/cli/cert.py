@@ -1,6 +1,6 @@
 """``revproxy cert issue | renew | list | reload``: certificates from the command line.
 
-Rule of this room: user-facing, like cli.py. certbot's own output is streamed as it comes; a
+Rule of this room: user-facing, like cli/main.py. certbot's own output is streamed as it comes; a
 failure ends with certbot's own error message, a hint when we know one, and a non-zero exit
 (1 for a failed run, 2 for a configuration or usage mistake) — never a stack trace.
 

@@ -19,7 +19,7 @@ from revproxy.config.values import describe, parse_bind, parse_network
 
 __all__ = ["ListenerRead", "bound_by", "check_listeners", "read_listener"]
 
-# The TOML keys: the field names of config.py minus ``source``.
+# The TOML keys: the field names of config/model.py minus ``source``.
 _LISTENER_KEYS = (
     "name", "bind", "mode", "tls", "redirect_https", "redirect_port", "trusted_proxies",
     "proxy_protocol", "forwarded", "pool", "acme", "h2c", "max_conns",
@@ -33,7 +33,7 @@ _UNKNOWN_SNI: tuple[Literal["generated", "reject"], ...] = ("generated", "reject
 _PROXY_MODES: tuple[Literal["off", "optional", "required"], ...] = ("off", "optional", "required")
 _ALPN = ("h2", "http/1.1")
 
-# Defaults come from the dataclasses themselves, so config.py stays the one place for them.
+# Defaults come from the dataclasses themselves, so config/model.py stays the one place for them.
 _LISTENER = Listener(name="", bind=())
 _TLS = ListenerTLS()
 _PROXY_PROTOCOL = ProxyProtocolIn()

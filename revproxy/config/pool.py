@@ -2,7 +2,7 @@
 
 Rule of this room: one pool table is judged on its own — every key read, every problem
 recorded under ``pool.NAME.…`` with what to write instead. Whether anything uses the pool, or
-names one that does not exist, needs the whole config and is ``config_load.py``'s.
+names one that does not exist, needs the whole config and is ``config/load.py``'s.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from revproxy.config.values import (
 
 __all__ = ["read_pool"]
 
-# The TOML keys of each table: the field names of config.py, minus what the loader fills in
+# The TOML keys of each table: the field names of config/model.py, minus what the loader fills in
 # itself (a pool's ``name`` and ``source``, a server's ``port``).
 _POOL_KEYS = (
     "servers", "balance", "timeouts", "send_proxy", "hide_headers", "server_header",
@@ -51,7 +51,7 @@ _SEND_PROXY: tuple[Literal["v1", "v2"], ...] = ("v1", "v2")
 _PROTOCOLS: tuple[Literal["http1", "h2", "h2c"], ...] = ("http1", "h2", "h2c")
 _MAX_WEIGHT = 256
 
-# Defaults come from the dataclasses themselves, so config.py stays the one place for them.
+# Defaults come from the dataclasses themselves, so config/model.py stays the one place for them.
 _POOL = Pool(name="", servers=())
 _SERVER = Server(address="", port=0)
 _TIMEOUTS = Timeouts()

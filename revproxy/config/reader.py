@@ -4,7 +4,7 @@ Rule of this room: a reader never stops at the first problem. Every getter retur
 default when the key is missing *or* wrong, having recorded why under the key's file and path
 (``conf/20-sites.toml: pool.web.servers[1]: ...``); the object built from a table with
 problems is thrown away with the ``ConfigError`` raised at the end. What a value means is the
-parsers' (``config_values.py``); what values mean together is the loaders'.
+parsers' (``config/values.py``); what values mean together is the loaders'.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from revproxy.proto.target import normalize_path
 
 __all__ = ["RouteRead", "check_routes", "read_route"]
 
-# The TOML keys: the field names of config.py minus ``index`` and ``source``.
+# The TOML keys: the field names of config/model.py minus ``index`` and ``source``.
 _ROUTE_KEYS = (
     "host", "path", "pool", "redirect", "redirect_status", "respond", "listeners", "sni",
     "passthrough", "normalize_path",

@@ -3,7 +3,7 @@
 Rule of this room: it shows what the proxy will do, not what the files say — defaults filled
 in, routes in the order the router tries them, listeners with what they actually answer
 (ACME challenges on a plain port-80 listener even when the file does not say so). It reads a
-valid ``Config`` and never judges it; judging is ``config_load.py``'s.
+valid ``Config`` and never judges it; judging is ``config/load.py``'s.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ patterns and URLs, and how durations and sizes are written back in messages.
 Rule of this room: a parser takes one TOML value and returns a typed value, or raises
 ``ValueError`` whose message is the whole reason, written for the operator: what is wrong and
 what to write instead. A parser never knows where its value came from; ``TableReader``
-(``config_reader.py``) puts the file and key path in front of the reason and records it. What
+(``config/reader.py``) puts the file and key path in front of the reason and records it. What
 the values mean together (references, clashes, merging files) is the loaders'.
 """
 

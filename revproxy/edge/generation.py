@@ -89,7 +89,7 @@ class ListenerRuntime:
     router: Router
     tls: ServerTLS | None
     redirect_port: int | None
-    # TLS passthrough (tcp_proxy.py): (SNI pattern, pool) with exact names before wildcards,
+    # TLS passthrough (edge/tcp.py): (SNI pattern, pool) with exact names before wildcards,
     # longer wildcards first. Empty: the listener never peeks at a ClientHello.
     passthrough: tuple[tuple[str, str], ...] = ()
     # Answers ACME HTTP-01 challenges (acme.py) before any redirect or route.
@@ -109,10 +109,10 @@ class Generation:
     bind_owner: dict[str, str] = field(default_factory=dict)
     retired: bool = field(default=False)
     # The generation that replaced this one: keep-alive connections move to it between
-    # requests, so that routes, drains and health apply to them too (http_proxy.py).
+    # requests, so that routes, drains and health apply to them too (edge/h1_connection.py).
     successor: Generation | None = field(default=None)
     # Fired on retirement: HTTP/2 connections send GOAWAY and finish their streams
-    # (h2_proxy.py), HTTP/2 origin connections close once idle (dial_h2.py).
+    # (edge/h2_connection.py), HTTP/2 origin connections close once idle (upstream/h2_origins.py).
     retiring: Signal = field(default_factory=Signal)
     # The HTTP/1.1 implementation chosen by global.http1_parser (llhttp or h11).
     h1_server: type[H1ServerAPI] = field(default=H1Server)

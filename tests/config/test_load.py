@@ -705,7 +705,7 @@ def test_three_errors_three_problems() -> None:
 
 
 def test_allowed_keys_are_the_dataclass_fields() -> None:
-    """Field name = TOML key: a field added to config.py must be read here too."""
+    """Field name = TOML key: a field added to config/model.py must be read here too."""
 
     def fields(cls: type, *skip: str) -> set[str]:
         return {f.name for f in dataclasses.fields(cls)} - set(skip)

@@ -17,7 +17,7 @@ from revproxy.proto.http1.head import DEFAULT_MAX_HEADER_SIZE
 
 # --- choosing an implementation (global.http1_parser) ---------------------------------------
 #
-# http1_fast.py implements the same API on llhttp (httptools); it must give the same events
+# proto/http1/fast.py implements the same API on llhttp (httptools); it must give the same events
 # and errors for the same bytes (tests/proto/test_http1_differential.py). h11 stays the
 # portable fallback and the reference.
 
@@ -25,7 +25,7 @@ HTTP1_PARSERS = ("auto", "httptools", "h11")
 
 
 class H1ServerAPI(Protocol):
-    """What http_proxy.py needs of the client side of an exchange (either implementation)."""
+    """What the client side of an exchange needs (edge/h1_connection.py), either way."""
 
     stream_id: int
 
@@ -50,7 +50,7 @@ class H1ServerAPI(Protocol):
 
 
 class H1ClientAPI(Protocol):
-    """What http_proxy.py needs of the backend side of an exchange (either implementation)."""
+    """What the backend side of an exchange needs (upstream/dialer.py), either way."""
 
     stream_id: int
 

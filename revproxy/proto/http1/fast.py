@@ -96,7 +96,7 @@ class H1Server(Connection):
 
     def __init__(self, *, max_header_size: int = DEFAULT_MAX_HEADER_SIZE) -> None:
         self._max = max_header_size
-        self._limit = max_header_size + 1024  # h11's max_incomplete_event_size in http1.py
+        self._limit = max_header_size + 1024  # h11 max_incomplete_event_size (exact.py)
         self._reset()
         self._pending = bytearray()  # bytes of a request head not yet parsed
         self._head_done = False
@@ -212,7 +212,7 @@ class H1Server(Connection):
         line = REQUEST_LINE_RE.fullmatch(head, 0, line_end)
         lexed = lex(head, line_end + 2) if line is not None else None
         if lexed is None:
-            # llhttp refused the fields, or the request line is wrong: screen as http1.py
+            # llhttp refused the fields, or the request line is wrong: screen as exact.py
             # does before anything else, then let h11's grammar say what is wrong.
             try:
                 screen_head(head[:-2])

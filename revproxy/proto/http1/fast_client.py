@@ -410,7 +410,7 @@ class H1Client(Connection):
         )
 
     def _check_head_size(self, head: bytes) -> None:
-        # As http1.py: a head that arrived whole is bounded too (h11 bounds only incomplete
+        # As exact.py: a head that arrived whole is bounded too (h11 bounds only incomplete
         # ones), once the head was taken in, so the connection's state is not ERROR.
         if len(head) > self._max:
             raise BackendProtocolError(f"response head over {self._max} bytes")

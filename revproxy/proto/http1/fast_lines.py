@@ -29,7 +29,7 @@ _PLAIN_METHODS: Final = frozenset(
 # What a target may not hold besides bytes above 0x7f (h11: ``[\x21-\x7e]+``).
 _NOT_IN_TARGETS: Final = bytes(range(0x21)) + b"\x7f"
 # Request lines of plain requests received → (method, target), and targets seen valid (in
-# those lines or sent): memos, bounded like those of http1_wire.py.
+# those lines or sent): memos, bounded like those of proto/http1/wire.py.
 _request_lines: dict[bytes, tuple[bytes, bytes]] = {}
 _targets: set[bytes] = set()
 _MAX_REQUEST_LINES: Final = 4096
@@ -70,7 +70,7 @@ def _valid_target(target: bytes) -> bool:
 
 
 # Status lines of plain final responses received (the bytes after HTTP/1.1 being known valid)
-# → (status, reason): a memo, bounded like those of http1_wire.py.
+# → (status, reason): a memo, bounded like those of proto/http1/wire.py.
 _status_lines: dict[bytes, tuple[int, bytes]] = {}
 _MAX_STATUS_LINES: Final = 256
 

@@ -1,4 +1,4 @@
-"""HTTP/1.1 connection state, body readers and body writers, for ``http1_fast.py``.
+"""HTTP/1.1 connection state, body readers and body writers, for ``proto/http1/fast.py``.
 
 Rule of this room: h11's state machine (``h11/_state.py``) as one table, and h11's readers and
 writers (``_readers.py``, ``_writers.py``), with the same outcomes for the same calls. Each

@@ -1,4 +1,4 @@
-"""HTTP/1.1 header fields on the wire, for the fast implementation (``http1_fast.py``).
+"""HTTP/1.1 header fields on the wire, for the fast implementation (``proto/http1/fast.py``).
 
 Rule of this room: h11's grammar and h11's normalisation, bit for bit (``h11/_abnf.py``,
 ``_headers.py``, ``_readers.py``), done faster. Two ways, one answer:

@@ -14,7 +14,7 @@ sentences it enforces:
 - ``build.py``: writing — ``build_v1``, ``build_v2``, ``build_local_v2``.
 
 Callers import from the package, never from its modules: the names below are those the single
-module ``proxy_protocol.py`` offered, so ``from revproxy.proto import proxy_protocol as pp``
+module ``proto/proxy_protocol/`` offered, so ``from revproxy.proto import proxy_protocol as pp``
 and ``from revproxy.proto.proxy_protocol import parse`` read as before.
 """
 
