@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from revproxy.config.access import ACCESS_KEYS, read_access
 from revproxy.config.model import Bind, CertPair, Listener, ListenerTLS, ProxyProtocolIn
 from revproxy.config.reader import MISSING, Entry, ReadContext, TableReader, defined
 from revproxy.config.values import describe, parse_bind, parse_network
@@ -22,7 +23,7 @@ __all__ = ["ListenerRead", "bound_by", "check_listeners", "read_listener"]
 # The TOML keys: the field names of config/model.py minus ``source``.
 _LISTENER_KEYS = (
     "name", "bind", "mode", "tls", "redirect_https", "redirect_port", "trusted_proxies",
-    "proxy_protocol", "forwarded", "pool", "acme", "h2c", "max_conns",
+    "proxy_protocol", "forwarded", "pool", "acme", "h2c", "max_conns", *ACCESS_KEYS,
 )  # fmt: skip
 _TLS_KEYS = ("cert_dir", "certs", "unknown_sni", "alpn")
 _CERT_KEYS = ("cert", "key")
@@ -108,6 +109,7 @@ def read_listener(index: int, entry: Entry, ctx: ReadContext) -> ListenerRead:
     tls = _read_tls(tls_table) if tls_table is not None else None
     proxy_table = t.table("proxy_protocol", _PROXY_PROTOCOL_KEYS)
     trusted = t.strings("trusted_proxies", parse_network)
+    access = read_access(t)
     listener = Listener(
         name=name,
         bind=tuple(bind for _, bind in binds),
@@ -124,6 +126,10 @@ def read_listener(index: int, entry: Entry, ctx: ReadContext) -> ListenerRead:
         acme=t.boolean("acme", _LISTENER.acme),
         h2c=t.boolean("h2c", _LISTENER.h2c),
         max_conns=t.integer("max_conns", _LISTENER.max_conns, 1),
+        allow=access.allow,
+        deny=access.deny,
+        allow_file=access.allow_file,
+        deny_file=access.deny_file,
         source=entry.file,
     )
     if mode == "tcp":

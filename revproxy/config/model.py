@@ -130,6 +130,27 @@ class ListenerTLS:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Access:
+    """Who may come in (``allow``/``deny`` on a listener or a route): networks written in the
+    configuration and read from ``allow_file``/``deny_file`` (kept to be watched)."""
+
+    allow: tuple[Network, ...] = ()
+    deny: tuple[Network, ...] = ()
+    allow_file: Path | None = None
+    deny_file: Path | None = None
+
+    @property
+    def restricted(self) -> bool:
+        """Whether anything is checked at all."""
+        return bool(self.allow or self.deny or self.allow_file or self.deny_file)
+
+    @property
+    def allow_listed(self) -> bool:
+        """With an allow list (even an empty file), only what it names comes in."""
+        return bool(self.allow or self.allow_file)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Listener:
     name: str
     bind: tuple[Bind, ...]
@@ -149,7 +170,18 @@ class Listener:
     h2c: bool = False
     # Most client connections served at once (None = no limit).
     max_conns: int | None = None
+    # allow/deny (config/access.py): networks, with those read from the files kept here too.
+    allow: tuple[Network, ...] = ()
+    deny: tuple[Network, ...] = ()
+    allow_file: Path | None = None
+    deny_file: Path | None = None
     source: str = ""  # file it was read from
+
+    @property
+    def access(self) -> Access:
+        return Access(
+            allow=self.allow, deny=self.deny, allow_file=self.allow_file, deny_file=self.deny_file
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -174,8 +206,19 @@ class Route:
     # Forward the normalised path (proto/target.py); false keeps the client's raw path for
     # origins that need it (matching always uses the normalised one).
     normalize_path: bool = True
+    # allow/deny (config/access.py), as on listeners.
+    allow: tuple[Network, ...] = ()
+    deny: tuple[Network, ...] = ()
+    allow_file: Path | None = None
+    deny_file: Path | None = None
     index: int = 0  # position in the merged config, for messages and stable ordering
     source: str = ""
+
+    @property
+    def access(self) -> Access:
+        return Access(
+            allow=self.allow, deny=self.deny, allow_file=self.allow_file, deny_file=self.deny_file
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

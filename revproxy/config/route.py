@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from revproxy.config.access import ACCESS_KEYS, read_access
 from revproxy.config.model import Listener, Respond, Route
 from revproxy.config.reader import Entry, ReadContext, TableReader, defined
 from revproxy.config.values import (
@@ -34,7 +35,7 @@ __all__ = ["RouteRead", "check_routes", "read_route"]
 # The TOML keys: the field names of config/model.py minus ``index`` and ``source``.
 _ROUTE_KEYS = (
     "host", "path", "pool", "redirect", "redirect_status", "respond", "listeners", "sni",
-    "passthrough", "normalize_path",
+    "passthrough", "normalize_path", *ACCESS_KEYS,
 )  # fmt: skip
 _RESPOND_KEYS = ("status", "body", "content_type")
 
@@ -117,6 +118,13 @@ def _check_passthrough_keys(t: TableReader, route: Route) -> None:
     for key in ("redirect", "respond"):
         if t.has(key):
             t.problem(key, "not on a passthrough route: it relays bytes to its pool, never answers")
+    for key in ACCESS_KEYS:
+        if t.has(key):
+            t.problem(
+                key,
+                "not on a passthrough route: put allow/deny on its listener, where they are "
+                "checked before the TLS ClientHello is read",
+            )
 
 
 def read_route(index: int, entry: Entry, ctx: ReadContext) -> RouteRead:
@@ -129,6 +137,7 @@ def read_route(index: int, entry: Entry, ctx: ReadContext) -> RouteRead:
     t.unique("listeners", listeners)
     respond_table = t.table("respond", _RESPOND_KEYS)
     redirect: str | None = t.parsed("redirect", lambda v: _parse_redirect(as_str(v)), None)
+    access = read_access(t)
     route = Route(
         host=tuple(dict.fromkeys(host for _, host in hosts)),
         path=t.parsed("path", lambda v: _parse_route_path(as_str(v)), _ROUTE.path),
@@ -140,6 +149,10 @@ def read_route(index: int, entry: Entry, ctx: ReadContext) -> RouteRead:
         sni=tuple(dict.fromkeys(sni for _, sni in snis)),
         passthrough=t.boolean("passthrough", _ROUTE.passthrough),
         normalize_path=t.boolean("normalize_path", _ROUTE.normalize_path),
+        allow=access.allow,
+        deny=access.deny,
+        allow_file=access.allow_file,
+        deny_file=access.deny_file,
         index=index,
         source=entry.file,
     )

@@ -50,6 +50,7 @@ from revproxy.errors import (
     RevproxyError,
 )
 from revproxy.ops.accesslog import AccessRecord
+from revproxy.policy.access import DENY
 from revproxy.proto import grpc
 from revproxy.proto.events import (
     DataReceived,
@@ -63,6 +64,7 @@ from revproxy.proto.events import (
 from revproxy.proto.forwarding import (
     ClientIdentity,
     interim_headers,
+    policy_client,
     request_headers,
     response_headers,
 )
@@ -211,7 +213,11 @@ class Exchange:
             except ClientProtocolError as exc:
                 action: _Action = self._local_error(exc)
             else:
-                action = self._route(req, normalise_host(req.authority))
+                acl = self.listener.access
+                if acl is not None and not acl.permits(self._policy_client(req)):
+                    action = self._refuse(DENY)
+                else:
+                    action = self._route(req, normalise_host(req.authority))
             if isinstance(action, PoolRuntime):
                 return await self._proxy(action)
             return await action
@@ -252,6 +258,11 @@ class Exchange:
         if route is None:
             return self._local(404)
         self.rec.route = str(route.index)
+        route_access = self.gen.route_access
+        if route_access:
+            acl = route_access.get(route.index)
+            if acl is not None and not acl.permits(self._policy_client(req)):
+                return self._refuse(DENY)
         if not route.normalize_path:
             self.target = req.target  # matched normalised, forwarded as the client wrote it
         if route.redirect is not None:
@@ -605,6 +616,18 @@ class Exchange:
             with contextlib.suppress(Exception):
                 writer.close()
         log.debug("id=%s tunnel closed up=%d down=%d", self.rec.id, up, down)
+
+    # --- the edge policy -------------------------------------------------------------------
+
+    def _policy_client(self, req: RequestReceived) -> str:
+        """The address allow/deny lists and limits decide on (forwarding.policy_client)."""
+        return policy_client(req.headers, self.info.client[0], self.listener.config.trusted_proxies)
+
+    def _refuse(self, reason: str) -> Coroutine[Any, Any, bool]:
+        """A local 403 that names nothing of the origin, logged and counted with ``reason``."""
+        self.rec.refused = reason
+        log.info("id=%s client=%s refused: %s", self.rec.id, self.info.client[0], reason)
+        return self._local(403)
 
     # --- local answers ---------------------------------------------------------------------
 

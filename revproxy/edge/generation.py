@@ -22,6 +22,7 @@ from revproxy.edge.tls import ServerTLS
 from revproxy.errors import CertificateError, ConfigError, ConfigProblem
 from revproxy.ops.accesslog import AccessLog
 from revproxy.ops.metrics import RequestMetrics
+from revproxy.policy.access import AccessList, compile_access
 from revproxy.proto.forwarding import HidingPolicy
 from revproxy.proto.http1.api import H1ServerAPI, client_class, server_class
 from revproxy.proto.http1.exact import H1Server
@@ -94,6 +95,8 @@ class ListenerRuntime:
     passthrough: tuple[tuple[str, str], ...] = ()
     # Answers ACME HTTP-01 challenges (acme.py) before any redirect or route.
     acme: bool = False
+    # allow/deny of the listener (policy/access.py); None: everyone comes in.
+    access: AccessList | None = None
 
 
 @dataclass(eq=False)
@@ -105,6 +108,8 @@ class Generation:
     access_log: AccessLog
     # Request counters; the same object is handed from generation to generation.
     metrics: RequestMetrics = field(default_factory=RequestMetrics)
+    # allow/deny of the routes that have them, by route index (policy/access.py).
+    route_access: dict[int, AccessList] = field(default_factory=dict)
     # Bind address (as written in the config) → name of the listener that owns it.
     bind_owner: dict[str, str] = field(default_factory=dict)
     retired: bool = field(default=False)
@@ -282,6 +287,7 @@ def build_generation(
             redirect_port=lst.redirect_port or first_tls_port,
             passthrough=passthrough_table(lst, routes),
             acme=answers_acme(lst),
+            access=compile_access(lst.access),
         )
     if problems:
         raise ConfigError(problems)
@@ -294,6 +300,9 @@ def build_generation(
         pools=pools,
         access_log=access_log,
         h1_server=h1_server,
+        route_access={
+            r.index: acl for r in config.routes if (acl := compile_access(r.access)) is not None
+        },
         # Counters continue across reloads: the previous generation's object is handed on.
         metrics=metrics or (previous.metrics if previous is not None else RequestMetrics()),
     )

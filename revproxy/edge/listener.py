@@ -43,11 +43,18 @@ from revproxy.edge.client_side import ConnInfo
 from revproxy.edge.generation import Generation, ListenerRuntime, Signal
 from revproxy.edge.h1_connection import HttpConnection
 from revproxy.edge.h2_connection import Http2Connection
-from revproxy.edge.tcp import match_passthrough, record_refused, serve_passthrough, serve_tcp
+from revproxy.edge.tcp import (
+    match_passthrough,
+    record_denied,
+    record_refused,
+    serve_passthrough,
+    serve_tcp,
+)
 from revproxy.edge.tls import server_name_of
 from revproxy.errors import ClientHelloError, ProxyProtocolError, is_local_shortage
 from revproxy.net.conn_io import ConnIO
 from revproxy.ops.log_limit import RateLimitedLog
+from revproxy.policy.access import DENY
 from revproxy.proto import proxy_protocol as pp
 from revproxy.proto.clienthello import MAX_CLIENTHELLO, ClientHelloInfo, parse_client_hello
 from revproxy.proto.forwarding import is_trusted
@@ -372,6 +379,8 @@ class Acceptor:
             if header is not None:
                 _apply_proxy_header(info, header)
         if lrt.config.mode == "tcp":
+            if self._denied(gen, lrt, info):
+                return
             await serve_tcp(gen, lrt, csock, info)
             return
         if lrt.tls is not None and lrt.passthrough:
@@ -385,10 +394,24 @@ class Acceptor:
                 entry = match_passthrough(lrt.passthrough, hello.server_name)
                 if entry is not None:
                     info.sni = hello.server_name
+                    if self._denied(gen, lrt, info):
+                        return
                     pattern, pool = entry
                     await serve_passthrough(gen, lrt, csock, info, pattern=pattern, pool=pool)
                     return
         await self._serve_http(gen, lrt, csock, info, stopping)
+
+    @staticmethod
+    def _denied(gen: Generation, lrt: ListenerRuntime, info: ConnInfo) -> bool:
+        """allow/deny of a connection relayed unread (TCP mode, TLS passthrough): refused
+        ones are closed before any byte goes anywhere. HTTP requests are checked one by one
+        in the exchange (a trusted X-Forwarded-For may name the client)."""
+        acl = lrt.access
+        if acl is None or acl.permits(info.client[0]):
+            return False
+        log.info("listener=%s client=%s closed: %s", lrt.config.name, info.client[0], DENY)
+        record_denied(gen, lrt, info, DENY)
+        return True
 
     def _refuse(self, gen: Generation, lrt: ListenerRuntime, csock: socket.socket) -> None:
         """Close a connection over ``max_conns`` at once: one access-log line, few warnings."""

@@ -12,6 +12,7 @@ directions ended normally; otherwise the marker the failure implies —
 
 =====  ===================================================================================
 499    the client reset or failed the connection
+403    the listener's allow/deny refused the client (closed before any byte was relayed)
 502    no server of the pool could be connected, or the server reset the connection
 503    no server available in the pool, or the listener was at ``max_conns``
 504    no byte either way for ``timeouts.tunnel`` (idle)
@@ -44,6 +45,7 @@ STATUS_OK = 0
 STATUS_CLIENT_FAILED = 499
 STATUS_BACKEND_FAILED = 502
 STATUS_FULL = 503
+STATUS_DENIED = 403
 STATUS_IDLE = 504
 
 _END_STATUS = {
@@ -101,6 +103,16 @@ def record_refused(gen: Generation, lrt: ListenerRuntime, info: ConnInfo) -> Non
     method = METHOD_TCP if lrt.config.mode == "tcp" else "-"
     rec = _record(lrt, info, method, lrt.config.pool or "", "")
     rec.status = STATUS_FULL
+    gen.access_log.record(rec)
+    gen.metrics.connection(rec)
+
+
+def record_denied(gen: Generation, lrt: ListenerRuntime, info: ConnInfo, reason: str) -> None:
+    """The access-log line of a connection closed unread because allow/deny refused it."""
+    method = METHOD_TCP if lrt.config.mode == "tcp" else METHOD_PASSTHROUGH
+    rec = _record(lrt, info, method, lrt.config.pool or "", "")
+    rec.status = STATUS_DENIED
+    rec.refused = reason
     gen.access_log.record(rec)
     gen.metrics.connection(rec)
 

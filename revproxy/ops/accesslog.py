@@ -35,6 +35,7 @@ class AccessRecord:
     upstream_ms: float
     authority: str = ""  # PROXY v2 AUTHORITY TLV
     vpce: str = ""  # PROXY v2 AWS VPC endpoint id
+    refused: str = ""  # why the edge policy refused it ("deny", "auth", "limit:NAME")
 
     def text(self) -> str:
         def q(s: str) -> str:
@@ -49,6 +50,7 @@ class AccessRecord:
             f"upstream={self.upstream_ms:.1f}ms"
             + (f" authority={self.authority}" if self.authority else "")
             + (f" vpce={self.vpce}" if self.vpce else "")
+            + (f" refused={self.refused}" if self.refused else "")
         )
 
 

@@ -271,6 +271,12 @@ class RequestMetrics:
             "of how they ended (as in the access log).",
             ("listener", "pool", "code"),
         )
+        self.refused = r.counter(
+            "revproxy_refused_total",
+            "Requests (HTTP) or connections (TCP) the edge policy refused, by listener and "
+            'reason ("deny", "auth", "limit:NAME").',
+            ("listener", "reason"),
+        )
         self.slow_readers_cut = r.counter(
             "revproxy_slow_readers_cut_total",
             "Connections cut because this process held more than global.max_buffer_memory "
@@ -286,6 +292,8 @@ class RequestMetrics:
     def record(self, rec: AccessRecord) -> None:
         """Count one finished exchange (it runs for every request: one dict lookup, a few
         increments, no label worked out; ``collect`` does that when the metrics are read)."""
+        if rec.refused:
+            self.refused.inc((rec.listener, rec.refused))
         key = (rec.listener, rec.route, rec.status, rec.pool, rec.backend)
         tally = self._tallies.get(key)
         if tally is None:
@@ -319,6 +327,8 @@ class RequestMetrics:
     def connection(self, rec: AccessRecord) -> None:
         """Count one finished L4 connection (its access-log record)."""
         listener = rec.listener
+        if rec.refused:
+            self.refused.inc((listener, rec.refused))
         self.tcp.inc((listener, rec.pool or "-", status_class(rec.status)))
         self.received.inc((listener,), rec.bytes_in)
         self.sent.inc((listener,), rec.bytes_out)

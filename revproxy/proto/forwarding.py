@@ -127,6 +127,27 @@ def is_trusted(address: str, trusted: Sequence[Network]) -> bool:
     return any(ip in net for net in trusted)
 
 
+def policy_client(
+    headers: Iterable[tuple[bytes, bytes]], address: str, trusted: Sequence[Network]
+) -> str:
+    """The client every policy decision reads (DESIGN decision 8): ``address`` (the socket's,
+    or a trusted PROXY header's) unless it is a trusted proxy; then the rightmost
+    ``X-Forwarded-For`` hop that is not itself trusted — the address ``request_headers`` sends
+    as ``X-Real-IP``."""
+    if not trusted or not is_trusted(address, trusted):
+        return address
+    hops = [
+        hop.strip().decode("latin-1")
+        for name, value in headers
+        if name == b"x-forwarded-for"
+        for hop in value.split(b",")
+    ]
+    for hop in reversed(hops):
+        if hop and not is_trusted(hop, trusted):
+            return hop
+    return hops[0] if hops and hops[0] else address
+
+
 def _forwarded_node(address: str) -> bytes:
     # RFC 7239 §6: IPv6 addresses are enclosed in brackets and the value quoted.
     if ":" in address:

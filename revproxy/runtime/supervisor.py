@@ -79,6 +79,7 @@ class Instance:
         self._reload_lock = asyncio.Lock()
         self._watch_task: asyncio.Task[None] | None = None
         self._watch_stop: asyncio.Event | None = None
+        self._watched_files: frozenset[Path] = frozenset()
         self._pid_file: Path | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.reloads = 0
@@ -294,27 +295,36 @@ class Instance:
 
     def _follow_watch(self, config: Config) -> None:
         want = config.global_.watch and self.conf_dir is not None
-        if want and self._watch_task is None:
-            self._watch_stop = asyncio.Event()
-            self._watch_task = asyncio.get_running_loop().create_task(self._watch())
-        elif not want and self._watch_task is not None:
+        files = list_files(config)
+        if self._watch_task is not None and (not want or files != self._watched_files):
             assert self._watch_stop is not None
             self._watch_stop.set()
             self._watch_task = None
+        if want and self._watch_task is None:
+            self._watch_stop = asyncio.Event()
+            self._watched_files = files
+            self._watch_task = asyncio.get_running_loop().create_task(self._watch(files))
 
-    async def _watch(self) -> None:
+    async def _watch(self, files: frozenset[Path]) -> None:
         from watchfiles import Change, awatch
 
         assert self.conf_dir is not None and self._watch_stop is not None
+        conf_dir = str(self.conf_dir)
+        # allow_file / deny_file lists: their folders are watched too, for those files only.
+        named = {str(p) for p in files}
+        folders = sorted({str(p.parent) for p in files} - {conf_dir})
 
-        def toml_only(change: Change, path: str) -> bool:
-            return path.endswith(".toml")
+        def ours(change: Change, path: str) -> bool:
+            if path in named:
+                return True
+            return path.endswith(".toml") and str(Path(path).parent) == conf_dir
 
         log.info("watching %s for configuration changes", self.conf_dir)
         try:
             async for changes in awatch(
                 self.conf_dir,
-                watch_filter=toml_only,
+                *folders,
+                watch_filter=ours,
                 step=WATCH_QUIET_MS,
                 debounce=WATCH_MAX_MS,
                 stop_event=self._watch_stop,
@@ -405,3 +415,14 @@ def _state_row(t: Target) -> StateRow:
 
 def _bind(bind: Bind, addr: str) -> list[socket.socket]:
     return bind_socket(bind)
+
+
+def list_files(config: Config) -> frozenset[Path]:
+    """The allow_file / deny_file lists a configuration reads (resolved): a change to one
+    reloads the configuration like a change to a ``*.toml``."""
+    found: set[Path] = set()
+    for access in [lst.access for lst in config.listeners] + [r.access for r in config.routes]:
+        for path in (access.allow_file, access.deny_file):
+            if path is not None:
+                found.add(path.resolve())
+    return frozenset(found)
