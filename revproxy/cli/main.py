@@ -307,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     from revproxy.cli.cert import add_parser as add_cert_parser  # revproxy cert issue|renew|list
 
     add_cert_parser(sub)
+    from revproxy.cli.passwd import add_parser as add_passwd_parser  # revproxy passwd FILE USER
+
+    add_passwd_parser(sub)
     return parser
 
 

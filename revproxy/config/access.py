@@ -60,4 +60,3 @@ def _read_list(t: TableReader, key: str, path: Path) -> list[Network]:
 
 # A broken list file of 100,000 lines must not print 100,000 problems.
 MAX_REPORTED = 10
-

@@ -45,6 +45,7 @@ from revproxy.config.reader import (
 )
 from revproxy.config.route import check_routes, read_route
 from revproxy.config.summary import summary
+from revproxy.config.users import read_users
 from revproxy.config.values import (
     as_str,
     describe,
@@ -70,13 +71,13 @@ __all__ = [
 
 # The TOML keys of each table: the field names of config.py, minus what the loader fills in
 # itself. Listeners, routes and pools keep theirs in their own modules.
-_TOP_KEYS = ("global", "listener", "route", "pool", "admin", "acme")
+_TOP_KEYS = ("global", "listener", "route", "pool", "admin", "acme", "users")
 _SINGLE_TABLES = ("global", "admin", "acme")  # merged key by key across files
 _GLOBAL_KEYS = (
     "workers", "access_log", "access_log_format", "http1_parser", "shutdown_timeout",
     "header_timeout", "keepalive_timeout", "max_header_size", "max_body_size", "state_dir",
     "watch", "pid_file", "h2", "path_escaped_slashes", "underscores_in_headers",
-    "max_buffer_memory",
+    "max_buffer_memory", "buffer_size",
 )  # fmt: skip
 _H2_KEYS = (
     "max_concurrent_streams", "initial_window_size", "max_frame_size", "max_header_list_size",
@@ -94,6 +95,10 @@ _UNDERSCORES: tuple[Literal["drop", "keep"], ...] = ("drop", "keep")
 _HTTP1_PARSERS: tuple[Literal["auto", "httptools", "h11"], ...] = ("auto", "httptools", "h11")
 # Below this a browser's ordinary request head (cookies included) no longer fits.
 _MIN_HEADER_SIZE = 1024
+# global.buffer_size: below 4 KiB every read is a system call for a few packets; above 16 MiB
+# it is no longer a bound on a slow reader.
+_MIN_BUFFER_SIZE = 4 * 1024
+_MAX_BUFFER_SIZE = 16 * 1024 * 1024
 # RFC 9113 section 6.5.2: flow-control windows and stream counts are 31-bit; "the value
 # advertised by an endpoint MUST be between this initial value [2^14] and the maximum allowed
 # frame size (2^24-1 or 16,777,215 octets), inclusive"; SETTINGS values are 32-bit.
@@ -124,6 +129,7 @@ class _Merged:
     listeners: list[Entry] = field(default_factory=list)
     routes: list[Entry] = field(default_factory=list)
     pools: dict[str, Entry] = field(default_factory=dict)
+    users: dict[str, Entry] = field(default_factory=dict)
 
     def reader(self, name: str, ctx: ReadContext, allowed: Sequence[str]) -> TableReader:
         return TableReader(self.tables[name], name, "", ctx, allowed, self.table_files[name])
@@ -156,19 +162,20 @@ def _merge(documents: Sequence[tuple[str, Mapping[str, object]]], ctx: ReadConte
                     else:
                         reason = f"expected a table ([[{top}]]), got {describe(item)}"
                         ctx.add(file, f"{top}[{len(entries)}]", reason)
-            elif top == "pool":
+            elif top in ("pool", "users"):
+                named = merged.pools if top == "pool" else merged.users
                 if not isinstance(value, dict):
-                    ctx.add(file, top, f"expected tables ([pool.NAME]), got {describe(value)}")
+                    ctx.add(file, top, f"expected tables ([{top}.NAME]), got {describe(value)}")
                     continue
                 for name, body in value.items():
                     if not isinstance(body, dict):
-                        reason = f"expected a table ([pool.{name}]), got {describe(body)}"
-                        ctx.add(file, f"pool.{name}", reason)
-                    elif name in merged.pools:
-                        first = merged.pools[name].file
-                        ctx.add(file, f"pool.{name}", f"pool defined again (first in {first})")
+                        reason = f"expected a table ([{top}.{name}]), got {describe(body)}"
+                        ctx.add(file, f"{top}.{name}", reason)
+                    elif name in named:
+                        first = named[name].file
+                        ctx.add(file, f"{top}.{name}", f"{top} defined again (first in {first})")
                     else:
-                        merged.pools[name] = Entry(file, body)
+                        named[name] = Entry(file, body)
             else:
                 ctx.add(file, top, unknown_key(top, _TOP_KEYS))
     return merged
@@ -218,6 +225,7 @@ def _read_global(merged: _Merged, ctx: ReadContext) -> Global:
         max_header_size=t.size("max_header_size", _GLOBAL.max_header_size, _MIN_HEADER_SIZE),
         max_body_size=t.size("max_body_size", _GLOBAL.max_body_size),
         max_buffer_memory=t.size("max_buffer_memory", _GLOBAL.max_buffer_memory),
+        buffer_size=t.size("buffer_size", _GLOBAL.buffer_size, _MIN_BUFFER_SIZE, _MAX_BUFFER_SIZE),
         path_escaped_slashes=t.choice(
             "path_escaped_slashes", _ESCAPED_SLASHES, _GLOBAL.path_escaped_slashes
         ),
@@ -366,11 +374,12 @@ def _load(
     listener_reads = [read_listener(i, e, ctx) for i, e in enumerate(merged.listeners)]
     route_reads = [read_route(i, e, ctx) for i, e in enumerate(merged.routes)]
     pools = tuple(read_pool(name, entry, ctx) for name, entry in merged.pools.items())
+    users = tuple(read_users(name, entry, ctx) for name, entry in merged.users.items())
     listeners = tuple(read.listener for read in listener_reads)
     if complete:
         pool_names = [pool.name for pool in pools]
         check_listeners(listener_reads, pool_names, ctx)
-        check_routes(route_reads, listeners, pool_names)
+        check_routes(route_reads, listeners, pool_names, users)
         _check_admin_and_acme(admin, acme, listener_reads)
         if not listeners:
             ctx.add(
@@ -390,6 +399,7 @@ def _load(
         pools=pools,
         admin=admin[0],
         acme=acme[0],
+        users=users,
         files=paths,
     )
 

@@ -34,6 +34,9 @@ class Global:
     max_header_size: int = 16384
     # Largest request body accepted (0 = no limit; bodies are streamed, never buffered).
     max_body_size: int = 0
+    # Bytes one connection may hold for a peer that does not take them, each way: reading
+    # from the other side stops past it (and, for a response, once the client's socket is full).
+    buffer_size: int = 64 * 1024
     # All bytes held for slow readers in one process; past it the slowest are cut (0 = none).
     max_buffer_memory: int = 256 * 1024 * 1024
     # %2F, %5C, %00 and a literal backslash in a request path: refused with 400, or kept
@@ -211,6 +214,8 @@ class Route:
     deny: tuple[Network, ...] = ()
     allow_file: Path | None = None
     deny_file: Path | None = None
+    # Users who may pass, and how they prove it (policy/auth.py); None: anyone.
+    auth: Auth | None = None
     index: int = 0  # position in the merged config, for messages and stable ordering
     source: str = ""
 
@@ -300,6 +305,42 @@ class Pool:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class UserEntry:
+    """One line of a users file: an htpasswd password hash, or an htdigest HA1 for a realm."""
+
+    user: str
+    secret: str  # "$2y$…" (bcrypt), "$argon2id$…", or a hex HA1
+    realm: str | None = None  # htdigest only
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Users:
+    """``[users.NAME] file = "staff.htpasswd"`` (or an htdigest file), read whole."""
+
+    name: str
+    file: Path
+    kind: Literal["htpasswd", "htdigest"] = "htpasswd"
+    entries: tuple[UserEntry, ...] = ()
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Auth:
+    """``auth = { users = "staff", scheme = "basic" }`` on a route (policy/auth.py)."""
+
+    users: str
+    scheme: Literal["basic", "digest"] = "basic"
+    realm: str = "restricted"
+    # Digest (RFC 7616): how long a nonce is good for, and how many requests may use it.
+    nonce_ttl: float = 1800.0
+    nonce_max_uses: int = 50
+    # Send the Authorization header on to the origin (removed by default).
+    pass_credentials: bool = False
+    # Send the user's name to the origin in this header (a client's own is removed).
+    user_header: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     global_: Global = field(default_factory=Global)
     listeners: tuple[Listener, ...] = ()
@@ -307,6 +348,7 @@ class Config:
     pools: tuple[Pool, ...] = ()
     admin: Admin = field(default_factory=Admin)
     acme: Acme = field(default_factory=Acme)
+    users: tuple[Users, ...] = ()
     files: tuple[Path, ...] = ()
 
     def pool(self, name: str) -> Pool:

@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from revproxy.config.access import ACCESS_KEYS, read_access
-from revproxy.config.model import Listener, Respond, Route
+from revproxy.config.model import Auth, Listener, Respond, Route, Users
 from revproxy.config.reader import Entry, ReadContext, TableReader, defined
+from revproxy.config.users import AUTH_KEYS, read_auth
 from revproxy.config.values import (
     as_str,
     describe,
@@ -35,7 +36,7 @@ __all__ = ["RouteRead", "check_routes", "read_route"]
 # The TOML keys: the field names of config/model.py minus ``index`` and ``source``.
 _ROUTE_KEYS = (
     "host", "path", "pool", "redirect", "redirect_status", "respond", "listeners", "sni",
-    "passthrough", "normalize_path", *ACCESS_KEYS,
+    "passthrough", "normalize_path", "auth", *ACCESS_KEYS,
 )  # fmt: skip
 _RESPOND_KEYS = ("status", "body", "content_type")
 
@@ -138,6 +139,7 @@ def read_route(index: int, entry: Entry, ctx: ReadContext) -> RouteRead:
     respond_table = t.table("respond", _RESPOND_KEYS)
     redirect: str | None = t.parsed("redirect", lambda v: _parse_redirect(as_str(v)), None)
     access = read_access(t)
+    auth_table = t.table("auth", AUTH_KEYS)
     route = Route(
         host=tuple(dict.fromkeys(host for _, host in hosts)),
         path=t.parsed("path", lambda v: _parse_route_path(as_str(v)), _ROUTE.path),
@@ -153,6 +155,7 @@ def read_route(index: int, entry: Entry, ctx: ReadContext) -> RouteRead:
         deny=access.deny,
         allow_file=access.allow_file,
         deny_file=access.deny_file,
+        auth=read_auth(auth_table) if auth_table is not None else None,
         index=index,
         source=entry.file,
     )
@@ -179,9 +182,15 @@ def read_route(index: int, entry: Entry, ctx: ReadContext) -> RouteRead:
 
 
 def check_routes(
-    reads: Sequence[RouteRead], listeners: Sequence[Listener], pools: Sequence[str]
+    reads: Sequence[RouteRead],
+    listeners: Sequence[Listener],
+    pools: Sequence[str],
+    users: Sequence[Users] = (),
 ) -> None:
     by_name = {listener.name: listener for listener in listeners}
+    for read in reads:
+        if read.route.auth is not None:
+            _check_auth(read, read.route.auth, {u.name: u for u in users})
     http_names = frozenset(name for name, lst in by_name.items() if lst.mode == "http")
     tls_names = tuple(lst.name for lst in listeners if lst.mode == "http" and lst.tls is not None)
     for read in reads:
@@ -309,3 +318,34 @@ def _takes(sni: str, host: str) -> bool:
     if sni == host:
         return True
     return not host.startswith("*.") and host_matches(sni, host)
+
+
+def _check_auth(read: RouteRead, auth: Auth, users: dict[str, Users]) -> None:
+    """The users an ``auth`` names exist, and their file suits the scheme."""
+    table = users.get(auth.users)
+    if table is None:
+        read.table.problem(
+            "auth", f'no users named "{auth.users}" ({defined("users", list(users))})'
+        )
+        return
+    if auth.scheme == "basic" and table.kind != "htpasswd":
+        read.table.problem(
+            "auth",
+            f'users "{auth.users}" come from an htdigest file ({table.file}): '
+            'use scheme = "digest", or an htpasswd file for "basic"',
+        )
+    if auth.scheme == "digest":
+        if table.kind != "htdigest":
+            read.table.problem(
+                "auth",
+                f'scheme = "digest" needs an htdigest file (user:realm:HA1); users '
+                f'"{auth.users}" come from an htpasswd file ({table.file})',
+            )
+        elif table.entries and not any(e.realm == auth.realm for e in table.entries):
+            realms = sorted({e.realm or "" for e in table.entries})
+            read.table.problem(
+                "auth",
+                f'no user of {table.file} is in realm "{auth.realm}" (its realms: '
+                + ", ".join(f'"{r}"' for r in realms)
+                + "): set realm to one of them",
+            )

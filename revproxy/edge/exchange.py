@@ -37,6 +37,7 @@ from http import HTTPStatus
 from typing import Any
 
 from revproxy.certs.acme import challenge_answer
+from revproxy.config.model import Auth, Route
 from revproxy.edge.client_side import ClientGone, ClientStream, ConnInfo, proxy_header_for
 from revproxy.edge.generation import Generation, ListenerRuntime, PoolRuntime
 from revproxy.errors import (
@@ -51,6 +52,7 @@ from revproxy.errors import (
 )
 from revproxy.ops.accesslog import AccessRecord
 from revproxy.policy.access import DENY
+from revproxy.policy.auth import AUTH, Authenticator
 from revproxy.proto import grpc
 from revproxy.proto.events import (
     DataReceived,
@@ -140,6 +142,7 @@ class Exchange:
     for it); an HTTP/2 connection makes one per stream."""
 
     __slots__ = (
+        "auth_user",
         "client_id",
         "deadline",
         "gen",
@@ -173,6 +176,7 @@ class Exchange:
         self.pick_context = PickContext(client_ip=info.client[0])
         self.client_id: ClientIdentity | None = None
         self.ws_accept: bytes | None = None
+        self.auth_user: tuple[Auth, str] | None = None  # the route's auth and who passed it
 
     async def run(self, req: RequestReceived) -> bool:
         """Serve ``req``; True when the client connection may carry another request."""
@@ -202,6 +206,7 @@ class Exchange:
         self.rec = rec
         self.grpc = False
         self.deadline = None
+        self.auth_user = None
         try:
             try:
                 authority = req.authority
@@ -265,6 +270,15 @@ class Exchange:
                 return self._refuse(DENY)
         if not route.normalize_path:
             self.target = req.target  # matched normalised, forwarded as the client wrote it
+        route_auth = self.gen.route_auth
+        if route_auth:
+            auth = route_auth.get(route.index)
+            if auth is not None:
+                return self._authenticated(auth, route)
+        return self._route_action(route)
+
+    def _route_action(self, route: Route) -> _Action:
+        """What a matched route does: redirect, answer, or the pool to forward to."""
         if route.redirect is not None:
             return self._local(
                 route.redirect_status, headers=[(b"location", route.redirect.encode())], body=b""
@@ -277,6 +291,18 @@ class Exchange:
         assert route.pool is not None
         self.rec.pool = route.pool
         return self.gen.pools[route.pool]
+
+    async def _authenticated(self, auth: Authenticator, route: Route) -> bool:
+        """The route's users only: 401 with a challenge, or on with the user known."""
+        req = self.req
+        verdict = await auth.check(req.headers, req.method, req.target)
+        if verdict.user is None:
+            self.rec.refused = AUTH
+            return await self._local(401, headers=[(b"www-authenticate", verdict.challenge)])
+        self.rec.user = verdict.user
+        self.auth_user = (auth.auth, verdict.user)
+        action = self._route_action(route)
+        return await (self._proxy(action) if isinstance(action, PoolRuntime) else action)
 
     async def _acme(self, req: RequestReceived, host: str) -> bool:
         answer = await challenge_answer(self.gen.config.acme, req.method, req.target, host)
@@ -329,6 +355,8 @@ class Exchange:
             forwarded=self.listener.config.forwarded,
             underscores=g.underscores_in_headers == "keep",
         )
+        if self.auth_user is not None:
+            headers = _with_user(headers, *self.auth_user)
         websocket = False
         self.ws_accept = None
         if protocol == "http1":
@@ -704,6 +732,18 @@ def _whole_body(events: deque[Event]) -> bytes | None:
             return None
         chunks.append(ev.data)
     return b"".join(chunks)
+
+
+def _with_user(headers: Headers, auth: Auth, user: str) -> Headers:
+    """Toward the origin after ``auth`` passed: the credentials removed (unless
+    ``pass_credentials``), the user named in ``user_header`` (a client's own removed)."""
+    drop = {auth.user_header.encode()} if auth.user_header else set()
+    if not auth.pass_credentials:
+        drop.add(b"authorization")
+    out = [h for h in headers if h[0] not in drop]
+    if auth.user_header:
+        out.append((auth.user_header.encode(), user.encode("utf-8")))
+    return out
 
 
 def _websocket_key() -> bytes:

@@ -23,6 +23,7 @@ from revproxy.errors import CertificateError, ConfigError, ConfigProblem
 from revproxy.ops.accesslog import AccessLog
 from revproxy.ops.metrics import RequestMetrics
 from revproxy.policy.access import AccessList, compile_access
+from revproxy.policy.auth import Authenticator, nonce_key
 from revproxy.proto.forwarding import HidingPolicy
 from revproxy.proto.http1.api import H1ServerAPI, client_class, server_class
 from revproxy.proto.http1.exact import H1Server
@@ -110,6 +111,8 @@ class Generation:
     metrics: RequestMetrics = field(default_factory=RequestMetrics)
     # allow/deny of the routes that have them, by route index (policy/access.py).
     route_access: dict[int, AccessList] = field(default_factory=dict)
+    # auth of the routes that have it, by route index (policy/auth.py).
+    route_auth: dict[int, Authenticator] = field(default_factory=dict)
     # Bind address (as written in the config) → name of the listener that owns it.
     bind_owner: dict[str, str] = field(default_factory=dict)
     retired: bool = field(default=False)
@@ -303,6 +306,27 @@ def build_generation(
         route_access={
             r.index: acl for r in config.routes if (acl := compile_access(r.access)) is not None
         },
+        route_auth=_authenticators(config, nonce_key(default_pem[1]), previous),
         # Counters continue across reloads: the previous generation's object is handed on.
         metrics=metrics or (previous.metrics if previous is not None else RequestMetrics()),
     )
+
+
+def _authenticators(
+    config: Config, key: bytes, previous: Generation | None
+) -> dict[int, Authenticator]:
+    """One per route with ``auth``. A route whose auth and users did not change keeps its
+    authenticator across a reload, with the passwords it has verified and the nonce counts."""
+    users = {u.name: u for u in config.users}
+    kept = previous.route_auth if previous is not None else {}
+    out: dict[int, Authenticator] = {}
+    for r in config.routes:
+        if r.auth is None or r.auth.users not in users:
+            continue
+        table = users[r.auth.users]
+        old = kept.get(r.index)
+        if old is not None and old.auth == r.auth and old.users == table:
+            out[r.index] = old
+        else:
+            out[r.index] = Authenticator(r.auth, table, key)
+    return out

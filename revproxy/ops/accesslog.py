@@ -36,6 +36,7 @@ class AccessRecord:
     authority: str = ""  # PROXY v2 AUTHORITY TLV
     vpce: str = ""  # PROXY v2 AWS VPC endpoint id
     refused: str = ""  # why the edge policy refused it ("deny", "auth", "limit:NAME")
+    user: str = ""  # who the request proved to be (route auth)
 
     def text(self) -> str:
         def q(s: str) -> str:
@@ -50,6 +51,7 @@ class AccessRecord:
             f"upstream={self.upstream_ms:.1f}ms"
             + (f" authority={self.authority}" if self.authority else "")
             + (f" vpce={self.vpce}" if self.vpce else "")
+            + (f" user={q(self.user)}" if self.user else "")
             + (f" refused={self.refused}" if self.refused else "")
         )
 

@@ -418,9 +418,9 @@ def _bind(bind: Bind, addr: str) -> list[socket.socket]:
 
 
 def list_files(config: Config) -> frozenset[Path]:
-    """The allow_file / deny_file lists a configuration reads (resolved): a change to one
-    reloads the configuration like a change to a ``*.toml``."""
-    found: set[Path] = set()
+    """The allow_file / deny_file lists and the users files a configuration reads (resolved):
+    a change to one reloads the configuration like a change to a ``*.toml``."""
+    found: set[Path] = {users.file.resolve() for users in config.users}
     for access in [lst.access for lst in config.listeners] + [r.access for r in config.routes]:
         for path in (access.allow_file, access.deny_file):
             if path is not None:
