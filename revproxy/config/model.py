@@ -216,6 +216,9 @@ class Route:
     deny_file: Path | None = None
     # Users who may pass, and how they prove it (policy/auth.py); None: anyone.
     auth: Auth | None = None
+    # Overrides of global.max_body_size and of the pool's timeouts for this route (None: theirs).
+    max_body_size: int | None = None
+    timeouts: RouteTimeouts | None = None
     index: int = 0  # position in the merged config, for messages and stable ordering
     source: str = ""
 
@@ -322,6 +325,14 @@ class Users:
     kind: Literal["htpasswd", "htdigest"] = "htpasswd"
     entries: tuple[UserEntry, ...] = ()
     source: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteTimeouts:
+    """``timeouts = { response = "…", idle = "…" }`` on a route: None keeps the pool's."""
+
+    response: float | None = None
+    idle: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

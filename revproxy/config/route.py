@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from revproxy.config.access import ACCESS_KEYS, read_access
-from revproxy.config.model import Auth, Listener, Respond, Route, Users
+from revproxy.config.model import Auth, Listener, Respond, Route, RouteTimeouts, Users
 from revproxy.config.reader import Entry, ReadContext, TableReader, defined
 from revproxy.config.users import AUTH_KEYS, read_auth
 from revproxy.config.values import (
@@ -36,8 +36,9 @@ __all__ = ["RouteRead", "check_routes", "read_route"]
 # The TOML keys: the field names of config/model.py minus ``index`` and ``source``.
 _ROUTE_KEYS = (
     "host", "path", "pool", "redirect", "redirect_status", "respond", "listeners", "sni",
-    "passthrough", "normalize_path", "auth", *ACCESS_KEYS,
+    "passthrough", "normalize_path", "auth", "max_body_size", "timeouts", *ACCESS_KEYS,
 )  # fmt: skip
+_ROUTE_TIMEOUT_KEYS = ("response", "idle")
 _RESPOND_KEYS = ("status", "body", "content_type")
 
 _REDIRECT_STATUSES = (301, 302, 303, 307, 308)
@@ -140,6 +141,7 @@ def read_route(index: int, entry: Entry, ctx: ReadContext) -> RouteRead:
     redirect: str | None = t.parsed("redirect", lambda v: _parse_redirect(as_str(v)), None)
     access = read_access(t)
     auth_table = t.table("auth", AUTH_KEYS)
+    timeouts_table = t.table("timeouts", _ROUTE_TIMEOUT_KEYS)
     route = Route(
         host=tuple(dict.fromkeys(host for _, host in hosts)),
         path=t.parsed("path", lambda v: _parse_route_path(as_str(v)), _ROUTE.path),
@@ -156,6 +158,15 @@ def read_route(index: int, entry: Entry, ctx: ReadContext) -> RouteRead:
         allow_file=access.allow_file,
         deny_file=access.deny_file,
         auth=read_auth(auth_table) if auth_table is not None else None,
+        max_body_size=t.size("max_body_size", 0) if t.has("max_body_size") else None,
+        timeouts=(
+            RouteTimeouts(
+                response=_optional_duration(timeouts_table, "response"),
+                idle=_optional_duration(timeouts_table, "idle"),
+            )
+            if timeouts_table is not None
+            else None
+        ),
         index=index,
         source=entry.file,
     )
@@ -349,3 +360,8 @@ def _check_auth(read: RouteRead, auth: Auth, users: dict[str, Users]) -> None:
                 + ", ".join(f'"{r}"' for r in realms)
                 + "): set realm to one of them",
             )
+
+
+def _optional_duration(t: TableReader, name: str) -> float | None:
+    """A duration when the key is set, None (the pool's) when not."""
+    return t.duration(name, 1.0) if t.has(name) else None

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import itertools
 import logging
@@ -37,7 +38,7 @@ from http import HTTPStatus
 from typing import Any
 
 from revproxy.certs.acme import challenge_answer
-from revproxy.config.model import Auth, Route
+from revproxy.config.model import Auth, Route, RouteTimeouts, Timeouts
 from revproxy.edge.client_side import ClientGone, ClientStream, ConnInfo, proxy_header_for
 from revproxy.edge.generation import Generation, ListenerRuntime, PoolRuntime
 from revproxy.errors import (
@@ -152,9 +153,11 @@ class Exchange:
         "pick_context",
         "rec",
         "req",
+        "route",
         "scheme",
         "stream",
         "target",
+        "timeouts",
         "ws_accept",
     )
 
@@ -177,6 +180,8 @@ class Exchange:
         self.client_id: ClientIdentity | None = None
         self.ws_accept: bytes | None = None
         self.auth_user: tuple[Auth, str] | None = None  # the route's auth and who passed it
+        self.route: Route | None = None  # the route the request matched
+        self.timeouts = Timeouts()  # the pool's, with the route's overrides (_proxy)
 
     async def run(self, req: RequestReceived) -> bool:
         """Serve ``req``; True when the client connection may carry another request."""
@@ -207,6 +212,7 @@ class Exchange:
         self.grpc = False
         self.deadline = None
         self.auth_user = None
+        self.route = None
         try:
             try:
                 authority = req.authority
@@ -263,6 +269,7 @@ class Exchange:
         if route is None:
             return self._local(404)
         self.rec.route = str(route.index)
+        self.route = route
         route_access = self.gen.route_access
         if route_access:
             acl = route_access.get(route.index)
@@ -328,8 +335,16 @@ class Exchange:
     async def _proxy(self, pr: PoolRuntime) -> bool:
         req = self.req
         g = self.gen.config.global_
+        route = self.route
+        self.timeouts = pr.config.timeouts
+        max_body = g.max_body_size
+        if route is not None:
+            if route.max_body_size is not None:
+                max_body = route.max_body_size
+            if route.timeouts is not None:
+                self.timeouts = _overridden(self.timeouts, route.timeouts)
         expected = _body_expected(req)
-        if g.max_body_size and expected > g.max_body_size:
+        if max_body and expected > max_body:
             return await self._local_error(BodyTooLarge("request body too large"))
         self.grpc = grpc.is_grpc(req.headers)
         protocol = pr.config.protocol
@@ -418,7 +433,11 @@ class Exchange:
         req = self.req
         stream = self.stream
         g = self.gen.config.global_
-        timeouts = pr.config.timeouts
+        timeouts = self.timeouts
+        route = self.route
+        max_body = g.max_body_size
+        if route is not None and route.max_body_size is not None:
+            max_body = route.max_body_size
         end = stream.body_end_ready()
         upload: asyncio.Task[None] | None = None
         complete = False
@@ -439,7 +458,7 @@ class Exchange:
             )
             if end is None:
                 upload = asyncio.get_running_loop().create_task(
-                    self._upload(ostream, timeouts.idle, g.max_body_size)
+                    self._upload(ostream, timeouts.idle, max_body)
                 )
             try:
                 complete = await self._relay_response(ostream, pr, upload)
@@ -484,7 +503,7 @@ class Exchange:
         self, ostream: OriginStream, pr: PoolRuntime, upload: asyncio.Task[None] | None
     ) -> bool:
         """Relay the origin's response; True when it ended cleanly."""
-        timeouts = pr.config.timeouts
+        timeouts = self.timeouts
         wait = timeouts.response
         if self.deadline is not None:
             wait = min(wait, self.deadline)
@@ -732,6 +751,15 @@ def _whole_body(events: deque[Event]) -> bytes | None:
             return None
         chunks.append(ev.data)
     return b"".join(chunks)
+
+
+def _overridden(timeouts: Timeouts, route: RouteTimeouts) -> Timeouts:
+    """The pool's timeouts with those a route sets instead."""
+    return dataclasses.replace(
+        timeouts,
+        response=route.response if route.response is not None else timeouts.response,
+        idle=route.idle if route.idle is not None else timeouts.idle,
+    )
 
 
 def _with_user(headers: Headers, auth: Auth, user: str) -> Headers:
