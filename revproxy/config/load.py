@@ -81,7 +81,7 @@ _GLOBAL_KEYS = (
 )  # fmt: skip
 _H2_KEYS = (
     "max_concurrent_streams", "initial_window_size", "max_frame_size", "max_header_list_size",
-    "max_resets_per_second", "ping_interval", "ping_timeout",
+    "max_resets_per_second", "max_control_frames_per_second", "ping_interval", "ping_timeout",
 )  # fmt: skip
 _ADMIN_KEYS = ("socket", "bind", "auth")
 _AUTH_KEYS = ("user", "password")
@@ -254,6 +254,9 @@ def _read_h2(t: TableReader) -> H2Settings:
             "max_header_list_size", _H2.max_header_list_size, _MIN_HEADER_SIZE, _H2_MAX_32
         ),
         max_resets_per_second=t.integer("max_resets_per_second", _H2.max_resets_per_second, 1),
+        max_control_frames_per_second=t.integer(
+            "max_control_frames_per_second", _H2.max_control_frames_per_second, 1
+        ),
         ping_interval=t.duration("ping_interval", _H2.ping_interval),
         ping_timeout=t.duration("ping_timeout", _H2.ping_timeout),
     )

@@ -63,6 +63,15 @@ class H2Settings:
     max_header_list_size: int = 16384
     # A client that resets more streams than this per second is sent GOAWAY (CVE-2023-44487).
     max_resets_per_second: int = 200
+    # A client that sends more frames that carry no request than this per second (PING,
+    # SETTINGS, PRIORITY, empty DATA, WINDOW_UPDATE on closed streams, ...) is sent GOAWAY
+    # ENHANCE_YOUR_CALM (CVE-2019-9512/9513/9515/9518). Browsers, curl and nghttp2 send a
+    # handful per connection (one or two SETTINGS, a PING now and then, a few PRIORITY); gRPC
+    # clients ping for keepalive (seconds apart) and to size their windows: grpc-core spaces
+    # those from 100 ms, grpc-go sends one per round trip while data arrives and its window is
+    # under 16 MiB — past 1000 a second only on a path under a millisecond (raise this for such
+    # clients). At 1000 a flooding connection costs about a millisecond of work a second.
+    max_control_frames_per_second: int = 1000
     # Idle connections are pinged, then closed when the ping is not answered in time.
     ping_interval: float = 60.0
     ping_timeout: float = 10.0

@@ -40,7 +40,8 @@ def _global_lines(config: Config) -> list[str]:
             f"window {format_size(h2.initial_window_size)}; "
             f"max frame {format_size(h2.max_frame_size)}; "
             f"max header list {format_size(h2.max_header_list_size)}; "
-            f"GOAWAY over {h2.max_resets_per_second} resets/s; "
+            f"GOAWAY over {h2.max_resets_per_second} resets/s "
+            f"or {h2.max_control_frames_per_second} control frames/s; "
             f"ping after {format_duration(h2.ping_interval)} idle, "
             f"timeout {format_duration(h2.ping_timeout)}"
         )

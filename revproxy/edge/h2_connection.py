@@ -7,7 +7,11 @@ are bounded twice: proto/http2.py enforces our SETTINGS_MAX_CONCURRENT_STREAMS, 
 whose task is still winding down (reset by the client, say) still counts — more are refused
 with REFUSED_STREAM. That, with the rapid-reset limit of proto/http2.py, is the answer to
 CVE-2023-44487: a reset stream's task is cancelled at once and new ones are not started
-beyond the limit. All writes go through the one ``flush()`` of h2_conn.py.
+beyond the limit. Control-frame floods (PING, SETTINGS, ...) are cut by the engine's
+``max_control_frames_per_second`` (GOAWAY ENHANCE_YOUR_CALM), and a client that does not read
+the replies its frames made us queue is not read either until it does (``read_after_replies``
+of net/h2_channel.py), so a flood costs bounded work and memory. All writes go through the one
+``flush()`` of h2_conn.py.
 
 Ends of a connection: the client closes it (streams are cancelled); it is idle (no stream)
 for ``keepalive_timeout`` (GOAWAY); it stops answering PINGs (a PING after ``ping_interval``
@@ -54,7 +58,8 @@ log = logging.getLogger("revproxy.http2")
 # Longest a stream waits for the client to open its flow-control window (a client that stops
 # reading one response must not pin that stream's origin connection for ever).
 SEND_STALL_TIMEOUT = 60.0
-# How long a client that does not read our frames may hold up the reading of its own.
+# How long a client that does not read the replies to its frames may hold up the reading of
+# its own (then the connection ends).
 BACKLOG_TIMEOUT = 10.0
 
 _pings = itertools.count(1)
@@ -258,6 +263,7 @@ class Http2Connection(H2Link):
             max_frame_size=s.max_frame_size,
             max_header_list_size=s.max_header_list_size,
             max_resets_per_second=s.max_resets_per_second,
+            max_control_frames_per_second=s.max_control_frames_per_second,
         )
         super().__init__(self.h2, reader, writer)
         self.gen = generation
@@ -338,6 +344,7 @@ class Http2Connection(H2Link):
                 return  # the client closed: its streams can't be answered
             first = False
             last_read = loop.time()
+            queued = self.h2.queued
             try:
                 events = self.h2.receive_data(data, last_read)
             except RevproxyError as exc:
@@ -354,12 +361,14 @@ class Http2Connection(H2Link):
                     ping_sent = None
                 else:
                     self._handle(ev)
+            # What the client's frames made us queue (ACKs, refusals, resets): not reading
+            # those while sending more frames must not make us queue without bound.
+            replied = self.h2.queued - queued
             self.flush()
             if (self.h2.goaway_sent or self.peer_done) and not self.streams:
                 return
-            if self.write_backlog:
-                async with asyncio.timeout(BACKLOG_TIMEOUT):
-                    await self.writer.drain()
+            if replied:
+                await self.read_after_replies(replied, BACKLOG_TIMEOUT)
 
     def _handle(self, ev: Event) -> None:
         if isinstance(ev, RequestReceived):

@@ -7,7 +7,8 @@ event loop; nothing else writes to the socket. Received DATA is acknowledged whe
 asks for its next event — the previous chunk has been written to the other side by then —
 so a slow reader holds back its own sender only. Sending takes what the windows allow (the
 endpoint decides how much), then waits for ``WindowUpdated`` and for the socket to drain.
-The connection's reader task is the only one reading its socket.
+The connection's reader task is the only one reading its socket; it stops reading while the
+peer does not read the replies its own frames made us queue (``read_after_replies``).
 
 ``h2_proxy.py`` (client connections, server role) and ``dial_h2.py`` (origin connections,
 client role) build on ``H2Link`` and ``H2Channel``.
@@ -38,10 +39,18 @@ READ_SIZE = 256 * 1024
 COALESCE_LIMIT = 64 * 1024
 # Events a stream's reader takes from its inbox.
 _DELIVERED = frozenset({DataReceived, MessageEnded, ResponseReceived, InformationalReceived})
-# Our own frames (SETTINGS and PING acks, WINDOW_UPDATEs, RST_STREAMs) buffered unsent beyond
-# this stop the reading of more frames until the peer reads: a peer that floods PINGs or
-# SETTINGS and never reads can't make us buffer without bound.
+# Longest a closing connection waits for the peer to take what is queued before it is dropped.
+CLOSE_TIMEOUT = 1.0
+# Origin connections: our own frames (SETTINGS and PING acks, WINDOW_UPDATEs, RST_STREAMs)
+# buffered unsent beyond this stop the reading of more frames until the peer reads: a peer that
+# floods PINGs or SETTINGS and never reads can't make us buffer without bound.
 WRITE_BUFFER_LIMIT = 1024 * 1024
+# Client connections count those replies themselves (``read_after_replies``): past this many
+# bytes of them unwritten since the transport last drained, reading stops until it drains
+# again. An honest client makes us queue a few (a PING ACK is 17 bytes, a SETTINGS ACK 9); one
+# read of a flood makes thousands. Replies alone are counted, not responses, so that a client
+# that downloads slowly keeps being read.
+REPLY_BACKLOG_LIMIT = 64 * 1024
 
 
 class H2Link:
@@ -59,6 +68,7 @@ class H2Link:
         self._flush_pending = False
         # Below this the transport is not paused: drain() need not ask asyncio.
         self._low_water = writer.transport.get_write_buffer_limits()[0]
+        self._replies = 0  # bytes of replies written since the transport was last drained
 
     def flush(self) -> None:
         """Write whatever the endpoint queued — at the end of this turn of the event loop, so
@@ -89,6 +99,27 @@ class H2Link:
         connection is lost). The common case returns without a coroutine of asyncio's."""
         if self.drain_needed:
             await self.writer.drain()
+
+    async def read_after_replies(self, replied: int, timeout: float) -> None:
+        """The peer's frames made us queue ``replied`` bytes of replies (SETTINGS and PING
+        ACKs, RST_STREAMs, WINDOW_UPDATEs): they are written now, so that the transport's
+        backpressure sees them. While the peer does not read — the transport is above its
+        low-water mark and over ``REPLY_BACKLOG_LIMIT`` of replies went in since it was last
+        below — the reader waits for it to drain before it reads more, so a flood can't make
+        us queue replies without bound. TimeoutError after ``timeout``: the peer read nothing
+        meanwhile; the connection ends."""
+        self.flush_now()
+        if not self.drain_needed:
+            self._replies = 0  # all of it is in the socket
+            return
+        self._replies += replied
+        if self._replies > REPLY_BACKLOG_LIMIT:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.writer.drain()
+            except TimeoutError:
+                raise TimeoutError(f"the peer read none of our replies in {timeout:g} s") from None
+            self._replies = 0
 
     @property
     def write_backlog(self) -> bool:
@@ -280,8 +311,15 @@ class H2Channel:
 
 
 async def close_writer(writer: asyncio.StreamWriter) -> None:
+    """Close the connection, what is queued written first if the peer takes it within
+    ``CLOSE_TIMEOUT``; else it is dropped: a transport closes only once its buffer is written,
+    so a peer that reads nothing (a flooder) would keep the socket open for ever."""
     with contextlib.suppress(Exception):
         writer.close()
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(1.0):
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT):
             await writer.wait_closed()
+    except TimeoutError:
+        writer.transport.abort()
+    except Exception:  # lost already: nothing left to close
+        pass

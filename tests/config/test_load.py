@@ -354,6 +354,10 @@ ERRORS: list[tuple[str, str, str]] = [
      'global.h2.max_header_list_size: must be at most 4294967295 bytes, got "8g"'),
     ("h2-resets-zero", "[global.h2]\nmax_resets_per_second = 0",
      "global.h2.max_resets_per_second: expected an integer >= 1, got 0"),
+    ("h2-control-frames-zero", "[global.h2]\nmax_control_frames_per_second = 0",
+     "global.h2.max_control_frames_per_second: expected an integer >= 1, got 0"),
+    ("h2-control-frames-words", '[global.h2]\nmax_control_frames_per_second = "lots"',
+     'global.h2.max_control_frames_per_second: expected an integer >= 1, got "lots"'),
     ("h2-ping-zero", '[global.h2]\nping_interval = "0s"',
      'global.h2.ping_interval: must be more than zero, got "0s"'),
     ("h2-ping-timeout-unit", '[global.h2]\nping_timeout = "10"',
@@ -636,7 +640,8 @@ VALID = [
     ("workers-auto", '[global]\nworkers = "auto"'),
     ("durations-as-numbers", "[global]\nheader_timeout = 2.5\nshutdown_timeout = 0"),
     ("h2-edges", "[global.h2]\nmax_concurrent_streams = 2147483647\ninitial_window_size = 0\n"
-     'max_frame_size = 16777215\nmax_header_list_size = "4m"\nmax_resets_per_second = 1'),
+     'max_frame_size = 16777215\nmax_header_list_size = "4m"\nmax_resets_per_second = 1\n'
+     "max_control_frames_per_second = 1"),
     ("admin-socket-only", '[admin]\nsocket = "/run/revproxy/admin.sock"'),
     ("admin-bind-other-port", '[admin]\nbind = "127.0.0.1:8404"\n'
      'auth = { user = "ops", password = "s3cret" }'),
@@ -1039,7 +1044,7 @@ def test_summary() -> None:
     assert lines[1].endswith("; watch conf: off; pid file run/revproxy.pid")
     expected = [
         "http/2 to clients: max 250 streams; window 1m; max frame 32k; max header list 32k; "
-        "GOAWAY over 100 resets/s; ping after 30s idle, timeout 5s",
+        "GOAWAY over 100 resets/s or 1000 control frames/s; ping after 30s idle, timeout 5s",
         'admin: socket run/admin.sock; http on 127.0.0.1:8404 (basic auth, user "ops")',
         "acme: challenges answered on http; forwarded to certbot --standalone on "
         "127.0.0.1:8081; certbot /usr/local/bin/certbot; email admin@example.com; "

@@ -24,6 +24,8 @@ What it enforces, each as the RFC says:
   they set applies; the connection window is opened to cover every stream's.
 - §6.8: a GOAWAY we send carries the last stream we will process; a later one never raises
   it.
+- Control-frame floods: the budget of frames a peer may send that carry no request or
+  response a second (``max_control_frames_per_second``; ``engine.py`` spends it).
 - §8.1: a complete response may end a request the client is still sending (``forget``:
   RST_STREAM NO_ERROR).
 """
@@ -78,6 +80,10 @@ _U32 = _frames.U32
 # and the others (what a late frame on them means: STREAM_CLOSED rather than PROTOCOL_ERROR).
 # The oldest are forgotten first; a connection keeps at most twice this many ids.
 CLOSED_STREAMS_KEPT = 256
+
+# Control frames a second when no limit is set: in effect none (the client role, whose peers
+# are the operator's own origins).
+NO_CONTROL_LIMIT = 1 << 62
 
 # How a stream closed.
 RESET_BY_US = 1
@@ -146,6 +152,7 @@ class H2Connection:
         initial_window_size: int,
         max_frame_size: int,
         max_header_list_size: int,
+        max_control_frames_per_second: int = NO_CONTROL_LIMIT,
         extra_settings: dict[int, int] | None = None,
     ) -> None:
         self._out = bytearray()
@@ -183,6 +190,11 @@ class H2Connection:
         self._block: list[bytes] = []
         self._block_size = 0
         self._now = 0.0
+        # Frames that carry no request or response (engine.py says which): what is left of the
+        # budget of the second that began at ``_control_since``.
+        self._max_control = max_control_frames_per_second
+        self._control_left = max_control_frames_per_second
+        self._control_since = 0.0
         self._dead = False
         self._opened_all = False  # the connection's window opened (or SETTINGS changed)
         self.goaway_sent = False
@@ -326,6 +338,11 @@ class H2Connection:
         data = bytes(self._out)
         self._out.clear()
         return data
+
+    @property
+    def queued(self) -> int:
+        """Bytes queued for the peer that ``data_to_send()`` has not taken yet."""
+        return len(self._out)
 
     def _send_settings(self, settings: dict[int, int]) -> None:
         payload = b"".join(_SETTING.pack(k, v) for k, v in settings.items())

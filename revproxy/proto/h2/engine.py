@@ -34,6 +34,16 @@ each as the RFC says:
   ``MAX_HEADER_FRAMES`` frames is a connection error ENHANCE_YOUR_CALM, decided on frame
   headers before the block is buffered.
 - GOAWAY: a received one is reported (``GoAwayReceived``).
+- Control-frame floods (CVE-2019-9512 ping flood, CVE-2019-9513 priority churn, CVE-2019-9515
+  settings flood, CVE-2019-9518 empty frames): frames that carry no request or response cost
+  us work (and an ACK to queue) and the peer nothing. Each of them spends one of
+  ``max_control_frames_per_second`` (the second starts at the first ``receive_data`` one
+  second or more after the last start, with the ``now`` passed in): PING, SETTINGS, PRIORITY,
+  GOAWAY, frames of unknown types, DATA that carries no data and no END_STREAM, and
+  WINDOW_UPDATE on a stream we no longer send on. Past it: a connection error
+  ENHANCE_YOUR_CALM, before the frame is handled. (RST_STREAM has its own limit: rapid reset,
+  ``server.py``.) DATA that carries data, and WINDOW_UPDATE on a stream we send on, cost
+  nothing more.
 
 Connection errors raise (``ClientProtocolError`` on the server side, ``BackendProtocolError``
 on the client side, ``h2_code`` set) after queueing their GOAWAY: flush, then close.
@@ -43,7 +53,7 @@ from __future__ import annotations
 
 from hpack.exceptions import HPACKDecodingError, OversizedHeaderListError
 
-from revproxy.errors import H2_ENHANCE_YOUR_CALM, H2_PROTOCOL_ERROR
+from revproxy.errors import H2_ENHANCE_YOUR_CALM, H2_PROTOCOL_ERROR, RevproxyError
 from revproxy.proto.events import (
     Event,
     GoAwayReceived,
@@ -115,6 +125,10 @@ class H2Endpoint(H2Connection):
         if self._dead:
             return []
         self._now = now
+        if now - self._control_since >= 1.0:
+            # A new second: the control-frame budget is whole again.
+            self._control_since = now
+            self._control_left = self._max_control
         buf = self._held + data if self._held else data
         out: list[Event] = []
         i = 0
@@ -159,19 +173,25 @@ class H2Endpoint(H2Connection):
                 self._window_update_frame(sid, payload, out)
             elif ftype == CONTINUATION:
                 self._continuation_frame(sid, flags, payload, out)
-            elif ftype == SETTINGS:
-                self._settings_frame(sid, flags, payload, out)
             elif ftype == RST_STREAM:
                 self._rst_stream_frame(sid, payload, out)
-            elif ftype == PING:
-                self._ping_frame(sid, flags, payload, out)
-            elif ftype == PRIORITY:
-                self._priority_frame(sid, payload)
-            elif ftype == GOAWAY:
-                self._goaway_received(sid, payload, out)
-            elif ftype == PUSH_PROMISE:
-                raise self._fatal("PUSH_PROMISE while push is disabled", H2_PROTOCOL_ERROR)
-            # Frames of unknown types (and ALTSVC, ORIGIN, PRIORITY_UPDATE) are ignored (§5.5).
+            else:
+                # Every other frame carries no request or response: it spends the budget.
+                self._control_left -= 1
+                if self._control_left < 0:
+                    raise self._control_flood()
+                if ftype == SETTINGS:
+                    self._settings_frame(sid, flags, payload, out)
+                elif ftype == PING:
+                    self._ping_frame(sid, flags, payload, out)
+                elif ftype == PRIORITY:
+                    self._priority_frame(sid, payload)
+                elif ftype == GOAWAY:
+                    self._goaway_received(sid, payload, out)
+                elif ftype == PUSH_PROMISE:
+                    raise self._fatal("PUSH_PROMISE while push is disabled", H2_PROTOCOL_ERROR)
+                # Frames of unknown types (and ALTSVC, ORIGIN, PRIORITY_UPDATE) are ignored
+                # (§5.5).
         self._held = buf[i:] if i < n else b""
         if self._opened_all:
             # One notice for every stream however many frames opened the connection's window
@@ -179,6 +199,19 @@ class H2Endpoint(H2Connection):
             self._opened_all = False
             out.append(WindowUpdated(stream_id=0))
         return out
+
+    def _control_frame(self) -> None:
+        """A frame that carries nothing, found by its handler (empty DATA, WINDOW_UPDATE on a
+        stream we no longer send on): it spends the control-frame budget as the others do in
+        the loop above."""
+        self._control_left -= 1
+        if self._control_left < 0:
+            raise self._control_flood()
+
+    def _control_flood(self) -> RevproxyError:
+        return self._fatal(
+            f"over {self._max_control} control frames in a second (flood)", H2_ENHANCE_YOUR_CALM
+        )
 
     # --- frames --------------------------------------------------------------------------------
 
@@ -199,14 +232,16 @@ class H2Endpoint(H2Connection):
         self._recv_window -= length
         if self._recv_window < 0:
             raise self._fatal("DATA beyond the connection window", H2_FLOW_CONTROL_ERROR)
+        end = bool(flags & END_STREAM)
         st = self._streams.get(sid)
         if st is None or not st.remote_open:
+            if not data and not end:
+                self._control_frame()  # it carries nothing
             self._data_on_closed(sid, st, length, out)
             return
         st.recv_window -= length
         if st.recv_window < 0:
             raise self._fatal(f"DATA beyond the window of stream {sid}", H2_FLOW_CONTROL_ERROR)
-        end = bool(flags & END_STREAM)
         if st.expected is not None:
             # RFC 9113 §8.1.1: content-length must equal the sum of the DATA payloads.
             st.received += len(data)
@@ -219,6 +254,8 @@ class H2Endpoint(H2Connection):
         if data:
             st.unacked += len(data)
             out.append(data_received(sid, data))
+        elif not end:
+            self._control_frame()  # it carries nothing
         if end:
             self._remote_ended(sid, st, out)
 
@@ -371,11 +408,12 @@ class H2Endpoint(H2Connection):
             self._opened_all = True
             return
         st = self._streams.get(sid)
-        if st is None:
-            if sid > self._highest(sid):
+        if st is None or not st.local_open:
+            if st is None and sid > self._highest(sid):
                 raise self._fatal(f"WINDOW_UPDATE on idle stream {sid}", H2_PROTOCOL_ERROR)
-            return  # closed: ignored (RFC 9113 §6.9)
-        if not st.local_open:
+            # Closed, or we sent all we had: ignored (RFC 9113 §6.9). It carries nothing (one
+            # may arrive late on an honest stream).
+            self._control_frame()
             return
         st.send_window += increment
         if st.send_window > MAX_WINDOW:

@@ -16,6 +16,10 @@ RFC says:
 - CVE-2023-44487 (rapid reset): more than ``max_resets_per_second`` RST_STREAM from a client in
   one second is a connection error ENHANCE_YOUR_CALM — streams opened and reset at once cost
   us work and them nothing.
+- Control-frame floods (PING, SETTINGS, PRIORITY, empty DATA, ...; ``engine.py`` says which
+  frames count): more than ``max_control_frames_per_second`` from a client in one second is a
+  connection error ENHANCE_YOUR_CALM, so a flood costs us a bounded amount of work a second.
+  (The client role sets no limit: its peers are the operator's own origins.)
 - §8.1: responses go out as HEADERS (informational ones never ending the stream), DATA and
   trailers through the sending half (``connection.py``).
 """
@@ -43,6 +47,7 @@ class H2Server(H2Endpoint):
         max_frame_size: int = 16384,
         max_header_list_size: int = 16384,
         max_resets_per_second: int = 200,
+        max_control_frames_per_second: int = 1000,
         enable_connect_protocol: bool = True,
     ) -> None:
         extra: dict[int, int] = {}
@@ -54,6 +59,7 @@ class H2Server(H2Endpoint):
             initial_window_size=initial_window_size,
             max_frame_size=max_frame_size,
             max_header_list_size=max_header_list_size,
+            max_control_frames_per_second=max_control_frames_per_second,
             extra_settings=extra,
         )
         self._preface_left = len(PREFACE)
