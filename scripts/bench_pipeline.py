@@ -8,19 +8,28 @@ the client sends its next request when a whole response arrived, the origin answ
 whole request arrived. What is left is what Python costs per request — the part of
 ``scripts/bench``'s CPU-µs per request that is revproxy's own. Usage:
 
-    scripts/bench_pipeline.py [--requests N] [--connections C] [--profile]
+    scripts/bench_pipeline.py [--requests N] [--connections C] [--profile] [--policy]
+
+``--policy`` puts the edge policy in the path: an allow list of 100,000 networks on the listener
+and Basic authentication on the route, the client sending valid credentials (after the first,
+remembered, request no hash is checked).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import cProfile
 import pstats
+import random
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import bcrypt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -44,7 +53,19 @@ servers = ["127.0.0.1:9000"]
 keepalive = 256
 """
 
+POLICY = """
+[users.bench]
+file = "{users}"
+"""
+# With --policy: the listener's allow list and the route's auth (see the module docstring).
+POLICY_LISTENER = 'allow_file = "{allow}"\n'
+POLICY_ROUTE = 'auth = { users = "bench" }\n'
+
 REQUEST = b"GET /small HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"  # what wrk sends
+POLICY_REQUEST = (
+    b"GET /small HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
+    b"Authorization: Basic " + base64.b64encode(b"bench:bench-pw") + b"\r\n\r\n"
+)
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sun, 22 Nov 2026 03:00:00 GMT\r\n"
     b"Content-Type: application/octet-stream\r\nContent-Length: 100\r\n"
@@ -99,8 +120,28 @@ class Peer:
         return default
 
 
-async def run(requests: int, connections: int) -> float:
-    config = load_config_text([("10-bench.toml", CONFIG)])
+def policy_config(directory: Path) -> str:
+    """CONFIG with the edge policy of ``--policy`` (files written to ``directory``)."""
+    users = directory / "bench.htpasswd"
+    users.write_text("bench:" + bcrypt.hashpw(b"bench-pw", bcrypt.gensalt(4)).decode() + "\n")
+    rng = random.Random(1)
+    nets = [f"{rng.randrange(1, 223)}.{rng.randrange(256)}.{rng.randrange(256)}.0/24"
+            for _ in range(100_000)]  # fmt: skip
+    allow = directory / "allow.txt"
+    allow.write_text("\n".join([*nets, "127.0.0.0/8"]) + "\n")
+    text = CONFIG.replace('bind = "127.0.0.1:8080"\n', 'bind = "127.0.0.1:8080"\n'
+                          + POLICY_LISTENER.format(allow=allow))  # fmt: skip
+    text = text.replace('pool = "origin"\n', 'pool = "origin"\n' + POLICY_ROUTE)
+    return text + POLICY.format(users=users)
+
+
+async def run(requests: int, connections: int, policy: bool = False) -> float:
+    if policy:
+        with tempfile.TemporaryDirectory() as d:
+            config = load_config_text([("10-bench.toml", policy_config(Path(d)))])
+    else:
+        config = load_config_text([("10-bench.toml", CONFIG)])
+    request = POLICY_REQUEST if policy else REQUEST
     gen = build_generation(config, number=1, default_pem=(b"", b""))
     lrt = gen.listeners["http"]
     pr = gen.pools["origin"]
@@ -115,8 +156,8 @@ async def run(requests: int, connections: int) -> float:
         client_io = ConnIO()
         budget = [per_conn - 1]
         budgets.append(budget)
-        client_io.connection_made(Peer(client_io, REQUEST, b"x" * 100, budget))  # type: ignore[arg-type]
-        client_io.data_received(REQUEST)
+        client_io.connection_made(Peer(client_io, request, b"x" * 100, budget))  # type: ignore[arg-type]
+        client_io.data_received(request)
         info = ConnInfo(
             peer=("127.0.0.1", 40000),
             client=("127.0.0.1", 40000),
@@ -142,17 +183,20 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--profile", action="store_true", help="cProfile one round, top 25")
+    ap.add_argument("--policy", action="store_true", help="allow list + Basic auth in the path")
     opts = ap.parse_args()
     import uvloop
 
     if opts.profile:
         prof = cProfile.Profile()
         prof.enable()
-        uvloop.run(run(opts.requests, opts.connections))
+        uvloop.run(run(opts.requests, opts.connections, opts.policy))
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
         return
-    best = min(uvloop.run(run(opts.requests, opts.connections)) for _ in range(opts.rounds))
+    best = min(
+        uvloop.run(run(opts.requests, opts.connections, opts.policy)) for _ in range(opts.rounds)
+    )
     print(f"{best:.1f} µs of CPU per proxied request (best of {opts.rounds})")
 
 

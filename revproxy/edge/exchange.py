@@ -281,7 +281,11 @@ class Exchange:
         if route_auth:
             auth = route_auth.get(route.index)
             if auth is not None:
-                return self._authenticated(auth, route)
+                user = auth.known(req.headers)
+                if user is None:
+                    return self._authenticated(auth, route)
+                self.rec.user = user  # proved before by the same credentials: no coroutine
+                self.auth_user = (auth.auth, user)
         return self._route_action(route)
 
     def _route_action(self, route: Route) -> _Action:
@@ -765,13 +769,17 @@ def _overridden(timeouts: Timeouts, route: RouteTimeouts) -> Timeouts:
 def _with_user(headers: Headers, auth: Auth, user: str) -> Headers:
     """Toward the origin after ``auth`` passed: the credentials removed (unless
     ``pass_credentials``), the user named in ``user_header`` (a client's own removed)."""
-    drop = {auth.user_header.encode()} if auth.user_header else set()
-    if not auth.pass_credentials:
-        drop.add(b"authorization")
-    out = [h for h in headers if h[0] not in drop]
-    if auth.user_header:
-        out.append((auth.user_header.encode(), user.encode("utf-8")))
-    return out
+    user_header = auth.user_header
+    strip = not auth.pass_credentials
+    i = len(headers)
+    while i:  # in place: ``headers`` is the list request_headers just built
+        i -= 1
+        name = headers[i][0]
+        if (strip and name == b"authorization") or (user_header and name == user_header.encode()):
+            del headers[i]
+    if user_header:
+        headers.append((user_header.encode(), user.encode("utf-8")))
+    return headers
 
 
 def _websocket_key() -> bytes:

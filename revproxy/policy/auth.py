@@ -52,10 +52,23 @@ class Authenticator:
             if users.kind == "htpasswd" or e.realm == auth.realm
         }
         self._nonce_key = nonce_key
-        self._verified: OrderedDict[tuple[str, bytes], None] = OrderedDict()
+        # Authorization values that proved a user: the request of a keep-alive client that
+        # sends the same value again costs one lookup. (The values are what every request of
+        # those clients carries through this process anyway; they live for the generation.)
+        self._known: dict[bytes, str] = {}
         self._counts: OrderedDict[str, int] = OrderedDict()  # nonce -> highest nc seen
         # htdigest files store MD5 HA1s (Apache, Squid); SHA-256 ones are 64 hex digits.
         self.algorithm = "SHA-256" if any(len(s) == 64 for s in self._secrets.values()) else "MD5"
+
+    def known(self, headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+        """Basic: the user an ``Authorization`` value already proved, without a coroutine or a
+        hash check (None: ``check`` must decide)."""
+        if self.auth.scheme != "basic" or not self._known:
+            return None
+        for name, value in headers:
+            if name == b"authorization":
+                return self._known.get(value)
+        return None
 
     async def check(
         self, headers: Iterable[tuple[bytes, bytes]], method: bytes, target: bytes
@@ -73,22 +86,22 @@ class Authenticator:
 
     async def _basic(self, value: bytes | None) -> Verdict:
         creds = httpauth.parse_basic(value) if value is not None else None
-        if creds is None:
+        if creds is None or value is None:
             return Verdict(None, self.basic_challenge())
+        key = value
+        user = self._known.get(key)
+        if user is not None:
+            return Verdict(user, b"")
         secret = self._secrets.get((creds.user, None))
-        key = (creds.user, hashlib.sha256(creds.password.encode("utf-8")).digest())
-        if secret is not None and key in self._verified:
-            self._verified.move_to_end(key)
-            return Verdict(creds.user, b"")
         if secret is None:
             # The same work as a known user, so the time does not tell who exists.
             await asyncio.to_thread(_verify, _UNKNOWN_USER_HASH, creds.password)
             return Verdict(None, self.basic_challenge())
         if not await asyncio.to_thread(_verify, secret, creds.password):
             return Verdict(None, self.basic_challenge())
-        self._verified[key] = None
-        if len(self._verified) > CACHE_SIZE:
-            self._verified.popitem(last=False)
+        if len(self._known) >= CACHE_SIZE:
+            self._known.clear()
+        self._known[key] = creds.user
         return Verdict(creds.user, b"")
 
     # --- Digest -----------------------------------------------------------------------------

@@ -54,9 +54,12 @@ def test_basic_with_bcrypt_and_argon2id() -> None:
 def test_a_verified_password_is_remembered_a_wrong_one_is_not() -> None:
     a = authenticator(f"alice:{BCRYPT}\n")
     assert check(a, basic("alice", "s3cret")) == "alice"
-    assert len(a._verified) == 1
+    assert len(a._known) == 1
     check(a, basic("alice", "nope"))
-    assert len(a._verified) == 1
+    assert len(a._known) == 1
+    assert a.known(basic("alice", "s3cret")) == "alice"  # the same value again: no hash
+    assert a.known(basic("alice", "nope")) is None
+    assert a.known([]) is None
 
 
 def test_digest_md5_from_an_htdigest_file() -> None:
