@@ -556,31 +556,34 @@ def openssl_server(cert: Path, key: Path, *args: str) -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def nginx_tls(directory: Path, cert: Path, key: Path, body: str) -> Iterator[int]:
-    """nginx serving ``body`` over TLS on a loopback port (its own prefix, no daemon)."""
+def nginx(directory: Path, server: str, http: str = "") -> Iterator[int]:
+    """nginx (its own prefix, no daemon) with one ``server { listen PORT ...; <server> }`` on a
+    loopback port; ``http`` adds lines to the http block. Yields the port."""
     exe = _require("nginx", "nginx")
     port = free_port()
     prefix = directory / "nginx"
     (prefix / "logs").mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"
+    # Workers of an nginx started as root run as nobody, who cannot read the tests' folders.
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    ssl = " ssl" if "ssl_certificate" in server else ""
     conf.write_text(
-        f"""worker_processes 1;
+        f"""{user}worker_processes 1;
 daemon off;
 pid {prefix}/nginx.pid;
 error_log {prefix}/logs/error.log;
-events {{ worker_connections 64; }}
+events {{ worker_connections 4096; }}
 http {{
-    access_log off;
+    access_log {prefix}/logs/access.log;
     client_body_temp_path {prefix}/body;
     proxy_temp_path {prefix}/proxy;
     fastcgi_temp_path {prefix}/fastcgi;
     uwsgi_temp_path {prefix}/uwsgi;
     scgi_temp_path {prefix}/scgi;
+    {http}
     server {{
-        listen {LOOPBACK}:{port} ssl;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        location / {{ return 200 "{body}\\n"; }}
+        listen {LOOPBACK}:{port}{ssl};
+        {server}
     }}
 }}
 """
@@ -600,6 +603,17 @@ http {{
         yield port
     finally:
         _stop(proc)
+
+
+@contextlib.contextmanager
+def nginx_tls(directory: Path, cert: Path, key: Path, body: str) -> Iterator[int]:
+    """nginx serving ``body`` over TLS on a loopback port."""
+    server = (
+        f"ssl_certificate {cert};\n        ssl_certificate_key {key};\n"
+        f'        location / {{ return 200 "{body}\\n"; }}'
+    )
+    with nginx(directory, server) as port:
+        yield port
 
 
 def wait_port_free(port: int, timeout: float = 5.0) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import resource
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -19,63 +18,24 @@ from pathlib import Path
 import pytest
 from harness import (
     LOOPBACK,
-    START_TIMEOUT,
     Origin,
     Proxy,
     curl,
     free_port,
     raw_exchange,
     split_response,
-    wait_until,
 )
-from l4_peers import _connectable, _require, _stop
+from l4_peers import nginx
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_peers")]
 
 
 @contextlib.contextmanager
 def nginx_echo(directory: Path) -> Iterator[int]:
-    """nginx answering every request with the target it received (``$request_uri``)."""
-    exe = _require("nginx", "nginx")
-    port = free_port()
-    prefix = directory / "nginx"
-    (prefix / "logs").mkdir(parents=True, exist_ok=True)
-    conf = prefix / "nginx.conf"
-    conf.write_text(
-        f"""worker_processes 1;
-daemon off;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log {prefix}/logs/access.log;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    server {{
-        listen {LOOPBACK}:{port};
-        location / {{ return 200 "seen $request_uri as $uri\\n"; }}
-    }}
-}}
-"""
-    )
-    with open(prefix / "logs" / "stderr.log", "wb") as err:
-        proc = subprocess.Popen(
-            [exe, "-p", str(prefix), "-c", str(conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-        )
-    try:
-        if not wait_until(lambda: _connectable(port) or proc.poll() is not None, START_TIMEOUT):
-            raise AssertionError("nginx did not start")
-        if proc.poll() is not None:
-            raise AssertionError("nginx exited:\n" + (prefix / "logs" / "error.log").read_text())
+    """nginx answering every request with the target it received (``$request_uri``) and the
+    path it resolved it to (``$uri``)."""
+    with nginx(directory, 'location / { return 200 "seen $request_uri as $uri\\n"; }') as port:
         yield port
-    finally:
-        _stop(proc)
 
 
 @pytest.fixture(scope="module")
