@@ -51,6 +51,7 @@ from revproxy.errors import (
     RequestTimeout,
     RevproxyError,
 )
+from revproxy.net.conn_io import ConnIO
 from revproxy.ops.accesslog import AccessRecord
 from revproxy.policy.access import DENY
 from revproxy.policy.auth import AUTH, Authenticator
@@ -155,6 +156,7 @@ class Exchange:
         "req",
         "route",
         "scheme",
+        "sink",
         "stream",
         "target",
         "timeouts",
@@ -168,8 +170,11 @@ class Exchange:
         generation: Generation,
         listener: ListenerRuntime,
         info: ConnInfo,
+        sink: ConnIO | None = None,
     ) -> None:
         self.stream = stream
+        # The client's connection when its room can pace the origin (HTTP/1.1; conn_io.py).
+        self.sink = sink
         self.gen = generation
         self.listener = listener
         self.info = info
@@ -513,6 +518,11 @@ class Exchange:
             wait = min(wait, self.deadline)
         # Waits end at the stream's deadline (no timer armed per wait on HTTP/1.1).
         loop = asyncio.get_running_loop()
+        sink = self.sink
+        if sink is not None and sink.unproven:
+            # A client not known to keep up: the origin's first read (the head and the body
+            # after it) is already no bigger than what the client takes (conn_io.py, pacing).
+            ostream.follow(sink)
         resp: ResponseReceived | InformationalReceived | None = None
         if upload is None:
             ostream.deadline = loop.time() + wait
@@ -549,6 +559,10 @@ class Exchange:
             await stream.send_response(resp.status, out_headers, end=True, body=body)
             return True
         await stream.send_response(resp.status, out_headers)
+        if sink is not None:
+            # The origin is read no further ahead than the client takes (conn_io.py,
+            # pacing); ``finish`` ends it.
+            ostream.follow(sink)
         idle = timeouts.idle
         queued = ostream.events
         while True:

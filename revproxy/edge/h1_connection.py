@@ -80,7 +80,9 @@ class HttpConnection:
         self.client = _Source(conn, self.h1.receive_data)
         self.bytes_out = 0
         self._accounted_in = 0  # client bytes already counted in an access-log record
-        self.exchange = Exchange(self, generation=generation, listener=listener, info=info)
+        self.exchange = Exchange(
+            self, generation=generation, listener=listener, info=info, sink=conn
+        )
 
     # --- connection loop ----------------------------------------------------------------
 

@@ -6,24 +6,71 @@ Rule of this room: one object per connection, nothing allocated per read beyond 
 one future when the read must wait. Timeouts are deadlines (loop time), not timers per read:
 a connection owns at most one timer, armed when a read first waits and moved forward lazily —
 when it fires before the current deadline it re-arms itself instead — so setting a deadline
-costs a float store. Reads stop the transport when more than ``HIGH_WATER`` bytes wait unread
-(memory per connection stays bounded); writes wait in ``drain`` while the transport says its
-buffer is full. Small writes made in one turn of the event loop go out as one write
-(``write_soon``): a response head, its body and its end cost one system call (one TLS record).
-The duck-typed reader/writer methods ``relay.relay_streams`` uses are here too. Every
-connection is weighed in the process's budget for slow readers (``cut_slowest``).
+costs a float store. Reads stop the transport when more than ``limit`` bytes
+(``global.buffer_size``) wait unread (memory per connection stays bounded); writes wait in
+``drain`` while the transport says its buffer is full. Small writes made in one turn of the
+event loop go out as one write (``write_soon``): a response head, its body and its end cost one
+system call (one TLS record). The duck-typed reader/writer methods ``relay.relay_streams`` uses
+are here too. Every connection is weighed in the process's budget for slow readers
+(``cut_slowest``).
+
+Pacing (``follow``): while a response is relayed from an origin connection to a client
+connection (its *sink*), the origin is read no further ahead than the client's socket takes at
+once, so what a slow reader has not taken stays in the kernels' buffers, not in ours (uvloop
+keeps a partly written ``bytes`` whole until its last byte is sent, so a write the socket does
+not take pins all of it). The sink's socket may hold ``TCP_NOTSENT_LOWAT`` bytes unsent — a
+per-client limit, from ``LOWAT_START`` up to two full reads for a client that keeps up, halved
+whenever the socket refused bytes — and its room is that limit minus what the kernel
+(``SIOCOUTQNSD``) and the transport have not sent yet: one ioctl per read of the origin. While
+the room holds a full read of the transport (``READ_MAX``), reads are the transport's own and
+nothing else changes; below that they are sized to the room (a ``BufferedProtocol`` takes the
+transport's reads, at most ``limit`` each); with none left, reading waits until the sink's
+transport has passed on what it holds (``resume_writing``: its write limit is one byte while
+paced), and the time it waits does not count against the origin's deadline. A client that took
+nothing is sent a small probe, which its transport holds until it is sent (a TLS transport
+hands it to the one beneath without a word: after two, the room is looked at again later). A
+client not known to keep up is paced from the origin's first read, the response head; a known
+one from its body.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
+import socket
+import sys
 from collections import deque
 from typing import Any, cast
 
-# Unread bytes above which the transport stops reading (and resumes below LOW_WATER).
-HIGH_WATER = 1024 * 1024
-LOW_WATER = 256 * 1024
+try:
+    from fcntl import ioctl as _ioctl
+except ImportError:  # not on this platform: rooms are not measured (``_can_measure``)
+    _ioctl = None  # type: ignore[assignment]
+
+# Unread bytes above which the transport stops reading, by default (``global.buffer_size``);
+# reading resumes once the reader has taken all but a quarter of the limit.
+HIGH_WATER = 64 * 1024
+# The most one read of a transport brings (asyncio: 256 KiB; uvloop: 256,000 bytes).
+READ_MAX = 256 * 1024
+# Unsent bytes a paced client's socket may hold (TCP_NOTSENT_LOWAT): a new client starts at
+# LOWAT_START; the limit doubles each time the client has taken as much since it was set and
+# holds no more than half of it unsent, up to two full reads (a client that keeps up is read
+# for in whole reads), and halves each time our transport must hold what the socket would not
+# take, down to LOWAT_MIN.
+LOWAT_START = 16 * 1024
+LOWAT_MIN = 4 * 1024
+LOWAT_MAX = 2 * READ_MAX
+# The least a paced origin reads when its client has (almost) no room and nothing is waiting:
+# what the client's socket does not take waits in its transport, which says when it is sent.
+PROBE = 4 * 1024
+# After two probes in a row that the client's transport did not hold (TLS), the room is
+# looked at again after RETRY_FIRST seconds, then twice as long each time, up to RETRY_MAX.
+RETRY_FIRST = 0.05
+RETRY_MAX = 2.0
+# ioctl(2) request for a TCP socket's bytes not yet sent (linux/sockios.h).
+SIOCOUTQNSD = 0x894B
+_TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
 # Bytes held by ``write_soon`` before they are written at once.
 CORK_LIMIT = 64 * 1024
 # ``read`` joins received pieces while they are smaller than this.
@@ -34,6 +81,7 @@ class ConnIO(asyncio.Protocol):
     """Reads, writes and deadlines of one connection (see the module's rule)."""
 
     __slots__ = (
+        "_allow",
         "_buffered",
         "_chunks",
         "_closed",
@@ -42,12 +90,26 @@ class ConnIO(asyncio.Protocol):
         "_drain_waiter",
         "_eof",
         "_exc",
+        "_fd",
+        "_floor",
         "_flush_handle",
+        "_held_at",
+        "_lagging",
+        "_lowat",
         "_over_ssl",
         "_paused_reading",
+        "_probes",
+        "_retry",
+        "_sink",
+        "_sized",
+        "_sock",
+        "_source",
+        "_taken",
         "_timer",
         "_waiter",
         "_write_paused",
+        "_written",
+        "limit",
         "loop",
         "transport",
     )
@@ -69,6 +131,34 @@ class ConnIO(asyncio.Protocol):
         self._over_ssl = False
         self._corked: list[bytes] = []
         self._flush_handle: asyncio.Handle | None = None
+        # Unread bytes above which reading stops (when not paced by a sink).
+        self.limit = _buffer_size
+        # Pacing (``follow``): the connection our bytes are relayed to, or the one relayed to
+        # us; the bytes we may still read; the allowance below which reading stops (a full
+        # read, or 1 while reads are sized); the BufferedProtocol taking our transport's reads
+        # while they are sized.
+        self._sink: ConnIO | None = None
+        self._source: ConnIO | None = None
+        self._allow = 0
+        self._floor = READ_MAX
+        self._sized: _SizedReads | None = None
+        # Since when reading has waited for the sink (loop time; 0.0: it does not); probes in
+        # a row that the sink's transport did not hold, and the timer that paces us again
+        # when they are too many.
+        self._held_at = 0.0
+        self._probes = 0
+        self._retry: asyncio.TimerHandle | None = None
+        # As a sink: our socket's TCP_NOTSENT_LOWAT (0: not set yet, -1: cannot), the socket
+        # and its fd.
+        self._lowat = 0
+        self._sock: Any = None
+        self._fd = -1
+        # Bytes written while an origin followed us, and how many of them the client had
+        # taken when our unsent limit last changed; whether it had not taken everything when
+        # the last relay ended.
+        self._written = 0
+        self._taken = 0
+        self._lagging = False
 
     # --- asyncio.Protocol ---------------------------------------------------------------
 
@@ -91,9 +181,14 @@ class ConnIO(asyncio.Protocol):
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
-        if self._buffered > HIGH_WATER and not self._paused_reading and self.transport:
-            self._paused_reading = True
-            self.transport.pause_reading()
+        if self._sink is None:
+            if self._buffered > self.limit and not self._paused_reading and self.transport:
+                self._paused_reading = True
+                self.transport.pause_reading()
+        else:
+            self._allow -= len(data)
+            if self._allow < self._floor:  # the next read may not fit in the sink's room
+                self._stop_reading()
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -115,11 +210,22 @@ class ConnIO(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         if not self._closed.done():
             self._closed.set_result(None)
+        if self._source is not None:
+            self._source._pace()  # an origin held for us reads on: its exchange learns of it
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        source = self._source
+        if source is not None:
+            source._hold()  # our transport holds bytes: the origin waits until they are sent
+            if self._lowat > LOWAT_MIN:
+                self._taken = self._written
+                self._set_lowat(max(self._lowat >> 1, LOWAT_MIN))
 
     def resume_writing(self) -> None:
         self._write_paused = False
@@ -127,6 +233,9 @@ class ConnIO(asyncio.Protocol):
         self._drain_waiter = None
         if drain is not None and not drain.done():
             drain.set_result(None)
+        source = self._source
+        if source is not None:
+            source._pace()
 
     # --- reading ------------------------------------------------------------------------
 
@@ -147,13 +256,13 @@ class ConnIO(asyncio.Protocol):
         data = b"".join(self._chunks)
         self._chunks.clear()
         self._buffered = 0
-        if self._paused_reading and self.transport is not None:
+        if self._paused_reading and self._sink is None and self.transport is not None:
             self._paused_reading = False
             self.transport.resume_reading()
         return data
 
     def as_streams(
-        self, limit: int = HIGH_WATER
+        self, limit: int = 1024 * 1024
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """The connection handed to code that reads a ``StreamReader`` (HTTP/2): the transport
         changes protocol, with whatever was received and not read yet."""
@@ -179,6 +288,8 @@ class ConnIO(asyncio.Protocol):
         """The bytes received (at most ``n`` when ``n`` > 0), waiting for some; ``b""`` at the
         end of the stream. Raises TimeoutError when nothing came by ``deadline`` (loop time),
         the connection's error when it was lost with one."""
+        if self._sink is not None:
+            self._pace()
         if not self._chunks:
             if self._eof:
                 if self._exc is not None and isinstance(self._exc, OSError):
@@ -215,7 +326,12 @@ class ConnIO(asyncio.Protocol):
             chunks.appendleft(data[n:])
             data = data[:n]
         self._buffered -= len(data)
-        if self._paused_reading and self._buffered < LOW_WATER and self.transport is not None:
+        if (
+            self._paused_reading
+            and self._sink is None
+            and self._buffered <= self.limit >> 2
+            and self.transport is not None
+        ):
             self._paused_reading = False
             self.transport.resume_reading()
         return data
@@ -234,11 +350,208 @@ class ConnIO(asyncio.Protocol):
         waiter = self._waiter
         if waiter is None or waiter.done() or not self._deadline:
             return  # no read waits: the next one arms the timer again
+        if self._held_at:
+            return  # reading waits for our sink: armed again when it goes on (_released)
         if self.loop.time() >= self._deadline:
             self._waiter = None
             waiter.set_exception(TimeoutError())
         else:
             self._timer = self.loop.call_at(self._deadline, self._on_timer)
+
+    # --- pacing -------------------------------------------------------------------------
+
+    def follow(self, sink: ConnIO | None) -> None:
+        """Relay to ``sink`` from now on: read no further ahead than its socket can take (see
+        the module's rule; a sink whose room cannot be measured changes nothing: reading stops
+        past ``limit`` unread bytes). ``follow(None)`` when the relay is over."""
+        old = self._sink
+        if old is sink:
+            return
+        if old is not None:
+            self._unfollow(old)
+        transport = self.transport
+        sink_transport = sink.transport if sink is not None else None
+        if (
+            sink is None
+            or sink_transport is None
+            or transport is None
+            or transport.is_closing()
+            or not sink._can_measure()
+        ):
+            self._own_pace()
+            return
+        self._sink = sink
+        sink._source = self
+        self._floor = READ_MAX
+        # Our reads wait on the sink's transport as soon as it holds anything (high=1: TLS
+        # transports pause at the high mark itself, others above it; 0 would pause an empty
+        # TLS transport for ever).
+        sink_transport.set_write_buffer_limits(high=1, low=0)
+        self._pace()
+
+    @property
+    def unproven(self) -> bool:
+        """As a sink: a new client, or one that had not taken everything when the last relay
+        to it ended: an origin relaying to us is paced from its first read (the response head
+        and the body after it), not from the body loop on."""
+        return self._lowat == 0 or self._lagging
+
+    def _unfollow(self, sink: ConnIO) -> None:
+        sink._source = None
+        self._sink = None
+        self._probes = 0
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        sink_transport = sink.transport
+        if sink_transport is not None and not sink_transport.is_closing():
+            sink._lagging = sink._write_paused or sink._unsent() > 0
+            sink_transport.set_write_buffer_limits()
+        transport = self.transport
+        if self._sized is not None and transport is not None and not transport.is_closing():
+            self._stop_reading()
+            transport.set_protocol(self)
+        self._sized = None
+        self._released()
+        self._own_pace()
+
+    def _own_pace(self) -> None:
+        """Reading by our own limit (no sink)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._buffered > self.limit:
+            self._stop_reading()
+        elif self._paused_reading:
+            self._paused_reading = False
+            transport.resume_reading()
+
+    def _stop_reading(self) -> None:
+        if not self._paused_reading and self.transport is not None:
+            self._paused_reading = True
+            self.transport.pause_reading()
+            if self._sink is not None and not self._held_at:
+                self._held_at = self.loop.time()
+
+    def _released(self) -> None:
+        """Reading held for our sink goes on: the time it waited does not count against our
+        peer's deadline (the client was slow, not the origin)."""
+        held_at = self._held_at
+        if held_at:
+            self._held_at = 0.0
+            if self._deadline:
+                self._deadline += self.loop.time() - held_at
+                if self._waiter is not None:
+                    self._arm(self._deadline)
+
+    def _hold(self) -> None:
+        """Our sink's transport holds bytes: read nothing until it has written them."""
+        self._allow = 0
+        self._probes = 0
+        self._stop_reading()
+
+    def _retried(self) -> None:
+        self._retry = None
+        self._pace()
+
+    def _pace(self) -> None:
+        """Measure the sink's room and read accordingly (see the module's rule)."""
+        sink = self._sink
+        transport = self.transport
+        if sink is None or transport is None or transport.is_closing():
+            return
+        sink_transport = sink.transport
+        if sink_transport is None or sink_transport.is_closing():
+            allow = PROBE  # the client is gone: read on, the next write to it says so
+        elif sink._write_paused:
+            allow = 0  # resume_writing paces us again
+        else:
+            allow = sink.room() - self._buffered
+            if allow >= PROBE:
+                self._probes = 0
+            elif not self._buffered:
+                # Nothing to write and (almost) no room: a small read all the same. What our
+                # sink's transport cannot pass on at once it holds, and tells us when it is sent.
+                # Unless probes went out and none was held: a TLS transport hands its bytes to
+                # one beneath it, which holds them without a word; then look again later.
+                self._probes += 1
+                if self._probes <= 2:
+                    allow = PROBE
+                elif self._retry is None:
+                    delay = min(RETRY_FIRST * (1 << (self._probes - 3)), RETRY_MAX)
+                    self._retry = self.loop.call_later(delay, self._retried)
+        self._allow = allow
+        sized = self._sized is not None
+        want_sized = allow < (READ_MAX * 3 // 2 if sized else READ_MAX)
+        if want_sized != sized:
+            self._stop_reading()
+            if want_sized:
+                reads = _SizedReads(self)
+                self._sized = reads
+                self._floor = 1
+                transport.set_protocol(reads)
+            else:
+                self._sized = None
+                self._floor = READ_MAX
+                transport.set_protocol(self)
+        if allow >= self._floor:
+            if self._paused_reading:
+                self._paused_reading = False
+                transport.resume_reading()
+                self._released()
+        else:
+            self._stop_reading()
+
+    def _can_measure(self) -> bool:
+        """Whether our room can be measured (a TCP socket on Linux); the first time, our
+        socket's TCP_NOTSENT_LOWAT is set."""
+        if self._lowat == 0:
+            self._lowat = -1
+            sock = self.get_extra_info("socket")
+            if sock is not None and sys.platform == "linux" and _ioctl is not None:
+                with contextlib.suppress(OSError, ValueError, AttributeError):
+                    if sock.family in (socket.AF_INET, socket.AF_INET6):
+                        fd = sock.fileno()
+                        _outq(fd)
+                        self._sock = sock
+                        self._fd = fd
+                        self._set_lowat(LOWAT_START)
+        return self._lowat > 0
+
+    def _set_lowat(self, lowat: int) -> None:
+        try:
+            self._sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, lowat)
+        except OSError:
+            return
+        self._lowat = lowat
+
+    def _unsent(self) -> int:
+        """As a sink: what our transport and the kernel have not sent yet (-1: unknown)."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or self._lowat <= 0:
+            return -1
+        unsent = transport.get_write_buffer_size()
+        if self._corked:
+            unsent += sum(map(len, self._corked))
+        try:
+            return unsent + _outq(self._fd)
+        except OSError:
+            return -1
+
+    def room(self) -> int:
+        """As a sink: bytes our socket takes now without any being held by us — its unsent
+        limit minus what the kernel and our transport have not sent yet (0 once closing). A
+        client that took what it had (half of the limit or more) may hold twice as much."""
+        unsent = self._unsent()
+        if unsent < 0:
+            return 0
+        lowat = self._lowat
+        if lowat < LOWAT_MAX and unsent <= lowat >> 1:
+            taken = self._written - unsent
+            if taken - self._taken >= lowat:  # the client took a whole limit since it was set
+                self._taken = taken
+                self._set_lowat(min(lowat * 2, LOWAT_MAX))
+        return self._lowat - unsent
 
     # --- writing ------------------------------------------------------------------------
 
@@ -250,14 +563,17 @@ class ConnIO(asyncio.Protocol):
         if self._corked:
             self._flush()
         assert self.transport is not None
+        if self._source is not None:
+            self._written += len(data)
         self.transport.write(data)
 
     def write_soon(self, data: bytes) -> None:
         """Write ``data`` at the end of this turn of the event loop, with whatever else is
-        written so (at once when the pending bytes are many)."""
+        written so (at once when the pending bytes are many: a big piece is in the kernel's
+        hands before the next read is paced)."""
         corked = self._corked
         corked.append(data)
-        if len(corked) > 1 and sum(map(len, corked)) > CORK_LIMIT:
+        if len(data) >= CORK_LIMIT or (len(corked) > 1 and sum(map(len, corked)) > CORK_LIMIT):
             self._flush()
         elif self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self._flush)
@@ -272,6 +588,8 @@ class ConnIO(asyncio.Protocol):
             return
         transport = self.transport
         if transport is not None and not transport.is_closing():
+            if self._source is not None:
+                self._written += sum(map(len, corked))
             if len(corked) == 1:
                 transport.write(corked[0])
             else:
@@ -335,6 +653,67 @@ class ConnIO(asyncio.Protocol):
                 await self.wait_closed()
 
 
+class _SizedReads(asyncio.BufferedProtocol):
+    """The protocol of a paced connection's transport while its reads must be smaller than the
+    transport's own: each read takes at most the bytes its sink has room for (and at most the
+    connection's ``limit``), into one buffer shared by every connection (reads never overlap)."""
+
+    __slots__ = ("io", "view")
+
+    def __init__(self, io: ConnIO) -> None:
+        self.io = io
+        self.view: memoryview | None = None
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        io = self.io
+        n = min(max(io._allow, 1), io.limit)
+        global _read_buffer
+        if len(_read_buffer) < n:
+            _read_buffer = bytearray(n)
+        self.view = view = memoryview(_read_buffer)[:n]
+        return view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        view = self.view
+        assert view is not None
+        self.view = None
+        self.io.data_received(bytes(view[:nbytes]))
+
+    def eof_received(self) -> bool:
+        return self.io.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.io.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.io.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.io.resume_writing()
+
+
+_read_buffer = bytearray(HIGH_WATER)
+_unsent = array.array("i", [0])
+
+
+def _outq(fd: int) -> int:
+    """Bytes the kernel holds for socket ``fd`` and has not sent yet."""
+    _ioctl(fd, SIOCOUTQNSD, _unsent, True)
+    return _unsent[0]
+
+
+# --- process settings -----------------------------------------------------------------------------
+
+# The ``limit`` of new connections (``global.buffer_size``).
+_buffer_size = HIGH_WATER
+
+
+def set_buffer_size(size: int) -> None:
+    """``global.buffer_size`` of the current configuration: the limit of new connections."""
+    global _buffer_size
+    _buffer_size = size
+
+
 # --- the process's budget for slow readers -----------------------------------------------------
 
 # Every connection of this process (registered while it is a ConnIO's), for ``cut_slowest``.
@@ -348,6 +727,11 @@ def held(io: ConnIO) -> int:
     if transport is not None and not transport.is_closing():
         waiting = transport.get_write_buffer_size()
     return io._buffered + waiting + sum(map(len, io._corked))
+
+
+def live_connections() -> int:
+    """How many connections this process has (those a ConnIO reads and writes)."""
+    return len(_live)
 
 
 def cut_slowest(cap: int) -> tuple[int, int]:

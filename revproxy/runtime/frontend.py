@@ -9,6 +9,7 @@ one and swaps one reference, so both kinds of process reload the same way.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import logging
 import socket
@@ -18,7 +19,7 @@ from revproxy.config.model import Bind, Config
 from revproxy.edge.generation import Generation, build_generation
 from revproxy.edge.listener import Acceptor, BoundListener
 from revproxy.errors import ConfigError, ConfigProblem
-from revproxy.net.conn_io import cut_slowest
+from revproxy.net.conn_io import cut_slowest, live_connections, set_buffer_size
 from revproxy.ops.log_limit import RateLimitedLog
 from revproxy.ops.metrics import RequestMetrics
 from revproxy.runtime.allocator import give_back
@@ -29,6 +30,10 @@ log = logging.getLogger("revproxy")
 RESOLVE_TIMEOUT = 5.0
 # How often the bytes held for slow readers are weighed against global.max_buffer_memory.
 BUDGET_INTERVAL = 1.0
+# When the connections fell to half their recent peak, and by this many at least, the cycles
+# they left (transports, TLS state) are collected at once and the heap given back, instead of
+# whenever the collector's thresholds say: resident memory returns near idle after a burst.
+COLLECT_AFTER = 512
 
 OpenSockets = Callable[[Bind, str], list[socket.socket]]
 
@@ -111,6 +116,7 @@ class Frontend:
         """Make ``gen`` current: accept on new sockets, close removed ones, retire the old."""
         old = self.generation
         self.generation = gen  # the swap
+        set_buffer_size(gen.config.global_.buffer_size)  # for the connections from now on
         for addr, bl in new.items():
             if self.accept:
                 bl.tasks = self.acceptor.start(addr, bl.sockets)
@@ -158,6 +164,7 @@ class Frontend:
     async def _keep_budget(self) -> None:
         """``global.max_buffer_memory``: past it, the slowest readers are cut (conn_io.py)."""
         shortage = RateLimitedLog()
+        peak = 0
         while True:
             await asyncio.sleep(BUDGET_INTERVAL)
             gen = self.generation
@@ -165,6 +172,11 @@ class Frontend:
                 return
             cap = gen.config.global_.max_buffer_memory
             left, cut = cut_slowest(cap)
+            live = live_connections()
+            if peak - live >= COLLECT_AFTER and live <= peak // 2:
+                gc.collect()
+                peak = live
+            peak = max(peak, live)
             give_back()
             if cut:
                 self.metrics.slow_readers_cut.inc((), cut)

@@ -112,6 +112,11 @@ class OriginStream(Protocol):
 
     async def send_end(self, trailers: Headers) -> None: ...
 
+    def follow(self, sink: ConnIO) -> None:
+        """The response is relayed to ``sink``, the client's connection: read from the origin
+        no further ahead than it takes (conn_io.py, pacing) until ``finish``."""
+        ...
+
     def finish(self, complete: bool) -> None:
         """The exchange is over (``complete``: both messages ended cleanly)."""
         ...
@@ -197,7 +202,11 @@ class H1Origin:
         io.write(self.parser.send_end(trailers))
         await io.drain()
 
+    def follow(self, sink: ConnIO) -> None:
+        self.conn.io.follow(sink)
+
     def finish(self, complete: bool) -> None:
+        self.conn.io.follow(None)
         reusable = complete and self.parser.reusable
         if reusable:
             self.parser.start_next_cycle()
@@ -207,6 +216,7 @@ class H1Origin:
     def take_over(self) -> tuple[ConnIO, ConnIO, bytes] | None:
         # finish(False) closes the connection once the tunnel is over: it is never pooled.
         io = self.conn.io
+        io.follow(None)  # a tunnel reads by its own rule
         return io, io, self.parser.trailing_data
 
 

@@ -137,6 +137,8 @@ auth = {auth}
         ("a:$apr1$x$y\n", '{ users = "staff" }', "staff:1: user 'a': MD5-crypt is refused"),
         (f"a:{BCRYPT}\n", '{ users = "staff", user_header = "X User" }', "not a header name"),
     ],
+    ids=["no-such-users", "digest-needs-htdigest", "basic-needs-htpasswd", "realm",
+         "md5-crypt", "header-name"],
 )  # fmt: skip
 def test_config_problems(tmp_path: Path, users_file: str, auth: str, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
