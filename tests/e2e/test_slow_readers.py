@@ -9,7 +9,6 @@ and in all (``global.max_buffer_memory``), so resident memory stays flat and is 
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import subprocess
 import threading
@@ -18,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import LOOPBACK, START_TIMEOUT, Proxy, curl, free_port, wait_until
-from l4_peers import _connectable, _require, _stop
+from harness import LOOPBACK, Proxy, curl, free_port
+from l4_peers import nginx
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_peers")]
 
@@ -33,49 +32,8 @@ BIG = 8 * 1024 * 1024
 @contextlib.contextmanager
 def nginx_files(directory: Path) -> Iterator[int]:
     """nginx serving ``directory/www`` on a loopback port."""
-    exe = _require("nginx", "nginx")
-    port = free_port()
-    prefix = directory / "nginx"
-    (prefix / "logs").mkdir(parents=True, exist_ok=True)
-    conf = prefix / "nginx.conf"
-    # Workers of an nginx started as root run as nobody, who cannot read the test's folder.
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    conf.write_text(
-        f"""{user}worker_processes 1;
-daemon off;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    keepalive_requests 100000;
-    server {{
-        listen {LOOPBACK}:{port} backlog=4096;
-        root {directory / "www"};
-    }}
-}}
-"""
-    )
-    with open(prefix / "logs" / "stderr.log", "wb") as err:
-        proc = subprocess.Popen(
-            [exe, "-p", str(prefix), "-c", str(conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-        )
-    try:
-        if not wait_until(lambda: _connectable(port) or proc.poll() is not None, START_TIMEOUT):
-            raise AssertionError("nginx did not start")
-        if proc.poll() is not None:
-            raise AssertionError("nginx exited:\n" + (prefix / "logs" / "error.log").read_text())
+    with nginx(directory, f"root {directory / 'www'};", http="keepalive_requests 100000;") as port:
         yield port
-    finally:
-        _stop(proc)
 
 
 def test_slow_readers_hold_bounded_memory(tmp_path: Path) -> None:
