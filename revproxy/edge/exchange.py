@@ -151,6 +151,7 @@ class Exchange:
         "grpc",
         "info",
         "listener",
+        "max_body",
         "pick_context",
         "rec",
         "req",
@@ -187,6 +188,7 @@ class Exchange:
         self.auth_user: tuple[Auth, str] | None = None  # the route's auth and who passed it
         self.route: Route | None = None  # the route the request matched
         self.timeouts = Timeouts()  # the pool's, with the route's overrides (_proxy)
+        self.max_body = 0  # global.max_body_size, or the route's (_proxy)
 
     async def run(self, req: RequestReceived) -> bool:
         """Serve ``req``; True when the client connection may carry another request."""
@@ -346,10 +348,10 @@ class Exchange:
         g = self.gen.config.global_
         route = self.route
         self.timeouts = pr.config.timeouts
-        max_body = g.max_body_size
+        max_body = self.max_body = g.max_body_size
         if route is not None:
             if route.max_body_size is not None:
-                max_body = route.max_body_size
+                max_body = self.max_body = route.max_body_size
             if route.timeouts is not None:
                 self.timeouts = _overridden(self.timeouts, route.timeouts)
         expected = _body_expected(req)
@@ -441,12 +443,7 @@ class Exchange:
     ) -> bool:
         req = self.req
         stream = self.stream
-        g = self.gen.config.global_
         timeouts = self.timeouts
-        route = self.route
-        max_body = g.max_body_size
-        if route is not None and route.max_body_size is not None:
-            max_body = route.max_body_size
         end = stream.body_end_ready()
         upload: asyncio.Task[None] | None = None
         complete = False
@@ -467,7 +464,7 @@ class Exchange:
             )
             if end is None:
                 upload = asyncio.get_running_loop().create_task(
-                    self._upload(ostream, timeouts.idle, max_body)
+                    self._upload(ostream, timeouts.idle, self.max_body)
                 )
             try:
                 complete = await self._relay_response(ostream, pr, upload)
