@@ -1,7 +1,7 @@
 """Rate limits: ``rate = "N/T"`` with ``burst = B``, decided from a key's counters and the time.
 
 Rule of this room: pure. A limit's state for one key is two counters (the requests of the
-current window of length T and of the one before it) and the start of the current window; the
+current window of length T and of the one before it) and which window that is; the
 caller keeps them (a dict per process, a shared table across workers, or Redis across
 instances) and passes the time in. The same arithmetic is used everywhere a limit is kept, so a
 limit means the same whatever its store.
@@ -9,7 +9,8 @@ limit means the same whatever its store.
 What ``rate = "N/T"`` means (as HAProxy's ``http_req_rate(T)``): at most N requests in any
 window of length T, counted over a sliding window that is approximated from two fixed ones —
 the current window's count plus the previous window's count weighted by the share of the
-previous window that still lies within the last T seconds:
+previous window that still lies within the last T seconds (windows are aligned on multiples
+of T of the store's clock, so several writers agree on them):
 
     estimate = current + previous * (1 - elapsed / T)
 
@@ -48,8 +49,8 @@ class Rate:
 class Window:
     """One key's counters (what a store keeps per key)."""
 
-    start: float = 0.0  # when the current window began
-    current: int = 0  # requests allowed in it
+    index: int = 0  # which window of length T the counters belong to: floor(now / T)
+    current: int = 0  # requests allowed in that window
     previous: int = 0  # requests allowed in the window before it
 
 
@@ -61,45 +62,85 @@ class Decision:
     reset: float  # seconds until the estimate has fully decayed (RateLimit-Reset)
 
 
+def window_index(rate: Rate, now: float) -> int:
+    """The window holding ``now``: windows are aligned on multiples of T of the clock, so
+    every process reading the same clock (workers: CLOCK_MONOTONIC; Redis: its TIME) agrees
+    on where a window begins without telling each other."""
+    return int(now // rate.period)
+
+
+def shifted(rate: Rate, window: Window, now: float) -> tuple[int, int]:
+    """``(current, previous)`` of ``window`` as seen from the window holding ``now``, without
+    changing it (a store reading other writers' counters)."""
+    passed = window_index(rate, now) - window.index
+    if passed <= 0:  # the same window (or a clock behind the writer's): as it is
+        return window.current, window.previous
+    if passed == 1:
+        return 0, window.current
+    return 0, 0
+
+
 def advance(rate: Rate, window: Window, now: float) -> None:
-    """Move ``window`` to the window holding ``now`` (whole windows that passed are shifted
-    out: one back becomes ``previous``, more leave nothing)."""
-    if now < window.start:
-        return  # the clock went back (another worker's, or a store's): keep what we have
-    passed = int((now - window.start) // rate.period)
-    if passed == 0:
+    """Move ``window`` to the window holding ``now`` (one back becomes ``previous``; more
+    leave nothing). A clock that went back keeps what is there."""
+    index = window_index(rate, now)
+    if index <= window.index:
         return
-    window.previous = window.current if passed == 1 else 0
-    window.current = 0
-    window.start += passed * rate.period
+    window.current, window.previous = shifted(rate, window, now)
+    window.index = index
+
+
+def elapsed_in_window(rate: Rate, now: float) -> float:
+    """Seconds since the window holding ``now`` began."""
+    return now - window_index(rate, now) * rate.period
 
 
 def estimate(rate: Rate, window: Window, now: float) -> float:
-    """The sliding-window count at ``now`` (``window`` already advanced)."""
-    elapsed = min(max(now - window.start, 0.0), rate.period)
-    return window.current + window.previous * (1.0 - elapsed / rate.period)
+    """The sliding-window count at ``now``."""
+    current, previous = shifted(rate, window, now)
+    return sliding(rate, current, previous, elapsed_in_window(rate, now))
+
+
+def sliding(rate: Rate, current: int, previous: int, elapsed: float) -> float:
+    """``current + previous * (1 - elapsed / T)``, ``elapsed`` clamped to the window."""
+    elapsed = min(max(elapsed, 0.0), rate.period)
+    return current + previous * (1.0 - elapsed / rate.period)
+
+
+def decide(rate: Rate, current: int, previous: int, elapsed: float) -> Decision:
+    """Decide one request from the counters of the window holding it (all writers' summed)
+    and how far into that window it is. ``current`` does not include the request; when the
+    answer is "allowed" the caller counts it."""
+    count = sliding(rate, current, previous, elapsed)
+    ceiling = rate.ceiling
+    if count + 1 <= ceiling:
+        return Decision(
+            True, int(ceiling - count - 1), 0.0, _reset(rate, current + 1, previous, elapsed)
+        )
+    return Decision(
+        False,
+        0,
+        retry_after(rate, current, previous, elapsed),
+        _reset(rate, current, previous, elapsed),
+    )
 
 
 def hit(rate: Rate, window: Window, now: float) -> Decision:
-    """Decide one request at ``now`` and count it when allowed."""
-    if window.start == 0.0 and window.current == 0 and window.previous == 0:
-        window.start = now
+    """Decide one request at ``now`` against one writer's counters and count it when
+    allowed."""
     advance(rate, window, now)
-    count = estimate(rate, window, now)
-    ceiling = rate.ceiling
-    if count + 1 <= ceiling:
+    decision = decide(rate, window.current, window.previous, elapsed_in_window(rate, now))
+    if decision.allowed:
         window.current += 1
-        count += 1
-        return Decision(True, int(ceiling - count), 0.0, _reset(rate, window, now))
-    return Decision(False, 0, retry_after(rate, window, now), _reset(rate, window, now))
+    return decision
 
 
-def retry_after(rate: Rate, window: Window, now: float) -> float:
-    """Seconds from ``now`` until ``estimate + 1 ≤ N + B`` holds again."""
+def retry_after(rate: Rate, current: int, previous: int, elapsed: float) -> float:
+    """Seconds until ``estimate + 1 ≤ N + B`` holds again, from the counters of the window
+    ``elapsed`` seconds old."""
     room = rate.ceiling - 1  # the estimate must fall to this
     period = rate.period
-    elapsed = min(max(now - window.start, 0.0), period)
-    current, previous = window.current, window.previous
+    elapsed = min(max(elapsed, 0.0), period)
     # Within this window only the previous window's share decays.
     if current <= room and previous > 0:
         # current + previous * (1 - e/T) ≤ room  ⇔  e ≥ T * (1 - (room - current)/previous)
@@ -113,12 +154,12 @@ def retry_after(rate: Rate, window: Window, now: float) -> float:
     return (period - elapsed) + max(needed, 0.0)
 
 
-def _reset(rate: Rate, window: Window, now: float) -> float:
+def _reset(rate: Rate, current: int, previous: int, elapsed: float) -> float:
     """Seconds until nothing of what was counted is left in the estimate."""
-    elapsed = min(max(now - window.start, 0.0), rate.period)
-    if window.current:
+    elapsed = min(max(elapsed, 0.0), rate.period)
+    if current:
         return (rate.period - elapsed) + rate.period
-    if window.previous:
+    if previous:
         return rate.period - elapsed
     return 0.0
 

@@ -6,7 +6,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from revproxy.proto.ratelimit import Rate, Window, estimate, hit, parse_rate
+from revproxy.proto.ratelimit import (
+    Rate,
+    Window,
+    decide,
+    elapsed_in_window,
+    estimate,
+    hit,
+    parse_rate,
+    shifted,
+)
 
 T0 = 1000.0
 
@@ -69,16 +78,41 @@ def test_no_window_holds_more_than_its_ceiling(n: int, burst: int, gaps: list[fl
         now += gap
         if hit(rate, w, now).allowed:
             allowed.append(now)
-    # The limiter's windows start at the first request it saw (``Window.start``).
-    first = T0 + gaps[0]
+    # The limiter's windows are aligned on multiples of T of the clock.
     per_window: dict[int, int] = {}
     for t in allowed:
-        key = int((t - first) // 1.0)
+        key = int(t // 1.0)
         per_window[key] = per_window.get(key, 0) + 1
     assert max(per_window.values(), default=0) <= rate.ceiling
     for i, t in enumerate(allowed):
         span = sum(1 for u in allowed[i:] if u < t + 1.0)
         assert span <= 2 * rate.ceiling
+
+
+@settings(max_examples=200)
+@given(
+    st.integers(1, 4),
+    st.lists(st.tuples(st.integers(0, 3), st.floats(0.0, 1.5, allow_nan=False)), max_size=150),
+)
+def test_several_writers_decide_as_one(writers: int, steps: list[tuple[int, float]]) -> None:
+    """Writers that each keep their own counters and decide on the sum of everyone's
+    (the shared-memory store) allow exactly what one writer with one window would."""
+    rate = Rate(7, 1.0, 2)
+    cells = [Window() for _ in range(writers)]
+    single = Window()
+    now = T0
+    for who, gap in steps:
+        now += gap
+        own = cells[who % writers]
+        current = previous = 0
+        for cell in cells:
+            c, p = shifted(rate, cell, now)
+            current, previous = current + c, previous + p
+        together = decide(rate, current, previous, elapsed_in_window(rate, now))
+        if together.allowed:
+            c, p = shifted(rate, own, now)
+            own.current, own.previous, own.index = c + 1, p, int(now // rate.period)
+        assert together == hit(rate, single, now)
 
 
 @pytest.mark.parametrize(
