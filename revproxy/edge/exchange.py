@@ -75,7 +75,7 @@ from revproxy.proto.forwarding import (
 from revproxy.proto.host import normalise_host, valid_authority
 from revproxy.proto.target import normalize_target, path_of
 from revproxy.upstream.backend import PickContext
-from revproxy.upstream.dialer import OriginStream
+from revproxy.upstream.dialer import H1Origin, OriginStream
 
 log = logging.getLogger("revproxy.http")
 
@@ -620,26 +620,45 @@ class Exchange:
     async def _upload(self, ostream: OriginStream, idle: float, limit: int) -> None:
         stream = self.stream
         sent = 0
-        while True:
-            try:
-                async with asyncio.timeout(idle):
-                    ev = await stream.next_body_event()
-            except TimeoutError:
-                raise RequestTimeout("request body not received in time") from None
-            if isinstance(ev, DataReceived):
-                sent += len(ev.data)
-                if limit and sent > limit:
-                    raise BodyTooLarge("request body too large")
+        # HTTP/1.1 on both sides: the client is read no further ahead than the origin's socket
+        # takes (conn_io.py, pacing), so a fast upload to a slow origin waits in the kernels'
+        # buffers, not in ours. (HTTP/2 clients: their stream's window, given back only as
+        # each chunk is forwarded, bounds what they send.)
+        client = self.sink if isinstance(self.sink, ConnIO) else None
+        if client is not None and isinstance(ostream, H1Origin):
+            client.follow(ostream.conn.io)
+        else:
+            client = None
+        try:
+            while True:
                 try:
                     async with asyncio.timeout(idle):
-                        await ostream.send_data(ev.data)
+                        ev = await stream.next_body_event()
                 except TimeoutError:
-                    raise BackendTimeout("origin did not read the request body in time") from None
-            elif isinstance(ev, MessageEnded):
-                await ostream.send_end(ev.trailers)
-                return
-            else:
-                raise ClientGone()
+                    if client is not None and client.waiting_for_sink:
+                        raise BackendTimeout(
+                            "origin did not read the request body in time"
+                        ) from None
+                    raise RequestTimeout("request body not received in time") from None
+                if isinstance(ev, DataReceived):
+                    sent += len(ev.data)
+                    if limit and sent > limit:
+                        raise BodyTooLarge("request body too large")
+                    try:
+                        async with asyncio.timeout(idle):
+                            await ostream.send_data(ev.data)
+                    except TimeoutError:
+                        raise BackendTimeout(
+                            "origin did not read the request body in time"
+                        ) from None
+                elif isinstance(ev, MessageEnded):
+                    await ostream.send_end(ev.trailers)
+                    return
+                else:
+                    raise ClientGone()
+        finally:
+            if client is not None:
+                client.follow(None)
 
     def _check_switch(
         self, ostream: OriginStream, resp: ResponseReceived | InformationalReceived

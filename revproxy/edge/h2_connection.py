@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+from typing import cast
 
 from revproxy.edge.client_side import ClientGone, ConnInfo
 from revproxy.edge.exchange import Exchange
@@ -38,7 +39,15 @@ from revproxy.errors import (
     H2_REFUSED_STREAM,
     RevproxyError,
 )
-from revproxy.net.h2_channel import COALESCE_LIMIT, READ_SIZE, H2Channel, H2Link, close_writer
+from revproxy.net.conn_io import ConnIO
+from revproxy.net.h2_channel import (
+    COALESCE_LIMIT,
+    PACE_PROBE,
+    READ_SIZE,
+    H2Channel,
+    H2Link,
+    close_writer,
+)
 from revproxy.net.relay import StreamPair
 from revproxy.proto.events import (
     DataReceived,
@@ -90,6 +99,14 @@ class H2ServerStream(H2Channel):
 
     def stalled(self) -> Exception:
         return ClientGone()
+
+    def room(self) -> int:
+        """As the pacing sink of the response's origin (net/h2_channel.py): the response head
+        needs no window, so it is read (in pieces of ``PACE_PROBE``) however shut the window."""
+        room = super().room()
+        if not self.started and room < PACE_PROBE:
+            return PACE_PROBE
+        return room
 
     # --- ClientStream
 
@@ -400,7 +417,16 @@ class Http2Connection(H2Link):
         stream.task = self._loop.create_task(self._serve(stream))
 
     async def _serve(self, stream: H2ServerStream) -> None:
-        exchange = Exchange(stream, generation=self.gen, listener=self.listener, info=self.info)
+        # The stream paces the response's origin (H2Channel is a conn_io.Sink). Exchange and
+        # OriginStream.follow are annotated with the HTTP/1.1 sink, ConnIO, still; the cast
+        # goes when they take ``conn_io.Sink``.
+        exchange = Exchange(
+            stream,
+            generation=self.gen,
+            listener=self.listener,
+            info=self.info,
+            sink=cast(ConnIO, stream),
+        )
         # RST_STREAM code if our side did not end: a response that broke off is INTERNAL_ERROR
         # (gRPC: INTERNAL), a client that went away CANCEL.
         code = H2_INTERNAL_ERROR

@@ -31,6 +31,11 @@ nothing is sent a small probe, which its transport holds until it is sent (a TLS
 hands it to the one beneath without a word: after two, the room is looked at again later). A
 client not known to keep up is paced from the origin's first read, the response head; a known
 one from its body.
+
+A sink is anything that keeps ``Sink``'s contract: a client's ``ConnIO`` (above), an HTTP/2
+stream (``h2_channel.py``: its room is what its windows and its connection's socket let it
+send, and it calls ``room_changed`` on WINDOW_UPDATE, so it is never probed), or an origin's
+``ConnIO`` when an HTTP/1.1 upload follows it (the exchange's ``_upload``).
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ import contextlib
 import socket
 import sys
 from collections import deque
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 try:
     from fcntl import ioctl as _ioctl
@@ -75,6 +80,47 @@ _TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
 CORK_LIMIT = 64 * 1024
 # ``read`` joins received pieces while they are smaller than this.
 JOIN_BELOW = 64 * 1024
+
+
+class Sink(Protocol):
+    """Where a paced connection's bytes are relayed to (``ConnIO.follow``): a client's
+    connection (``ConnIO``), or one HTTP/2 stream (``net/h2_channel.py``). The source asks it,
+    before each read, how much it takes now; the sink calls the source's ``room_changed`` when
+    that may have grown (and ``hold`` when it is full), so that reading goes on."""
+
+    @property
+    def unproven(self) -> bool:
+        """Pace the source from its first read (the response head), not from the body on."""
+        ...
+
+    @property
+    def probes(self) -> bool:
+        """Whether the sink may not say when its room grows: the source then reads a small
+        probe when the sink has (almost) no room (see ``ConnIO``)."""
+        ...
+
+    @property
+    def closing(self) -> bool:
+        """The sink is closing: the source reads on, the next write to the sink says so."""
+        ...
+
+    @property
+    def holding(self) -> bool:
+        """The sink holds bytes it could not pass on: nothing is read until it says."""
+        ...
+
+    def lead(self, source: ConnIO) -> bool:
+        """``source`` follows us from now on; False when our room cannot be measured (the
+        source is then not paced)."""
+        ...
+
+    def unlead(self) -> None:
+        """The relay to us is over."""
+        ...
+
+    def room(self) -> int:
+        """Bytes we take now without holding any."""
+        ...
 
 
 class ConnIO(asyncio.Protocol):
@@ -137,7 +183,7 @@ class ConnIO(asyncio.Protocol):
         # us; the bytes we may still read; the allowance below which reading stops (a full
         # read, or 1 while reads are sized); the BufferedProtocol taking our transport's reads
         # while they are sized.
-        self._sink: ConnIO | None = None
+        self._sink: Sink | None = None
         self._source: ConnIO | None = None
         self._allow = 0
         self._floor = READ_MAX
@@ -360,9 +406,9 @@ class ConnIO(asyncio.Protocol):
 
     # --- pacing -------------------------------------------------------------------------
 
-    def follow(self, sink: ConnIO | None) -> None:
-        """Relay to ``sink`` from now on: read no further ahead than its socket can take (see
-        the module's rule; a sink whose room cannot be measured changes nothing: reading stops
+    def follow(self, sink: Sink | None) -> None:
+        """Relay to ``sink`` from now on: read no further ahead than it can take (see the
+        module's rule; a sink whose room cannot be measured changes nothing: reading stops
         past ``limit`` unread bytes). ``follow(None)`` when the relay is over."""
         old = self._sink
         if old is sink:
@@ -370,24 +416,28 @@ class ConnIO(asyncio.Protocol):
         if old is not None:
             self._unfollow(old)
         transport = self.transport
-        sink_transport = sink.transport if sink is not None else None
-        if (
-            sink is None
-            or sink_transport is None
-            or transport is None
-            or transport.is_closing()
-            or not sink._can_measure()
-        ):
+        if sink is None or transport is None or transport.is_closing() or not sink.lead(self):
             self._own_pace()
             return
         self._sink = sink
-        sink._source = self
         self._floor = READ_MAX
-        # Our reads wait on the sink's transport as soon as it holds anything (high=1: TLS
-        # transports pause at the high mark itself, others above it; 0 would pause an empty
-        # TLS transport for ever).
-        sink_transport.set_write_buffer_limits(high=1, low=0)
         self._pace()
+
+    @property
+    def waiting_for_sink(self) -> bool:
+        """As a source: reading waits for our sink to take what it was given (a read that
+        times out now waited for the sink, not for our peer)."""
+        return self._held_at != 0.0
+
+    def room_changed(self) -> None:
+        """As a source: our sink's room may have grown (or it is gone): read accordingly."""
+        self._pace()
+
+    def hold(self) -> None:
+        """As a source: our sink holds bytes: read nothing until ``room_changed``."""
+        self._hold()
+
+    # --- as a sink (``Sink``) ---------------------------------------------------------------
 
     @property
     def unproven(self) -> bool:
@@ -396,17 +446,46 @@ class ConnIO(asyncio.Protocol):
         and the body after it), not from the body loop on."""
         return self._lowat == 0 or self._lagging
 
-    def _unfollow(self, sink: ConnIO) -> None:
-        sink._source = None
+    @property
+    def probes(self) -> bool:
+        return True  # the kernel sends what we hold without a word
+
+    @property
+    def closing(self) -> bool:
+        transport = self.transport
+        return transport is None or transport.is_closing()
+
+    @property
+    def holding(self) -> bool:
+        return self._write_paused
+
+    def lead(self, source: ConnIO) -> bool:
+        transport = self.transport
+        if transport is None or not self._can_measure():
+            return False
+        self._source = source
+        # The source's reads wait on our transport as soon as it holds anything (high=1: TLS
+        # transports pause at the high mark itself, others above it; 0 would pause an empty
+        # TLS transport for ever).
+        transport.set_write_buffer_limits(high=1, low=0)
+        return True
+
+    def unlead(self) -> None:
+        self._source = None
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            self._lagging = self._write_paused or self._unsent() > 0
+            transport.set_write_buffer_limits()
+
+    # --- as a source ----------------------------------------------------------------------
+
+    def _unfollow(self, sink: Sink) -> None:
+        sink.unlead()
         self._sink = None
         self._probes = 0
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
-        sink_transport = sink.transport
-        if sink_transport is not None and not sink_transport.is_closing():
-            sink._lagging = sink._write_paused or sink._unsent() > 0
-            sink_transport.set_write_buffer_limits()
         transport = self.transport
         if self._sized is not None and transport is not None and not transport.is_closing():
             self._stop_reading()
@@ -460,16 +539,15 @@ class ConnIO(asyncio.Protocol):
         transport = self.transport
         if sink is None or transport is None or transport.is_closing():
             return
-        sink_transport = sink.transport
-        if sink_transport is None or sink_transport.is_closing():
+        if sink.closing:
             allow = PROBE  # the client is gone: read on, the next write to it says so
-        elif sink._write_paused:
-            allow = 0  # resume_writing paces us again
+        elif sink.holding:
+            allow = 0  # it says when it has passed its bytes on (room_changed)
         else:
             allow = sink.room() - self._buffered
             if allow >= PROBE:
                 self._probes = 0
-            elif not self._buffered:
+            elif not self._buffered and sink.probes:
                 # Nothing to write and (almost) no room: a small read all the same. What our
                 # sink's transport cannot pass on at once it holds, and tells us when it is sent.
                 # Unless probes went out and none was held: a TLS transport hands its bytes to

@@ -8,7 +8,10 @@ asks for its next event — the previous chunk has been written to the other sid
 so a slow reader holds back its own sender only. Sending takes what the windows allow (the
 endpoint decides how much), then waits for ``WindowUpdated`` and for the socket to drain.
 The connection's reader task is the only one reading its socket; it stops reading while the
-peer does not read the replies its own frames made us queue (``read_after_replies``).
+peer does not read the replies its own frames made us queue (``read_after_replies``). A
+stream is the pacing sink (``conn_io.Sink``) of the origin connection its response comes
+from: that origin reads no more than the stream may send at once, so a stream whose window is
+shut holds a few KiB, not what its origin sent.
 
 ``h2_proxy.py`` (client connections, server role) and ``dial_h2.py`` (origin connections,
 client role) build on ``H2Link`` and ``H2Channel``.
@@ -19,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from typing import TYPE_CHECKING
 
+from revproxy.errors import H2_CANCEL
 from revproxy.proto.events import (
     DataReceived,
     Event,
@@ -31,6 +36,9 @@ from revproxy.proto.events import (
 )
 from revproxy.proto.h2.connection import StreamClosed
 from revproxy.proto.h2.engine import H2Endpoint
+
+if TYPE_CHECKING:
+    from revproxy.net.conn_io import ConnIO, Sink
 
 # Bytes read from the socket at a time.
 READ_SIZE = 256 * 1024
@@ -51,6 +59,10 @@ WRITE_BUFFER_LIMIT = 1024 * 1024
 # read of a flood makes thousands. Replies alone are counted, not responses, so that a client
 # that downloads slowly keeps being read.
 REPLY_BACKLOG_LIMIT = 64 * 1024
+# A stream that paces its origin (``H2Channel`` as a ``conn_io.Sink``) while the connection's
+# socket is behind takes this much at a time: its task then waits for the socket to drain and
+# asks again, so no wake-up is needed from the socket.
+PACE_PROBE = 4 * 1024
 
 
 class H2Link:
@@ -66,8 +78,9 @@ class H2Link:
         self.closed = False
         self.unflushed = 0  # DATA bytes queued since the last write
         self._flush_pending = False
-        # Below this the transport is not paused: drain() need not ask asyncio.
-        self._low_water = writer.transport.get_write_buffer_limits()[0]
+        # Below this the transport is not paused: drain() need not ask asyncio; above the
+        # other, it is.
+        self._low_water, self._high_water = writer.transport.get_write_buffer_limits()
         self._replies = 0  # bytes of replies written since the transport was last drained
 
     def flush(self) -> None:
@@ -86,6 +99,14 @@ class H2Link:
         data = self.proto.data_to_send()
         if data and not self.closed:
             self.writer.write(data)
+
+    @property
+    def room(self) -> int:
+        """Bytes the connection's socket takes before its transport pauses: its high-water
+        mark minus what the endpoint queued and the transport did not write yet (paced streams
+        share it, so that the one socket of many streams holds no more than the mark)."""
+        transport = self.writer.transport
+        return self._high_water - self.proto.queued - transport.get_write_buffer_size()
 
     @property
     def drain_needed(self) -> bool:
@@ -161,6 +182,8 @@ class H2Channel:
     """One stream of an ``H2Link``: an inbox of received events and flow-controlled sending."""
 
     __slots__ = (
+        "_source",
+        "_stall",
         "_unacked",
         "_waiter",
         "_window",
@@ -185,6 +208,10 @@ class H2Channel:
         self._unacked = 0
         self._waiter: asyncio.Future[None] | None = None
         self._window: asyncio.Future[None] | None = None
+        # As a pacing sink: the origin connection relayed to this stream, and the timer that
+        # gives the stream up when its window stays shut for ``stall_timeout``.
+        self._source: ConnIO | None = None
+        self._stall: asyncio.TimerHandle | None = None
 
     # --- what the link calls
 
@@ -202,15 +229,82 @@ class H2Channel:
 
     def window_opened(self) -> None:
         self._wake(self._window)
+        source = self._source
+        if source is not None:
+            source.room_changed()
 
     def wake(self) -> None:
         self._wake(self._waiter)
         self._wake(self._window)
+        source = self._source
+        if source is not None:
+            source.room_changed()  # it reads on: the exchange learns the stream is gone
 
     @staticmethod
     def _wake(fut: asyncio.Future[None] | None) -> None:
         if fut is not None and not fut.done():
             fut.set_result(None)
+
+    # --- as a pacing sink (``conn_io.Sink``): the origin connection whose response is sent
+    # on this stream reads no more than the stream may send at once — what the windows allow,
+    # at most ``limit`` (global.buffer_size), and no more than the connection's socket takes —
+    # and waits, its deadline paused, until a WINDOW_UPDATE (or the stream's end) wakes it.
+
+    @property
+    def unproven(self) -> bool:
+        return True  # paced from the response head on (``room`` lets the head through)
+
+    @property
+    def probes(self) -> bool:
+        return False  # every opened window is reported (``window_opened``)
+
+    @property
+    def closing(self) -> bool:
+        return self.broken
+
+    @property
+    def holding(self) -> bool:
+        return False  # the stream's task holds what the windows did not take, and waits
+
+    def lead(self, source: ConnIO) -> bool:
+        if self.broken:
+            return False
+        self._source = source
+        return True
+
+    def unlead(self) -> None:
+        self._source = None
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+
+    def room(self) -> int:
+        link = self.link
+        window = link.proto.window(self.stream_id)
+        if window <= 0:
+            # Shut (or closed): wait for a WINDOW_UPDATE, at most ``stall_timeout``.
+            if self._stall is None and not self.broken:
+                loop = asyncio.get_running_loop()
+                self._stall = loop.call_later(self.stall_timeout, self._stalled)
+            return 0
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+        source = self._source
+        if source is not None and window > source.limit:
+            window = source.limit
+        free = link.room
+        if free < window:
+            # The socket is behind (other streams filled it): a small piece, after which the
+            # stream's task waits for the socket to drain and the origin's next read asks again.
+            return free if free >= PACE_PROBE else min(window, PACE_PROBE)
+        return window
+
+    def _stalled(self) -> None:
+        """The peer kept the stream's window shut for ``stall_timeout``: give the stream up."""
+        self._stall = None
+        if not self.broken:
+            self.reset_received(H2_CANCEL)
 
     # --- what the stream's task calls
 
@@ -303,6 +397,7 @@ class H2Channel:
 
     def close(self, code: int) -> None:
         """Done with the stream: credit back unread data, reset it if still open."""
+        self.unlead()
         self.link.channels.pop(self.stream_id, None)
         self.link.proto.forget(self.stream_id, code)
         self.link.flush()
@@ -323,3 +418,9 @@ async def close_writer(writer: asyncio.StreamWriter) -> None:
         writer.transport.abort()
     except Exception:  # lost already: nothing left to close
         pass
+
+
+if TYPE_CHECKING:
+
+    def _a_channel_is_a_sink(channel: H2Channel) -> Sink:
+        return channel  # mypy checks that H2Channel keeps conn_io.Sink's contract
