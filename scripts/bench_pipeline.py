@@ -10,9 +10,10 @@ whole request arrived. What is left is what Python costs per request — the par
 
     scripts/bench_pipeline.py [--requests N] [--connections C] [--profile] [--policy]
 
-``--policy`` puts the edge policy in the path: an allow list of 100,000 networks on the listener
-and Basic authentication on the route, the client sending valid credentials (after the first,
-remembered, request no hash is checked).
+``--policy`` puts the edge policy in the path: an allow list of 100,000 networks on the listener,
+a rate limit on the route (kept by the process, never reached) and Basic authentication on the
+route, the client sending valid credentials (after the first, remembered, request no hash is
+checked).
 """
 
 from __future__ import annotations
@@ -56,10 +57,13 @@ keepalive = 256
 POLICY = """
 [users.bench]
 file = "{users}"
+
+[limit.bench]
+rate = "1000000000/1h"
 """
 # With --policy: the listener's allow list and the route's auth (see the module docstring).
 POLICY_LISTENER = 'allow_file = "{allow}"\n'
-POLICY_ROUTE = 'auth = { users = "bench" }\n'
+POLICY_ROUTE = 'auth = { users = "bench" }\nlimits = ["bench"]\n'
 
 REQUEST = b"GET /small HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"  # what wrk sends
 POLICY_REQUEST = (

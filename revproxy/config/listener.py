@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from revproxy.config.access import ACCESS_KEYS, read_access
+from revproxy.config.limits import CONN_LIMIT_KEYS, read_conn_limit, read_limit_names
 from revproxy.config.model import Bind, CertPair, Listener, ListenerTLS, ProxyProtocolIn
 from revproxy.config.reader import MISSING, Entry, ReadContext, TableReader, defined
 from revproxy.config.values import describe, parse_bind, parse_network
@@ -23,7 +24,8 @@ __all__ = ["ListenerRead", "bound_by", "check_listeners", "read_listener"]
 # The TOML keys: the field names of config/model.py minus ``source``.
 _LISTENER_KEYS = (
     "name", "bind", "mode", "tls", "redirect_https", "redirect_port", "trusted_proxies",
-    "proxy_protocol", "forwarded", "pool", "acme", "h2c", "max_conns", *ACCESS_KEYS,
+    "proxy_protocol", "forwarded", "pool", "acme", "h2c", "max_conns", "limits", "conn_limit",
+    *ACCESS_KEYS,
 )  # fmt: skip
 _TLS_KEYS = ("cert_dir", "certs", "unknown_sni", "alpn")
 _CERT_KEYS = ("cert", "key")
@@ -110,6 +112,7 @@ def read_listener(index: int, entry: Entry, ctx: ReadContext) -> ListenerRead:
     proxy_table = t.table("proxy_protocol", _PROXY_PROTOCOL_KEYS)
     trusted = t.strings("trusted_proxies", parse_network)
     access = read_access(t)
+    conn_limit_table = t.table("conn_limit", CONN_LIMIT_KEYS)
     listener = Listener(
         name=name,
         bind=tuple(bind for _, bind in binds),
@@ -130,6 +133,8 @@ def read_listener(index: int, entry: Entry, ctx: ReadContext) -> ListenerRead:
         deny=access.deny,
         allow_file=access.allow_file,
         deny_file=access.deny_file,
+        limits=read_limit_names(t),
+        conn_limit=read_conn_limit(conn_limit_table) if conn_limit_table is not None else None,
         source=entry.file,
     )
     if mode == "tcp":

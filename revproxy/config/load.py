@@ -32,8 +32,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from revproxy.config.limits import check_conn_limit, check_limit_refs, read_limit
 from revproxy.config.listener import ListenerRead, bound_by, check_listeners, read_listener
-from revproxy.config.model import Acme, Admin, BasicAuth, Bind, Config, Global, H2Settings
+from revproxy.config.model import (
+    Acme,
+    Admin,
+    BasicAuth,
+    Bind,
+    Config,
+    Global,
+    H2Settings,
+    Limit,
+)
 from revproxy.config.pool import read_pool
 from revproxy.config.reader import (
     MISSING,
@@ -43,7 +53,7 @@ from revproxy.config.reader import (
     TableReader,
     unknown_key,
 )
-from revproxy.config.route import check_routes, read_route
+from revproxy.config.route import RouteRead, check_routes, read_route
 from revproxy.config.summary import summary
 from revproxy.config.users import read_users
 from revproxy.config.values import (
@@ -71,13 +81,13 @@ __all__ = [
 
 # The TOML keys of each table: the field names of config.py, minus what the loader fills in
 # itself. Listeners, routes and pools keep theirs in their own modules.
-_TOP_KEYS = ("global", "listener", "route", "pool", "admin", "acme", "users")
+_TOP_KEYS = ("global", "listener", "route", "pool", "admin", "acme", "users", "limit")
 _SINGLE_TABLES = ("global", "admin", "acme")  # merged key by key across files
 _GLOBAL_KEYS = (
     "workers", "access_log", "access_log_format", "http1_parser", "shutdown_timeout",
     "header_timeout", "keepalive_timeout", "max_header_size", "max_body_size", "state_dir",
     "watch", "pid_file", "h2", "path_escaped_slashes", "underscores_in_headers",
-    "max_buffer_memory", "buffer_size",
+    "max_buffer_memory", "buffer_size", "client_ipv6_prefix",
 )  # fmt: skip
 _H2_KEYS = (
     "max_concurrent_streams", "initial_window_size", "max_frame_size", "max_header_list_size",
@@ -130,6 +140,7 @@ class _Merged:
     routes: list[Entry] = field(default_factory=list)
     pools: dict[str, Entry] = field(default_factory=dict)
     users: dict[str, Entry] = field(default_factory=dict)
+    limits: dict[str, Entry] = field(default_factory=dict)
 
     def reader(self, name: str, ctx: ReadContext, allowed: Sequence[str]) -> TableReader:
         return TableReader(self.tables[name], name, "", ctx, allowed, self.table_files[name])
@@ -162,8 +173,8 @@ def _merge(documents: Sequence[tuple[str, Mapping[str, object]]], ctx: ReadConte
                     else:
                         reason = f"expected a table ([[{top}]]), got {describe(item)}"
                         ctx.add(file, f"{top}[{len(entries)}]", reason)
-            elif top in ("pool", "users"):
-                named = merged.pools if top == "pool" else merged.users
+            elif top in ("pool", "users", "limit"):
+                named = {"pool": merged.pools, "users": merged.users, "limit": merged.limits}[top]
                 if not isinstance(value, dict):
                     ctx.add(file, top, f"expected tables ([{top}.NAME]), got {describe(value)}")
                     continue
@@ -236,6 +247,7 @@ def _read_global(merged: _Merged, ctx: ReadContext) -> Global:
         watch=t.boolean("watch", _GLOBAL.watch),
         pid_file=_file_path(t, "pid_file", _GLOBAL.pid_file, '"/run/revproxy.pid"'),
         h2=_read_h2(h2_table) if h2_table is not None else _GLOBAL.h2,
+        client_ipv6_prefix=t.integer("client_ipv6_prefix", _GLOBAL.client_ipv6_prefix, 1, 128),
     )
 
 
@@ -356,6 +368,28 @@ def _check_admin_and_acme(
             )
 
 
+def _check_limits(
+    listeners: Sequence[ListenerRead], routes: Sequence[RouteRead], limits: Sequence[Limit]
+) -> None:
+    by_name = {limit.name: limit for limit in limits}
+    for lread in listeners:
+        lst = lread.listener
+        check_limit_refs(lread.table, lst.limits, by_name, where=f"{lst.mode} listener")
+        check_conn_limit(lread.table, lst)
+    for rread in routes:
+        route = rread.route
+        if route.passthrough and route.limits:
+            rread.table.problem(
+                "limits",
+                "not on a passthrough route: put limits on its listener, where new "
+                "connections are counted before the TLS ClientHello is read",
+            )
+            continue
+        check_limit_refs(
+            rread.table, route.limits, by_name, where="route", has_auth=route.auth is not None
+        )
+
+
 def _load(
     files: Sequence[tuple[str, str]],
     ctx: ReadContext,
@@ -378,12 +412,14 @@ def _load(
     route_reads = [read_route(i, e, ctx) for i, e in enumerate(merged.routes)]
     pools = tuple(read_pool(name, entry, ctx) for name, entry in merged.pools.items())
     users = tuple(read_users(name, entry, ctx) for name, entry in merged.users.items())
+    limits = tuple(read_limit(name, entry, ctx) for name, entry in merged.limits.items())
     listeners = tuple(read.listener for read in listener_reads)
     if complete:
         pool_names = [pool.name for pool in pools]
         check_listeners(listener_reads, pool_names, ctx)
         check_routes(route_reads, listeners, pool_names, users)
         _check_admin_and_acme(admin, acme, listener_reads)
+        _check_limits(listener_reads, route_reads, limits)
         if not listeners:
             ctx.add(
                 "", "listener",
@@ -403,6 +439,7 @@ def _load(
         admin=admin[0],
         acme=acme[0],
         users=users,
+        limits=limits,
         files=paths,
     )
 

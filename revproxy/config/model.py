@@ -53,6 +53,8 @@ class Global:
     pid_file: Path | None = None
     # HTTP/2 SETTINGS offered to clients.
     h2: H2Settings = field(default_factory=lambda: H2Settings())
+    # Rate and connection limits count IPv6 clients by this prefix (one host has a /64).
+    client_ipv6_prefix: int = 64
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -187,6 +189,11 @@ class Listener:
     deny: tuple[Network, ...] = ()
     allow_file: Path | None = None
     deny_file: Path | None = None
+    # [limit.NAME] tables counting this listener's requests (HTTP) or new connections (TCP,
+    # TLS passthrough) per client (policy/limits.py).
+    limits: tuple[str, ...] = ()
+    # Concurrent connections (and HTTP/2 streams) per client.
+    conn_limit: ConnLimit | None = None
     source: str = ""  # file it was read from
 
     @property
@@ -228,6 +235,8 @@ class Route:
     # Overrides of global.max_body_size and of the pool's timeouts for this route (None: theirs).
     max_body_size: int | None = None
     timeouts: RouteTimeouts | None = None
+    # [limit.NAME] tables counting this route's requests (policy/limits.py).
+    limits: tuple[str, ...] = ()
     index: int = 0  # position in the merged config, for messages and stable ordering
     source: str = ""
 
@@ -360,6 +369,43 @@ class Auth:
     user_header: str | None = None
 
 
+LimitAction = Literal["reject", "log"]
+StoreErrorAction = Literal["allow", "deny"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limit:
+    """``[limit.NAME] rate = "100/10s"``: at most ``requests`` per ``period`` (sliding, see
+    proto/ratelimit.py) plus ``burst``, counted per ``key`` (policy/limits.py)."""
+
+    name: str
+    requests: int
+    period: float
+    burst: int = 0
+    # "client" | "user" | "client+route" | "header:<lower-case name>"
+    key: str = "client"
+    action: LimitAction = "reject"  # "log": count and log what would be refused, refuse nothing
+    # RateLimit-Policy and RateLimit headers (draft-ietf-httpapi-ratelimit-headers) on 429s.
+    headers: bool = False
+    # None: the instance keeps the counters (shared by its workers); "redis://…": Redis does.
+    store: str | None = None
+    on_store_error: StoreErrorAction = "allow"
+    source: str = ""
+
+    @property
+    def identity(self) -> str:
+        """What the counters are kept under: a reload that changes none of it keeps them."""
+        return f"{self.name}|{self.requests}/{self.period:g}+{self.burst}|{self.key}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnLimit:
+    """``conn_limit = { per_client = 50, streams_per_client = 200 }`` on a listener."""
+
+    per_client: int | None = None
+    streams_per_client: int | None = None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     global_: Global = field(default_factory=Global)
@@ -369,12 +415,19 @@ class Config:
     admin: Admin = field(default_factory=Admin)
     acme: Acme = field(default_factory=Acme)
     users: tuple[Users, ...] = ()
+    limits: tuple[Limit, ...] = ()
     files: tuple[Path, ...] = ()
 
     def pool(self, name: str) -> Pool:
         for p in self.pools:
             if p.name == name:
                 return p
+        raise KeyError(name)
+
+    def limit(self, name: str) -> Limit:
+        for lim in self.limits:
+            if lim.name == name:
+                return lim
         raise KeyError(name)
 
     def listener(self, name: str) -> Listener:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from revproxy.config.access import ACCESS_KEYS, read_access
+from revproxy.config.limits import read_limit_names
 from revproxy.config.model import Auth, Listener, Respond, Route, RouteTimeouts, Users
 from revproxy.config.reader import Entry, ReadContext, TableReader, defined
 from revproxy.config.users import AUTH_KEYS, read_auth
@@ -36,7 +37,7 @@ __all__ = ["RouteRead", "check_routes", "read_route"]
 # The TOML keys: the field names of config/model.py minus ``index`` and ``source``.
 _ROUTE_KEYS = (
     "host", "path", "pool", "redirect", "redirect_status", "respond", "listeners", "sni",
-    "passthrough", "normalize_path", "auth", "max_body_size", "timeouts", *ACCESS_KEYS,
+    "passthrough", "normalize_path", "auth", "max_body_size", "timeouts", "limits", *ACCESS_KEYS,
 )  # fmt: skip
 _ROUTE_TIMEOUT_KEYS = ("response", "idle")
 _RESPOND_KEYS = ("status", "body", "content_type")
@@ -167,6 +168,7 @@ def read_route(index: int, entry: Entry, ctx: ReadContext) -> RouteRead:
             if timeouts_table is not None
             else None
         ),
+        limits=read_limit_names(t),
         index=index,
         source=entry.file,
     )

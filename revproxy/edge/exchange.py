@@ -33,7 +33,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from http import HTTPStatus
 from typing import Any
 
@@ -55,6 +55,7 @@ from revproxy.net.conn_io import ConnIO
 from revproxy.ops.accesslog import AccessRecord
 from revproxy.policy.access import DENY
 from revproxy.policy.auth import AUTH, Authenticator
+from revproxy.policy.limits import LimitSet, Refusal
 from revproxy.proto import grpc
 from revproxy.proto.events import (
     DataReceived,
@@ -231,11 +232,14 @@ class Exchange:
             except ClientProtocolError as exc:
                 action: _Action = self._local_error(exc)
             else:
-                acl = self.listener.access
+                lst = self.listener
+                acl = lst.access
                 if acl is not None and not acl.permits(self._policy_client(req)):
                     action = self._refuse(DENY)
-                else:
+                elif lst.limits is None:
                     action = self._route(req, normalise_host(req.authority))
+                else:
+                    action = self._listener_limits(lst.limits, req)
             if isinstance(action, PoolRuntime):
                 return await self._proxy(action)
             return await action
@@ -277,22 +281,55 @@ class Exchange:
             return self._local(404)
         self.rec.route = str(route.index)
         self.route = route
-        route_access = self.gen.route_access
+        gen = self.gen
+        route_access = gen.route_access
         if route_access:
             acl = route_access.get(route.index)
             if acl is not None and not acl.permits(self._policy_client(req)):
                 return self._refuse(DENY)
         if not route.normalize_path:
             self.target = req.target  # matched normalised, forwarded as the client wrote it
-        route_auth = self.gen.route_auth
+        if gen.route_limits:
+            limits = gen.route_limits.get(route.index)
+            if limits is not None:
+                if not limits.local:
+                    return self._limits_then(limits, route, self._authorised)
+                refusal = limits.check(
+                    gen.counters, self._policy_client(req), req.headers, "", route.index
+                )
+                if refusal is not None:
+                    return self._limited(refusal)
+        return self._authorised(route)
+
+    def _authorised(self, route: Route) -> _Action:
+        """The route's auth, then its limits counted per user, then what it does."""
+        gen = self.gen
+        route_auth = gen.route_auth
         if route_auth:
             auth = route_auth.get(route.index)
             if auth is not None:
-                user = auth.known(req.headers)
+                user = auth.known(self.req.headers)
                 if user is None:
                     return self._authenticated(auth, route)
                 self.rec.user = user  # proved before by the same credentials: no coroutine
                 self.auth_user = (auth.auth, user)
+        return self._user_limited(route)
+
+    def _user_limited(self, route: Route) -> _Action:
+        """Limits with ``key = "user"``: counted once the user is known."""
+        gen = self.gen
+        if gen.route_user_limits:
+            limits = gen.route_user_limits.get(route.index)
+            if limits is not None:
+                if not limits.local:
+                    return self._limits_then(limits, route, self._route_action)
+                req = self.req
+                user = self.rec.user
+                refusal = limits.check(
+                    gen.counters, self._policy_client(req), req.headers, user, route.index
+                )
+                if refusal is not None:
+                    return self._limited(refusal)
         return self._route_action(route)
 
     def _route_action(self, route: Route) -> _Action:
@@ -319,7 +356,7 @@ class Exchange:
             return await self._local(401, headers=[(b"www-authenticate", verdict.challenge)])
         self.rec.user = verdict.user
         self.auth_user = (auth.auth, verdict.user)
-        action = self._route_action(route)
+        action = self._user_limited(route)
         return await (self._proxy(action) if isinstance(action, PoolRuntime) else action)
 
     async def _acme(self, req: RequestReceived, host: str) -> bool:
@@ -703,6 +740,43 @@ class Exchange:
     def _policy_client(self, req: RequestReceived) -> str:
         """The address allow/deny lists and limits decide on (forwarding.policy_client)."""
         return policy_client(req.headers, self.info.client[0], self.listener.config.trusted_proxies)
+
+    def _listener_limits(self, limits: LimitSet, req: RequestReceived) -> _Action:
+        """The listener's limits, counted per request before any route is chosen."""
+        if not limits.local:
+            return self._listener_limits_async(limits, req)
+        refusal = limits.check(self.gen.counters, self._policy_client(req), req.headers)
+        if refusal is not None:
+            return self._limited(refusal)
+        return self._route(req, normalise_host(req.authority))
+
+    async def _listener_limits_async(self, limits: LimitSet, req: RequestReceived) -> bool:
+        client = self._policy_client(req)
+        refusal = await limits.check_async(self.gen.counters, client, req.headers)
+        if refusal is not None:
+            return await self._limited(refusal)
+        action = self._route(req, normalise_host(req.authority))
+        return await (self._proxy(action) if isinstance(action, PoolRuntime) else action)
+
+    async def _limits_then(
+        self, limits: LimitSet, route: Route, then: Callable[[Route], _Action]
+    ) -> bool:
+        """A route's limits with one kept in Redis (a round trip), then ``then``."""
+        req = self.req
+        refusal = await limits.check_async(
+            self.gen.counters, self._policy_client(req), req.headers, self.rec.user, route.index
+        )
+        if refusal is not None:
+            return await self._limited(refusal)
+        action = then(route)
+        return await (self._proxy(action) if isinstance(action, PoolRuntime) else action)
+
+    def _limited(self, refusal: Refusal) -> Coroutine[Any, Any, bool]:
+        """429 (or 503 when the limit's store failed and it denies), logged and counted."""
+        reason = refusal.reason
+        self.rec.refused = reason
+        log.info("id=%s client=%s refused: %s", self.rec.id, self.info.client[0], reason)
+        return self._local(refusal.status, headers=refusal.headers())
 
     def _refuse(self, reason: str) -> Coroutine[Any, Any, bool]:
         """A local 403 that names nothing of the origin, logged and counted with ``reason``."""

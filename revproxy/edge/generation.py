@@ -7,6 +7,7 @@ they started with. Health state is carried over for backends whose address did n
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 from collections.abc import Callable, Sequence
@@ -24,6 +25,9 @@ from revproxy.ops.accesslog import AccessLog
 from revproxy.ops.metrics import RequestMetrics
 from revproxy.policy.access import AccessList, compile_access
 from revproxy.policy.auth import Authenticator, nonce_key
+from revproxy.policy.counters import Counters, LocalCounters
+from revproxy.policy.limits import ConnGate, LimitSet, compile_limits
+from revproxy.policy.redis_store import RedisCounters
 from revproxy.proto.forwarding import HidingPolicy
 from revproxy.proto.http1.api import H1ServerAPI, client_class, server_class
 from revproxy.proto.http1.exact import H1Server
@@ -98,6 +102,10 @@ class ListenerRuntime:
     acme: bool = False
     # allow/deny of the listener (policy/access.py); None: everyone comes in.
     access: AccessList | None = None
+    # limits of the listener (policy/limits.py): per request (HTTP) or new connection (TCP).
+    limits: LimitSet | None = None
+    # conn_limit: concurrent connections / HTTP/2 streams per client.
+    conn_gate: ConnGate | None = None
 
 
 @dataclass(eq=False)
@@ -113,6 +121,15 @@ class Generation:
     route_access: dict[int, AccessList] = field(default_factory=dict)
     # auth of the routes that have it, by route index (policy/auth.py).
     route_auth: dict[int, Authenticator] = field(default_factory=dict)
+    # limits of the routes that have them, by route index (policy/limits.py): those counted
+    # before auth, and those per user (``key = "user"``), counted once the user is known.
+    route_limits: dict[int, LimitSet] = field(default_factory=dict)
+    route_user_limits: dict[int, LimitSet] = field(default_factory=dict)
+    # Where limits kept by the instance count (policy/counters.py): the process's, handed
+    # from generation to generation, shared by the workers of an instance.
+    counters: Counters = field(default_factory=LocalCounters)
+    # Redis clients of limits with a store, by URL (kept across reloads while named).
+    limit_stores: dict[str, RedisCounters] = field(default_factory=dict)
     # Bind address (as written in the config) → name of the listener that owns it.
     bind_owner: dict[str, str] = field(default_factory=dict)
     retired: bool = field(default=False)
@@ -130,6 +147,33 @@ class Generation:
         self.retiring.fire()
         for p in self.pools.values():
             p.dialer.close_idle()
+        successor = self.successor
+        kept = successor.limit_stores if successor is not None else {}
+        for url, store in self.limit_stores.items():
+            if kept.get(url) is not store:
+                _close_later(store)
+
+
+# A Redis client no longer named is closed this long after its generation retired (its
+# requests in flight may still count with it).
+STORE_CLOSE_DELAY = 60.0
+
+
+def _close_later(store: RedisCounters) -> None:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return  # no loop: nothing was ever connected
+
+    def close() -> None:
+        task = loop.create_task(store.close())
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+
+    loop.call_later(STORE_CLOSE_DELAY, close)
+
+
+_closing: set[asyncio.Task[None]] = set()
 
 
 def _hiding(cfg: PoolConfig) -> HidingPolicy:
@@ -242,6 +286,7 @@ def build_generation(
     previous: Generation | None = None,
     access_log: AccessLog | None = None,
     metrics: RequestMetrics | None = None,
+    counters: Counters | None = None,
 ) -> Generation:
     """Compile ``config`` into live objects; raises ConfigError and leaves nothing behind."""
     problems: list[ConfigProblem] = []
@@ -272,6 +317,17 @@ def build_generation(
     first_tls_port = next(
         (b.port for lst in config.listeners if lst.tls is not None for b in lst.bind), None
     )
+    # Counters continue across reloads: the previous generation's objects are handed on.
+    metrics = metrics or (previous.metrics if previous is not None else RequestMetrics())
+    if counters is None:
+        counters = previous.counters if previous is not None else LocalCounters()
+    stores = _limit_stores(config, previous)
+    v6_prefix = config.global_.client_ipv6_prefix
+    by_name = {lim.name: lim for lim in config.limits}
+
+    def limit_set(names: Sequence[str]) -> LimitSet | None:
+        return compile_limits(names, by_name, stores, metrics, v6_prefix)
+
     listeners: dict[str, ListenerRuntime] = {}
     for lst in config.listeners:
         routes = [r for r in config.routes if not r.listeners or lst.name in r.listeners]
@@ -291,6 +347,8 @@ def build_generation(
             passthrough=passthrough_table(lst, routes),
             acme=answers_acme(lst),
             access=compile_access(lst.access),
+            limits=limit_set(lst.limits),
+            conn_gate=_conn_gate(lst, v6_prefix),
         )
     if problems:
         raise ConfigError(problems)
@@ -307,9 +365,35 @@ def build_generation(
             r.index: acl for r in config.routes if (acl := compile_access(r.access)) is not None
         },
         route_auth=_authenticators(config, nonce_key(default_pem[1]), previous),
-        # Counters continue across reloads: the previous generation's object is handed on.
-        metrics=metrics or (previous.metrics if previous is not None else RequestMetrics()),
+        route_limits={
+            r.index: ls
+            for r in config.routes
+            if (ls := limit_set([n for n in r.limits if by_name[n].key != "user"])) is not None
+        },
+        route_user_limits={
+            r.index: ls
+            for r in config.routes
+            if (ls := limit_set([n for n in r.limits if by_name[n].key == "user"])) is not None
+        },
+        metrics=metrics,
+        counters=counters,
+        limit_stores=stores,
     )
+
+
+def _limit_stores(config: Config, previous: Generation | None) -> dict[str, RedisCounters]:
+    """The Redis clients the previous generation has for stores still named (a store no
+    longer named is closed when that generation retires)."""
+    kept = previous.limit_stores if previous is not None else {}
+    named = {lim.store for lim in config.limits if lim.store is not None}
+    return {url: client for url, client in kept.items() if url in named}
+
+
+def _conn_gate(lst: Listener, v6_prefix: int) -> ConnGate | None:
+    cl = lst.conn_limit
+    if cl is None:
+        return None
+    return ConnGate(lst.name, cl.per_client, cl.streams_per_client, v6_prefix)
 
 
 def _authenticators(

@@ -55,6 +55,7 @@ from revproxy.errors import ClientHelloError, ProxyProtocolError, is_local_short
 from revproxy.net.conn_io import ConnIO
 from revproxy.ops.log_limit import RateLimitedLog
 from revproxy.policy.access import DENY
+from revproxy.policy.limits import CONN_LIMIT
 from revproxy.proto import proxy_protocol as pp
 from revproxy.proto.clienthello import MAX_CLIENTHELLO, ClientHelloInfo, parse_client_hello
 from revproxy.proto.forwarding import is_trusted
@@ -80,6 +81,8 @@ CLIENT_HELLO_TIMEOUT = 10.0
 CLIENT_HELLO_POLL = 0.01
 # "Listener full" warnings: at most one per listener per this many seconds.
 REFUSED_LOG_INTERVAL = 1.0
+# Access-log status of a connection a limit closed unread (edge/tcp.py's table).
+STATUS_LIMITED = 429
 # Linux TCP state of an open connection (include/net/tcp_states.h); after the peer's FIN it
 # is CLOSE_WAIT or later.
 _TCP_ESTABLISHED = 1
@@ -378,8 +381,32 @@ class Acceptor:
                 return
             if header is not None:
                 _apply_proxy_header(info, header)
+        gate = lrt.conn_gate
+        if gate is None or gate.per_client is None:
+            await self._serve_client(gen, lrt, csock, info, stopping)
+            return
+        # conn_limit.per_client: for the instance, keyed on the client the PROXY header named.
+        counters = gen.counters
+        key = gate.key(info.client[0])
+        if not counters.acquire(key, gate.per_client):
+            self._limited(gen, lrt, info, CONN_LIMIT, "-" if lrt.config.mode == "http" else None)
+            return
+        try:
+            await self._serve_client(gen, lrt, csock, info, stopping)
+        finally:
+            counters.release(key)
+
+    async def _serve_client(
+        self,
+        gen: Generation,
+        lrt: ListenerRuntime,
+        csock: socket.socket,
+        info: ConnInfo,
+        stopping: Signal | None,
+    ) -> None:
+        name = lrt.config.name
         if lrt.config.mode == "tcp":
-            if self._denied(gen, lrt, info):
+            if self._denied(gen, lrt, info) or await self._over_limit(gen, lrt, info):
                 return
             await serve_tcp(gen, lrt, csock, info)
             return
@@ -394,7 +421,7 @@ class Acceptor:
                 entry = match_passthrough(lrt.passthrough, hello.server_name)
                 if entry is not None:
                     info.sni = hello.server_name
-                    if self._denied(gen, lrt, info):
+                    if self._denied(gen, lrt, info) or await self._over_limit(gen, lrt, info):
                         return
                     pattern, pool = entry
                     await serve_passthrough(gen, lrt, csock, info, pattern=pattern, pool=pool)
@@ -412,6 +439,33 @@ class Acceptor:
         log.info("listener=%s client=%s closed: %s", lrt.config.name, info.client[0], DENY)
         record_denied(gen, lrt, info, DENY)
         return True
+
+    async def _over_limit(self, gen: Generation, lrt: ListenerRuntime, info: ConnInfo) -> bool:
+        """The listener's ``limits`` on a connection relayed unread (TCP mode, TLS
+        passthrough): new connections per client; over the limit it is closed unread."""
+        limits = lrt.limits
+        if limits is None:
+            return False
+        client = info.client[0]
+        if limits.local:
+            refusal = limits.check(gen.counters, client)
+        else:
+            refusal = await limits.check_async(gen.counters, client)
+        if refusal is None:
+            return False
+        self._limited(gen, lrt, info, refusal.reason)
+        return True
+
+    @staticmethod
+    def _limited(
+        gen: Generation,
+        lrt: ListenerRuntime,
+        info: ConnInfo,
+        reason: str,
+        method: str | None = None,
+    ) -> None:
+        log.info("listener=%s client=%s closed: %s", lrt.config.name, info.client[0], reason)
+        record_denied(gen, lrt, info, reason, status=STATUS_LIMITED, method=method)
 
     def _refuse(self, gen: Generation, lrt: ListenerRuntime, csock: socket.socket) -> None:
         """Close a connection over ``max_conns`` at once: one access-log line, few warnings."""

@@ -13,6 +13,8 @@ directions ended normally; otherwise the marker the failure implies —
 =====  ===================================================================================
 499    the client reset or failed the connection
 403    the listener's allow/deny refused the client (closed before any byte was relayed)
+429    a limit refused the connection: the listener's ``limits`` (new connections per client)
+       or ``conn_limit.per_client`` (closed before any byte was read or relayed)
 502    no server of the pool could be connected, or the server reset the connection
 503    no server available in the pool, or the listener was at ``max_conns``
 504    no byte either way for ``timeouts.tunnel`` (idle)
@@ -107,11 +109,21 @@ def record_refused(gen: Generation, lrt: ListenerRuntime, info: ConnInfo) -> Non
     gen.metrics.connection(rec)
 
 
-def record_denied(gen: Generation, lrt: ListenerRuntime, info: ConnInfo, reason: str) -> None:
-    """The access-log line of a connection closed unread because allow/deny refused it."""
-    method = METHOD_TCP if lrt.config.mode == "tcp" else METHOD_PASSTHROUGH
+def record_denied(
+    gen: Generation,
+    lrt: ListenerRuntime,
+    info: ConnInfo,
+    reason: str,
+    *,
+    status: int = STATUS_DENIED,
+    method: str | None = None,
+) -> None:
+    """The access-log line of a connection closed unread because the edge policy refused it
+    (allow/deny: 403; a limit: 429)."""
+    if method is None:
+        method = METHOD_TCP if lrt.config.mode == "tcp" else METHOD_PASSTHROUGH
     rec = _record(lrt, info, method, lrt.config.pool or "", "")
-    rec.status = STATUS_DENIED
+    rec.status = status
     rec.refused = reason
     gen.access_log.record(rec)
     gen.metrics.connection(rec)

@@ -277,6 +277,18 @@ class RequestMetrics:
             'reason ("deny", "auth", "limit:NAME").',
             ("listener", "reason"),
         )
+        self.limit_exceeded = r.counter(
+            "revproxy_limit_exceeded_total",
+            "Requests or connections over a [limit.NAME], by limit and action (reject: refused "
+            "with 429; log: let through and counted).",
+            ("limit", "action"),
+        )
+        self.limit_store_errors = r.counter(
+            "revproxy_limit_store_errors_total",
+            "Requests a limit could not count because its Redis store failed, by limit and "
+            "what on_store_error did (allow, deny).",
+            ("limit", "outcome"),
+        )
         self.slow_readers_cut = r.counter(
             "revproxy_slow_readers_cut_total",
             "Connections cut because this process held more than global.max_buffer_memory "

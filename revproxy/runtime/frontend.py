@@ -22,6 +22,7 @@ from revproxy.errors import ConfigError, ConfigProblem
 from revproxy.net.conn_io import cut_slowest, live_connections, set_buffer_size
 from revproxy.ops.log_limit import RateLimitedLog
 from revproxy.ops.metrics import RequestMetrics
+from revproxy.policy.counters import Counters, LocalCounters
 from revproxy.runtime.allocator import give_back
 
 log = logging.getLogger("revproxy")
@@ -43,9 +44,13 @@ class Frontend:
     and the connections it accepted on them (``accept=False``: a master that only holds
     sockets for its workers)."""
 
-    def __init__(self, default_pem: tuple[bytes, bytes], *, accept: bool) -> None:
+    def __init__(
+        self, default_pem: tuple[bytes, bytes], *, accept: bool, counters: Counters | None = None
+    ) -> None:
         self.default_pem = default_pem
         self.accept = accept
+        # Where the limits count: this process's own, or (a worker) the instance's table.
+        self.counters: Counters = counters if counters is not None else LocalCounters()
         self.generation: Generation | None = None
         self.bound: dict[str, BoundListener] = {}  # bind address → sockets and accept tasks
         self.acceptor = Acceptor(self._current)
@@ -67,6 +72,7 @@ class Frontend:
             previous=old,
             access_log=old.access_log if old and _same_log(old.config, config) else None,
             metrics=self.metrics,
+            counters=self.counters,
         )
 
     def bind_new(self, gen: Generation, open_sockets: OpenSockets) -> dict[str, BoundListener]:

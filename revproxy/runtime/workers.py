@@ -12,9 +12,16 @@ Workers are fresh interpreters (``revproxy worker --channel FD``, fork + exec), 
 forks of the master: an event loop cannot be carried across ``fork``. A worker that dies is
 started again with a growing back-off, and the master logs how it died.
 
+The limits' counters are one table for the instance (``policy/counters.py``): the master
+creates a shared memory region once and passes it with every ``init`` (restarted workers
+too), with the worker's slot and how many workers there are; a worker attaches it and writes
+only its own slot's sub-table. The region has slots for at least 64 workers, so a reload that
+changes their number only tells them the new number (``workers``); past the slots, a new,
+larger region is sent to all (``counters``: the counts start again).
+
 The channel carries one JSON object per line. Master → worker: ``init``, ``reload``,
-``states``, ``stats``, ``reload_certs``. Worker → master: ``ready``, ``passive``, and replies
-carrying the ``id`` of the request they answer.
+``states``, ``stats``, ``reload_certs``, ``workers``, ``counters``. Worker → master:
+``ready``, ``passive``, and replies carrying the ``id`` of the request they answer.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from typing import Any
 from revproxy.config.model import Bind, Config
 from revproxy.edge.generation import Generation
 from revproxy.errors import ConfigError
+from revproxy.policy.counters import MIN_SLOTS, SharedCounters, create_region, region_slots
 from revproxy.runtime.channel import (
     Channel,
     Message,
@@ -121,6 +129,8 @@ class WorkerPool:
         self._lock = asyncio.Lock()
         self._supervisors: dict[int, asyncio.Task[None]] = {}
         self._ids = 0
+        # The limits' counters shared by the workers: the region's memfd (policy/counters.py).
+        self.counters_fd: int | None = None
 
     # --- starting
 
@@ -130,6 +140,8 @@ class WorkerPool:
         """Start ``count`` workers and wait until each accepts; raises RuntimeError if one
         cannot start."""
         self._set(config, number, listeners)
+        self._new_counters(count)
+        self.count = count  # what the workers are told they are
         async with self._lock:
             handles = await asyncio.gather(
                 *(self._spawn(slot) for slot in range(count)), return_exceptions=True
@@ -140,9 +152,15 @@ class WorkerPool:
             raise RuntimeError(f"no worker started: {failed[0]}")
         for exc in failed:
             log.error("%s; starting another shortly", exc)
-        self.count = count
         for slot in range(count):
             self._supervisors[slot] = asyncio.get_running_loop().create_task(self._supervise(slot))
+
+    def _new_counters(self, count: int) -> None:
+        """A region for the limits' counters, with slots for ``count`` workers at least."""
+        fd = create_region(max(MIN_SLOTS, count))
+        if self.counters_fd is not None:
+            os.close(self.counters_fd)
+        self.counters_fd = fd
 
     def _set(self, config: Config, number: int, listeners: dict[str, list[socket.socket]]) -> None:
         self.config_blob = pack_config(config)
@@ -178,18 +196,20 @@ class WorkerPool:
         # Known at once: broadcasts queue behind the init message, in order.
         self.handles[slot] = handle
         layout, fds = flatten(self.listeners)
+        assert self.counters_fd is not None
         cert, key = self.default_pem
         handle.channel.post(
             {
                 "op": "init",
                 "slot": slot,
+                "counters": self.count,  # the region's descriptor comes first
                 "config": self.config_blob,
                 "number": self.number,
                 "default_pem": [base64.b64encode(cert).decode(), base64.b64encode(key).decode()],
                 "listeners": layout,
                 "states": self.states(),
             },
-            fds,
+            [self.counters_fd, *fds],
         )
         why = ""
         try:
@@ -358,6 +378,17 @@ class WorkerPool:
         if count == self.count:
             return
         old, self.count = self.count, count
+        assert self.counters_fd is not None
+        if count > region_slots(self.counters_fd):
+            log.warning(
+                "workers: %d, more than the limits' counters have room for: the counts start again",
+                count,
+            )
+            self._new_counters(count)
+            for live in self.handles.values():
+                live.channel.post({"op": "counters", "count": count}, [self.counters_fd])
+        if count < old:  # read no more of the slots whose workers are leaving
+            self.broadcast({"op": "workers", "count": count})
         if count > old:
             for slot in range(old, count):
                 try:
@@ -369,6 +400,7 @@ class WorkerPool:
                 self._supervisors[slot] = asyncio.get_running_loop().create_task(
                     self._supervise(slot)
                 )
+            self.broadcast({"op": "workers", "count": count})  # the new ones have attached
         else:
             for slot in range(count, old):
                 h = self.handles.get(slot)
@@ -406,6 +438,9 @@ class WorkerPool:
                 h.reader.cancel()
             await h.channel.close()
         self.handles.clear()
+        if self.counters_fd is not None:
+            os.close(self.counters_fd)
+            self.counters_fd = None
 
     @property
     def pids(self) -> list[int]:
@@ -442,6 +477,8 @@ class Worker:
         self._received: dict[str, list[socket.socket]] = {}
         self._stop = asyncio.Event()
         self.cert_watcher: Any = None
+        # The instance's counters for the limits (the master's region, this worker's slot).
+        self.counters: SharedCounters | None = None
 
     def _take(self, bind: Bind, addr: str) -> list[socket.socket]:
         socks = self._received.pop(addr, None)
@@ -456,7 +493,13 @@ class Worker:
         if msg.get("op") != "init":
             raise RuntimeError(f"expected init from the master, got {msg.get('op')!r}")
         cert, key = (base64.b64decode(x) for x in msg["default_pem"])
-        self.frontend = self._frontend_cls((cert, key), accept=True)
+        if "counters" in msg:
+            region = fds.pop(0)
+            try:
+                self.counters = SharedCounters(region, self.slot, int(msg["counters"]))
+            finally:
+                os.close(region)
+        self.frontend = self._frontend_cls((cert, key), accept=True, counters=self.counters)
         self._received = unflatten(msg["listeners"], fds)
         self._apply_states(msg["states"])
         config = unpack_config(msg["config"])
@@ -489,6 +532,8 @@ class Worker:
                 await self.cert_watcher.stop()
         await self.frontend.shutdown(timeout)
         await self.channel.close()
+        if self.counters is not None:
+            self.counters.close()
         return 0
 
     def _start_cert_watcher(self) -> None:
@@ -555,6 +600,9 @@ class Worker:
         if op == "states":
             self._apply_states(msg["states"])
             return
+        if op in ("workers", "counters"):
+            self._follow_counters(msg, fds)
+            return
         if op == "reload":
             self._received.update(unflatten(msg["listeners"], fds))
             reply["problems"] = await self._reload(msg)
@@ -566,6 +614,18 @@ class Worker:
             reply["problems"] = [f"unknown request {op!r}"]
         if msg.get("id") is not None:
             self.channel.post(reply)
+
+    def _follow_counters(self, msg: Message, fds: list[int]) -> None:
+        """``workers``: how many workers count now; ``counters``: a new region as well."""
+        try:
+            if self.counters is None:
+                return
+            if msg["op"] == "counters" and fds:
+                self.counters.reattach(fds[0])
+            self.counters.set_workers(int(msg["count"]))
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     async def _reload(self, msg: Message) -> list[str]:
         assert self.frontend is not None
@@ -602,7 +662,16 @@ class Worker:
             "metrics": self.frontend.metrics.registry.snapshot(),
             "connections": dict(self.frontend.acceptor.active),
             "backends": backends,
+            "counters": self.counters_info(),
         }
+
+    def counters_info(self) -> Message:
+        """Which counters this worker keeps limits in (the region, its slot, the workers it
+        reads)."""
+        c = self.counters
+        if c is None:
+            return {}
+        return {"region": c.region, "slot": c.slot, "workers": c.workers, "slots": c.slots}
 
 
 async def worker_main(fd: int, slot: int) -> int:

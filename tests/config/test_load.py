@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from revproxy.certs.files import cert_pair_problem
+from revproxy.config import limits as config_limits
 from revproxy.config import listener as config_listener
 from revproxy.config import load as config_load
 from revproxy.config import pool as config_pool
@@ -31,9 +32,11 @@ from revproxy.config.model import (
     Bind,
     CertPair,
     Config,
+    ConnLimit,
     Global,
     H2Settings,
     Health,
+    Limit,
     Listener,
     ListenerTLS,
     Passive,
@@ -715,7 +718,8 @@ def test_allowed_keys_are_the_dataclass_fields() -> None:
     def fields(cls: type, *skip: str) -> set[str]:
         return {f.name for f in dataclasses.fields(cls)} - set(skip)
 
-    top = {"global_": "global", "listeners": "listener", "routes": "route", "pools": "pool"}
+    top = {"global_": "global", "listeners": "listener", "routes": "route", "pools": "pool",
+           "limits": "limit"}  # fmt: skip
     assert set(config_load._TOP_KEYS) == {top.get(name, name) for name in fields(Config, "files")}
     assert set(config_load._GLOBAL_KEYS) == fields(Global)
     assert set(config_load._H2_KEYS) == fields(H2Settings)
@@ -734,6 +738,11 @@ def test_allowed_keys_are_the_dataclass_fields() -> None:
     assert set(config_pool._HEALTH_KEYS) == fields(Health)
     assert set(config_pool._PASSIVE_KEYS) == fields(Passive)
     assert set(config_pool._POOL_TLS_KEYS) == fields(PoolTLS)
+    # rate = "N/T" fills requests and period.
+    assert set(config_limits.LIMIT_KEYS) == fields(
+        Limit, "name", "requests", "period", "source"
+    ) | {"rate"}
+    assert set(config_limits.CONN_LIMIT_KEYS) == fields(ConnLimit)
 
 
 def test_config_load_still_exports_the_parsers_and_summary() -> None:
