@@ -51,9 +51,9 @@ from revproxy.errors import (
     RequestTimeout,
     RevproxyError,
 )
-from revproxy.net.conn_io import ConnIO
+from revproxy.net.conn_io import ConnIO, Sink
 from revproxy.ops.accesslog import AccessRecord
-from revproxy.policy.access import DENY
+from revproxy.policy.access import DENY, AccessList
 from revproxy.policy.auth import AUTH, Authenticator
 from revproxy.policy.limits import LimitSet, Refusal
 from revproxy.proto import grpc
@@ -153,6 +153,7 @@ class Exchange:
         "info",
         "listener",
         "max_body",
+        "permitted",
         "pick_context",
         "rec",
         "req",
@@ -172,7 +173,7 @@ class Exchange:
         generation: Generation,
         listener: ListenerRuntime,
         info: ConnInfo,
-        sink: ConnIO | None = None,
+        sink: Sink | None = None,
     ) -> None:
         self.stream = stream
         # The client's connection when its room can pace the origin (HTTP/1.1; conn_io.py).
@@ -186,6 +187,9 @@ class Exchange:
         self.pick_context = PickContext(client_ip=info.client[0])
         self.client_id: ClientIdentity | None = None
         self.ws_accept: bytes | None = None
+        # allow/deny answers for this connection's client (the same on every request of a
+        # keep-alive connection unless a trusted X-Forwarded-For names another).
+        self.permitted: dict[tuple[AccessList, str], bool] = {}
         self.auth_user: tuple[Auth, str] | None = None  # the route's auth and who passed it
         self.route: Route | None = None  # the route the request matched
         self.timeouts = Timeouts()  # the pool's, with the route's overrides (_proxy)
@@ -194,6 +198,55 @@ class Exchange:
     async def run(self, req: RequestReceived) -> bool:
         """Serve ``req``; True when the client connection may carry another request."""
         started = time.monotonic()
+        rec = self._begin(req)
+        try:
+            try:
+                authority = req.authority
+                # An HTTP/1.0 request may come without Host; any other needs a valid one.
+                if not valid_authority(authority) and (authority or req.http_version != b"1.0"):
+                    raise ClientProtocolError("invalid Host")
+                reject = self.gen.config.global_.path_escaped_slashes == "reject"
+                self.target = normalize_target(req.method, req.target, reject_escaped=reject)
+            except ClientProtocolError as exc:
+                action: _Action = self._local_error(exc)
+            else:
+                lst = self.listener
+                acl = lst.access
+                if acl is not None and not self._permits(acl, req):
+                    action = self._refuse(DENY)
+                elif lst.limits is None:
+                    action = self._route(req, normalise_host(req.authority))
+                else:
+                    action = self._listener_limits(lst.limits, req)
+            if isinstance(action, PoolRuntime):
+                return await self._proxy(action)
+            return await action
+        except BaseException:
+            if rec.status == 0:
+                rec.status = STATUS_CLIENT_GONE
+            raise
+        finally:
+            self._finish(started)
+
+    async def refuse(self, req: RequestReceived, reason: str) -> bool:
+        """Answer ``req`` 429 at once, unrouted (a limit counted before the request was read:
+        ``conn_limit.streams_per_client``), logged and counted like any refusal."""
+        started = time.monotonic()
+        rec = self._begin(req)
+        try:
+            self.target = req.target
+            rec.refused = reason
+            log.info("id=%s client=%s refused: %s", rec.id, self.info.client[0], reason)
+            return await self._local(429, headers=[(b"retry-after", b"1")])
+        except BaseException:
+            if rec.status == 0:
+                rec.status = STATUS_CLIENT_GONE
+            raise
+        finally:
+            self._finish(started)
+
+    def _begin(self, req: RequestReceived) -> AccessRecord:
+        """The access-log record of ``req``, and the per-request state reset."""
         stream = self.stream
         rec = AccessRecord(
             id=request_id(),
@@ -221,38 +274,17 @@ class Exchange:
         self.deadline = None
         self.auth_user = None
         self.route = None
-        try:
-            try:
-                authority = req.authority
-                # An HTTP/1.0 request may come without Host; any other needs a valid one.
-                if not valid_authority(authority) and (authority or req.http_version != b"1.0"):
-                    raise ClientProtocolError("invalid Host")
-                reject = self.gen.config.global_.path_escaped_slashes == "reject"
-                self.target = normalize_target(req.method, req.target, reject_escaped=reject)
-            except ClientProtocolError as exc:
-                action: _Action = self._local_error(exc)
-            else:
-                lst = self.listener
-                acl = lst.access
-                if acl is not None and not acl.permits(self._policy_client(req)):
-                    action = self._refuse(DENY)
-                elif lst.limits is None:
-                    action = self._route(req, normalise_host(req.authority))
-                else:
-                    action = self._listener_limits(lst.limits, req)
-            if isinstance(action, PoolRuntime):
-                return await self._proxy(action)
-            return await action
-        except BaseException:
-            if rec.status == 0:
-                rec.status = STATUS_CLIENT_GONE
-            raise
-        finally:
-            rec.duration_ms = (time.monotonic() - started) * 1000
-            rec.bytes_in = stream.take_bytes_in()
-            rec.bytes_out = stream.bytes_out - rec.bytes_out
-            self.gen.access_log.record(rec)
-            self.gen.metrics.record(rec)
+        return rec
+
+    def _finish(self, started: float) -> None:
+        """Write the request's access-log line and count it."""
+        rec = self.rec
+        stream = self.stream
+        rec.duration_ms = (time.monotonic() - started) * 1000
+        rec.bytes_in = stream.take_bytes_in()
+        rec.bytes_out = stream.bytes_out - rec.bytes_out
+        self.gen.access_log.record(rec)
+        self.gen.metrics.record(rec)
 
     # --- routing ---------------------------------------------------------------------------
 
@@ -285,7 +317,7 @@ class Exchange:
         route_access = gen.route_access
         if route_access:
             acl = route_access.get(route.index)
-            if acl is not None and not acl.permits(self._policy_client(req)):
+            if acl is not None and not self._permits(acl, req):
                 return self._refuse(DENY)
         if not route.normalize_path:
             self.target = req.target  # matched normalised, forwarded as the client wrote it
@@ -739,7 +771,10 @@ class Exchange:
 
     def _policy_client(self, req: RequestReceived) -> str:
         """The address allow/deny lists and limits decide on (forwarding.policy_client)."""
-        return policy_client(req.headers, self.info.client[0], self.listener.config.trusted_proxies)
+        trusted = self.listener.config.trusted_proxies
+        if not trusted:  # the common case: the connection's client, no header read
+            return self.info.client[0]
+        return policy_client(req.headers, self.info.client[0], trusted)
 
     def _listener_limits(self, limits: LimitSet, req: RequestReceived) -> _Action:
         """The listener's limits, counted per request before any route is chosen."""
@@ -777,6 +812,17 @@ class Exchange:
         self.rec.refused = reason
         log.info("id=%s client=%s refused: %s", self.rec.id, self.info.client[0], reason)
         return self._local(refusal.status, headers=refusal.headers())
+
+    def _permits(self, acl: AccessList, req: RequestReceived) -> bool:
+        """``acl.permits`` for the request's client, remembered for the connection."""
+        key = (acl, self._policy_client(req))
+        permitted = self.permitted
+        ok = permitted.get(key)
+        if ok is None:
+            if len(permitted) >= 16:  # other clients through a trusted proxy, or old lists
+                permitted.clear()
+            ok = permitted[key] = acl.permits(key[1])
+        return ok
 
     def _refuse(self, reason: str) -> Coroutine[Any, Any, bool]:
         """A local 403 that names nothing of the origin, logged and counted with ``reason``."""
@@ -873,16 +919,16 @@ def _overridden(timeouts: Timeouts, route: RouteTimeouts) -> Timeouts:
 def _with_user(headers: Headers, auth: Auth, user: str) -> Headers:
     """Toward the origin after ``auth`` passed: the credentials removed (unless
     ``pass_credentials``), the user named in ``user_header`` (a client's own removed)."""
-    user_header = auth.user_header
-    strip = not auth.pass_credentials
+    named = auth.user_header.encode() if auth.user_header else None
+    strip = b"authorization" if not auth.pass_credentials else None
     i = len(headers)
     while i:  # in place: ``headers`` is the list request_headers just built
         i -= 1
         name = headers[i][0]
-        if (strip and name == b"authorization") or (user_header and name == user_header.encode()):
+        if name in (strip, named):
             del headers[i]
-    if user_header:
-        headers.append((user_header.encode(), user.encode("utf-8")))
+    if named is not None:
+        headers.append((named, user.encode("utf-8")))
     return headers
 
 

@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from typing import cast
 
 from revproxy.edge.client_side import ClientGone, ConnInfo
 from revproxy.edge.exchange import Exchange
@@ -39,7 +38,6 @@ from revproxy.errors import (
     H2_REFUSED_STREAM,
     RevproxyError,
 )
-from revproxy.net.conn_io import ConnIO
 from revproxy.net.h2_channel import (
     COALESCE_LIMIT,
     PACE_PROBE,
@@ -49,6 +47,7 @@ from revproxy.net.h2_channel import (
     close_writer,
 )
 from revproxy.net.relay import StreamPair
+from revproxy.policy.limits import STREAM_LIMIT
 from revproxy.proto.events import (
     DataReceived,
     Event,
@@ -417,26 +416,37 @@ class Http2Connection(H2Link):
         stream.task = self._loop.create_task(self._serve(stream))
 
     async def _serve(self, stream: H2ServerStream) -> None:
-        # The stream paces the response's origin (H2Channel is a conn_io.Sink). Exchange and
-        # OriginStream.follow are annotated with the HTTP/1.1 sink, ConnIO, still; the cast
-        # goes when they take ``conn_io.Sink``.
+        # The stream paces the response's origin (H2Channel is a conn_io.Sink).
         exchange = Exchange(
             stream,
             generation=self.gen,
             listener=self.listener,
             info=self.info,
-            sink=cast(ConnIO, stream),
+            sink=stream,
         )
         # RST_STREAM code if our side did not end: a response that broke off is INTERNAL_ERROR
         # (gRPC: INTERNAL), a client that went away CANCEL.
         code = H2_INTERNAL_ERROR
+        # conn_limit.streams_per_client: the client's streams on all its connections.
+        gate = self.listener.conn_gate
+        counters = self.gen.counters
+        held: bytes | None = None
+        if gate is not None and gate.streams_per_client is not None:
+            held = gate.key(self.info.client[0], stream=True)
+            if not counters.acquire(held, gate.streams_per_client):
+                held = None
         try:
-            await exchange.run(stream.request)
+            if held is None and gate is not None and gate.streams_per_client is not None:
+                await exchange.refuse(stream.request, STREAM_LIMIT)
+            else:
+                await exchange.run(stream.request)
         except ClientGone:
             code = H2_CANCEL
         except Exception:
             log.exception("client=%s stream %d failed", self.info.client[0], stream.stream_id)
         finally:
+            if held is not None:
+                counters.release(held)
             self.streams.pop(stream.stream_id, None)
             stream.close(code)
             if (self.h2.goaway_sent or self.peer_done) and not self.streams:

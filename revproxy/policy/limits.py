@@ -86,12 +86,13 @@ def _ceil_seconds(seconds: float) -> int:
 class Limiter:
     """One ``[limit.NAME]`` as it applies to requests or connections."""
 
-    __slots__ = ("config", "header", "kind", "log_line", "prefix", "rate", "remote")
+    __slots__ = ("by_client", "config", "header", "kind", "log_line", "prefix", "rate", "remote")
 
     def __init__(self, limit: Limit, remote: RedisCounters | None) -> None:
         self.config = limit
         self.rate = Rate(limit.requests, limit.period, limit.burst)
         self.prefix = limit.identity.encode() + b"\0"
+        self.by_client = self.prefix + b"c\0"
         self.remote = remote
         self.header = b""
         if limit.key == "client":
@@ -118,7 +119,7 @@ class Limiter:
             return self.prefix + b"u\0" + user.encode()
         elif kind == _CLIENT_ROUTE:
             return self.prefix + b"%d\0" % route + client.encode()
-        return self.prefix + b"c\0" + client.encode()
+        return self.by_client + client.encode()
 
 
 class LimitSet:
@@ -151,10 +152,15 @@ class LimitSet:
     ) -> Refusal | None:
         """Count one request (or connection) against limits kept by the instance (``local``
         must be true); the refusal, if one refuses."""
-        client = self.client(address)
+        client = address if ":" not in address else _v6_network(address, self.v6_prefix)
         now = time.monotonic()
         for lim in self.limiters:
-            decision = counters.hit(lim.key(client, headers, user, route), lim.rate, now)
+            key = (
+                lim.by_client + client.encode()
+                if lim.kind == _CLIENT
+                else lim.key(client, headers, user, route)
+            )
+            decision = counters.hit(key, lim.rate, now)
             if not decision.allowed and self._refuses(lim, address):
                 return Refusal(lim.config, decision)
         return None

@@ -54,7 +54,7 @@ class Window:
     previous: int = 0  # requests allowed in the window before it
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per request, and frozen costs 3x to build
 class Decision:
     allowed: bool
     remaining: int  # requests still allowed now (after this one)
@@ -127,12 +127,23 @@ def decide(rate: Rate, current: int, previous: int, elapsed: float) -> Decision:
 
 def hit(rate: Rate, window: Window, now: float) -> Decision:
     """Decide one request at ``now`` against one writer's counters and count it when
-    allowed."""
-    advance(rate, window, now)
-    decision = decide(rate, window.current, window.previous, elapsed_in_window(rate, now))
-    if decision.allowed:
-        window.current += 1
-    return decision
+    allowed. (``advance`` + ``decide`` written out: this runs for every request a limit
+    counts, and the allowed case is the common one.)"""
+    period = rate.period
+    index = int(now // period)
+    passed = index - window.index
+    if passed > 0:
+        window.previous = window.current if passed == 1 else 0
+        window.current = 0
+        window.index = index
+    elapsed = now - index * period
+    current, previous = window.current, window.previous
+    count = current + previous * (1.0 - elapsed / period) if previous else current
+    ceiling = rate.requests + rate.burst
+    if count + 1 <= ceiling:
+        window.current = current + 1
+        return Decision(True, int(ceiling - count - 1), 0.0, (period - elapsed) + period)
+    return decide(rate, current, previous, elapsed)
 
 
 def retry_after(rate: Rate, current: int, previous: int, elapsed: float) -> float:

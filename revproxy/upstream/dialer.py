@@ -36,7 +36,7 @@ from revproxy.errors import (
     NoBackendAvailable,
     is_local_shortage,
 )
-from revproxy.net.conn_io import ConnIO
+from revproxy.net.conn_io import ConnIO, Sink
 from revproxy.net.relay import ByteReader, ByteWriter
 from revproxy.proto.events import Event, Headers, MessageEnded
 from revproxy.proto.http1.api import H1ClientAPI
@@ -112,7 +112,7 @@ class OriginStream(Protocol):
 
     async def send_end(self, trailers: Headers) -> None: ...
 
-    def follow(self, sink: ConnIO) -> None:
+    def follow(self, sink: Sink) -> None:
         """The response is relayed to ``sink``, the client's connection: read from the origin
         no further ahead than it takes (conn_io.py, pacing) until ``finish``."""
         ...
@@ -202,7 +202,7 @@ class H1Origin:
         io.write(self.parser.send_end(trailers))
         await io.drain()
 
-    def follow(self, sink: ConnIO) -> None:
+    def follow(self, sink: Sink) -> None:
         self.conn.io.follow(sink)
 
     def finish(self, complete: bool) -> None:

@@ -33,7 +33,7 @@ from revproxy.errors import (
     NoBackendAvailable,
     RevproxyError,
 )
-from revproxy.net.conn_io import ConnIO
+from revproxy.net.conn_io import Sink
 from revproxy.net.h2_channel import READ_SIZE, H2Channel, H2Link, close_writer
 from revproxy.proto.events import (
     DataReceived,
@@ -139,7 +139,7 @@ class H2OriginStream(H2Channel):
             self.bytes_read += 1  # something came back: the request was processed
         return ev
 
-    def follow(self, sink: ConnIO) -> None:
+    def follow(self, sink: Sink) -> None:
         """Nothing to do: an HTTP/2 origin sends a stream no more than the window we give back
         as the exchange takes each chunk (``next``)."""
 

@@ -12,11 +12,23 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from harness import LOOPBACK, Origin, Proxy, curl, curl_http, free_port, wait_until
+from h2_peers import RawH2
+from harness import (
+    LOOPBACK,
+    Origin,
+    Proxy,
+    Reply,
+    Seen,
+    curl,
+    curl_http,
+    free_port,
+    wait_until,
+)
 from l4_peers import haproxy_tcp
 from redis_peer import redis_server
 
@@ -391,3 +403,36 @@ on_store_error = "{on_error}"
             redis.start()  # an empty Redis on the same port: counting starts again
             assert wait_until(lambda: statuses(first, 1, source=TWO) == [200], 15)
             assert wait_until(lambda: statuses(second, 1, source=TWO) == [200], 15)
+
+
+def test_streams_per_client_across_connections(tmp_path: Path) -> None:
+    """Two HTTP/2 connections of one client hold two slow streams; a third stream gets 429,
+    the others finish, and a stream after them passes again."""
+    gate = threading.Event()
+
+    def slow(req: Seen) -> Reply:
+        return Reply(body=b"slow", gate=gate if req.target == "/slow" else None)
+
+    with Origin(handler=slow) as origin:
+        port = free_port()
+        config = web(port, origin, listener="h2c = true\nconn_limit = { streams_per_client = 2 }")
+        with Proxy(tmp_path, config, ports=[port]) as proxy:
+            get = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"x")]
+            a, b = RawH2(port), RawH2(port)
+            try:
+                first = a.request([*get, (b":path", b"/slow")])
+                second = b.request([*get, (b":path", b"/slow")])
+                assert wait_until(lambda: len(origin.requests()) == 2, 10)
+                third = b.request([*get, (b":path", b"/fast")])
+                status, headers, _ = b.response(third)
+                assert status == 429 and headers[b"retry-after"] == b"1"
+                gate.set()
+                assert a.response(first)[0] == 200
+                assert b.response(second)[0] == 200
+                assert b.response(b.request([*get, (b":path", b"/fast")]))[0] == 200
+            finally:
+                a.close()
+                b.close()
+            line = proxy.wait_access(lambda s: "refused=limit:streams_per_client" in s)
+            assert " 429 " in line
+        assert [r.target for r in origin.requests()].count("/fast") == 1
