@@ -17,6 +17,7 @@ from revproxy.config.access import ACCESS_KEYS, read_access
 from revproxy.config.limits import CONN_LIMIT_KEYS, read_conn_limit, read_limit_names
 from revproxy.config.model import Bind, CertPair, Listener, ListenerTLS, ProxyProtocolIn
 from revproxy.config.reader import MISSING, Entry, ReadContext, TableReader, defined
+from revproxy.config.users import AUTH_KEYS, read_auth
 from revproxy.config.values import describe, parse_bind, parse_network
 
 __all__ = ["ListenerRead", "bound_by", "check_listeners", "read_listener"]
@@ -25,13 +26,15 @@ __all__ = ["ListenerRead", "bound_by", "check_listeners", "read_listener"]
 _LISTENER_KEYS = (
     "name", "bind", "mode", "tls", "redirect_https", "redirect_port", "trusted_proxies",
     "proxy_protocol", "forwarded", "pool", "acme", "h2c", "max_conns", "limits", "conn_limit",
-    *ACCESS_KEYS,
+    "egress", "auth", *ACCESS_KEYS,
 )  # fmt: skip
 _TLS_KEYS = ("cert_dir", "certs", "unknown_sni", "alpn")
 _CERT_KEYS = ("cert", "key")
 _PROXY_PROTOCOL_KEYS = ("mode", "trusted", "timeout")
 
-_MODES: tuple[Literal["http", "tcp"], ...] = ("http", "tcp")
+_MODES: tuple[Literal["http", "tcp", "forward", "socks5"], ...] = (
+    "http", "tcp", "forward", "socks5",
+)  # fmt: skip
 _UNKNOWN_SNI: tuple[Literal["generated", "reject"], ...] = ("generated", "reject")
 _PROXY_MODES: tuple[Literal["off", "optional", "required"], ...] = ("off", "optional", "required")
 _ALPN = ("h2", "http/1.1")
@@ -113,6 +116,7 @@ def read_listener(index: int, entry: Entry, ctx: ReadContext) -> ListenerRead:
     trusted = t.strings("trusted_proxies", parse_network)
     access = read_access(t)
     conn_limit_table = t.table("conn_limit", CONN_LIMIT_KEYS)
+    auth_table = t.table("auth", AUTH_KEYS)
     listener = Listener(
         name=name,
         bind=tuple(bind for _, bind in binds),
@@ -135,9 +139,19 @@ def read_listener(index: int, entry: Entry, ctx: ReadContext) -> ListenerRead:
         deny_file=access.deny_file,
         limits=read_limit_names(t),
         conn_limit=read_conn_limit(conn_limit_table) if conn_limit_table is not None else None,
+        egress=t.string("egress", _LISTENER.egress),
+        auth=read_auth(auth_table) if auth_table is not None else None,
         source=entry.file,
     )
-    if mode == "tcp":
+    if mode in ("forward", "socks5"):
+        # The origin's way out (config/egress.py checks egress and auth with the whole config).
+        if t.has("pool"):
+            t.problem("pool", f"not on a {mode} listener: its clients name their destination")
+        for key in ("tls", "redirect_https", "redirect_port", "trusted_proxies", "forwarded",
+                    "acme", "h2c"):  # fmt: skip
+            if t.has(key) and t.raw(key) is not False and t.raw(key) != []:
+                t.problem(key, f'only for mode = "http" (a {mode} listener is a forward proxy)')
+    elif mode == "tcp":
         if not t.has("pool"):
             t.problem("pool", "required on a tcp listener (the pool its connections go to)")
         http_only = ("tls", "redirect_https", "redirect_port", "trusted_proxies", "forwarded")

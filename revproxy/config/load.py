@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from revproxy.config.egress import EGRESS_MODES, check_egress_listener, read_egress
 from revproxy.config.limits import check_conn_limit, check_limit_refs, read_limit
 from revproxy.config.listener import ListenerRead, bound_by, check_listeners, read_listener
 from revproxy.config.model import (
@@ -40,9 +41,11 @@ from revproxy.config.model import (
     BasicAuth,
     Bind,
     Config,
+    Egress,
     Global,
     H2Settings,
     Limit,
+    Users,
 )
 from revproxy.config.pool import read_pool
 from revproxy.config.reader import (
@@ -81,7 +84,9 @@ __all__ = [
 
 # The TOML keys of each table: the field names of config.py, minus what the loader fills in
 # itself. Listeners, routes and pools keep theirs in their own modules.
-_TOP_KEYS = ("global", "listener", "route", "pool", "admin", "acme", "users", "limit")
+_TOP_KEYS = (
+    "global", "listener", "route", "pool", "admin", "acme", "users", "limit", "egress",
+)  # fmt: skip
 _SINGLE_TABLES = ("global", "admin", "acme")  # merged key by key across files
 _GLOBAL_KEYS = (
     "workers", "access_log", "access_log_format", "http1_parser", "shutdown_timeout",
@@ -141,6 +146,7 @@ class _Merged:
     pools: dict[str, Entry] = field(default_factory=dict)
     users: dict[str, Entry] = field(default_factory=dict)
     limits: dict[str, Entry] = field(default_factory=dict)
+    egress: dict[str, Entry] = field(default_factory=dict)
 
     def reader(self, name: str, ctx: ReadContext, allowed: Sequence[str]) -> TableReader:
         return TableReader(self.tables[name], name, "", ctx, allowed, self.table_files[name])
@@ -173,8 +179,13 @@ def _merge(documents: Sequence[tuple[str, Mapping[str, object]]], ctx: ReadConte
                     else:
                         reason = f"expected a table ([[{top}]]), got {describe(item)}"
                         ctx.add(file, f"{top}[{len(entries)}]", reason)
-            elif top in ("pool", "users", "limit"):
-                named = {"pool": merged.pools, "users": merged.users, "limit": merged.limits}[top]
+            elif top in ("pool", "users", "limit", "egress"):
+                named = {
+                    "pool": merged.pools,
+                    "users": merged.users,
+                    "limit": merged.limits,
+                    "egress": merged.egress,
+                }[top]
                 if not isinstance(value, dict):
                     ctx.add(file, top, f"expected tables ([{top}.NAME]), got {describe(value)}")
                     continue
@@ -376,6 +387,8 @@ def _check_limits(
         lst = lread.listener
         check_limit_refs(lread.table, lst.limits, by_name, where=f"{lst.mode} listener")
         check_conn_limit(lread.table, lst)
+        if lst.mode in EGRESS_MODES:
+            _check_egress_limits(lread, by_name)
     for rread in routes:
         route = rread.route
         if route.passthrough and route.limits:
@@ -387,6 +400,35 @@ def _check_limits(
             continue
         check_limit_refs(
             rread.table, route.limits, by_name, where="route", has_auth=route.auth is not None
+        )
+
+
+def _check_egress(
+    reads: Sequence[ListenerRead], egress: Sequence[Egress], users: Sequence[Users]
+) -> None:
+    names = [section.name for section in egress]
+    for read in reads:
+        check_egress_listener(read.table, read.listener, names, users)
+
+
+def _check_egress_limits(read: ListenerRead, by_name: Mapping[str, Limit]) -> None:
+    """A forward or socks5 listener counts new connections per client, as a tcp one does."""
+    lst, t = read.listener, read.table
+    for index, name in enumerate(lst.limits):
+        limit = by_name.get(name)
+        if limit is not None and limit.key.startswith("header:"):
+            t.problem_at(
+                "limits",
+                f"{t.key('limits')}[{index}]",
+                f'limit "{name}" counts per {limit.key}; a {lst.mode} listener counts new '
+                'connections per client address (key = "client")',
+            )
+    cl = lst.conn_limit
+    if cl is not None and cl.streams_per_client is not None:
+        t.problem_at(
+            "conn_limit",
+            t.key("conn_limit.streams_per_client"),
+            "HTTP/2 streams exist on http listeners only (per_client counts connections)",
         )
 
 
@@ -413,6 +455,7 @@ def _load(
     pools = tuple(read_pool(name, entry, ctx) for name, entry in merged.pools.items())
     users = tuple(read_users(name, entry, ctx) for name, entry in merged.users.items())
     limits = tuple(read_limit(name, entry, ctx) for name, entry in merged.limits.items())
+    egress = tuple(read_egress(name, entry, ctx) for name, entry in merged.egress.items())
     listeners = tuple(read.listener for read in listener_reads)
     if complete:
         pool_names = [pool.name for pool in pools]
@@ -420,6 +463,7 @@ def _load(
         check_routes(route_reads, listeners, pool_names, users)
         _check_admin_and_acme(admin, acme, listener_reads)
         _check_limits(listener_reads, route_reads, limits)
+        _check_egress(listener_reads, egress, users)
         if not listeners:
             ctx.add(
                 "", "listener",
@@ -440,6 +484,7 @@ def _load(
         acme=acme[0],
         users=users,
         limits=limits,
+        egress=egress,
         files=paths,
     )
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from revproxy.proto.destinations import DEFAULT_DENY, Rule
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 BalanceName = Literal["roundrobin", "leastconn", "source", "uri", "random"]
@@ -168,7 +170,8 @@ class Access:
 class Listener:
     name: str
     bind: tuple[Bind, ...]
-    mode: Literal["http", "tcp"] = "http"
+    # "forward" (HTTP forward proxy + CONNECT) and "socks5" serve an [egress.NAME] (egress/).
+    mode: Literal["http", "tcp", "forward", "socks5"] = "http"
     tls: ListenerTLS | None = None
     redirect_https: bool = False
     # Port named in redirects to HTTPS; default: the first port of the first TLS listener.
@@ -194,6 +197,10 @@ class Listener:
     limits: tuple[str, ...] = ()
     # Concurrent connections (and HTTP/2 streams) per client.
     conn_limit: ConnLimit | None = None
+    # mode = "forward" / "socks5": the [egress.NAME] its clients may reach, and who they are
+    # (Proxy-Authorization and 407; SOCKS5: RFC 1929).
+    egress: str | None = None
+    auth: Auth | None = None
     source: str = ""  # file it was read from
 
     @property
@@ -201,6 +208,33 @@ class Listener:
         return Access(
             allow=self.allow, deny=self.deny, allow_file=self.allow_file, deny_file=self.deny_file
         )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EgressTimeouts:
+    connect: float = 5.0
+    # A tunnel (CONNECT, SOCKS5) or a forward connection with no byte either way this long ends.
+    idle: float = 300.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Egress:
+    """``[egress.NAME]``: where the origin's outbound calls may go (proto/destinations.py)."""
+
+    name: str
+    # Nothing: nothing is allowed (default deny); "*": anything deny does not refuse.
+    destinations: tuple[Rule, ...] = ()
+    # (low, high) port ranges every request must use; CONNECT and SOCKS5 also connect_ports.
+    ports: tuple[tuple[int, int], ...] = ((80, 80), (443, 443), (1025, 65535))
+    connect_ports: tuple[tuple[int, int], ...] = ((443, 443),)
+    # Classes ("loopback", "private", "link-local", "metadata") and networks, checked on the
+    # resolved address.
+    deny: tuple[str | Network, ...] = DEFAULT_DENY
+    # Local addresses outbound connections are bound to (the static egress IPs).
+    source: tuple[str, ...] = ()
+    balance: Literal["first", "roundrobin"] = "first"
+    timeouts: EgressTimeouts = field(default_factory=EgressTimeouts)
+    file: str = ""  # file it was read from (``source`` is a key here)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -416,6 +450,7 @@ class Config:
     acme: Acme = field(default_factory=Acme)
     users: tuple[Users, ...] = ()
     limits: tuple[Limit, ...] = ()
+    egress: tuple[Egress, ...] = ()
     files: tuple[Path, ...] = ()
 
     def pool(self, name: str) -> Pool:
@@ -428,6 +463,12 @@ class Config:
         for lim in self.limits:
             if lim.name == name:
                 return lim
+        raise KeyError(name)
+
+    def egress_named(self, name: str) -> Egress:
+        for egress in self.egress:
+            if egress.name == name:
+                return egress
         raise KeyError(name)
 
     def listener(self, name: str) -> Listener:

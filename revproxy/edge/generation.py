@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Callable, Sequence
+import socket
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from revproxy.certs.files import LoadedCert, load_cert_pair, scan_cert_dir
 from revproxy.certs.store import CertStore
@@ -89,6 +91,30 @@ class PoolRuntime:
     hiding: HidingPolicy
 
 
+class ListenerService(Protocol):
+    """How a listener of a mode served beside the edge is served (``mode = "forward"`` and
+    ``"socks5"``: egress/). The edge accepts, reads the PROXY header, applies the listener's
+    allow/deny, ``limits`` and ``conn_limit``, then hands the socket over; the runtime, which
+    may import both parts, plugs the builders in (``build_generation(services=...)``)."""
+
+    async def serve(
+        self,
+        csock: socket.socket,
+        *,
+        client: tuple[str, int],
+        peer: str,
+        authority: str,
+        vpce: str,
+        access_log: AccessLog,
+        metrics: RequestMetrics,
+    ) -> None: ...
+
+
+# (listener, config, the previous generation's service of that listener or None, the Digest
+# nonce key) → the service. A builder raises ConfigError for what it cannot compile.
+ServiceBuilder = Callable[[Listener, Config, "ListenerService | None", bytes], ListenerService]
+
+
 @dataclass(eq=False)
 class ListenerRuntime:
     config: Listener
@@ -106,6 +132,8 @@ class ListenerRuntime:
     limits: LimitSet | None = None
     # conn_limit: concurrent connections / HTTP/2 streams per client.
     conn_gate: ConnGate | None = None
+    # mode = "forward" / "socks5": what serves its connections (None: no builder was given).
+    service: ListenerService | None = None
 
 
 @dataclass(eq=False)
@@ -287,6 +315,7 @@ def build_generation(
     access_log: AccessLog | None = None,
     metrics: RequestMetrics | None = None,
     counters: Counters | None = None,
+    services: Mapping[str, ServiceBuilder] | None = None,
 ) -> Generation:
     """Compile ``config`` into live objects; raises ConfigError and leaves nothing behind."""
     problems: list[ConfigProblem] = []
@@ -329,6 +358,7 @@ def build_generation(
         return compile_limits(names, by_name, stores, metrics, v6_prefix)
 
     listeners: dict[str, ListenerRuntime] = {}
+    digest_key = nonce_key(default_pem[1])
     for lst in config.listeners:
         routes = [r for r in config.routes if not r.listeners or lst.name in r.listeners]
         server_tls = None
@@ -350,6 +380,14 @@ def build_generation(
             limits=limit_set(lst.limits),
             conn_gate=_conn_gate(lst, v6_prefix),
         )
+        builder = (services or {}).get(lst.mode)
+        if builder is not None:
+            prev_lrt = previous.listeners.get(lst.name) if previous is not None else None
+            prev_service = prev_lrt.service if prev_lrt is not None else None
+            try:
+                listeners[lst.name].service = builder(lst, config, prev_service, digest_key)
+            except ConfigError as exc:
+                problems.extend(exc.problems)
     if problems:
         raise ConfigError(problems)
     if access_log is None:
@@ -364,7 +402,7 @@ def build_generation(
         route_access={
             r.index: acl for r in config.routes if (acl := compile_access(r.access)) is not None
         },
-        route_auth=_authenticators(config, nonce_key(default_pem[1]), previous),
+        route_auth=_authenticators(config, digest_key, previous),
         route_limits={
             r.index: ls
             for r in config.routes

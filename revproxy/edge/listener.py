@@ -410,6 +410,9 @@ class Acceptor:
                 return
             await serve_tcp(gen, lrt, csock, info)
             return
+        if lrt.config.mode in EGRESS_MODES:
+            await self._serve_egress(gen, lrt, csock, info)
+            return
         if lrt.tls is not None and lrt.passthrough:
             try:
                 hello = await peek_client_hello(csock)
@@ -428,6 +431,27 @@ class Acceptor:
                     return
         await self._serve_http(gen, lrt, csock, info, stopping)
 
+    async def _serve_egress(
+        self, gen: Generation, lrt: ListenerRuntime, csock: socket.socket, info: ConnInfo
+    ) -> None:
+        """``mode = "forward"`` / ``"socks5"``: the edge policy of the listener, then the
+        egress service the runtime plugged in (egress/)."""
+        if self._denied(gen, lrt, info) or await self._over_limit(gen, lrt, info):
+            return
+        service = lrt.service
+        if service is None:
+            log.error("listener=%s mode %s has no service", lrt.config.name, lrt.config.mode)
+            return
+        await service.serve(
+            csock,
+            client=info.client,
+            peer=info.peer[0],
+            authority=info.authority,
+            vpce=info.vpce,
+            access_log=gen.access_log,
+            metrics=gen.metrics,
+        )
+
     @staticmethod
     def _denied(gen: Generation, lrt: ListenerRuntime, info: ConnInfo) -> bool:
         """allow/deny of a connection relayed unread (TCP mode, TLS passthrough): refused
@@ -437,7 +461,7 @@ class Acceptor:
         if acl is None or acl.permits(info.client[0]):
             return False
         log.info("listener=%s client=%s closed: %s", lrt.config.name, info.client[0], DENY)
-        record_denied(gen, lrt, info, DENY)
+        record_denied(gen, lrt, info, DENY, method=_refused_method(lrt))
         return True
 
     async def _over_limit(self, gen: Generation, lrt: ListenerRuntime, info: ConnInfo) -> bool:
@@ -465,6 +489,8 @@ class Acceptor:
         method: str | None = None,
     ) -> None:
         log.info("listener=%s client=%s closed: %s", lrt.config.name, info.client[0], reason)
+        if method is None:
+            method = _refused_method(lrt)
         record_denied(gen, lrt, info, reason, status=STATUS_LIMITED, method=method)
 
     def _refuse(self, gen: Generation, lrt: ListenerRuntime, csock: socket.socket) -> None:
@@ -552,6 +578,17 @@ async def peek_preface(sock: socket.socket, *, timeout: float) -> bool:
         if lowat_set:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+
+
+# Listener modes served by egress/ (through ``ListenerRuntime.service``).
+EGRESS_MODES = ("forward", "socks5")
+
+
+def _refused_method(lrt: ListenerRuntime) -> str | None:
+    """The access-log method of a connection the edge policy closed unread: the mode's name
+    on an egress listener, else edge/tcp.py's default (TCP, TLS-PASSTHROUGH)."""
+    mode = lrt.config.mode
+    return mode.upper() if mode in EGRESS_MODES else None
 
 
 def _conn_info(csock: socket.socket, lrt: ListenerRuntime) -> ConnInfo:

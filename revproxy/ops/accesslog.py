@@ -36,7 +36,11 @@ class AccessRecord:
     authority: str = ""  # PROXY v2 AUTHORITY TLV
     vpce: str = ""  # PROXY v2 AWS VPC endpoint id
     refused: str = ""  # why the edge policy refused it ("deny", "auth", "limit:NAME")
-    user: str = ""  # who the request proved to be (route auth)
+    user: str = ""  # who the request proved to be (route auth, or a forward/socks5 listener's)
+    # Egress (mode forward / socks5): the host:port the client asked for, and the address the
+    # proxy connected to (or the one it refused: "-" when none was resolved).
+    destination: str = ""
+    resolved: str = ""
 
     def text(self) -> str:
         def q(s: str) -> str:
@@ -52,6 +56,8 @@ class AccessRecord:
             + (f" authority={self.authority}" if self.authority else "")
             + (f" vpce={self.vpce}" if self.vpce else "")
             + (f" user={q(self.user)}" if self.user else "")
+            + (f" destination={q(self.destination)}" if self.destination else "")
+            + (f" resolved={q(self.resolved)}" if self.destination else "")
             + (f" refused={self.refused}" if self.refused else "")
         )
 

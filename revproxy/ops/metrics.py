@@ -289,6 +289,13 @@ class RequestMetrics:
             "what on_store_error did (allow, deny).",
             ("limit", "outcome"),
         )
+        self.egress = r.counter(
+            "revproxy_egress_total",
+            "Forward-proxy requests, CONNECT and SOCKS5 tunnels (mode forward, socks5) by "
+            'listener, user ("-" when none) and decision ("allow", or why refused: "auth", '
+            '"destination", "port", "connect-port", "deny:CLASS", "resolve", "connect", ...).',
+            ("listener", "user", "decision"),
+        )
         self.slow_readers_cut = r.counter(
             "revproxy_slow_readers_cut_total",
             "Connections cut because this process held more than global.max_buffer_memory "
@@ -344,6 +351,16 @@ class RequestMetrics:
         self.tcp.inc((listener, rec.pool or "-", status_class(rec.status)))
         self.received.inc((listener,), rec.bytes_in)
         self.sent.inc((listener,), rec.bytes_out)
+
+    def egress_decision(self, rec: AccessRecord) -> None:
+        """Count one forward request or tunnel (its access-log record): the decision, and
+        for a tunnel its bytes (a relayed request's are counted by ``record``)."""
+        self.egress.inc((rec.listener, rec.user or "-", rec.refused or "allow"))
+        if rec.method in ("CONNECT", "SOCKS5"):
+            if rec.refused:
+                self.refused.inc((rec.listener, rec.refused))
+            self.received.inc((rec.listener,), rec.bytes_in)
+            self.sent.inc((rec.listener,), rec.bytes_out)
 
 
 class InstanceMetrics:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from revproxy.config.model import Bind, Config
 from revproxy.edge.generation import Generation, build_generation
 from revproxy.edge.listener import Acceptor, BoundListener
+from revproxy.egress.service import SERVICES as EGRESS_SERVICES
 from revproxy.errors import ConfigError, ConfigProblem
 from revproxy.net.conn_io import cut_slowest, live_connections, set_buffer_size
 from revproxy.ops.log_limit import RateLimitedLog
@@ -73,6 +74,7 @@ class Frontend:
             access_log=old.access_log if old and _same_log(old.config, config) else None,
             metrics=self.metrics,
             counters=self.counters,
+            services=EGRESS_SERVICES,
         )
 
     def bind_new(self, gen: Generation, open_sockets: OpenSockets) -> dict[str, BoundListener]:

@@ -138,7 +138,7 @@ ERRORS: list[tuple[str, str, str]] = [
     ("listener-unknown", NEW + 'tsl = {}',
      'listener[1].tsl: unknown key (did you mean "tls"? allowed keys: name, bind, mode, tls,'),
     ("mode", NEW + 'mode = "udp"',
-     'listener[1].mode: expected one of "http", "tcp", got "udp"'),
+     'listener[1].mode: expected one of "http", "tcp", "forward", "socks5", got "udp"'),
     ("tls-type", NEW + 'tls = "yes"',
      'listener[1].tls: expected a table, got "yes"'),
     ("tls-unknown-sni", NEW + 'tls = { unknown_sni = "drop" }',

@@ -1,0 +1,209 @@
+"""One forward or socks5 listener's service: its egress section, its users, its records.
+
+Rule of this room: built with the generation (``build_service``, plugged in by the runtime),
+immutable but for the caches it carries over a reload (verified passwords, Digest nonce counts,
+kept when the listener's ``auth`` and users did not change). Every request or tunnel, allowed
+or refused, writes one access-log line — user, client, destination, resolved address,
+decision, bytes each way, duration — and is counted in ``revproxy_egress_total``; a refusal
+also writes one log line saying why.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import logging
+import os
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from revproxy.config.model import Config, Global, Listener
+from revproxy.egress.dial import Outbound
+from revproxy.egress.forward import serve_forward
+from revproxy.egress.socks import serve_socks5
+from revproxy.errors import ConfigError, ConfigProblem
+from revproxy.ops.accesslog import AccessLog, AccessRecord
+from revproxy.ops.metrics import RequestMetrics
+from revproxy.policy.auth import Authenticator
+from revproxy.proto import httpauth
+from revproxy.proto.http1.api import H1ClientAPI, H1ServerAPI, client_class, server_class
+
+__all__ = ["SERVICES", "ClientConn", "EgressService", "build_service"]
+
+log = logging.getLogger("revproxy.egress")
+
+_ids = itertools.count(1)
+_ID_PREFIX = os.urandom(3).hex()
+
+
+def request_id() -> str:
+    return f"{_ID_PREFIX}e{next(_ids):x}"
+
+
+@dataclass(slots=True)
+class ClientConn:
+    """Who is on the other end of one accepted connection (established by the edge)."""
+
+    client: tuple[str, int]
+    peer: str
+    authority: str
+    vpce: str
+    access_log: AccessLog
+    metrics: RequestMetrics
+
+
+class EgressService:
+    """Serves the connections of one ``mode = "forward"`` or ``"socks5"`` listener."""
+
+    def __init__(
+        self,
+        listener: Listener,
+        global_: Global,
+        outbound: Outbound,
+        authenticator: Authenticator | None,
+    ) -> None:
+        self.listener = listener
+        self.name = listener.name
+        self.global_ = global_
+        self.outbound = outbound
+        self.policy = outbound.policy
+        self.authenticator = authenticator
+        self.idle_timeout = outbound.egress.timeouts.idle
+        self.h1_server: type[H1ServerAPI] = server_class(global_.http1_parser)
+        self.h1_client: type[H1ClientAPI] = client_class(global_.http1_parser)
+
+    async def serve(
+        self,
+        csock: socket.socket,
+        *,
+        client: tuple[str, int],
+        peer: str,
+        authority: str,
+        vpce: str,
+        access_log: AccessLog,
+        metrics: RequestMetrics,
+    ) -> None:
+        conn = ClientConn(client, peer, authority, vpce, access_log, metrics)
+        if self.listener.mode == "socks5":
+            await serve_socks5(self, csock, conn)
+        else:
+            await serve_forward(self, csock, conn)
+
+    # --- users ---------------------------------------------------------------------------
+
+    async def authenticate(
+        self,
+        headers: Iterable[tuple[bytes, bytes]],
+        method: bytes,
+        target: bytes,
+        path: bytes = b"",
+    ) -> tuple[str | None, bytes]:
+        """(user, b"") when ``Proxy-Authorization`` proves a user (or none is needed:
+        ("", b"")), else (None, the Proxy-Authenticate challenge)."""
+        auth = self.authenticator
+        if auth is None:
+            return "", b""
+        # The route authenticator reads Authorization; a proxy's credentials come in
+        # Proxy-Authorization (RFC 9110 §11.7.2), with the same schemes and arithmetic.
+        proxied = [(b"authorization", v) for n, v in headers if n == b"proxy-authorization"]
+        known = auth.known(proxied)
+        if known is not None:
+            return known, b""
+        if path and auth.auth.scheme == "digest" and proxied:
+            # Digest's uri is the request target; for absolute-form curl (and Squid, which
+            # accepts it) sends the path alone. Either names this request.
+            creds = httpauth.parse_digest(proxied[0][1])
+            if creds is not None and creds.uri.encode("latin-1", "replace") == path:
+                target = path
+        verdict = await auth.check(proxied, method, target)
+        return verdict.user, verdict.challenge
+
+    async def check_password(self, user: str, password: str) -> bool:
+        """RFC 1929: the user and password a SOCKS5 client sent, checked as Basic."""
+        auth = self.authenticator
+        if auth is None:
+            return True
+        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        found, _ = await self.authenticate(
+            [(b"proxy-authorization", f"Basic {token}".encode())], b"CONNECT", b""
+        )
+        return found is not None and found == user
+
+    # --- records -------------------------------------------------------------------------
+
+    def record(self, conn: ClientConn, method: str) -> AccessRecord:
+        return AccessRecord(
+            id=request_id(),
+            client=conn.client[0],
+            peer=conn.peer,
+            listener=self.name,
+            sni="",
+            host="",
+            method=method,
+            path="",
+            status=0,
+            bytes_in=0,
+            bytes_out=0,
+            route="",
+            pool=self.outbound.egress.name,
+            backend="-",
+            duration_ms=0.0,
+            upstream_ms=0.0,
+            authority=conn.authority,
+            vpce=conn.vpce,
+        )
+
+    def refused(self, rec: AccessRecord, reason: str, detail: str = "") -> None:
+        """The log line of a refusal (the access-log line is written by ``finish``)."""
+        rec.refused = reason
+        log.info(
+            "id=%s listener=%s user=%s client=%s destination=%s resolved=%s decision=%s%s",
+            rec.id,
+            self.name,
+            rec.user or "-",
+            rec.client,
+            rec.destination or "-",
+            rec.resolved or "-",
+            reason,
+            f" ({detail})" if detail else "",
+        )
+
+    @staticmethod
+    def finish(conn: ClientConn, rec: AccessRecord, *, request: bool) -> None:
+        """Write ``rec``: one access-log line, the egress decision counter, and for a relayed
+        HTTP request the request counters too."""
+        conn.access_log.record(rec)
+        if request:
+            conn.metrics.record(rec)
+        conn.metrics.egress_decision(rec)
+
+
+def build_service(
+    listener: Listener, config: Config, previous: object | None, nonce_key: bytes
+) -> EgressService:
+    """The service of ``listener`` (mode forward or socks5) in a new generation."""
+    try:
+        egress = config.egress_named(listener.egress or "")
+    except KeyError:
+        raise ConfigError(
+            [ConfigProblem(listener.source, f"listener.{listener.name}.egress", "no such egress")]
+        ) from None
+    authenticator: Authenticator | None = None
+    if listener.auth is not None:
+        users = next((u for u in config.users if u.name == listener.auth.users), None)
+        if users is None:
+            raise ConfigError(
+                [ConfigProblem(listener.source, f"listener.{listener.name}.auth", "no such users")]
+            )
+        old = previous.authenticator if isinstance(previous, EgressService) else None
+        if old is not None and old.auth == listener.auth and old.users == users:
+            authenticator = old
+        else:
+            authenticator = Authenticator(listener.auth, users, nonce_key)
+    return EgressService(listener, config.global_, Outbound(egress), authenticator)
+
+
+# Listener modes this part serves → their builder (runtime/frontend.py hands this to
+# edge/generation.py's build_generation).
+SERVICES = {"forward": build_service, "socks5": build_service}

@@ -1,0 +1,199 @@
+"""Egress benchmark (a benchmark, never a test): ``scripts/bench egress [--quick]``.
+
+On loopback only, every loop bounded in time and count:
+
+- CONNECT bulk MB/s through revproxy (``mode = "forward"``), through revproxy's L4 path
+  (``mode = "tcp"`` to the same source) and through Squid 5.7 (1 worker): a source server sends
+  SIZE bytes per connection, a client reads them through the proxy.
+- HTTP forward small requests per second, revproxy vs Squid: wrk with absolute-form targets
+  to an nginx origin (``return 200``), one connection count, fixed duration.
+- Memory per idle CONNECT tunnel: RSS of revproxy before and after opening N idle tunnels.
+
+Prints a Markdown table (paste it into docs/benchmarks.md by hand).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "e2e")]
+
+from egress_peers import squid  # noqa: E402
+from harness import LOOPBACK, Proxy, free_port  # noqa: E402
+from l4_peers import nginx  # noqa: E402
+
+BLOCK = 1 << 20
+# A bound on every transfer and load loop (seconds).
+RUN_LIMIT = 60.0
+
+SOURCE = r"""
+import socket, sys, threading
+size = int(sys.argv[2])
+block = memoryview(b"x" * (1 << 20))
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", int(sys.argv[1]))); srv.listen(512)
+def serve(c):
+    try:
+        sent = 0
+        while sent < size:
+            n = min(len(block), size - sent); c.sendall(block[:n]); sent += n
+        c.shutdown(socket.SHUT_WR); c.recv(1)
+    except OSError:
+        pass
+    finally:
+        c.close()
+while True:
+    c, _ = srv.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+
+
+def _connect_through(proxy_port: int, dest_port: int) -> socket.socket:
+    s = socket.create_connection((LOOPBACK, proxy_port), timeout=RUN_LIMIT)
+    s.sendall(f"CONNECT 127.0.0.1:{dest_port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(1)
+        if not chunk:
+            raise RuntimeError("proxy closed the CONNECT")
+        head += chunk
+    if not head.startswith(b"HTTP/1.1 200") and not head.startswith(b"HTTP/1.0 200"):
+        raise RuntimeError(head.decode(errors="replace"))
+    return s
+
+
+def _drain(s: socket.socket, size: int) -> float:
+    buf = bytearray(BLOCK)
+    got = 0
+    started = time.monotonic()
+    while got < size and time.monotonic() - started < RUN_LIMIT:
+        n = s.recv_into(buf)
+        if not n:
+            break
+        got += n
+    elapsed = time.monotonic() - started
+    s.close()
+    return got / elapsed / 1e6
+
+
+def bulk(proxy_port: int, dest_port: int, size: int, rounds: int, tunnel: bool) -> float:
+    best = 0.0
+    for _ in range(rounds):
+        if tunnel:
+            s = _connect_through(proxy_port, dest_port)
+        else:
+            s = socket.create_connection((LOOPBACK, proxy_port), timeout=RUN_LIMIT)
+        best = max(best, _drain(s, size))
+    return best
+
+
+def wrk_rps(proxy_port: int, origin_port: int, seconds: int, directory: Path) -> float:
+    script = directory / "absolute.lua"
+    script.write_text(
+        f'request = function() return wrk.format("GET", "http://127.0.0.1:{origin_port}/") end\n'
+    )
+    res = subprocess.run(
+        ["taskset", "-c", "1", "wrk", "-t1", "-c32", f"-d{seconds}s", "-s", str(script),
+         f"http://{LOOPBACK}:{proxy_port}/"],
+        capture_output=True, text=True, timeout=seconds + 30,
+    )  # fmt: skip
+    for line in res.stdout.splitlines():
+        if line.startswith("Requests/sec:"):
+            return float(line.split()[1])
+    raise RuntimeError(res.stdout + res.stderr)
+
+
+def idle_tunnel_kib(proxy: Proxy, proxy_port: int, dest_port: int, count: int) -> float:
+    time.sleep(0.5)
+    before = proxy.rss_kib()
+    socks = [_connect_through(proxy_port, dest_port) for _ in range(count)]
+    time.sleep(1.0)
+    after = proxy.rss_kib()
+    for s in socks:
+        s.close()
+    return (after - before) / count
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, short runs")
+    args = parser.parse_args()
+    size = (256 if args.quick else 1024) * BLOCK
+    rounds = 2 if args.quick else 3
+    seconds = 3 if args.quick else 10
+    idle = 200 if args.quick else 1000
+    if shutil.which("wrk") is None or shutil.which("squid") is None:
+        print("bench egress needs wrk and squid (apt-get install wrk squid)", file=sys.stderr)
+        return 2
+    directory = Path(tempfile.mkdtemp(prefix="revproxy-bench-egress-"))
+    src_port, fwd, tcp = free_port(), free_port(), free_port()
+    source = subprocess.Popen([sys.executable, "-c", SOURCE, str(src_port), str(size)])
+    try:
+        with nginx(directory, "location / { return 200 'ok'; }") as origin:
+            config = f"""
+[global]
+access_log = "off"
+
+[[listener]]
+name = "egress"
+bind = ["{LOOPBACK}:{fwd}"]
+mode = "forward"
+egress = "bench"
+
+[[listener]]
+name = "l4"
+bind = ["{LOOPBACK}:{tcp}"]
+mode = "tcp"
+pool = "source"
+
+[pool.source]
+servers = ["127.0.0.1:{src_port}"]
+timeouts = {{ tunnel = "5m" }}
+
+[egress.bench]
+destinations = ["127.0.0.1"]
+connect_ports = ["1025-65535"]
+"""
+            acls = (
+                "acl SSL_ports port 1025-65535\nacl CONNECT method CONNECT\n"
+                "http_access deny CONNECT !SSL_ports\nhttp_access allow all\n"
+            )
+            proxy = Proxy(directory, config, ports=[fwd, tcp],
+                          extra_args=[])  # fmt: skip
+            with proxy, squid(acls) as squid_port:
+                time.sleep(0.5)
+                rows = [
+                    ("CONNECT bulk, revproxy forward (MB/s)",
+                     bulk(fwd, src_port, size, rounds, True)),
+                    ("L4 TCP bulk, revproxy mode tcp (MB/s)",
+                     bulk(tcp, src_port, size, rounds, False)),
+                    ("CONNECT bulk, Squid 5.7 1 worker (MB/s)",
+                     bulk(squid_port, src_port, size, rounds, True)),
+                    ("HTTP forward small, revproxy (req/s, wrk -c32)",
+                     wrk_rps(fwd, origin, seconds, directory)),
+                    ("HTTP forward small, Squid 5.7 1 worker (req/s, wrk -c32)",
+                     wrk_rps(squid_port, origin, seconds, directory)),
+                    (f"memory per idle CONNECT tunnel, revproxy ({idle} tunnels, KiB)",
+                     idle_tunnel_kib(proxy, fwd, origin, idle)),
+                ]  # fmt: skip
+    finally:
+        source.kill()
+        source.wait(timeout=5)
+        shutil.rmtree(directory, ignore_errors=True)
+    print("| scenario | result |\n|---|---|")
+    for name, value in rows:
+        print(f"| {name} | {value:,.1f} |")
+    print(f"\n(cores: {os.cpu_count()}; wrk pinned to CPU 1; {'quick' if args.quick else 'full'})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
