@@ -28,6 +28,7 @@ stopped, by their own PID or session.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import datetime as dt
 import functools
@@ -35,6 +36,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -231,8 +233,11 @@ def _latency_ms(text: str) -> float:
     return float(m[1]) * _UNITS[m[2]] if m else float("nan")
 
 
-def run_wrk(url: str, conns: int, seconds: float) -> Run:
-    argv = ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--latency", url]
+def run_wrk(url: str, conns: int, seconds: float, headers: tuple[str, ...] = ()) -> Run:
+    argv = ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--latency"]
+    for header in headers:
+        argv += ["-H", header]
+    argv.append(url)
     out = subprocess.run(
         pinned(PEER_CPUS, argv), capture_output=True, text=True, timeout=seconds + RUN_SLACK
     ).stdout
@@ -385,6 +390,45 @@ http {{
 """
 
 
+def revproxy_policy_conf(work: Path, http: int, origin: int) -> str:
+    """The revproxy-policy target: revproxy's plain listener with the edge policy."""
+    import bcrypt
+
+    users = work / "bench.htpasswd"
+    user, password = POLICY_USER
+    users.write_text(f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(4)).decode()}\n")
+    rng = random.Random(1)
+    nets = [f"{rng.randrange(1, 223)}.{rng.randrange(256)}.{rng.randrange(256)}.0/24"
+            for _ in range(100_000)]  # fmt: skip
+    allow = work / "allow.txt"
+    allow.write_text("\n".join([*nets, f"{LOOPBACK}/32"]) + "\n")
+    return f"""[global]
+access_log = "off"
+watch = false
+keepalive_timeout = "300s"
+
+[[listener]]
+name = "http"
+bind = ["{LOOPBACK}:{http}"]
+allow_file = "{allow}"
+
+[[route]]
+pool = "origin"
+auth = {{ users = "bench" }}
+limits = ["bench"]
+
+[pool.origin]
+servers = ["{LOOPBACK}:{origin}"]
+keepalive = 256
+
+[users.bench]
+file = "{users}"
+
+[limit.bench]
+rate = "1000000000/1h"
+"""
+
+
 def revproxy_conf(work: Path, http: int, https: int, origin: int, workers: str, parser: str) -> str:
     return f"""[global]
 workers = {workers}
@@ -439,6 +483,17 @@ class Scenario:
     mode: str = ""  # s_time: -new | -reuse
     metric: str = "rate"  # the figure compared with HAProxy: rate | mb_s
     unit: str = "req/s"
+    headers: tuple[str, ...] = ()  # wrk -H
+    # Only these targets run it (empty: every target that can).
+    only: tuple[str, ...] = ()
+
+
+# The edge policy scenario: an allow list of 100,000 networks on the listener, one rate limit
+# and Basic authentication on the route; wrk sends valid credentials (remembered after the
+# first request, so no hash is checked per request). "revproxy" answers the same requests
+# without the policy (the Authorization header is passed on): the CPU ratio is its cost.
+POLICY_USER = ("bench", "bench-pw")
+POLICY_HEADER = "Authorization: Basic " + base64.b64encode(":".join(POLICY_USER).encode()).decode()
 
 
 SCENARIOS = [
@@ -464,6 +519,14 @@ SCENARIOS = [
         "big", "1 MiB bodies (wrk -t1 -c8)", "wrk", path="/big", conns=8, metric="mb_s", unit="MB/s"
     ),
     Scenario("h2-small", "HTTP/2 small over TLS (h2load -c8 -m16)", "h2load", tls=True),
+    Scenario(
+        "http-policy",
+        "HTTP small keep-alive through the edge policy (allow list of 100,000 networks, one "
+        "rate limit, cached Basic credentials; wrk -t1 -c50)",
+        "wrk",
+        headers=(POLICY_HEADER,),
+        only=("revproxy", "revproxy-policy"),
+    ),
 ]
 
 
@@ -472,7 +535,7 @@ def measure(target: Target, sc: Scenario, seconds: float) -> Run:
     before = cpu_seconds(pids)
     if sc.tool == "wrk":
         scheme, port = ("https", target.https) if sc.tls else ("http", target.http)
-        run = run_wrk(f"{scheme}://{LOOPBACK}:{port}{sc.path}", sc.conns, seconds)
+        run = run_wrk(f"{scheme}://{LOOPBACK}:{port}{sc.path}", sc.conns, seconds, sc.headers)
     elif sc.tool == "s_time":
         assert target.https is not None
         run = run_s_time(target.https, sc.mode, seconds)
@@ -486,6 +549,10 @@ def measure(target: Target, sc: Scenario, seconds: float) -> Run:
 
 def applies(target: Target, sc: Scenario) -> str | None:
     """Why ``target`` is not measured in ``sc``, or None when it is."""
+    if sc.only and target.key not in sc.only:
+        return "compares revproxy with and without the edge policy"
+    if target.key == "revproxy-policy" and sc.key != "http-policy":
+        return "the edge policy scenario only"
     if sc.tls and target.https is None:
         return "no TLS"
     if not sc.tls and target.http is None:
@@ -710,6 +777,20 @@ class Bench:
                 "revproxy (1 worker, llhttp injected)",
                 revproxy("revproxy-llhttp", "1", "auto", PROXY_CPUS, inject="httptools"),
             )
+
+        def revproxy_policy(http: int, _https: int) -> Service:
+            conf = w / "revproxy-policy"
+            conf.mkdir()
+            (conf / "10-bench.toml").write_text(revproxy_policy_conf(w, http, origin))
+            argv = [py, "-m", "revproxy", "run", "-c", str(conf)]
+            return Service("revproxy-policy", argv, cpus=PROXY_CPUS, workdir=w, env=env)
+
+        add(
+            "revproxy-policy",
+            "revproxy (1 worker) with the edge policy",
+            revproxy_policy,
+            tls=False,
+        )
         auto = add(
             "revproxy-auto",
             'revproxy (workers = "auto")',
@@ -1182,6 +1263,20 @@ class Report:
             "revproxy (1 worker): HTTP/2 small ≥ 0.2× req/s",
             h2r,
             None if h2r is None else h2r >= 0.2,
+        )
+        policy_sc = next(sc for sc in SCENARIOS if sc.key == "http-policy")
+        with_policy = self.summary(policy_sc, "revproxy-policy")
+        without = self.summary(policy_sc, "revproxy")
+        pr = ratio(with_policy.cpu_us if with_policy else None, without.cpu_us if without else None)
+        row(
+            "revproxy (1 worker): the edge policy (allow list of 100,000, one limit, cached "
+            "Basic) costs ≤ 1.05× CPU per request",
+            pr,
+            None if pr is None else pr <= 1.05,
+            f"{fmt(pr, 2)}× CPU-µs/req ({fmt(with_policy.cpu_us if with_policy else None)} vs "
+            f"{fmt(without.cpu_us if without else None)})"
+            if pr is not None
+            else "",
         )
         idle = self.b.memory.get("idle_rss_kib", {}).get("revproxy")
         peak = self.b.memory.get("peak_rss_kib_big")

@@ -223,4 +223,34 @@ def summary(config: Config) -> str:
     lines.append(f"pools ({len(config.pools)}):")
     for pool in config.pools:
         lines += _pool_lines(pool, pool.name in used)
+    lines += _limit_lines(config)
     return "\n".join(lines)
+
+
+def _limit_lines(config: Config) -> list[str]:
+    """Each ``[limit.NAME]`` with what it means and where it applies."""
+    if not config.limits:
+        return []
+    lines = [f"limits ({len(config.limits)}):"]
+    for lim in config.limits:
+        where = [f"listener {lst.name}" for lst in config.listeners if lim.name in lst.limits]
+        where += [f"route[{r.index}]" for r in config.routes if lim.name in r.limits]
+        facts = [
+            f"{lim.requests} per {format_duration(lim.period)}"
+            + (f" + burst {lim.burst}" if lim.burst else ""),
+            f"per {lim.key}",
+            "refuses with 429" if lim.action == "reject" else "logs only (dry run)",
+            f"counted in {_without_password(lim.store)} (on store error: {lim.on_store_error})"
+            if lim.store
+            else "counted by this instance",
+            f"on {', '.join(where)}" if where else "not used by any listener or route",
+        ]
+        lines.append(f"  {lim.name}: {'; '.join(facts)}")
+    return lines
+
+
+def _without_password(url: str) -> str:
+    """A store URL as printed: any user and password before "@" left out."""
+    scheme, sep, rest = url.partition("://")
+    at = rest.rfind("@")
+    return f"{scheme}{sep}{rest[at + 1 :]}" if at >= 0 else url

@@ -131,3 +131,21 @@ def test_passthrough_routes_take_no_limits() -> None:
         '[limit.a]\nrate = "5/s"\n'
     )
     assert any("route[0].limits: not on a passthrough route" in p for p in found), found
+
+
+def test_check_summary_names_each_limit_and_hides_the_store_password() -> None:
+    from revproxy.config.load import summary
+
+    config = load_config_text([("conf/10-test.toml", BASE + ROUTE + """limits = ["a"]
+[limit.a]
+rate = "5/s"
+burst = 2
+action = "log"
+store = "redis://:s3cret@127.0.0.1:6379/0"
+""")])  # fmt: skip
+    text = summary(config)
+    assert (
+        "  a: 5 per 1s + burst 2; per client; logs only (dry run); counted in "
+        "redis://127.0.0.1:6379/0 (on store error: allow); on route[0]"
+    ) in text
+    assert "s3cret" not in text
