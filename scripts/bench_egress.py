@@ -6,7 +6,9 @@ On loopback only, every loop bounded in time and count:
   (``mode = "tcp"`` to the same source) and through Squid 5.7 (1 worker): a source server sends
   SIZE bytes per connection, a client reads them through the proxy.
 - HTTP forward small requests per second, revproxy vs Squid: wrk with absolute-form targets
-  to an nginx origin (``return 200``), one connection count, fixed duration.
+  to an nginx origin (``return 200``), one connection count, fixed duration; and requests
+  per CPU-second of the proxy's own processes (user + system time read from /proc during
+  the run), the "per core" figure, since the proxy shares the machine with nginx and wrk.
 - Memory per idle CONNECT tunnel: RSS of revproxy before and after opening N idle tunnels.
 
 Prints a Markdown table (paste it into docs/benchmarks.md by hand).
@@ -28,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests" / "e2e")]
 
 from egress_peers import squid  # noqa: E402
-from harness import LOOPBACK, Proxy, free_port  # noqa: E402
+from harness import LOOPBACK, Proxy, _descendants, free_port  # noqa: E402
 from l4_peers import nginx  # noqa: E402
 
 BLOCK = 1 << 20
@@ -95,19 +97,48 @@ def bulk(proxy_port: int, dest_port: int, size: int, rounds: int, tunnel: bool) 
     return best
 
 
-def wrk_rps(proxy_port: int, origin_port: int, seconds: int, directory: Path) -> float:
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of ``pids`` so far (seconds)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _pids_named(name: str) -> list[int]:
+    pids = []
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() == name:
+                pids.append(int(comm.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+def wrk_rps(
+    proxy_port: int, origin_port: int, seconds: int, directory: Path, pids: list[int]
+) -> tuple[float, float]:
+    """(requests per second, requests per CPU-second of ``pids``)."""
     script = directory / "absolute.lua"
     script.write_text(
         f'request = function() return wrk.format("GET", "http://127.0.0.1:{origin_port}/") end\n'
     )
+    cpu = _cpu_seconds(pids)
     res = subprocess.run(
         ["taskset", "-c", "1", "wrk", "-t1", "-c32", f"-d{seconds}s", "-s", str(script),
          f"http://{LOOPBACK}:{proxy_port}/"],
         capture_output=True, text=True, timeout=seconds + 30,
     )  # fmt: skip
+    cpu = _cpu_seconds(pids) - cpu
     for line in res.stdout.splitlines():
         if line.startswith("Requests/sec:"):
-            return float(line.split()[1])
+            rps = float(line.split()[1])
+            return rps, (rps * seconds / cpu if cpu > 0 else 0.0)
     raise RuntimeError(res.stdout + res.stderr)
 
 
@@ -170,6 +201,11 @@ connect_ports = ["1025-65535"]
                           extra_args=[])  # fmt: skip
             with proxy, squid(acls) as squid_port:
                 time.sleep(0.5)
+                ours = [proxy.pid, *_descendants(proxy.pid)]
+                rps, per_cpu = wrk_rps(fwd, origin, seconds, directory, ours)
+                squid_rps, squid_per_cpu = wrk_rps(
+                    squid_port, origin, seconds, directory, _pids_named("squid")
+                )
                 rows = [
                     ("CONNECT bulk, revproxy forward (MB/s)",
                      bulk(fwd, src_port, size, rounds, True)),
@@ -177,10 +213,11 @@ connect_ports = ["1025-65535"]
                      bulk(tcp, src_port, size, rounds, False)),
                     ("CONNECT bulk, Squid 5.7 1 worker (MB/s)",
                      bulk(squid_port, src_port, size, rounds, True)),
-                    ("HTTP forward small, revproxy (req/s, wrk -c32)",
-                     wrk_rps(fwd, origin, seconds, directory)),
-                    ("HTTP forward small, Squid 5.7 1 worker (req/s, wrk -c32)",
-                     wrk_rps(squid_port, origin, seconds, directory)),
+                    ("HTTP forward small, revproxy (req/s, wrk -c32)", rps),
+                    ("HTTP forward small, Squid 5.7 1 worker (req/s, wrk -c32)", squid_rps),
+                    ("HTTP forward small, revproxy (req per CPU-second)", per_cpu),
+                    ("HTTP forward small, Squid 5.7 1 worker (req per CPU-second)",
+                     squid_per_cpu),
                     (f"memory per idle CONNECT tunnel, revproxy ({idle} tunnels, KiB)",
                      idle_tunnel_kib(proxy, fwd, origin, idle)),
                 ]  # fmt: skip
@@ -191,6 +228,8 @@ connect_ports = ["1025-65535"]
     print("| scenario | result |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value:,.1f} |")
+    print(f"\nHTTP forward, revproxy / Squid: {rps / squid_rps:.2f}x req/s, "
+          f"{per_cpu / squid_per_cpu if squid_per_cpu else 0:.2f}x req per CPU-second")  # fmt: skip
     print(f"\n(cores: {os.cpu_count()}; wrk pinned to CPU 1; {'quick' if args.quick else 'full'})")
     return 0
 

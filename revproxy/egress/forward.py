@@ -1,35 +1,37 @@
-"""``mode = "forward"``: HTTP forward proxy (absolute-form) and CONNECT, on the raw socket.
+"""``mode = "forward"``: HTTP forward proxy (absolute-form) and CONNECT.
 
 Rule of this room: a request is judged before a byte goes anywhere — the target it names
 (proto/forward_proxy.py), the user its ``Proxy-Authorization`` proves (407 with
 ``Proxy-Authenticate`` otherwise), the destination by name and port, then by every resolved
 address (egress/dial.py) — and a refusal is a local answer (400, 403, 407, 502, 504) with one
-log line. An allowed CONNECT is answered ``200`` and both sockets go to the splice relay
-(net/relay.py: zero copy, half-close honoured, ``timeouts.idle``); bytes the client sent past
-the CONNECT head go to the destination first. An allowed absolute-form request is relayed as
-origin-form with hop-by-hop and identifying headers removed and nothing added; the connection
-to a destination is kept for the next request to the same one (keep-alive both sides).
+log line. An allowed absolute-form request is relayed as origin-form with hop-by-hop and
+identifying headers removed and nothing added; the connection to a destination is kept for
+the next request to the same one (keep-alive both sides, egress/origins.py). An allowed
+CONNECT is answered ``200`` and both sockets go to the splice relay (net/relay.py: zero copy,
+half-close honoured, ``timeouts.idle``): the client's socket is taken back from its transport,
+and the bytes the client sent past the CONNECT head go to the destination first.
 
-Heads are read here up to ``global.max_header_size`` within ``global.header_timeout`` (431,
-408); what a head means is decided by the HTTP/1.1 parser the generation chose
-(proto/http1), one parser per request so that each request line is seen raw first.
+Both sides are ``net/conn_io.ConnIO`` connections, as the edge's: deadlines instead of a timer
+per read, the writes of one loop turn coalesced (a small response is one ``send``), and the
+origin read no further ahead than the client takes (pacing) — or the client no further than
+the origin takes, for an upload. Heads are read up to ``global.max_header_size`` within
+``global.header_timeout`` (431, 408); what a head means is decided by the HTTP/1.1 parser the
+generation chose (proto/http1), one per client connection, through ``ForwardRequests``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import os
 import socket
 import time
+from collections import deque
 from typing import TYPE_CHECKING
 
-from revproxy.egress.dial import Connected, Refused
-from revproxy.errors import (
-    BackendError,
-    ClientProtocolError,
-    HeaderTooLarge,
-    RevproxyError,
-)
+from revproxy.egress.dial import CONNECT, Refused
+from revproxy.egress.origins import Origin
+from revproxy.errors import BackendError, ClientProtocolError, RevproxyError
+from revproxy.net.conn_io import ConnIO
 from revproxy.net.relay import RelayEnd, SocketRelay
 from revproxy.ops.accesslog import AccessRecord
 from revproxy.policy.auth import AUTH
@@ -44,21 +46,24 @@ from revproxy.proto.events import (
     ResponseReceived,
 )
 from revproxy.proto.forward_proxy import (
+    ForwardRequests,
     ProxyTarget,
     destination_headers,
-    proxy_target,
-    request_line,
+    relayed_reason,
     response_headers,
 )
-from revproxy.proto.http1.api import H1ClientAPI, H1ServerAPI
+from revproxy.proto.http1.api import H1ServerAPI
+from revproxy.proto.socks5 import Reply
 
 if TYPE_CHECKING:
     from revproxy.egress.service import ClientConn, EgressService
 
 __all__ = ["serve_forward"]
 
-# Bytes read from a socket at once.
+# Bytes read from a connection at once.
 READ_SIZE = 256 * 1024
+# The longest a closing client connection is waited for (seconds).
+CLOSE_WAIT = 1.0
 # Access-log status of a tunnel that ended (as edge/tcp.py's table for L4 connections).
 _END_STATUS = {
     RelayEnd.CLOSED: 200,
@@ -69,43 +74,17 @@ _END_STATUS = {
 
 
 class _Closed(Exception):
-    """The client went away or was too slow: stop serving the connection."""
+    """The client went away or the exchange cannot go on: stop serving the connection."""
 
 
-async def _recv(sock: socket.socket, timeout: float) -> bytes:
-    loop = asyncio.get_running_loop()
-    try:
-        async with asyncio.timeout(timeout):
-            return await loop.sock_recv(sock, READ_SIZE)
-    except ConnectionError:
-        return b""
+class _Stale(Exception):
+    """A kept destination connection failed before any byte of its response: the request
+    (which had no body) may go again on a new one."""
 
 
 async def _send(sock: socket.socket, data: bytes) -> None:
     if data:
         await asyncio.get_running_loop().sock_sendall(sock, data)
-
-
-async def _read_head(sock: socket.socket, buf: bytearray, max_size: int, timeout: float) -> int:
-    """The length of the request head at the start of ``buf`` (reading more as needed);
-    -1 when the client closed before sending one. Raises HeaderTooLarge, TimeoutError."""
-    async with asyncio.timeout(timeout):
-        while True:
-            while buf.startswith(b"\r\n"):
-                del buf[:2]
-            end = buf.find(b"\r\n\r\n")
-            if end != -1:
-                if end + 4 > max_size:
-                    raise HeaderTooLarge("request head too large")
-                return end + 4
-            if len(buf) > max_size:
-                raise HeaderTooLarge("request head too large")
-            chunk = await asyncio.get_running_loop().sock_recv(sock, READ_SIZE)
-            if not chunk:
-                if buf:
-                    raise ClientProtocolError("connection closed inside a request head")
-                return -1
-            buf += chunk
 
 
 def _local_answer(
@@ -145,287 +124,507 @@ _REASONS = {
 }
 
 
-class _Origin:
-    """A kept connection to one destination and its response parser."""
-
-    def __init__(self, key: tuple[str, int], connected: Connected, parser: H1ClientAPI) -> None:
-        self.key = key
-        self.sock = connected.sock
-        self.resolved = connected.resolved
-        self.parser = parser
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 async def serve_forward(svc: EgressService, csock: socket.socket, conn: ClientConn) -> None:
     """Serve one client connection of a forward listener to its end."""
-    buf = bytearray()
-    origin: _Origin | None = None
-    first = True
-    g = svc.global_
+    loop = asyncio.get_running_loop()
+    io = ConnIO(loop)
     try:
-        while True:
-            timeout = g.header_timeout if first else g.keepalive_timeout + g.header_timeout
-            first = False
-            try:
-                head_len = await _read_head(csock, buf, g.max_header_size, timeout)
-            except (ClientProtocolError, TimeoutError) as exc:
-                status = exc.status if isinstance(exc, ClientProtocolError) else 408
-                if buf:
-                    with contextlib.suppress(OSError):
-                        await _send(csock, _local_answer(None, status, str(exc) or "timeout"))
-                return
-            if head_len < 0:
-                return
-            keep, origin = await _exchange(svc, csock, conn, buf, head_len, origin)
-            if not keep:
-                return
-    except (OSError, _Closed):
+        await loop.connect_accepted_socket(lambda: io, csock)
+    except OSError:
         return
-    finally:
-        if origin is not None:
-            origin.close()
-
-
-async def _exchange(
-    svc: EgressService,
-    csock: socket.socket,
-    conn: ClientConn,
-    buf: bytearray,
-    head_len: int,
-    origin: _Origin | None,
-) -> tuple[bool, _Origin | None]:
-    """One request: judge it, answer or relay it. (keep the client connection?, the kept
-    destination connection). ``buf`` holds what was read past this request afterwards."""
-    started = time.monotonic()
-    rec = svc.record(conn, "-")
-    server = svc.h1_server(max_header_size=svc.global_.max_header_size)
+    client = _ForwardConnection(svc, conn, io)
+    tunnel: _Tunnel | None = None
     try:
-        method, target = request_line(bytes(buf[:head_len]))
-        rec.method = method.decode("latin-1")
-        rec.path = target.decode("latin-1")
-        dest = proxy_target(method, target)
-        rec.host = dest.host
-        rec.destination = _shown(dest.host, dest.port)
-        if dest.tunnel:  # the bytes past a CONNECT head are the tunnel's, not HTTP
-            events = server.receive_data(bytes(buf[:head_len]))
-            del buf[:head_len]
-        else:
-            events = server.receive_data(bytes(buf))
-            buf.clear()
-            rec.path = dest.path.decode("latin-1")
-        rec.bytes_in = head_len
-        request = next((e for e in events if isinstance(e, RequestReceived)), None)
-        if request is None:
-            raise ClientProtocolError("incomplete request head")
-    except ClientProtocolError as exc:
-        rec.status = exc.status
-        svc.refused(rec, "bad-request", str(exc))
-        with contextlib.suppress(OSError):
-            await _send(csock, _local_answer(None, exc.status, str(exc)))
-        _finish(svc, conn, rec, started)
-        return False, origin
-
-    # Who: Proxy-Authorization (RFC 9110 §11.7.2), 407 and Proxy-Authenticate otherwise.
-    user, challenge = await svc.authenticate(request.headers, method, target, dest.path)
-    if user is None:
-        rec.status = 407
-        svc.refused(rec, AUTH)
-        ended = any(isinstance(e, MessageEnded) for e in events)
-        await _send(
-            csock,
-            _local_answer(
-                server,
-                407,
-                "proxy authentication required",
-                [(b"proxy-authenticate", challenge)],
-                close=not ended,
-            ),
-        )
-        _finish(svc, conn, rec, started)
-        return _next_cycle(server, buf, ended), origin
-    rec.user = user
-
-    # Where: by name and port, then every resolved address.
-    reason = svc.policy.check_request(dest.host, dest.port, tunnel=dest.tunnel)
-    connected: Connected | Refused | None = None
-    key = (dest.host, dest.port)
-    if not reason and not dest.tunnel and origin is not None and origin.key == key:
-        connected = None  # the kept connection serves it
-    elif not reason:
-        if origin is not None:
-            origin.close()
-            origin = None
-        connected = await svc.outbound.open(dest.host, dest.port)
-        if isinstance(connected, Refused):
-            reason = connected.reason
-            rec.resolved = connected.resolved
-    if reason:
-        status = connected.status if isinstance(connected, Refused) else 403
-        detail = connected.detail if isinstance(connected, Refused) else ""
-        rec.status = status
-        svc.refused(rec, reason, detail)
-        ended = any(isinstance(e, MessageEnded) for e in events)
-        text = "destination not allowed"
-        if status != 403:
-            text = f"cannot reach destination ({reason})"
-        await _send(csock, _local_answer(server, status, text, close=not ended))
-        _finish(svc, conn, rec, started)
-        return _next_cycle(server, buf, ended), origin
-    rec.upstream_ms = (time.monotonic() - started) * 1000
-
-    if dest.tunnel:
-        assert isinstance(connected, Connected)
-        await _tunnel(svc, csock, connected, bytes(buf), rec)
-        _finish(svc, conn, rec, started)
-        return False, origin
-
-    if isinstance(connected, Connected):
-        origin = _Origin(key, connected, svc.h1_client(max_header_size=svc.global_.max_header_size))
-    assert origin is not None
-    rec.resolved = origin.resolved
-    rec.backend = origin.resolved
-    keep_origin = False
-    try:
-        keep_origin = await _relay_request(svc, csock, server, request, events, dest, origin, rec)
+        tunnel = await client.run()
+    except (OSError, _Closed):
+        pass
     finally:
-        _finish(svc, conn, rec, started)
-        if not keep_origin:
-            origin.close()
-            origin = None
-    return _next_cycle(server, buf, True), origin
-
-
-def _next_cycle(server: H1ServerAPI, buf: bytearray, ended: bool) -> bool:
-    """Whether the client connection carries another request; its bytes go to ``buf``."""
-    if not ended or not server.keep_alive:
-        return False
-    buf[:0] = server.trailing_data
-    return True
-
-
-def _finish(svc: EgressService, conn: ClientConn, rec: AccessRecord, started: float) -> None:
-    rec.duration_ms = (time.monotonic() - started) * 1000
-    svc.finish(conn, rec, request=rec.method not in ("CONNECT", "-"))
+        await client.close()
+    del client  # a tunnel holds nothing of the HTTP connection it came from
+    if tunnel is not None:
+        await tunnel.run(svc, conn)
 
 
 def _shown(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def _tunnel(
-    svc: EgressService, csock: socket.socket, connected: Connected, early: bytes, rec: AccessRecord
-) -> None:
-    dsock = connected.sock
-    rec.resolved = connected.resolved
-    rec.backend = connected.resolved
-    relay: SocketRelay | None = None
-    try:
-        await _send(csock, b"HTTP/1.1 200 Connection established\r\n\r\n")
-        if early:
-            await _send(dsock, early)
-        relay = SocketRelay(csock, dsock, idle_timeout=svc.idle_timeout)
-        result = await relay.run()
-        rec.status = _END_STATUS[result.end]
-    except OSError:
-        rec.status = 499
-    finally:
-        if relay is not None:
-            rec.bytes_in += relay.a_to_b + len(early)
-            rec.bytes_out = relay.b_to_a
-        dsock.close()
+class _ForwardConnection:
+    """One client connection: its requests, one at a time, and the destination connection it
+    keeps."""
 
+    __slots__ = (
+        "_accounted",
+        "bytes_read",
+        "conn",
+        "eof",
+        "events",
+        "io",
+        "origin",
+        "reqs",
+        "svc",
+        "tunnelled",
+    )
 
-async def _relay_request(
-    svc: EgressService,
-    csock: socket.socket,
-    server: H1ServerAPI,
-    request: RequestReceived,
-    events: list[Event],
-    dest: ProxyTarget,
-    origin: _Origin,
-    rec: AccessRecord,
-) -> bool:
-    """Send the request and its body to the destination, its response back; whether the
-    destination connection may carry another request."""
-    idle = svc.idle_timeout
-    parser = origin.parser
-    headers = destination_headers(request.headers)
-    try:
-        await _send(origin.sock, parser.send_request(request.method, dest.path, headers))
-        ended = False
-        pending = events[events.index(request) + 1 :]
-        while not ended:
-            for ev in pending:
-                if isinstance(ev, DataReceived):
-                    await _send(origin.sock, parser.send_data(ev.data))
-                elif isinstance(ev, MessageEnded):
-                    await _send(origin.sock, parser.send_end(ev.trailers or None))
-                    ended = True
-                elif isinstance(ev, ConnectionClosed):
-                    raise _Closed
-            if ended:
-                break
-            data = await _recv(csock, idle)
-            rec.bytes_in += len(data)
-            pending = server.receive_data(data)
-    except ClientProtocolError as exc:
-        rec.status = exc.status
-        with contextlib.suppress(OSError):
-            await _send(csock, _local_answer(None, exc.status, str(exc)))
-        return False
-    except (OSError, TimeoutError) as exc:
-        if isinstance(exc, TimeoutError):
-            rec.status = 408
-            return False
-        rec.status = 502
-        with contextlib.suppress(OSError):
-            await _send(csock, _local_answer(server, 502, "destination failed", close=True))
-        return False
-    return await _relay_response(svc, csock, server, origin, rec)
+    def __init__(self, svc: EgressService, conn: ClientConn, io: ConnIO) -> None:
+        self.svc = svc
+        self.conn = conn
+        self.io = io
+        g = svc.global_
+        self.reqs = ForwardRequests(svc.new_h1_server, g.max_header_size)
+        self.events: deque[Event] = deque()
+        self.bytes_read = 0
+        self._accounted = 0  # client bytes already counted in an access-log record
+        self.eof = False
+        self.origin: Origin | None = None  # kept for this client's next request
+        self.tunnelled = False  # the client's socket went to a tunnel
 
+    async def close(self) -> None:
+        origin = self.origin
+        self.origin = None
+        if origin is not None:
+            self.svc.origins.give(origin)
+        if not self.tunnelled:
+            await self.io.aclose(CLOSE_WAIT)
 
-async def _relay_response(
-    svc: EgressService,
-    csock: socket.socket,
-    server: H1ServerAPI,
-    origin: _Origin,
-    rec: AccessRecord,
-) -> bool:
-    parser = origin.parser
-    started = False
-    try:
+    # --- the connection loop ----------------------------------------------------------------
+
+    async def run(self) -> _Tunnel | None:
+        """Serve requests until the connection ends, or becomes the tunnel returned."""
+        g = self.svc.global_
+        idle = g.header_timeout  # a new connection must send its first request promptly
         while True:
-            data = await _recv(origin.sock, svc.idle_timeout)
-            for ev in parser.receive_data(data):
-                if isinstance(ev, InformationalReceived):
-                    out = server.send_informational(ev.status, response_headers(ev.headers))
-                elif isinstance(ev, ResponseReceived):
-                    started = True
-                    rec.status = ev.status
-                    out = server.send_response(ev.status, response_headers(ev.headers), ev.reason)
-                elif isinstance(ev, DataReceived):
-                    out = server.send_data(ev.data)
-                elif isinstance(ev, MessageEnded):
-                    out = server.send_end(ev.trailers or None)
-                    rec.bytes_out += len(out)
-                    await _send(csock, out)
-                    if parser.reusable:
-                        parser.start_next_cycle()
-                        return True
-                    return False
-                else:
-                    continue
-                rec.bytes_out += len(out)
-                await _send(csock, out)
-            if not data:
-                raise BackendError("destination closed the connection before its response")
-    except (BackendError, TimeoutError) as exc:
-        if started:
-            raise _Closed from None
-        status = 504 if isinstance(exc, TimeoutError) else 502
+            req = await self._next_request(idle, g.header_timeout)
+            if req is None:
+                return None
+            keep = await self._exchange(req)
+            if isinstance(keep, _Tunnel):
+                return keep
+            if not keep:
+                return None
+            try:
+                self.events.extend(self.reqs.next_cycle())
+            except ClientProtocolError as exc:  # a pipelined request that cannot be read
+                self._bad_head(exc)
+                return None
+            idle = g.keepalive_timeout
+
+    async def _next_request(self, idle: float, head_timeout: float) -> RequestReceived | None:
+        """The next request head, or None when the client is done (closed, idle, or sent
+        what cannot be read: answered then)."""
+        io = self.io
+        reqs = self.reqs
+        events = self.events
+        loop = io.loop
+        deadline = loop.time() + idle
+        head_deadline: float | None = None
+        while True:
+            try:
+                while not events:
+                    if head_deadline is None and reqs.has_partial_head:
+                        head_deadline = loop.time() + head_timeout
+                        deadline = (
+                            min(deadline, head_deadline) if idle < head_timeout else head_deadline
+                        )
+                    if self.eof:
+                        return None
+                    data = await io.read(READ_SIZE, deadline)
+                    if not data:
+                        self.eof = True
+                    self.bytes_read += len(data)
+                    events.extend(reqs.receive_data(data))
+            except TimeoutError:
+                if reqs.has_partial_head:
+                    io.write(_local_answer(None, 408, "timeout"))
+                return None
+            except ClientProtocolError as exc:
+                self._bad_head(exc)
+                return None
+            ev = events.popleft()
+            if type(ev) is RequestReceived:
+                return ev
+            if isinstance(ev, ConnectionClosed):
+                return None
+
+    def _bad_head(self, exc: ClientProtocolError) -> None:
+        """A head that cannot be relayed: answered, and the connection closes. Once its
+        request line was read, it is a request: it gets its access-log line."""
+        self.io.write_soon(_local_answer(None, exc.status, str(exc)))
+        reqs = self.reqs
+        if not reqs.head_read:
+            return
+        svc = self.svc
+        rec = svc.record(self.conn, reqs.method.decode("latin-1"))
+        rec.path = reqs.target.decode("latin-1")
+        rec.status = exc.status
+        svc.refused(rec, "bad-request", str(exc))
+        self._finish(rec, time.monotonic())
+
+    def _finish(self, rec: AccessRecord, started: float) -> None:
+        rec.bytes_in += self.bytes_read - self._accounted
+        self._accounted = self.bytes_read
+        rec.duration_ms = (time.monotonic() - started) * 1000
+        self.svc.finish(self.conn, rec, request=rec.method not in ("CONNECT", "-"))
+
+    def _skip_body(self) -> bool:
+        """Drop the events of a request that is answered unread; whether it had ended (the
+        connection may carry another request)."""
+        events = self.events
+        while events:
+            ev = events.popleft()
+            if type(ev) is MessageEnded:
+                return True
+            if type(ev) is not DataReceived:
+                return False
+        return self.reqs.parser.request_complete
+
+    def _answer(self, rec: AccessRecord, started: float, status: int, text: str,
+                extra: Headers | None = None) -> bool:  # fmt: skip
+        """A local answer to an allowed-to-be-read request; whether the connection goes on."""
         rec.status = status
-        with contextlib.suppress(OSError):
-            await _send(csock, _local_answer(server, status, "destination failed", close=True))
-        raise _Closed from None
+        reqs = self.reqs
+        # Bytes sent behind a refused CONNECT were meant for a tunnel: never read as HTTP.
+        ended = self._skip_body() and not reqs.tunnel_data
+        server = reqs.parser
+        out = _local_answer(server, status, text, extra, close=not ended)
+        rec.bytes_out += len(out)
+        self.io.write_soon(out)
+        self._finish(rec, started)
+        return ended and server.keep_alive
+
+    # --- one request ----------------------------------------------------------------------
+
+    async def _exchange(self, req: RequestReceived) -> bool | _Tunnel:
+        """Judge one request, answer or relay it; whether the client connection goes on, or
+        the tunnel it becomes."""
+        svc = self.svc
+        reqs = self.reqs
+        dest = reqs.dest
+        assert dest is not None
+        started = time.monotonic()
+        rec = svc.record(self.conn, reqs.method.decode("latin-1"))
+        rec.path = (reqs.target if dest.tunnel else dest.path).decode("latin-1")
+        rec.host = dest.host
+        rec.destination = _shown(dest.host, dest.port)
+
+        # Who: Proxy-Authorization (RFC 9110 §11.7.2), 407 and Proxy-Authenticate otherwise.
+        if svc.authenticator is not None:
+            user, challenge = await svc.authenticate(
+                req.headers, reqs.method, reqs.target, dest.path
+            )
+            if user is None:
+                svc.refused(rec, AUTH)
+                return self._answer(
+                    rec, started, 407, "proxy authentication required",
+                    [(b"proxy-authenticate", challenge)],
+                )  # fmt: skip
+            rec.user = user
+
+        # Where: by name and port, then every resolved address.
+        reason = svc.check_request(dest.host, dest.port, dest.tunnel)
+        if reason:
+            svc.refused(rec, reason)
+            return self._answer(rec, started, 403, "destination not allowed")
+        if dest.tunnel:
+            connected = await svc.outbound.open(dest.host, dest.port)
+            if isinstance(connected, Refused):
+                return self._refused(rec, started, connected)
+            rec.upstream_ms = (time.monotonic() - started) * 1000
+            rec.resolved = rec.backend = connected.resolved
+            try:
+                csock, unread = await self._take_socket()
+            except (OSError, TimeoutError):
+                connected.sock.close()
+                rec.status = 499
+                self._finish(rec, started)
+                return False
+            early = self.reqs.tunnel_data + unread
+            self.bytes_read += len(unread)
+            rec.bytes_in += self.bytes_read - self._accounted
+            self._accounted = self.bytes_read
+            return _Tunnel(csock, connected.sock, early, rec, started)
+
+        origin = self.origin
+        key = (dest.host, dest.port)
+        if origin is not None and (origin.key != key or not origin.alive):
+            self.origin = None
+            svc.origins.give(origin)
+            origin = None
+        if origin is None:
+            origin = svc.origins.take(key)
+        if origin is None:
+            opened = await self._open(dest)
+            if isinstance(opened, Refused):
+                return self._refused(rec, started, opened)
+            origin = opened
+        self.origin = None
+        rec.upstream_ms = (time.monotonic() - started) * 1000
+        try:
+            return await self._relay(req, dest, origin, rec)
+        finally:
+            self._finish(rec, started)
+
+    def _refused(self, rec: AccessRecord, started: float, refused: Refused) -> bool:
+        rec.resolved = refused.resolved
+        self.svc.refused(rec, refused.reason, refused.detail)
+        text = "destination not allowed"
+        if refused.status != 403:
+            text = f"cannot reach destination ({refused.reason})"
+        return self._answer(rec, started, refused.status, text)
+
+    async def _open(self, dest: ProxyTarget) -> Origin | Refused:
+        """A new connection to the destination (resolved, judged, connected)."""
+        svc = self.svc
+        connected = await svc.outbound.open(dest.host, dest.port)
+        if isinstance(connected, Refused):
+            return connected
+        loop = self.io.loop
+        oio = ConnIO(loop)
+        try:
+            await loop.create_connection(lambda: oio, sock=connected.sock)
+        except OSError as exc:
+            connected.sock.close()
+            return Refused(CONNECT, 502, Reply.CONNECTION_REFUSED, connected.resolved, str(exc))
+        parser = svc.new_h1_client()
+        return Origin((dest.host, dest.port), oio, connected.resolved, parser)
+
+    # --- relaying -------------------------------------------------------------------------
+
+    async def _relay(
+        self, req: RequestReceived, dest: ProxyTarget, origin: Origin, rec: AccessRecord
+    ) -> bool:
+        """Send the request (and its body) to the destination, its response back; whether the
+        client connection goes on. A kept connection that fails before answering a request
+        without a body is replaced once."""
+        headers = destination_headers(req.headers, dest.authority)
+        events = self.events
+        end: MessageEnded | None = None
+        if events and type(events[0]) is MessageEnded:
+            end = events.popleft()  # type: ignore[assignment]
+        while True:
+            rec.resolved = rec.backend = origin.resolved
+            parser = origin.parser
+            head = parser.send_request(req.method, dest.path, headers)
+            try:
+                if end is not None:  # the usual GET: head and end in one write
+                    origin.io.write_soon(head + parser.send_end(end.trailers or None))
+                else:
+                    origin.io.write_soon(head)
+                    if not await self._upload(origin, rec):
+                        origin.close()
+                        return False
+                return await self._response(origin, rec, retry=end is not None and origin.reused)
+            except _Stale:
+                origin.close()
+                opened = await self._open(dest)
+                if isinstance(opened, Refused):
+                    rec.status = opened.status
+                    rec.resolved = opened.resolved
+                    self.svc.refused(rec, opened.reason, opened.detail)
+                    text = f"cannot reach destination ({opened.reason})"
+                    answer = _local_answer(self.reqs.parser, opened.status, text, close=True)
+                    self.io.write_soon(answer)
+                    return False
+                origin = opened
+
+    async def _upload(self, origin: Origin, rec: AccessRecord) -> bool:
+        """The request body, read no further ahead than the destination takes (pacing);
+        whether it went whole (else the client was answered or is gone)."""
+        io = self.io
+        oio = origin.io
+        parser = origin.parser
+        reqs = self.reqs
+        events = self.events
+        loop = io.loop
+        idle = self.svc.idle_timeout
+        io.follow(oio)
+        try:
+            while True:
+                while events:
+                    ev = events.popleft()
+                    if type(ev) is DataReceived:
+                        oio.write(parser.send_data(ev.data))
+                    elif type(ev) is MessageEnded:
+                        oio.write_soon(parser.send_end(ev.trailers or None))
+                        return True
+                    else:
+                        return False  # the client closed inside its body
+                if oio.write_paused:
+                    async with asyncio.timeout(idle):
+                        await oio.drain()
+                if self.eof:
+                    return False
+                data = await io.read(READ_SIZE, loop.time() + idle)
+                if not data:
+                    self.eof = True
+                self.bytes_read += len(data)
+                events.extend(reqs.receive_data(data))
+        except ClientProtocolError as exc:
+            rec.status = exc.status
+            io.write_soon(_local_answer(None, exc.status, str(exc)))
+            return False
+        except TimeoutError:
+            if io.waiting_for_sink or oio.write_paused:
+                rec.status = 504  # the destination did not take the body in time
+                io.write_soon(_local_answer(None, 504, "destination did not read the request"))
+            else:
+                rec.status = 408
+            return False
+        except OSError:
+            rec.status = 502
+            io.write_soon(_local_answer(None, 502, "destination failed"))
+            return False
+        finally:
+            io.follow(None)
+
+    async def _response(self, origin: Origin, rec: AccessRecord, *, retry: bool) -> bool:
+        """Relay the destination's response; whether the client connection goes on (the
+        destination's stays in ``self.origin`` when it may carry another exchange)."""
+        io = self.io
+        oio = origin.io
+        parser = origin.parser
+        server = self.reqs.parser
+        loop = io.loop
+        idle = self.svc.idle_timeout
+        got = 0
+        started = False
+        if io.unproven:
+            # A client not known to keep up: the first read (head and body) is already no
+            # bigger than what it takes (conn_io.py, pacing).
+            oio.follow(io)
+        try:
+            while True:
+                data = await oio.read(READ_SIZE, loop.time() + idle)
+                got += len(data)
+                for ev in parser.receive_data(data):
+                    kind = type(ev)
+                    if kind is ResponseReceived:
+                        assert isinstance(ev, ResponseReceived)
+                        started = True
+                        rec.status = ev.status
+                        out = server.send_response(
+                            ev.status,
+                            response_headers(ev.headers),
+                            relayed_reason(ev.status, ev.reason),
+                        )
+                    elif kind is DataReceived:
+                        out = server.send_data(ev.data)  # type: ignore[union-attr]
+                    elif kind is MessageEnded:
+                        out = server.send_end(ev.trailers or None)  # type: ignore[union-attr]
+                        rec.bytes_out += len(out)
+                        io.write_soon(out)
+                        # Handed to the kernel now (one write with what this turn wrote),
+                        # so that the end of pacing sees a client that took everything.
+                        io.flush()
+                        if parser.reusable:
+                            parser.start_next_cycle()
+                            origin.reused = True
+                            self.origin = origin
+                        else:
+                            origin.close()
+                        return server.keep_alive
+                    elif kind is InformationalReceived:
+                        assert isinstance(ev, InformationalReceived)
+                        out = server.send_informational(ev.status, response_headers(ev.headers))
+                    else:
+                        continue
+                    rec.bytes_out += len(out)
+                    io.write_soon(out)
+                if io.is_closing():
+                    raise _Closed
+                if io.write_paused:
+                    try:
+                        await io.drain()
+                    except OSError:
+                        raise _Closed from None
+                if not data:
+                    raise BackendError("destination closed the connection before its response")
+                if started:
+                    oio.follow(io)  # the body: read no further ahead than the client takes
+        except (_Closed, _Stale):
+            origin.close()
+            raise
+        except TimeoutError:
+            origin.close()
+            if started:
+                raise _Closed from None
+            rec.status = 504
+            io.write_soon(_local_answer(server, 504, "destination failed", close=True))
+            return False
+        except (OSError, RevproxyError):
+            origin.close()
+            if started:
+                raise _Closed from None
+            if retry and got == 0:
+                raise _Stale from None
+            rec.status = 502
+            io.write_soon(_local_answer(server, 502, "destination failed", close=True))
+            return False
+        finally:
+            oio.follow(None)
+
+    # --- CONNECT ----------------------------------------------------------------------------
+
+    async def _take_socket(self) -> tuple[socket.socket, bytes]:
+        """The client's socket, taken back from its transport for the splice relay, and the
+        bytes received on it and not read yet. What was written to the client before is sent
+        first."""
+        io = self.io
+        transport = io.transport
+        assert transport is not None
+        early = io.take_buffered()
+        transport.pause_reading()
+        io.flush()
+        transport.set_write_buffer_limits(high=0, low=0)  # drain() waits until all is sent
+        async with asyncio.timeout(self.svc.idle_timeout):
+            await io.drain()
+        sock = transport.get_extra_info("socket")
+        raw = socket.socket(fileno=os.dup(sock.fileno()))
+        self.tunnelled = True
+        transport.close()
+        raw.setblocking(False)
+        return raw, early
+
+
+class _Tunnel:
+    """A CONNECT that was allowed: the client's socket (taken from its transport), the
+    destination's, the bytes the client sent past its head, and the request's record."""
+
+    __slots__ = ("csock", "dsock", "early", "rec", "started")
+
+    def __init__(
+        self,
+        csock: socket.socket,
+        dsock: socket.socket,
+        early: bytes,
+        rec: AccessRecord,
+        started: float,
+    ) -> None:
+        self.csock = csock
+        self.dsock = dsock
+        self.early = early
+        self.rec = rec
+        self.started = started
+
+    async def run(self, svc: EgressService, conn: ClientConn) -> None:
+        """Answer 200 and splice both sockets until the tunnel ends; then its record."""
+        csock, dsock, rec = self.csock, self.dsock, self.rec
+        relay: SocketRelay | None = None
+        try:
+            await _send(csock, b"HTTP/1.1 200 Connection established\r\n\r\n")
+            if self.early:
+                await _send(dsock, self.early)
+            self.early = b""
+            relay = SocketRelay(csock, dsock, idle_timeout=svc.idle_timeout)
+            result = await relay.run()
+            rec.status = _END_STATUS[result.end]
+        except OSError:
+            rec.status = 499
+        finally:
+            if relay is not None:
+                rec.bytes_in += relay.a_to_b
+                rec.bytes_out = relay.b_to_a
+            dsock.close()
+            csock.close()
+            rec.duration_ms = (time.monotonic() - self.started) * 1000
+            svc.finish(conn, rec, request=False)

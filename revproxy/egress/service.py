@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from revproxy.config.model import Config, Global, Listener
 from revproxy.egress.dial import Outbound
 from revproxy.egress.forward import serve_forward
+from revproxy.egress.origins import OriginPool
 from revproxy.egress.socks import serve_socks5
 from revproxy.errors import ConfigError, ConfigProblem
 from revproxy.ops.accesslog import AccessLog, AccessRecord
@@ -32,6 +33,9 @@ from revproxy.proto.http1.api import H1ClientAPI, H1ServerAPI, client_class, ser
 __all__ = ["SERVICES", "ClientConn", "EgressService", "build_service"]
 
 log = logging.getLogger("revproxy.egress")
+
+# Destination verdicts remembered per service (forgotten whole when full).
+VERDICTS_KEPT = 4096
 
 _ids = itertools.count(1)
 _ID_PREFIX = os.urandom(3).hex()
@@ -72,6 +76,27 @@ class EgressService:
         self.idle_timeout = outbound.egress.timeouts.idle
         self.h1_server: type[H1ServerAPI] = server_class(global_.http1_parser)
         self.h1_client: type[H1ClientAPI] = client_class(global_.http1_parser)
+        # Kept connections to destinations (HTTP forward), shared by this listener's clients.
+        self.origins = OriginPool(self.idle_timeout)
+        # (host, port, tunnel) → the policy's verdict: a memo of a pure function, bounded.
+        self._verdicts: dict[tuple[str, int, bool], str] = {}
+
+    def new_h1_server(self) -> H1ServerAPI:
+        return self.h1_server(max_header_size=self.global_.max_header_size)
+
+    def new_h1_client(self) -> H1ClientAPI:
+        return self.h1_client(max_header_size=self.global_.max_header_size)
+
+    def check_request(self, host: str, port: int, tunnel: bool) -> str:
+        """``DestinationPolicy.check_request``, remembered (the policy never changes)."""
+        key = (host, port, tunnel)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = self.policy.check_request(host, port, tunnel=tunnel)
+            if len(self._verdicts) >= VERDICTS_KEPT:
+                self._verdicts.clear()
+            self._verdicts[key] = verdict
+        return verdict
 
     async def serve(
         self,

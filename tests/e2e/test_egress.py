@@ -5,8 +5,11 @@ access log and /metrics. Destinations are harness origins on 127.0.0.1, allowed 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,8 +166,15 @@ def test_keep_alive_both_sides(site: Site) -> None:
     assert res.returncode == 0, res.stderr
     assert res.stdout == b"hello GET /ka\n" * 3
     seen = site.origin.seen[before:]
-    assert [s.nth for s in seen] == [1, 2, 3]  # one destination connection for all three
+    # One destination connection for all three (perhaps kept from an earlier client).
+    assert len({s.conn for s in seen}) == 1
+    assert [s.nth - seen[0].nth for s in seen] == [0, 1, 2]
     assert b"Re-using existing connection" in curl("-v", *_proxy(site, site.fwd), url, url).stderr
+    # The next client connection is served on the connection the last one left.
+    before = len(site.origin.seen)
+    assert curl_http(url, *_proxy(site, site.fwd)).status == 200
+    again = site.origin.seen[before]
+    assert again.conn == seen[0].conn and again.nth > seen[-1].nth
 
 
 def test_407_without_credentials(site: Site) -> None:
@@ -290,3 +300,142 @@ egress = "nope"
     with pytest.raises(ConfigError) as info:
         load_config_text([("conf/10.toml", text)])
     assert 'conf/10.toml: listener[0].egress: no egress named "nope"' in str(info.value)
+
+
+def _auth_header() -> str:
+    import base64
+
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    return f"Proxy-Authorization: Basic {token}\r\n"
+
+
+def _read_response(s: socket.socket, buf: bytearray) -> bytes:
+    """One response with a Content-Length from ``s`` (``buf`` keeps what follows it)."""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(65536)
+        assert chunk, bytes(buf)
+        buf += chunk
+    end = buf.index(b"\r\n\r\n") + 4
+    head = bytes(buf[:end]).lower()
+    length = int(head.split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+    while len(buf) < end + length:
+        chunk = s.recv(65536)
+        assert chunk
+        buf += chunk
+    out = bytes(buf[: end + length])
+    del buf[: end + length]
+    return out
+
+
+def test_upload_big_response_and_pipelining(site: Site) -> None:
+    """A request body goes whole (the client paced by the destination), a big response comes
+    back whole (the destination paced by the client), pipelined requests are answered in
+    order, each read raw."""
+    body = b"x" * (3 * 1024 * 1024 + 7)
+    url = f"http://{LOOPBACK}:{site.origin.port}/upload"
+    before = len(site.origin.seen)
+    res = curl("--data-binary", "@-", *_proxy(site, site.fwd), url, stdin=body)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == b"hello POST /upload\n"
+    assert site.origin.seen[before].body_sha256 == hashlib.sha256(body).hexdigest()
+    res = curl(*_proxy(site, site.fwd), f"http://{LOOPBACK}:{site.origin.port}/big")
+    assert hashlib.sha256(res.stdout).hexdigest() == generated_sha256(BIG)
+    dest = f"{LOOPBACK}:{site.origin.port}"
+    with socket.create_connection((LOOPBACK, site.fwd), timeout=10) as s:
+        s.sendall(b"".join(
+            f"GET http://{dest}/p{i} HTTP/1.1\r\nHost: {dest}\r\n{_auth_header()}\r\n".encode()
+            for i in range(3)
+        ))  # fmt: skip
+        buf = bytearray()
+        for i in range(3):
+            assert _read_response(s, buf).endswith(f"hello GET /p{i}\n".encode())
+
+
+def test_connect_after_requests_on_one_connection(site: Site) -> None:
+    """A client connection that relayed requests may then open a tunnel: its socket goes to
+    the splice relay, with the bytes it sent behind the CONNECT first."""
+    dest = f"{LOOPBACK}:{site.origin.port}"
+    with socket.create_connection((LOOPBACK, site.fwd), timeout=10) as s:
+        buf = bytearray()
+        for _ in range(2):
+            s.sendall(f"GET http://{dest}/before HTTP/1.1\r\nHost: {dest}\r\n"
+                      f"{_auth_header()}\r\n".encode())  # fmt: skip
+            assert _read_response(s, buf).endswith(b"hello GET /before\n")
+        s.sendall(
+            f"CONNECT {dest} HTTP/1.1\r\nHost: {dest}\r\n{_auth_header()}\r\n".encode()
+            + f"GET /inside HTTP/1.1\r\nHost: {dest}\r\nConnection: close\r\n\r\n".encode()
+        )
+        data = bytes(buf)
+        while chunk := s.recv(65536):
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        assert data.endswith(b"hello GET /inside\n")
+
+
+def test_destination_closing_a_kept_connection(site: Site) -> None:
+    """A kept connection the destination closed meanwhile is not used again: the next
+    request goes on a new one."""
+    srv = socket.socket()
+    srv.bind((LOOPBACK, 0))
+    srv.listen(8)
+    srv.settimeout(10)
+    port = srv.getsockname()[1]
+    served: list[int] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            for n in range(2):
+                c, _ = srv.accept()
+                with c:
+                    data = b""
+                    while b"\r\n\r\n" not in data:
+                        data += c.recv(4096)
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok" + str(n).encode())
+                    served.append(n)
+                    # Then closes it, as an origin whose keep-alive timeout ends.
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        url = f"http://{LOOPBACK}:{port}/"
+        with socket.create_connection((LOOPBACK, site.sourced), timeout=10) as s:
+            buf = bytearray()
+            for n in range(2):
+                s.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                assert _read_response(s, buf).endswith(f"ok{n}".encode())
+                wait_until(lambda n=n: len(served) > n, 5.0)
+                time.sleep(0.2)  # the destination's close reaches the proxy
+    finally:
+        srv.close()
+        thread.join(timeout=10)
+    assert served == [0, 1]
+
+
+def test_h11_parser(site: Site, tmp_path: Path) -> None:
+    """``global.http1_parser = "h11"``: the reference parser serves the forward path too."""
+    port = free_port()
+    config = f"""
+[global]
+http1_parser = "h11"
+
+[[listener]]
+name = "egress-h11"
+bind = ["{LOOPBACK}:{port}"]
+mode = "forward"
+egress = "tests"
+
+[egress.tests]
+destinations = ["127.0.0.1:{site.origin.port}"]
+deny = []
+"""
+    url = f"http://{LOOPBACK}:{site.origin.port}/h11"
+    with Proxy(tmp_path, config, ports=[port]):
+        before = len(site.origin.seen)
+        res = curl("--proxy", f"http://{LOOPBACK}:{port}", url, url, "-H", "Via: 1.1 app")
+        assert res.returncode == 0, res.stderr
+        assert res.stdout == b"hello GET /h11\n" * 2
+        res = curl("--proxy", f"http://{LOOPBACK}:{port}", "--data-binary", "abc", url)
+        assert res.stdout == b"hello POST /h11\n"
+        seen = site.origin.seen[before:]
+        assert len({s.conn for s in seen}) == 1
+        assert not any(s.has("via") for s in seen)
