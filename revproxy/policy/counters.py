@@ -52,6 +52,12 @@ class Counters(Protocol):
         allowed."""
         ...
 
+    def allow(self, key: bytes, rate: Rate, now: float) -> bool:
+        """``hit(...).allowed`` without building the decision (the common case of every
+        request a limit counts); a refused request is not counted, so ``hit`` with the same
+        ``now`` then tells when to come back."""
+        ...
+
     def acquire(self, key: bytes, ceiling: int) -> bool:
         """One more concurrent connection of ``key`` if fewer than ``ceiling`` are open
         (instance-wide); False, counting nothing, otherwise."""
@@ -109,6 +115,30 @@ class LocalCounters:
             del windows[key]
             windows[key] = kept
         return hit(rate, kept, now)
+
+    def allow(self, key: bytes, rate: Rate, now: float) -> bool:
+        kept = self._windows.get(key)
+        if kept is None:
+            return self.hit(key, rate, now).allowed
+        period = rate.period
+        index = int(now // period)
+        passed = index - kept.index
+        if passed > 0:  # a new window: to the back of the line (as hit)
+            windows = self._windows
+            del windows[key]
+            windows[key] = kept
+            kept.previous = kept.current if passed == 1 else 0
+            kept.current = 0
+            kept.index = index
+        current, previous = kept.current, kept.previous
+        if previous:
+            count = current + previous * (1.0 - (now - index * period) / period)
+        else:
+            count = current
+        if count + 1 <= rate.requests + rate.burst:
+            kept.current = current + 1
+            return True
+        return False
 
     def _sweep(self, now: float) -> None:
         windows = self._windows
@@ -305,6 +335,9 @@ class SharedCounters:
         return found
 
     # --- rates
+
+    def allow(self, key: bytes, rate: Rate, now: float) -> bool:
+        return self.hit(key, rate, now).allowed
 
     def hit(self, key: bytes, rate: Rate, now: float) -> Decision:
         digest, number = self._hashes.get(key) or self._hash(key)

@@ -160,6 +160,9 @@ class LimitSet:
                 if lim.kind == _CLIENT
                 else lim.key(client, headers, user, route)
             )
+            if counters.allow(key, lim.rate, now):
+                continue
+            # Refused, not counted: the same question again says when to come back.
             decision = counters.hit(key, lim.rate, now)
             if not decision.allowed and self._refuses(lim, address):
                 return Refusal(lim.config, decision)

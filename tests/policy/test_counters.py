@@ -371,3 +371,16 @@ def test_two_processes_hammering_one_key_allow_the_ceiling_once() -> None:
     assert all(p.exitcode == 0 for p in procs)
     assert min(counts) > 0  # both took part
     assert abs(sum(counts) - rate.ceiling) <= rate.ceiling // 10
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.floats(0.0, 0.7, allow_nan=False), max_size=120))
+def test_allow_is_hit_allowed(gaps: list[float]) -> None:
+    """``allow`` (the fast path every request takes) answers and counts as ``hit`` does."""
+    rate = Rate(5, 1.0, 2)
+    fast, slow = LocalCounters(), LocalCounters()
+    now = 1000.0
+    for gap in gaps:
+        now += gap
+        assert fast.allow(b"k", rate, now) == slow.hit(b"k", rate, now).allowed
+    assert fast._windows[b"k"].current == slow._windows[b"k"].current if gaps else True
