@@ -331,21 +331,23 @@ class Exchange:
                 )
                 if refusal is not None:
                     return self._limited(refusal)
-        return self._authorised(route)
+        if gen.route_auth or gen.route_user_limits:
+            return self._authorised(route)
+        return self._route_action(route)
 
     def _authorised(self, route: Route) -> _Action:
         """The route's auth, then its limits counted per user, then what it does."""
         gen = self.gen
-        route_auth = gen.route_auth
-        if route_auth:
-            auth = route_auth.get(route.index)
-            if auth is not None:
-                user = auth.known(self.req.headers)
-                if user is None:
-                    return self._authenticated(auth, route)
-                self.rec.user = user  # proved before by the same credentials: no coroutine
-                self.auth_user = (auth.auth, user)
-        return self._user_limited(route)
+        auth = gen.route_auth.get(route.index) if gen.route_auth else None
+        if auth is not None:
+            user = auth.known(self.req.headers)
+            if user is None:
+                return self._authenticated(auth, route)
+            self.rec.user = user  # proved before by the same credentials: no coroutine
+            self.auth_user = (auth.auth, user)
+        if gen.route_user_limits and route.index in gen.route_user_limits:
+            return self._user_limited(route)
+        return self._route_action(route)
 
     def _user_limited(self, route: Route) -> _Action:
         """Limits with ``key = "user"``: counted once the user is known."""
@@ -921,6 +923,8 @@ def _with_user(headers: Headers, auth: Auth, user: str) -> Headers:
     ``pass_credentials``), the user named in ``user_header`` (a client's own removed)."""
     named = auth.user_header.encode() if auth.user_header else None
     strip = b"authorization" if not auth.pass_credentials else None
+    if named is None:  # the common case: only the credentials go
+        return headers if strip is None else [h for h in headers if h[0] != strip]
     i = len(headers)
     while i:  # in place: ``headers`` is the list request_headers just built
         i -= 1
