@@ -1,4 +1,4 @@
-"""The ``revproxy`` command: run | check | reload | ctl | cert | version.
+"""The ``revproxy`` command: run | check | reload | ctl | cert | tunnel | agent | version.
 
 Rule of this room: user-facing. A bad config prints every problem (file, key, reason) and
 exits non-zero; nothing here prints a stack trace for a mistake the user can fix.
@@ -310,6 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     from revproxy.cli.passwd import add_parser as add_passwd_parser  # revproxy passwd FILE USER
 
     add_passwd_parser(sub)
+    from revproxy.cli.tunnel import add_parser as add_tunnel_parser  # tunnel enroll|revoke|list
+
+    add_tunnel_parser(sub)
+    from revproxy.cli.agent import add_parser as add_agent_parser  # agent [enroll]
+
+    add_agent_parser(sub)
     return parser
 
 

@@ -32,8 +32,8 @@ _TLS_KEYS = ("cert_dir", "certs", "unknown_sni", "alpn")
 _CERT_KEYS = ("cert", "key")
 _PROXY_PROTOCOL_KEYS = ("mode", "trusted", "timeout")
 
-_MODES: tuple[Literal["http", "tcp", "forward", "socks5"], ...] = (
-    "http", "tcp", "forward", "socks5",
+_MODES: tuple[Literal["http", "tcp", "forward", "socks5", "tunnel"], ...] = (
+    "http", "tcp", "forward", "socks5", "tunnel",
 )  # fmt: skip
 _UNKNOWN_SNI: tuple[Literal["generated", "reject"], ...] = ("generated", "reject")
 _PROXY_MODES: tuple[Literal["off", "optional", "required"], ...] = ("off", "optional", "required")
@@ -151,6 +151,16 @@ def read_listener(index: int, entry: Entry, ctx: ReadContext) -> ListenerRead:
                     "acme", "h2c"):  # fmt: skip
             if t.has(key) and t.raw(key) is not False and t.raw(key) != []:
                 t.problem(key, f'only for mode = "http" (a {mode} listener is a forward proxy)')
+    elif mode == "tunnel":
+        # Agents dial in (docs/tunnel.md): TLS with the tunnel CA under global.state_dir.
+        for key in ("pool", "tls", "redirect_https", "redirect_port", "trusted_proxies",
+                    "forwarded", "acme", "h2c"):  # fmt: skip
+            if t.has(key) and t.raw(key) is not False and t.raw(key) != []:
+                t.problem(
+                    key,
+                    "not on a tunnel listener (its TLS is the tunnel CA's, under "
+                    "global.state_dir; pools reach agents with servers = [{ tunnel = ... }])",
+                )
     elif mode == "tcp":
         if not t.has("pool"):
             t.problem("pool", "required on a tcp listener (the pool its connections go to)")

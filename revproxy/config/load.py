@@ -58,6 +58,7 @@ from revproxy.config.reader import (
 )
 from revproxy.config.route import RouteRead, check_routes, read_route
 from revproxy.config.summary import summary
+from revproxy.config.tunnel import check_tunnels, read_tunnel
 from revproxy.config.users import read_users
 from revproxy.config.values import (
     as_str,
@@ -85,7 +86,7 @@ __all__ = [
 # The TOML keys of each table: the field names of config.py, minus what the loader fills in
 # itself. Listeners, routes and pools keep theirs in their own modules.
 _TOP_KEYS = (
-    "global", "listener", "route", "pool", "admin", "acme", "users", "limit", "egress",
+    "global", "listener", "route", "pool", "admin", "acme", "users", "limit", "egress", "tunnel",
 )  # fmt: skip
 _SINGLE_TABLES = ("global", "admin", "acme")  # merged key by key across files
 _GLOBAL_KEYS = (
@@ -147,6 +148,7 @@ class _Merged:
     users: dict[str, Entry] = field(default_factory=dict)
     limits: dict[str, Entry] = field(default_factory=dict)
     egress: dict[str, Entry] = field(default_factory=dict)
+    tunnels: dict[str, Entry] = field(default_factory=dict)
 
     def reader(self, name: str, ctx: ReadContext, allowed: Sequence[str]) -> TableReader:
         return TableReader(self.tables[name], name, "", ctx, allowed, self.table_files[name])
@@ -179,12 +181,13 @@ def _merge(documents: Sequence[tuple[str, Mapping[str, object]]], ctx: ReadConte
                     else:
                         reason = f"expected a table ([[{top}]]), got {describe(item)}"
                         ctx.add(file, f"{top}[{len(entries)}]", reason)
-            elif top in ("pool", "users", "limit", "egress"):
+            elif top in ("pool", "users", "limit", "egress", "tunnel"):
                 named = {
                     "pool": merged.pools,
                     "users": merged.users,
                     "limit": merged.limits,
                     "egress": merged.egress,
+                    "tunnel": merged.tunnels,
                 }[top]
                 if not isinstance(value, dict):
                     ctx.add(file, top, f"expected tables ([{top}.NAME]), got {describe(value)}")
@@ -456,6 +459,7 @@ def _load(
     users = tuple(read_users(name, entry, ctx) for name, entry in merged.users.items())
     limits = tuple(read_limit(name, entry, ctx) for name, entry in merged.limits.items())
     egress = tuple(read_egress(name, entry, ctx) for name, entry in merged.egress.items())
+    tunnels = tuple(read_tunnel(name, entry, ctx) for name, entry in merged.tunnels.items())
     listeners = tuple(read.listener for read in listener_reads)
     if complete:
         pool_names = [pool.name for pool in pools]
@@ -464,6 +468,7 @@ def _load(
         _check_admin_and_acme(admin, acme, listener_reads)
         _check_limits(listener_reads, route_reads, limits)
         _check_egress(listener_reads, egress, users)
+        check_tunnels(global_, listeners, pools, tunnels, ctx)
         if not listeners:
             ctx.add(
                 "", "listener",
@@ -485,6 +490,7 @@ def _load(
         users=users,
         limits=limits,
         egress=egress,
+        tunnels=tunnels,
         files=paths,
     )
 

@@ -171,7 +171,7 @@ class Listener:
     name: str
     bind: tuple[Bind, ...]
     # "forward" (HTTP forward proxy + CONNECT) and "socks5" serve an [egress.NAME] (egress/).
-    mode: Literal["http", "tcp", "forward", "socks5"] = "http"
+    mode: Literal["http", "tcp", "forward", "socks5", "tunnel"] = "http"
     tls: ListenerTLS | None = None
     redirect_https: bool = False
     # Port named in redirects to HTTPS; default: the first port of the first TLS listener.
@@ -289,8 +289,13 @@ class Server:
     backup: bool = False
     name: str | None = None
     max_conns: int | None = None
+    # ``{ tunnel = "home/web" }``: the expose "web" of the agents enrolled as "home"
+    # (docs/tunnel.md); ``address`` is then that same path and ``port`` 0.
+    tunnel: str | None = None
 
     def __str__(self) -> str:
+        if self.tunnel is not None:
+            return f"tunnel:{self.tunnel}"
         host = f"[{self.address}]" if ":" in self.address else self.address
         return f"{host}:{self.port}"
 
@@ -441,6 +446,22 @@ class ConnLimit:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Tunnel:
+    """``[tunnel.NAME]``: the agents enrolled as NAME may register (docs/tunnel.md)."""
+
+    name: str
+    # HTTP/2 receive window per stream on the agent connections (the bandwidth-delay
+    # product of the link; the connection's window covers every stream's).
+    stream_window: int = 4 * 1024 * 1024
+    # Streams one agent connection carries at once.
+    max_streams: int = 100
+    # Pings: one every ``ping_interval``; ``ping_misses`` unanswered in a row is a dead agent.
+    ping_interval: float = 10.0
+    ping_misses: int = 3
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     global_: Global = field(default_factory=Global)
     listeners: tuple[Listener, ...] = ()
@@ -451,6 +472,7 @@ class Config:
     users: tuple[Users, ...] = ()
     limits: tuple[Limit, ...] = ()
     egress: tuple[Egress, ...] = ()
+    tunnels: tuple[Tunnel, ...] = ()
     files: tuple[Path, ...] = ()
 
     def pool(self, name: str) -> Pool:
@@ -470,6 +492,12 @@ class Config:
             if egress.name == name:
                 return egress
         raise KeyError(name)
+
+    def tunnel(self, name: str) -> Tunnel | None:
+        for t in self.tunnels:
+            if t.name == name:
+                return t
+        return None
 
     def listener(self, name: str) -> Listener:
         for lst in self.listeners:

@@ -21,6 +21,7 @@ from revproxy.config.model import (
     Timeouts,
 )
 from revproxy.config.reader import MISSING, Entry, ReadContext, TableReader
+from revproxy.config.tunnel import parse_tunnel_path
 from revproxy.config.values import (
     as_str,
     describe,
@@ -41,7 +42,7 @@ _POOL_KEYS = (
     "servers", "balance", "timeouts", "send_proxy", "hide_headers", "server_header",
     "resolve_interval", "keepalive", "health", "passive", "slow_start", "protocol", "tls",
 )  # fmt: skip
-_SERVER_KEYS = ("address", "weight", "backup", "name", "max_conns")
+_SERVER_KEYS = ("address", "weight", "backup", "name", "max_conns", "tunnel")
 _TIMEOUT_KEYS = ("connect", "response", "idle", "tunnel")
 _HEALTH_KEYS = ("path", "interval", "timeout", "rise", "fall", "expect", "tcp", "host")
 _PASSIVE_KEYS = ("failures", "cooldown")
@@ -76,11 +77,28 @@ def _read_server(key: str, item: object, file: str, ctx: ReadContext) -> Server 
         ctx.add(file, key, reason)
         return None
     t = TableReader(item, key, file, ctx, _SERVER_KEYS)
-    raw = t.string("address", None, required='write e.g. address = "10.0.0.10:8080"')
+    tunnel = t.parsed("tunnel", lambda v: parse_tunnel_path(as_str(v)), None)
+    if t.has("tunnel") and t.has("address"):
+        t.problem("address", "a tunnel server has no address: its agent dials in")
+    required = "" if t.has("tunnel") else 'write e.g. address = "10.0.0.10:8080"'
+    raw = t.string("address", None, required=required)
     weight = t.integer("weight", _SERVER.weight, 1, _MAX_WEIGHT)
     backup = t.boolean("backup", _SERVER.backup)
     name = t.string("name", _SERVER.name)
     max_conns = t.integer("max_conns", _SERVER.max_conns, 1)
+    if t.has("tunnel"):
+        if tunnel is None:
+            return None
+        path = "/".join(tunnel)
+        return Server(
+            address=path,
+            port=0,
+            weight=weight,
+            backup=backup,
+            name=name,
+            max_conns=max_conns,
+            tunnel=path,
+        )
     if raw is None:
         return None
     try:

@@ -37,6 +37,7 @@ from revproxy.upstream.backend import Backend
 from revproxy.upstream.dialer import Dialer
 from revproxy.upstream.pool import Pool
 from revproxy.upstream.routing import Router
+from revproxy.upstream.tunnel_paths import TunnelPaths
 
 log = logging.getLogger("revproxy.generation")
 
@@ -93,9 +94,10 @@ class PoolRuntime:
 
 class ListenerService(Protocol):
     """How a listener of a mode served beside the edge is served (``mode = "forward"`` and
-    ``"socks5"``: egress/). The edge accepts, reads the PROXY header, applies the listener's
-    allow/deny, ``limits`` and ``conn_limit``, then hands the socket over; the runtime, which
-    may import both parts, plugs the builders in (``build_generation(services=...)``)."""
+    ``"socks5"``: egress/; ``"tunnel"``: tunnel/). The edge accepts, reads the PROXY header,
+    applies the listener's allow/deny, ``limits`` and ``conn_limit``, then hands the socket
+    over; the runtime, which may import both parts, plugs the builders in
+    (``build_generation(services=...)``)."""
 
     async def serve(
         self,
@@ -235,6 +237,7 @@ def _backends(cfg: PoolConfig, previous: Pool | None) -> list[Backend]:
             backup=s.backup,
             max_conns=s.max_conns,
             name=s.name,
+            tunnel=s.tunnel,
         )
         try:
             ipaddress.ip_address(s.address)
@@ -316,6 +319,7 @@ def build_generation(
     metrics: RequestMetrics | None = None,
     counters: Counters | None = None,
     services: Mapping[str, ServiceBuilder] | None = None,
+    tunnels: TunnelPaths | None = None,
 ) -> Generation:
     """Compile ``config`` into live objects; raises ConfigError and leaves nothing behind."""
     problems: list[ConfigProblem] = []
@@ -337,6 +341,7 @@ def build_generation(
                 h2=config.global_.h2,
                 max_header_size=config.global_.max_header_size,
                 h1_client=h1_client,
+                tunnels=tunnels,
             )
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             problems.append(ConfigProblem(pc.source, f"pool.{pc.name}.tls.ca", str(exc)))

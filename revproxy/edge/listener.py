@@ -410,7 +410,7 @@ class Acceptor:
                 return
             await serve_tcp(gen, lrt, csock, info)
             return
-        if lrt.config.mode in EGRESS_MODES:
+        if lrt.config.mode in SERVICE_MODES:
             await self._serve_egress(gen, lrt, csock, info)
             return
         if lrt.tls is not None and lrt.passthrough:
@@ -434,8 +434,8 @@ class Acceptor:
     async def _serve_egress(
         self, gen: Generation, lrt: ListenerRuntime, csock: socket.socket, info: ConnInfo
     ) -> None:
-        """``mode = "forward"`` / ``"socks5"``: the edge policy of the listener, then the
-        egress service the runtime plugged in (egress/)."""
+        """``mode = "forward"`` / ``"socks5"`` / ``"tunnel"``: the edge policy of the listener,
+        then the service the runtime plugged in (egress/, tunnel/)."""
         if self._denied(gen, lrt, info) or await self._over_limit(gen, lrt, info):
             return
         service = lrt.service
@@ -582,13 +582,15 @@ async def peek_preface(sock: socket.socket, *, timeout: float) -> bool:
 
 # Listener modes served by egress/ (through ``ListenerRuntime.service``).
 EGRESS_MODES = ("forward", "socks5")
+# Every mode served beside the edge: egress/'s, and tunnel/'s agents dialling in.
+SERVICE_MODES = (*EGRESS_MODES, "tunnel")
 
 
 def _refused_method(lrt: ListenerRuntime) -> str | None:
     """The access-log method of a connection the edge policy closed unread: the mode's name
     on an egress listener, else edge/tcp.py's default (TCP, TLS-PASSTHROUGH)."""
     mode = lrt.config.mode
-    return mode.upper() if mode in EGRESS_MODES else None
+    return mode.upper() if mode in SERVICE_MODES else None
 
 
 def _conn_info(csock: socket.socket, lrt: ListenerRuntime) -> ConnInfo:

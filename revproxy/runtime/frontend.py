@@ -16,7 +16,7 @@ import socket
 from collections.abc import Callable
 
 from revproxy.config.model import Bind, Config
-from revproxy.edge.generation import Generation, build_generation
+from revproxy.edge.generation import Generation, ServiceBuilder, build_generation
 from revproxy.edge.listener import Acceptor, BoundListener
 from revproxy.egress.service import SERVICES as EGRESS_SERVICES
 from revproxy.errors import ConfigError, ConfigProblem
@@ -25,6 +25,7 @@ from revproxy.ops.log_limit import RateLimitedLog
 from revproxy.ops.metrics import RequestMetrics
 from revproxy.policy.counters import Counters, LocalCounters
 from revproxy.runtime.allocator import give_back
+from revproxy.tunnel.hub import Hub, service_builder
 
 log = logging.getLogger("revproxy")
 
@@ -58,6 +59,13 @@ class Frontend:
         self.metrics = RequestMetrics()
         self._resolver: asyncio.Task[None] | None = None
         self._budget: asyncio.Task[None] | None = None
+        # The agent connections this process accepted (tunnel/hub.py); ``hub.worker`` says
+        # which serving process this is (workers.py sets it).
+        self.hub = Hub(lambda: self.generation.config if self.generation is not None else None)
+        self._services: dict[str, ServiceBuilder] = {
+            **EGRESS_SERVICES,
+            "tunnel": service_builder(self.hub),
+        }
 
     def _current(self) -> Generation:
         assert self.generation is not None
@@ -74,7 +82,8 @@ class Frontend:
             access_log=old.access_log if old and _same_log(old.config, config) else None,
             metrics=self.metrics,
             counters=self.counters,
-            services=EGRESS_SERVICES,
+            services=self._services,
+            tunnels=self.hub,
         )
 
     def bind_new(self, gen: Generation, open_sockets: OpenSockets) -> dict[str, BoundListener]:
@@ -137,6 +146,7 @@ class Frontend:
         if old is not None:
             old.successor = gen
             old.close()
+        self.hub.enforce()  # a tunnel no longer configured loses its agents
 
     # --- name resolution
 
@@ -144,6 +154,8 @@ class Frontend:
         loop = asyncio.get_running_loop()
         for pr in gen.pools.values():
             for b in pr.pool.backends:
+                if b.tunnel is not None:
+                    continue  # its agent dials in
                 try:
                     ipaddress.ip_address(b.host)
                     continue
@@ -218,6 +230,7 @@ class Frontend:
     async def shutdown(self, timeout: float) -> None:
         """Stop accepting, let connections finish for up to ``timeout``, close everything."""
         self.stop_accepting()
+        self.hub.close()  # agents reconnect to another instance at once
         pending = set(self.acceptor.connections)
         if pending:
             log.info("stopping: waiting for %d connection(s)", len(pending))

@@ -503,6 +503,11 @@ class Worker:
         self._received = unflatten(msg["listeners"], fds)
         self._apply_states(msg["states"])
         config = unpack_config(msg["config"])
+        # Agents learn from the hello which worker a connection reached (tunnel/hub.py).
+        self.frontend.hub.worker = (
+            self.slot,
+            max(worker_count(config.global_.workers), self.slot + 1),
+        )
         gen = self.frontend.build(config, number=int(msg["number"]))
         new = self.frontend.bind_new(gen, self._take)
         self._prepare(gen)

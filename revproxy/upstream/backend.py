@@ -2,10 +2,12 @@
 balancing policy may key on (``PickContext``).
 
 Rule of this room: ``Backend.state`` is written by health checks (``health.py``) and the
-operator (the admin endpoint) and by nothing else. Every attribute that feeds ``available`` or
-``effective_weight`` except ``active`` counts its writes of a new value in one change counter
-(``changes``), which each pool compares with the count it built its candidates from
-(``pool.py``); so health and the admin keep writing plain attributes, and selection notices.
+operator (the admin endpoint) and by nothing else; a tunnel server's ``linked`` by the tunnel
+hub of the process (whether an agent connection exposing it is live here). Every attribute
+that feeds ``available`` or ``effective_weight`` except ``active`` counts its writes of a new
+value in one change counter (``changes``), which each pool compares with the count it built
+its candidates from (``pool.py``); so health and the admin keep writing plain attributes, and
+selection notices.
 
 Sans-I/O: plain state the asyncio layer reads and updates; no sockets, no clock.
 """
@@ -98,6 +100,10 @@ class Backend:
     # ``weight_scale`` so that a weight-1 backend can ramp in small steps.
     weight_factor: _Watched[float] = _Watched(1.0)
     weight_scale: _Watched[int] = _Watched(1)
+    # A tunnel server (``{ tunnel = "home/web" }``): its path, and whether this process holds
+    # a live agent connection exposing it (written by the tunnel hub only; ``TunnelPaths``).
+    tunnel: str | None = None
+    linked: _Watched[bool] = _Watched(True)
 
     @functools.cached_property
     def label(self) -> str:
@@ -106,14 +112,18 @@ class Backend:
         Computed once (every forwarded request logs it): the fields it is made of are fixed."""
         if self.name:
             return self.name
+        if self.tunnel is not None:
+            return f"{self.pool}/tunnel:{self.tunnel}"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.pool}/{host}:{self.port}"
 
     @property
     def available(self) -> bool:
         """Healthy, enabled and not full: the only thing balancing looks at."""
-        return self.state is BackendState.UP and (
-            self.max_conns is None or self.active < self.max_conns
+        return (
+            self.state is BackendState.UP
+            and self.linked
+            and (self.max_conns is None or self.active < self.max_conns)
         )
 
     @property

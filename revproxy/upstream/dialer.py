@@ -44,6 +44,7 @@ from revproxy.proto.http1.exact import H1Client
 from revproxy.upstream.backend import Backend, PickContext
 from revproxy.upstream.h2_origins import H2Origins
 from revproxy.upstream.pool import Pool
+from revproxy.upstream.tunnel_paths import TunnelPaths
 
 log = logging.getLogger("revproxy.dial")
 
@@ -257,8 +258,17 @@ class Dialer:
         h2: H2Settings | None = None,
         max_header_size: int = 16384,
         h1_client: type[H1ClientAPI] = H1Client,
+        tunnels: TunnelPaths | None = None,
     ) -> None:
         self.pool = pool
+        # Tunnel servers are reached through the agent connections of this process.
+        self.tunnels = tunnels
+        for backend in pool.backends:
+            if backend.tunnel is not None:
+                if tunnels is None:
+                    backend.linked = False
+                else:
+                    tunnels.watch(backend)
         self.h1_client = h1_client
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
@@ -319,16 +329,23 @@ class Dialer:
 
     async def open_conn(self, backend: Backend, identity: bytes | None = None) -> ConnIO:
         """A connection to ``backend`` (each resolved address in turn): TCP, the PROXY
-        header, then TLS when the pool has it."""
+        header, then TLS when the pool has it (a tunnel server: a stream to its agent)."""
         loop = asyncio.get_running_loop()
         targets = backend.addresses or ((backend.host, backend.port),)
+        if backend.tunnel is not None:
+            targets = (("", 0),)
         last: Exception | None = None
         for host, port in targets:
             io = ConnIO(loop)
             try:
-                async with asyncio.timeout(self.connect_timeout):
-                    factory = functools.partial(_same, io)
-                    transport, _ = await loop.create_connection(factory, host, port)
+                if backend.tunnel is not None:
+                    io = await self._tunnel_conn(backend)
+                    transport = io.transport
+                    assert transport is not None
+                else:
+                    async with asyncio.timeout(self.connect_timeout):
+                        factory = functools.partial(_same, io)
+                        transport, _ = await loop.create_connection(factory, host, port)
             except (OSError, TimeoutError) as exc:
                 _raise_if_local(exc)
                 last = exc
@@ -353,6 +370,11 @@ class Dialer:
                 io.set_transport(tls)
             return io
         raise last or OSError("no address")
+
+    async def _tunnel_conn(self, backend: Backend) -> ConnIO:
+        if self.tunnels is None:
+            raise ConnectionRefusedError("no tunnel hub in this process")
+        return await self.tunnels.open_conn(backend, self.connect_timeout)
 
     def failed(self, backend: Backend, exc: BaseException) -> None:
         """A connect to ``backend`` failed: passive health hears of it, operators too."""
@@ -439,7 +461,12 @@ class Dialer:
     # --- raw sockets (L4 tunnels, TLS passthrough) --------------------------------------------
 
     async def _open_socket(self, backend: Backend) -> socket.socket:
-        """A connected non-blocking socket to ``backend`` (each resolved address in turn)."""
+        """A connected non-blocking socket to ``backend`` (each resolved address in turn; a
+        tunnel server: a socket whose bytes its agent relays)."""
+        if backend.tunnel is not None:
+            if self.tunnels is None:
+                raise ConnectionRefusedError("no tunnel hub in this process")
+            return await self.tunnels.open_socket(backend, self.connect_timeout)
         loop = asyncio.get_running_loop()
         targets = backend.addresses or ((backend.host, backend.port),)
         last: Exception | None = None

@@ -437,7 +437,9 @@ class HealthMonitor:
         if t.task is not None:
             t.task.cancel()
             t.task = None
-        if t.pool.health is not None:
+        # A tunnel server is checked by its agent connections' pings in the process holding
+        # them (tunnel/link.py), not from here: the master may hold none of them.
+        if t.pool.health is not None and t.backend.tunnel is None:
             t.tls = client_context(t.pool)
             t.task = asyncio.get_running_loop().create_task(self._check_loop(t))
 

@@ -90,7 +90,7 @@ class Pool:
 
     def _rebuild(self) -> None:
         self._built_at = watched.changes
-        up = [b for b in self.backends if b.state is BackendState.UP]
+        up = [b for b in self.backends if b.state is BackendState.UP and b.linked]
         primaries = [b for b in up if not b.backup]
         backups = [b for b in up if b.backup]
         # Keep the same object when nothing selection sees changed: policies remember it.

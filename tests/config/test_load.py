@@ -138,7 +138,7 @@ ERRORS: list[tuple[str, str, str]] = [
     ("listener-unknown", NEW + 'tsl = {}',
      'listener[1].tsl: unknown key (did you mean "tls"? allowed keys: name, bind, mode, tls,'),
     ("mode", NEW + 'mode = "udp"',
-     'listener[1].mode: expected one of "http", "tcp", "forward", "socks5", got "udp"'),
+     'listener[1].mode: expected one of "http", "tcp", "forward", "socks5", "tunnel", got "udp"'),
     ("tls-type", NEW + 'tls = "yes"',
      'listener[1].tls: expected a table, got "yes"'),
     ("tls-unknown-sni", NEW + 'tls = { unknown_sni = "drop" }',
@@ -719,7 +719,7 @@ def test_allowed_keys_are_the_dataclass_fields() -> None:
         return {f.name for f in dataclasses.fields(cls)} - set(skip)
 
     top = {"global_": "global", "listeners": "listener", "routes": "route", "pools": "pool",
-           "limits": "limit"}  # fmt: skip
+           "limits": "limit", "tunnels": "tunnel"}  # fmt: skip
     assert set(config_load._TOP_KEYS) == {top.get(name, name) for name in fields(Config, "files")}
     assert set(config_load._GLOBAL_KEYS) == fields(Global)
     assert set(config_load._H2_KEYS) == fields(H2Settings)

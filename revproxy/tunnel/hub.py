@@ -1,0 +1,409 @@
+"""The proxy's side of the reverse tunnel: the agent connections this process holds, and the
+``mode = "tunnel"`` listener's service (docs/tunnel.md).
+
+Rule of this room: a tunnel server (``{ tunnel = "home/web" }``) is an ordinary backend; this
+hub is the one writer of its ``linked`` flag — true exactly while a live connection of an agent
+enrolled as "home" that exposes "web" is held by this process — and the way the dialers reach
+it (``upstream/tunnel_paths.py``). Agent connections belong to the process that accepted them:
+with several workers, the agent keeps its ``connections`` to each (the hello names the worker a
+connection reached, and the agent dials again until each worker has its share). Several agents
+of one name are balanced inside the one server (fewest streams in flight first), so killing
+one moves new streams to the others at once.
+
+A connection is accepted only with a certificate of the tunnel CA whose serial is not revoked
+and whose name has a ``[tunnel.NAME]`` in the current configuration; revocation is read again
+every ``REVOKE_CHECK`` seconds and ends the live connections it names. A connection that
+arrives for the same (certificate, role, slot) as a held one replaces it: a stale registration
+ends the moment its agent reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from revproxy.config.model import Config, Listener, Tunnel
+from revproxy.errors import ConfigError, ConfigProblem
+from revproxy.net.conn_io import ConnIO
+from revproxy.ops.accesslog import AccessLog
+from revproxy.ops.metrics import RequestMetrics
+from revproxy.proto.tunnel import (
+    ENROLL_ALPN,
+    TUNNEL_ALPN,
+    Role,
+    TunnelFormatError,
+    decode_enrol_request,
+    encode_enrol_reply,
+)
+from revproxy.tunnel.ca import EnrolmentRefused, TunnelCA, serial_of
+from revproxy.tunnel.link import AgentLink
+from revproxy.tunnel.stream import StreamTransport, relay_channel
+from revproxy.upstream.backend import Backend
+
+log = logging.getLogger("revproxy.tunnel")
+
+# An agent has this long for its TLS handshake, and then for the hello.
+HANDSHAKE_TIMEOUT = 10.0
+# How often revocations are looked at (a stat of one file).
+REVOKE_CHECK = 1.0
+# Buffer of an agent connection's reader.
+STREAM_LIMIT = 1024 * 1024
+
+
+class Hub:
+    """The agent connections of one process, by tunnel name."""
+
+    def __init__(self, current: Callable[[], Config | None]) -> None:
+        self.current = current
+        # (index, count) of this serving process among the instance's workers.
+        self.worker = (0, 1)
+        self.links: dict[str, list[AgentLink]] = {}
+        self._watched: dict[str, weakref.WeakSet[Backend]] = {}
+        self.ca: TunnelCA | None = None
+        self._revocation: asyncio.Task[None] | None = None
+        self._pumps: set[asyncio.Task[Any]] = set()
+
+    # --- backends (upstream/tunnel_paths.py)
+
+    def watch(self, backend: Backend) -> None:
+        assert backend.tunnel is not None
+        self._watched.setdefault(backend.tunnel, weakref.WeakSet()).add(backend)
+        backend.linked = self._live(backend.tunnel)
+
+    def _live(self, path: str) -> bool:
+        name, _, expose = path.partition("/")
+        return any(
+            link.role is Role.MUX and link.usable() and expose in link.exposes
+            for link in self.links.get(name, ())
+        )
+
+    def _relink(self, name: str) -> None:
+        for path, backends in self._watched.items():
+            if path.partition("/")[0] == name:
+                live = self._live(path)
+                for b in list(backends):
+                    b.linked = live
+
+    def _candidates(self, path: str, role: Role) -> list[AgentLink]:
+        name, _, expose = path.partition("/")
+        links = [
+            link
+            for link in self.links.get(name, ())
+            if link.role is role and link.usable() and expose in link.exposes
+        ]
+        links.sort(key=lambda link: len(link.channels))
+        return links
+
+    async def open_conn(self, backend: Backend, timeout: float) -> ConnIO:
+        path = backend.tunnel
+        assert path is not None
+        expose = path.partition("/")[2]
+        last: Exception = ConnectionRefusedError(f"no agent connection exposes {path}")
+        for link in self._candidates(path, Role.MUX):
+            try:
+                ch = await link.open(expose, timeout)
+            except (ConnectionError, OSError) as exc:
+                last = exc
+                continue
+            io = ConnIO(asyncio.get_running_loop())
+            StreamTransport(ch, io, {"peername": (link.peer, 0), "tunnel": path})
+            return io
+        raise last
+
+    async def open_socket(self, backend: Backend, timeout: float) -> socket.socket:
+        path = backend.tunnel
+        assert path is not None
+        expose = path.partition("/")[2]
+        spares = self._candidates(path, Role.SPARE)
+        links = spares[:1] + self._candidates(path, Role.MUX)
+        last: Exception = ConnectionRefusedError(f"no agent connection exposes {path}")
+        for link in links:
+            spare = link.role is Role.SPARE
+            if spare:
+                link.taken = True  # one flow per spare connection
+            try:
+                ch = await link.open(expose, timeout, claimed=spare)
+            except (ConnectionError, OSError) as exc:
+                if spare:
+                    link.shut()  # the agent opens a new spare in its place
+                last = exc
+                continue
+            ours, theirs = socket.socketpair()
+            ours.setblocking(False)
+            theirs.setblocking(False)
+            task = asyncio.get_running_loop().create_task(self._pump(link, ch, theirs, spare))
+            self._pumps.add(task)
+            task.add_done_callback(self._pumps.discard)
+            return ours
+        raise last
+
+    async def _pump(self, link: AgentLink, ch: Any, sock: socket.socket, spare: bool) -> None:
+        try:
+            reader, writer = await asyncio.open_connection(sock=sock, limit=STREAM_LIMIT)
+            await relay_channel(ch, reader, writer)
+        except (ConnectionError, OSError, TimeoutError) as exc:
+            log.debug("tunnel=%s relay ended: %s", link.name, exc)
+        finally:
+            sock.close()
+            if spare:
+                link.shut()  # the agent opens a new spare in its place
+
+    # --- registration
+
+    def _settings(self, name: str) -> Tunnel | None:
+        config = self.current()
+        return config.tunnel(name) if config is not None else None
+
+    def register(self, link: AgentLink) -> None:
+        hello = link.hello
+        assert hello is not None
+        held = self.links.setdefault(link.name, [])
+        for old in list(held):
+            stale = old.hello is not None and (old.serial, old.role, old.hello.slot) == (
+                link.serial,
+                hello.role,
+                hello.slot,
+            )
+            if stale:
+                log.info("tunnel=%s peer=%s replaces a stale connection", link.name, link.peer)
+                held.remove(old)
+                old.on_close = None
+                old.shut()
+        held.append(link)
+        link.on_close = self._forget
+        link.on_change = lambda: self._relink(link.name)
+        log.info(
+            "tunnel=%s peer=%s registered (%s, slot %d, exposes %s)",
+            link.name,
+            link.peer,
+            hello.role.value,
+            hello.slot,
+            ",".join(sorted(link.exposes)) or "-",
+        )
+        self._relink(link.name)
+        if self._revocation is None and self.ca is not None:
+            self._revocation = asyncio.get_running_loop().create_task(self._watch_revocations())
+
+    def _forget(self, link: AgentLink) -> None:
+        held = self.links.get(link.name, [])
+        if link in held:
+            held.remove(link)
+            log.info("tunnel=%s peer=%s connection closed", link.name, link.peer)
+        if not held:
+            self.links.pop(link.name, None)
+        self._relink(link.name)
+
+    async def _watch_revocations(self) -> None:
+        while True:
+            await asyncio.sleep(REVOKE_CHECK)
+            self.enforce()
+
+    def enforce(self) -> None:
+        """End connections whose certificate was revoked or whose name left the config."""
+        if self.ca is None:
+            return
+        revoked = self.ca.revoked()
+        config = self.current()
+        for name, held in list(self.links.items()):
+            allowed = config is not None and config.tunnel(name) is not None
+            for link in list(held):
+                if link.serial in revoked or not allowed:
+                    why = "revoked" if link.serial in revoked else "no longer configured"
+                    log.warning("tunnel=%s peer=%s %s: connection closed", name, link.peer, why)
+                    link.shut()
+
+    def describe(self) -> list[dict[str, object]]:
+        """What ``revproxy ctl show tunnels`` lists."""
+        rows: list[dict[str, object]] = []
+        for name, held in sorted(self.links.items()):
+            for link in held:
+                rows.append(
+                    {
+                        "tunnel": name,
+                        "peer": link.peer,
+                        "role": link.role.value,
+                        "exposes": sorted(link.exposes),
+                        "since": link.since,
+                        "streams": len(link.channels),
+                        "streams_total": link.streams_total,
+                        "worker": f"{self.worker[0]}/{self.worker[1]}",
+                    }
+                )
+        return rows
+
+    def close(self) -> None:
+        """Stopping: every agent connection ends now (agents reconnect elsewhere)."""
+        if self._revocation is not None:
+            self._revocation.cancel()
+            self._revocation = None
+        for held in list(self.links.values()):
+            for link in list(held):
+                link.shut()
+
+    # --- accepting (the tunnel listener)
+
+    async def accept(self, csock: socket.socket, ca: TunnelCA, ctx: ssl.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=STREAM_LIMIT)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        peer = _peer(csock)
+        try:
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol, csock, ssl=ctx, ssl_handshake_timeout=HANDSHAKE_TIMEOUT
+            )
+        except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
+            log.info("tunnel listener peer=%s TLS handshake failed: %s", peer, exc)
+            return
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        sslobj = transport.get_extra_info("ssl_object")
+        alpn = sslobj.selected_alpn_protocol() if sslobj is not None else None
+        try:
+            if alpn == ENROLL_ALPN:
+                await self._enrol(reader, writer, ca, peer)
+            elif alpn == TUNNEL_ALPN:
+                der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+                await self._serve_agent(reader, writer, ca, peer, der)
+            else:
+                log.info("tunnel listener peer=%s closed: ALPN %r is not a tunnel's", peer, alpn)
+        finally:
+            writer.close()
+
+    async def _enrol(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ca: TunnelCA, peer: str
+    ) -> None:
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                line = await reader.readline()
+            name, secret, csr = decode_enrol_request(line)
+            if self._settings(name) is None:
+                raise EnrolmentRefused(f"no [tunnel.{name}] in the proxy's configuration")
+            cert, ca_pem = await asyncio.to_thread(ca.enrol, name, secret, csr)
+        except (EnrolmentRefused, TunnelFormatError) as exc:
+            log.warning("tunnel listener peer=%s enrolment refused: %s", peer, exc)
+            writer.write(encode_enrol_reply(error=str(exc)))
+        except (TimeoutError, ValueError, ConnectionError, OSError) as exc:
+            log.info("tunnel listener peer=%s enrolment failed: %s", peer, exc)
+            return
+        else:
+            log.info("tunnel=%s peer=%s enrolled", name, peer)
+            writer.write(encode_enrol_reply(cert=cert, ca=ca_pem))
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                await writer.drain()
+
+    async def _serve_agent(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        ca: TunnelCA,
+        peer: str,
+        der: bytes | None,
+    ) -> None:
+        if not der:
+            log.warning("tunnel listener peer=%s closed: no client certificate", peer)
+            return
+        serial, name = serial_of(der)
+        if serial in ca.revoked():
+            log.warning("tunnel=%s peer=%s refused: certificate revoked", name, peer)
+            return
+        settings = self._settings(name)
+        if settings is None:
+            log.warning("tunnel=%s peer=%s refused: no [tunnel.%s] configured", name, peer, name)
+            return
+        link = AgentLink(
+            reader,
+            writer,
+            name=name,
+            serial=serial,
+            peer=peer,
+            stream_window=settings.stream_window,
+            max_streams=settings.max_streams,
+            ping_interval=settings.ping_interval,
+            ping_misses=settings.ping_misses,
+        )
+        link.start()
+        try:
+            hello = await link.greet(self.worker, HANDSHAKE_TIMEOUT)
+        except (TunnelFormatError, ConnectionError, OSError, TimeoutError) as exc:
+            log.warning("tunnel=%s peer=%s hello failed: %s", name, peer, exc)
+            link.shut()
+            return
+        if hello.role is Role.SURPLUS or link.closed:
+            link.shut()
+            return
+        self.ca = ca
+        self.register(link)
+        await link.done.wait()
+
+
+def _peer(csock: socket.socket) -> str:
+    try:
+        addr = csock.getpeername()
+    except OSError:
+        return "-"
+    return f"{addr[0]}:{addr[1]}"
+
+
+class TunnelService:
+    """The service of a ``mode = "tunnel"`` listener (``edge/generation.ListenerService``)."""
+
+    def __init__(self, hub: Hub, ca: TunnelCA) -> None:
+        self.hub = hub
+        self.ca = ca
+        self.context = ca.server_context()
+
+    async def serve(
+        self,
+        csock: socket.socket,
+        *,
+        client: tuple[str, int],
+        peer: str,
+        authority: str,
+        vpce: str,
+        access_log: AccessLog,
+        metrics: RequestMetrics,
+    ) -> None:
+        await self.hub.accept(csock, self.ca, self.context)
+
+
+def service_builder(hub: Hub) -> Callable[[Listener, Config, object | None, bytes], TunnelService]:
+    """The builder ``build_generation`` calls for each tunnel listener (the CA is made under
+    ``global.state_dir`` the first time)."""
+
+    def build(lst: Listener, config: Config, previous: object | None, key: bytes) -> TunnelService:
+        state_dir = config.global_.state_dir
+        if state_dir is None:
+            raise ConfigError(
+                [ConfigProblem(lst.source, "global.state_dir", "a tunnel listener needs it")]
+            )
+        if isinstance(previous, TunnelService) and previous.ca.dir == state_dir / "tunnel":
+            return previous
+        ca = TunnelCA(state_dir)
+        try:
+            ca.ensure()
+            service = TunnelService(hub, ca)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                [
+                    ConfigProblem(
+                        lst.source,
+                        "global.state_dir",
+                        f"cannot keep the tunnel CA in {ca.dir}: {exc}",
+                    )
+                ]
+            ) from None
+        hub.ca = ca
+        return service
+
+    return build
+
+
+def since_text(since: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))

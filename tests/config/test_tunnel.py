@@ -1,0 +1,119 @@
+"""``[tunnel.NAME]``, ``{ tunnel = "NAME/EXPOSE" }`` servers, ``mode = "tunnel"`` listeners and
+agent.toml: every problem with its file, key path and reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from revproxy.config.agent import load_agent_config
+from revproxy.config.load import load_config_text
+from revproxy.errors import ConfigError
+
+BASE = """
+[global]
+state_dir = "/var/lib/revproxy"
+[[listener]]
+name = "web"
+bind = [":8080"]
+[[listener]]
+name = "tunnel"
+bind = [":8443"]
+mode = "tunnel"
+[[route]]
+pool = "web"
+[pool.web]
+servers = [{ tunnel = "home/web" }, "10.0.0.1:80"]
+[tunnel.home]
+"""
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config_text([("conf/10.toml", text)])
+    return [str(p) for p in info.value.problems]
+
+
+def test_tunnel_server_and_section() -> None:
+    config = load_config_text([("conf/10.toml", BASE)])
+    server = config.pool("web").servers[0]
+    assert server.tunnel == "home/web" and str(server) == "tunnel:home/web"
+    tunnel = config.tunnel("home")
+    assert tunnel is not None and tunnel.stream_window == 4 * 1024 * 1024
+    assert config.listener("tunnel").mode == "tunnel"
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (('"home/web"', '"other/web"'), 'pool.web.servers[0].tunnel: no tunnel named "other"'),
+        (('"home/web"', '"home"'), "pool.web.servers[0].tunnel"),
+        (('{ tunnel = "home/web" }', '{ tunnel = "home/web", address = "1.2.3.4:80" }'),
+         "pool.web.servers[0].address: a tunnel server has no address"),
+        (('state_dir = "/var/lib/revproxy"', ""), "global.state_dir"),
+        (('mode = "tunnel"', 'mode = "tunnel"\ntls = { cert_dir = "/x" }'),
+         "listener[1].tls: not on a tunnel listener"),
+        (("[tunnel.home]", "[tunnel.home]\nstream_window = 10"), "tunnel.home.stream_window"),
+        (("[tunnel.home]", "[tunnel.home]\nbogus = 1"), "tunnel.home.bogus"),
+    ],
+)  # fmt: skip
+def test_problems(change: tuple[str, str], expected: str) -> None:
+    found = problems(BASE.replace(*change))
+    assert any(expected in p and p.startswith("conf/10.toml") for p in found), found
+
+
+def test_tunnel_without_listener() -> None:
+    text = BASE.replace('[[listener]]\nname = "tunnel"\nbind = [":8443"]\nmode = "tunnel"\n', "")
+    assert any("agents need a listener to dial in" in p for p in problems(text))
+
+
+AGENT = """
+server = "edge.example.com:8443"
+name = "home"
+credentials = "creds"
+[[expose]]
+name = "web"
+target = "127.0.0.1:8080"
+[[expose]]
+name = "ssh"
+target = "127.0.0.1:22"
+mode = "tcp"
+"""
+
+
+def test_agent_config(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(AGENT)
+    config = load_agent_config(path)
+    assert config.servers == (("edge.example.com", 8443),)
+    assert config.credentials == tmp_path / "creds"
+    assert [(e.name, e.port, e.mode) for e in config.exposes] == [
+        ("web", 8080, "http"),
+        ("ssh", 22, "tcp"),
+    ]
+    assert config.connections == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (('server = "edge.example.com:8443"', ""), ": server: required"),
+        (('server = "edge.example.com:8443"', 'server = ["a:1", "b"]'), "server[1]"),
+        (('mode = "tcp"', 'mode = "udp"'), "expose[1].mode"),
+        (('target = "127.0.0.1:22"', 'target = "nowhere"'), "expose[1].target"),
+        (('name = "ssh"', 'name = "web"'), 'expose[1].name: expose "web" is declared twice'),
+        (('name = "home"', 'name = "a/b"'), "name: tunnel name"),
+        (("credentials", "credentialz"), "credentialz"),
+        (("", '[[forward]]\nlisten = "127.0.0.1:5432"\negress = "p"\ndestination = "db:5432"\n'),
+         "forward[0]: egress over the tunnel is not available yet"),
+    ],
+)  # fmt: skip
+def test_agent_problems(tmp_path: Path, change: tuple[str, str], expected: str) -> None:
+    path = tmp_path / "agent.toml"
+    text = AGENT.replace(*change) if change[0] else AGENT + change[1]
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_agent_config(path)
+    found = [str(p) for p in info.value.problems]
+    assert any(expected in p and str(path) in p for p in found), found
