@@ -16,9 +16,11 @@ import os
 import ssl
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from revproxy.certs.files import LoadedCert
+from revproxy.config.model import ListenerTLS
 from revproxy.errors import CertificateError
 
 # TLS 1.2 suites: forward secrecy (ECDHE) and AEAD only; no CBC, no RSA key exchange.
@@ -34,6 +36,30 @@ TLS13_TICKETS = 1
 # --- contexts -----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class ClientAuth:
+    """Client certificates a listener asks for: verified against ``ca``; without one the
+    handshake fails when ``required``, else goes on unauthenticated."""
+
+    ca: Path
+    required: bool = True
+
+
+def client_auth_of(tls: ListenerTLS) -> ClientAuth | None:
+    """A listener's ``tls.client_ca`` / ``tls.client_cert``, or None when it asks for none."""
+    if tls.client_ca is None:
+        return None
+    return ClientAuth(tls.client_ca, required=tls.client_cert == "required")
+
+
+def _ask_client_cert(ctx: ssl.SSLContext, auth: ClientAuth) -> None:
+    try:
+        ctx.load_verify_locations(cafile=str(auth.ca))
+    except (ssl.SSLError, OSError) as exc:
+        raise CertificateError(f"client_ca {auth.ca} cannot be used: {exc}") from None
+    ctx.verify_mode = ssl.CERT_REQUIRED if auth.required else ssl.CERT_OPTIONAL
+
+
 def server_context(
     cert_path: Path | None,
     key_path: Path | None,
@@ -41,8 +67,10 @@ def server_context(
     alpn: Sequence[str],
     cert_pem: bytes | None = None,
     key_pem: bytes | None = None,
+    client_auth: ClientAuth | None = None,
 ) -> ssl.SSLContext:
-    """A server context with our safe settings, holding one certificate (files or PEM bytes)."""
+    """A server context with our safe settings, holding one certificate (files or PEM bytes),
+    asking for client certificates when ``client_auth`` says so."""
     from_files = cert_path is not None and key_path is not None
     from_pem = cert_pem is not None and key_pem is not None
     if from_files == from_pem:
@@ -60,6 +88,8 @@ def server_context(
     ctx.num_tickets = TLS13_TICKETS
     if alpn:
         ctx.set_alpn_protocols(list(alpn))
+    if client_auth is not None:
+        _ask_client_cert(ctx, client_auth)
 
     try:
         if cert_path is not None and key_path is not None:
@@ -98,11 +128,19 @@ class CertStore:
     the latest not_after wins.
     """
 
-    __slots__ = ("_contexts", "_exact", "_wildcard", "alpn", "certs")
+    __slots__ = ("_contexts", "_exact", "_wildcard", "alpn", "certs", "client_auth")
 
-    def __init__(self, certs: Sequence[LoadedCert], *, alpn: Sequence[str]) -> None:
+    def __init__(
+        self,
+        certs: Sequence[LoadedCert],
+        *,
+        alpn: Sequence[str],
+        client_auth: ClientAuth | None = None,
+    ) -> None:
         self.certs: tuple[LoadedCert, ...] = tuple(certs)
         self.alpn: tuple[str, ...] = tuple(alpn)
+        # Every context of the listener asks alike: SNI may switch to any of them.
+        self.client_auth = client_auth
         self._exact: dict[str, LoadedCert] = {}
         self._wildcard: dict[str, LoadedCert] = {}  # "example.com" for "*.example.com"
         for cert in self.certs:
@@ -117,7 +155,9 @@ class CertStore:
         self._contexts: dict[LoadedCert, ssl.SSLContext] = {}
         for cert in self.certs:
             if cert not in self._contexts:
-                self._contexts[cert] = server_context(cert.cert_path, cert.key_path, alpn=alpn)
+                self._contexts[cert] = server_context(
+                    cert.cert_path, cert.key_path, alpn=alpn, client_auth=client_auth
+                )
 
     def lookup(self, server_name: str) -> LoadedCert | None:
         """The certificate for `server_name`, or None if no certificate names it."""

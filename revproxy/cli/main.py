@@ -231,7 +231,8 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         )
         return EXIT_RUNTIME
     try:
-        ok, text = _ask(path, " ".join(args.words) or "help")
+        words = [*args.words, "--persist"] if args.persist else args.words
+        ok, text = _ask(path, " ".join(words) or "help")
     except (OSError, TimeoutError) as exc:
         print(f"revproxy: admin socket {path}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_RUNTIME
@@ -294,6 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     conf_arg(p_ctl)
     p_ctl.add_argument("-s", "--socket", help="admin socket (default: [admin] socket)")
     p_ctl.add_argument("words", nargs="*", help='the command, e.g. "show servers"')
+    p_ctl.add_argument(
+        "--persist",
+        action="store_true",
+        help="add/del server: write the change to ctl-servers.toml (else: until the next reload)",
+    )
     p_ctl.set_defaults(func=cmd_ctl)
 
     p_worker = sub.add_parser("worker")  # started by the master; listed nowhere

@@ -9,6 +9,7 @@ of its family), and nothing else in the config (the admin address) may either.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -16,6 +17,7 @@ from typing import Literal
 from revproxy.config.access import ACCESS_KEYS, read_access
 from revproxy.config.limits import CONN_LIMIT_KEYS, read_conn_limit, read_limit_names
 from revproxy.config.model import Bind, CertPair, Listener, ListenerTLS, ProxyProtocolIn
+from revproxy.config.pool import _check_ca as ca_file_problem
 from revproxy.config.reader import MISSING, Entry, ReadContext, TableReader, defined
 from revproxy.config.users import AUTH_KEYS, read_auth
 from revproxy.config.values import describe, parse_bind, parse_network
@@ -28,7 +30,11 @@ _LISTENER_KEYS = (
     "proxy_protocol", "forwarded", "pool", "acme", "h2c", "max_conns", "limits", "conn_limit",
     "egress", "auth", *ACCESS_KEYS,
 )  # fmt: skip
-_TLS_KEYS = ("cert_dir", "certs", "unknown_sni", "alpn")
+_TLS_KEYS = (
+    "cert_dir", "certs", "unknown_sni", "alpn", "client_ca", "client_cert", "client_cert_header",
+)  # fmt: skip
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.6.2
+_CLIENT_CERT: tuple[Literal["required", "optional"], ...] = ("required", "optional")
 _CERT_KEYS = ("cert", "key")
 _PROXY_PROTOCOL_KEYS = ("mode", "trusted", "timeout")
 
@@ -71,11 +77,26 @@ def _read_tls(t: TableReader) -> ListenerTLS:
     t.unique("alpn", alpn)
     if t.raw("alpn") == []:
         t.problem("alpn", f"must name at least one protocol ({', '.join(_ALPN)})")
+    client_ca = t.path("client_ca", None)
+    if client_ca is not None:
+        reason = ca_file_problem(client_ca)
+        if reason:
+            t.problem("client_ca", reason)
+    for name in ("client_cert", "client_cert_header"):
+        if t.has(name) and client_ca is None and t.valid("client_ca"):
+            t.problem(name, "needs client_ca (the CAs client certificates are verified against)")
+    header = t.string("client_cert_header", None)
+    if header is not None and not _TOKEN.fullmatch(header):
+        t.problem("client_cert_header", f"{header!r} is not a header name")
+        header = None
     return ListenerTLS(
         cert_dir=cert_dir,
         certs=tuple(pairs),
         unknown_sni=t.choice("unknown_sni", _UNKNOWN_SNI, _TLS.unknown_sni),
         alpn=tuple(name for _, name in alpn) or _TLS.alpn,
+        client_ca=client_ca,
+        client_cert=t.choice("client_cert", _CLIENT_CERT, _TLS.client_cert),
+        client_cert_header=header.lower() if header else None,
     )
 
 

@@ -26,12 +26,14 @@ configuration directory, so a config means the same whatever the working directo
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from revproxy.config.accesslog import LOG_TIMES, read_access_log, read_facility, read_format
 from revproxy.config.egress import EGRESS_MODES, check_egress_listener, read_egress
 from revproxy.config.limits import check_conn_limit, check_limit_refs, read_limit
 from revproxy.config.listener import ListenerRead, bound_by, check_listeners, read_listener
@@ -47,7 +49,7 @@ from revproxy.config.model import (
     Limit,
     Users,
 )
-from revproxy.config.pool import read_pool
+from revproxy.config.pool import add_servers, read_pool
 from revproxy.config.reader import (
     MISSING,
     CertPairCheck,
@@ -87,13 +89,15 @@ __all__ = [
 # itself. Listeners, routes and pools keep theirs in their own modules.
 _TOP_KEYS = (
     "global", "listener", "route", "pool", "admin", "acme", "users", "limit", "egress", "tunnel",
+    "server",
 )  # fmt: skip
 _SINGLE_TABLES = ("global", "admin", "acme")  # merged key by key across files
 _GLOBAL_KEYS = (
     "workers", "access_log", "access_log_format", "http1_parser", "shutdown_timeout",
     "header_timeout", "keepalive_timeout", "max_header_size", "max_body_size", "state_dir",
     "watch", "pid_file", "h2", "path_escaped_slashes", "underscores_in_headers",
-    "max_buffer_memory", "buffer_size", "client_ipv6_prefix",
+    "max_buffer_memory", "buffer_size", "client_ipv6_prefix", "log_time", "facility",
+    "resolvers",
 )  # fmt: skip
 _H2_KEYS = (
     "max_concurrent_streams", "initial_window_size", "max_frame_size", "max_header_list_size",
@@ -105,7 +109,6 @@ _ACME_KEYS = (
     "webroot", "forward", "email", "certbot", "config_dir", "work_dir", "logs_dir", "server",
 )  # fmt: skip
 
-_LOG_FORMATS: tuple[Literal["text", "json"], ...] = ("text", "json")
 _ESCAPED_SLASHES: tuple[Literal["reject", "keep"], ...] = ("reject", "keep")
 _UNDERSCORES: tuple[Literal["drop", "keep"], ...] = ("drop", "keep")
 _HTTP1_PARSERS: tuple[Literal["auto", "httptools", "h11"], ...] = ("auto", "httptools", "h11")
@@ -144,6 +147,7 @@ class _Merged:
     )
     listeners: list[Entry] = field(default_factory=list)
     routes: list[Entry] = field(default_factory=list)
+    servers: list[Entry] = field(default_factory=list)  # [[server]]: added to a pool
     pools: dict[str, Entry] = field(default_factory=dict)
     users: dict[str, Entry] = field(default_factory=dict)
     limits: dict[str, Entry] = field(default_factory=dict)
@@ -169,8 +173,12 @@ def _merge(documents: Sequence[tuple[str, Mapping[str, object]]], ctx: ReadConte
                         continue
                     into[name] = item
                     files[name] = file
-            elif top in ("listener", "route"):
-                entries = merged.listeners if top == "listener" else merged.routes
+            elif top in ("listener", "route", "server"):
+                entries = {
+                    "listener": merged.listeners,
+                    "route": merged.routes,
+                    "server": merged.servers,
+                }[top]
                 if not isinstance(value, list):
                     reason = f"expected an array of tables ([[{top}]]), got {describe(value)}"
                     ctx.add(file, top, reason)
@@ -235,14 +243,14 @@ def _read_global(merged: _Merged, ctx: ReadContext) -> Global:
     ):
         t.problem("workers", f'expected an integer >= 1 or "auto", got {describe(workers)}')
         workers = _GLOBAL.workers
-    access_log = t.string("access_log", _GLOBAL.access_log)
-    if access_log not in ("stdout", "off"):
-        access_log = str(ctx.resolve(access_log))
+    access_log = read_access_log(t, ctx, _GLOBAL.access_log)
     h2_table = t.table("h2", _H2_KEYS)
     return Global(
         workers=workers if isinstance(workers, int) else "auto",
         access_log=access_log,
-        access_log_format=t.choice("access_log_format", _LOG_FORMATS, _GLOBAL.access_log_format),
+        access_log_format=read_format(t, _GLOBAL.access_log_format),
+        log_time=t.choice("log_time", LOG_TIMES, _GLOBAL.log_time),
+        facility=read_facility(t, _GLOBAL.facility),
         http1_parser=t.choice("http1_parser", _HTTP1_PARSERS, _GLOBAL.http1_parser),
         shutdown_timeout=t.duration("shutdown_timeout", _GLOBAL.shutdown_timeout, positive=False),
         header_timeout=t.duration("header_timeout", _GLOBAL.header_timeout),
@@ -262,7 +270,22 @@ def _read_global(merged: _Merged, ctx: ReadContext) -> Global:
         pid_file=_file_path(t, "pid_file", _GLOBAL.pid_file, '"/run/revproxy.pid"'),
         h2=_read_h2(h2_table) if h2_table is not None else _GLOBAL.h2,
         client_ipv6_prefix=t.integer("client_ipv6_prefix", _GLOBAL.client_ipv6_prefix, 1, 128),
+        resolvers=tuple(dict.fromkeys(r for _, r in t.strings("resolvers", _parse_resolver))),
     )
+
+
+def _parse_resolver(value: str) -> tuple[str, int]:
+    """``"10.0.0.2:53"``, ``"10.0.0.2"`` (port 53), ``"[fd00::2]:53"``, ``"fd00::2"``."""
+    host, port = value, 53
+    if value.startswith("[") or value.count(":") == 1:
+        host, port = parse_server(value)
+    try:
+        return str(ipaddress.ip_address(host)), port
+    except ValueError:
+        raise ValueError(
+            f'"{value}" is not an IP address with an optional port (write e.g. '
+            '"10.0.0.2:53": a resolver named by a host name would need a resolver itself)'
+        ) from None
 
 
 def _read_h2(t: TableReader) -> H2Settings:
@@ -456,6 +479,7 @@ def _load(
     listener_reads = [read_listener(i, e, ctx) for i, e in enumerate(merged.listeners)]
     route_reads = [read_route(i, e, ctx) for i, e in enumerate(merged.routes)]
     pools = tuple(read_pool(name, entry, ctx) for name, entry in merged.pools.items())
+    pools = tuple(add_servers(pools, merged.servers, ctx))
     users = tuple(read_users(name, entry, ctx) for name, entry in merged.users.items())
     limits = tuple(read_limit(name, entry, ctx) for name, entry in merged.limits.items())
     egress = tuple(read_egress(name, entry, ctx) for name, entry in merged.egress.items())

@@ -24,8 +24,14 @@ BALANCE_NAMES: tuple[BalanceName, ...] = ("roundrobin", "leastconn", "source", "
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Global:
     workers: int | Literal["auto"] = 1
-    access_log: str = "stdout"  # "stdout" | "off" | a file path
-    access_log_format: Literal["text", "json"] = "text"
+    # "stdout" | "off" | a file path | "syslog" | "syslog:udp://HOST:PORT" | "syslog:unix:PATH"
+    access_log: str = "stdout"
+    # "text" | "json" | "combined" (nginx's) | a template with named fields (config/accesslog.py)
+    access_log_format: str = "text"
+    # The clock of the access log's timestamps (every line has one).
+    log_time: Literal["utc", "local"] = "utc"
+    # The syslog facility of access-log lines sent to syslog.
+    facility: str = "local0"
     http1_parser: Literal["auto", "httptools", "h11"] = "auto"
     shutdown_timeout: float = 30.0
     # Time a client has to send a whole request head before it gets 408 (slowloris defence).
@@ -57,6 +63,8 @@ class Global:
     h2: H2Settings = field(default_factory=lambda: H2Settings())
     # Rate and connection limits count IPv6 clients by this prefix (one host has a /64).
     client_ipv6_prefix: int = 64
+    # DNS servers (address, port) that resolve origin names; empty: the system's.
+    resolvers: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -143,6 +151,13 @@ class ListenerTLS:
     unknown_sni: Literal["generated", "reject"] = "generated"
     # Offered in this order; "h2" is served by h2_proxy.py, "http/1.1" by http_proxy.py.
     alpn: tuple[str, ...] = ("h2", "http/1.1")
+    # Client certificates: verified against these CAs (PEM); "required" refuses a handshake
+    # without one, "optional" lets it in (with no subject in the log and no header).
+    client_ca: Path | None = None
+    client_cert: Literal["required", "optional"] = "required"
+    # Request header naming the verified client's subject (RFC 4514) toward origins; a
+    # client's own header of that name is always removed.
+    client_cert_header: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -292,10 +307,23 @@ class Server:
     # ``{ tunnel = "home/web" }``: the expose "web" of the agents enrolled as "home"
     # (docs/tunnel.md); ``address`` is then that same path and ``port`` 0.
     tunnel: str | None = None
+    # ``resolve = "all"``: every address the name resolves to is a server of its own
+    # (upstream/discovery.py); ``"one"``: one server whose addresses are tried in turn.
+    resolve: Literal["one", "all"] = "one"
+    # ``{ srv = "_http._tcp.app.internal" }``: a server per SRV target address, with the
+    # record's port and weight; ``address`` is then that same name and ``port`` 0.
+    srv: str | None = None
+
+    @property
+    def discovered(self) -> bool:
+        """Its servers are found by DNS at run time (``resolve = "all"`` or ``srv``)."""
+        return self.srv is not None or self.resolve == "all"
 
     def __str__(self) -> str:
         if self.tunnel is not None:
             return f"tunnel:{self.tunnel}"
+        if self.srv is not None:
+            return f"srv:{self.srv}"
         host = f"[{self.address}]" if ":" in self.address else self.address
         return f"{host}:{self.port}"
 

@@ -7,7 +7,10 @@ names one that does not exist, needs the whole config and is ``config/load.py``'
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -34,7 +37,7 @@ from revproxy.config.values import (
     parse_sni_name,
 )
 
-__all__ = ["read_pool"]
+__all__ = ["add_servers", "read_pool"]
 
 # The TOML keys of each table: the field names of config/model.py, minus what the loader fills in
 # itself (a pool's ``name`` and ``source``, a server's ``port``).
@@ -42,7 +45,7 @@ _POOL_KEYS = (
     "servers", "balance", "timeouts", "send_proxy", "hide_headers", "server_header",
     "resolve_interval", "keepalive", "health", "passive", "slow_start", "protocol", "tls",
 )  # fmt: skip
-_SERVER_KEYS = ("address", "weight", "backup", "name", "max_conns", "tunnel")
+_SERVER_KEYS = ("address", "weight", "backup", "name", "max_conns", "tunnel", "resolve", "srv")
 _TIMEOUT_KEYS = ("connect", "response", "idle", "tunnel")
 _HEALTH_KEYS = ("path", "interval", "timeout", "rise", "fall", "expect", "tcp", "host")
 _PASSIVE_KEYS = ("failures", "cooldown")
@@ -51,6 +54,7 @@ _POOL_TLS_KEYS = ("sni", "verify", "ca")
 _SEND_PROXY: tuple[Literal["v1", "v2"], ...] = ("v1", "v2")
 _PROTOCOLS: tuple[Literal["http1", "h2", "h2c"], ...] = ("http1", "h2", "h2c")
 _MAX_WEIGHT = 256
+_RESOLVE: tuple[Literal["one", "all"], ...] = ("one", "all")
 
 # Defaults come from the dataclasses themselves, so config/model.py stays the one place for them.
 _POOL = Pool(name="", servers=())
@@ -80,7 +84,8 @@ def _read_server(key: str, item: object, file: str, ctx: ReadContext) -> Server 
     tunnel = t.parsed("tunnel", lambda v: parse_tunnel_path(as_str(v)), None)
     if t.has("tunnel") and t.has("address"):
         t.problem("address", "a tunnel server has no address: its agent dials in")
-    required = "" if t.has("tunnel") else 'write e.g. address = "10.0.0.10:8080"'
+    srv = _read_discovery(t)
+    required = "" if t.has("tunnel") or t.has("srv") else 'write e.g. address = "10.0.0.10:8080"'
     raw = t.string("address", None, required=required)
     weight = t.integer("weight", _SERVER.weight, 1, _MAX_WEIGHT)
     backup = t.boolean("backup", _SERVER.backup)
@@ -99,6 +104,12 @@ def _read_server(key: str, item: object, file: str, ctx: ReadContext) -> Server 
             max_conns=max_conns,
             tunnel=path,
         )
+    if t.has("srv"):
+        if srv is None:
+            return None
+        return Server(
+            address=srv, port=0, weight=weight, backup=backup, max_conns=max_conns, srv=srv
+        )
     if raw is None:
         return None
     try:
@@ -106,9 +117,55 @@ def _read_server(key: str, item: object, file: str, ctx: ReadContext) -> Server 
     except ValueError as exc:
         t.problem("address", str(exc))
         return None
+    resolve = t.choice("resolve", _RESOLVE, _SERVER.resolve)
+    if resolve == "all" and _is_ip(address):
+        t.problem("resolve", f"{address} is an IP address: there is nothing to resolve")
+        resolve = "one"
     return Server(
-        address=address, port=port, weight=weight, backup=backup, name=name, max_conns=max_conns
+        address=address,
+        port=port,
+        weight=weight,
+        backup=backup,
+        name=name,
+        max_conns=max_conns,
+        resolve=resolve,
     )
+
+
+def _read_discovery(t: TableReader) -> str | None:
+    """``srv`` (the SRV name, or None) after the checks shared with ``resolve``: servers found
+    at run time have no one name, and an SRV record gives both address and port."""
+    srv = t.parsed("srv", lambda v: _parse_srv_name(as_str(v)), None)
+    if t.has("srv"):
+        for other in ("address", "tunnel", "resolve"):
+            if t.has(other):
+                t.problem(other, "an srv server takes its addresses and ports from the record")
+    if (t.has("srv") or t.raw("resolve") == "all") and t.has("name"):
+        t.problem(
+            "name",
+            "each address found is a server of its own, named POOL/ADDRESS:PORT "
+            "(a name would be shared by all of them)",
+        )
+    return srv
+
+
+def _parse_srv_name(value: str) -> str:
+    name = parse_host_name(value)
+    labels = name.split(".")
+    if len(labels) < 3 or not labels[0].startswith("_") or labels[1] != "_tcp":
+        raise ValueError(
+            f'"{value}" is not an SRV name: write "_SERVICE._tcp.DOMAIN" '
+            '(e.g. "_http._tcp.app.internal")'
+        )
+    return name
+
+
+def _is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
 
 
 def _read_servers(t: TableReader, ctx: ReadContext) -> tuple[Server, ...]:
@@ -282,3 +339,44 @@ def read_pool(name: str, entry: Entry, ctx: ReadContext) -> Pool:
         tls=tls,
         source=entry.file,
     )
+
+
+def add_servers(pools: Sequence[Pool], entries: Sequence[Entry], ctx: ReadContext) -> list[Pool]:
+    """``[[server]]`` tables (``pool = "web"`` plus a server's keys): servers added to pools
+    defined elsewhere — the form ``revproxy ctl add server --persist`` writes, in a file of its
+    own, since a ``[pool.NAME]`` table belongs to one file."""
+    by_name = {pool.name: pool for pool in pools}
+    added: dict[str, list[Server]] = {}
+    for i, entry in enumerate(entries):
+        key = f"server[{i}]"
+        body = dict(entry.data)
+        pool_name = body.pop("pool", MISSING)
+        if pool_name is MISSING:
+            ctx.add(entry.file, f"{key}.pool", 'required (write e.g. pool = "web")')
+            continue
+        pool = by_name.get(pool_name) if isinstance(pool_name, str) else None
+        if pool is None:
+            known = ", ".join(sorted(by_name)) or "none"
+            ctx.add(
+                entry.file,
+                f"{key}.pool",
+                f"no pool named {describe(pool_name)} (defined pools: {known})",
+            )
+            continue
+        server = _read_server(key, body, entry.file, ctx)
+        if server is None:
+            continue
+        listed = [*pool.servers, *added.get(pool.name, [])]
+        if any(str(s) == str(server) for s in listed):
+            ctx.add(
+                entry.file, f"{key}.address", f'{server} is already a server of pool "{pool.name}"'
+            )
+            continue
+        if server.name is not None and any(s.name == server.name for s in listed):
+            ctx.add(entry.file, f"{key}.name", f'server name "{server.name}" is used twice')
+            continue
+        added.setdefault(pool.name, []).append(server)
+    return [
+        replace(pool, servers=(*pool.servers, *added[pool.name])) if pool.name in added else pool
+        for pool in pools
+    ]

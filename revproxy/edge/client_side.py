@@ -39,6 +39,8 @@ class ConnInfo:
     proxy: ProxyHeader | None = None
     authority: str = ""  # PROXY v2 AUTHORITY TLV
     vpce: str = ""  # PROXY v2 AWS VPC endpoint id
+    tls_version: str = ""  # "TLSv1.3", ... after the handshake
+    client_subject: str = ""  # the verified client certificate's subject (RFC 4514), if any
 
 
 class ClientStream(Protocol):
@@ -47,6 +49,7 @@ class ClientStream(Protocol):
     Every ``send_*`` raises ClientGone when the client can no longer be written to."""
 
     bytes_out: int  # bytes sent to the client so far (the exchange takes differences)
+    head_out: int  # of those, response heads (HTTP/1.1; HTTP/2 counts only DATA in bytes_out)
 
     @property
     def response_started(self) -> bool:

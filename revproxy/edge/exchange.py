@@ -41,6 +41,7 @@ from revproxy.certs.acme import challenge_answer
 from revproxy.config.model import Auth, Route, RouteTimeouts, Timeouts
 from revproxy.edge.client_side import ClientGone, ClientStream, ConnInfo, proxy_header_for
 from revproxy.edge.generation import Generation, ListenerRuntime, PoolRuntime
+from revproxy.edge.tls import with_client_cert
 from revproxy.errors import (
     BackendError,
     BackendProtocolError,
@@ -267,6 +268,9 @@ class Exchange:
             upstream_ms=0.0,
             authority=self.info.authority,
             vpce=self.info.vpce,
+            request=req,
+            conn=self.info,
+            head_out=stream.head_out,
         )
         self.req = req
         self.rec = rec
@@ -283,6 +287,7 @@ class Exchange:
         rec.duration_ms = (time.monotonic() - started) * 1000
         rec.bytes_in = stream.take_bytes_in()
         rec.bytes_out = stream.bytes_out - rec.bytes_out
+        rec.head_out = stream.head_out - rec.head_out
         self.gen.access_log.record(rec)
         self.gen.metrics.record(rec)
 
@@ -454,6 +459,11 @@ class Exchange:
         )
         if self.auth_user is not None:
             headers = _with_user(headers, *self.auth_user)
+        ltls = self.listener.config.tls
+        if ltls is not None and ltls.client_cert_header:
+            headers = with_client_cert(
+                headers, ltls.client_cert_header.encode(), self.info.client_subject
+            )
         websocket = False
         self.ws_accept = None
         if protocol == "http1":

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from revproxy.certs.files import LoadedCert, load_cert_pair, scan_cert_dir
-from revproxy.certs.store import CertStore
+from revproxy.certs.store import CertStore, client_auth_of
 from revproxy.config.listener import answers_acme
 from revproxy.config.model import Config, Listener, Route
 from revproxy.config.model import Pool as PoolConfig
@@ -229,6 +229,8 @@ def _backends(cfg: PoolConfig, previous: Pool | None) -> list[Backend]:
         old = {(b.host, b.port): b for b in previous.backends}
     out = []
     for s in cfg.servers:
+        if s.discovered:
+            continue  # its servers are found at run time (upstream/discovery.py)
         b = Backend(
             pool=cfg.name,
             host=s.address,
@@ -370,7 +372,11 @@ def build_generation(
         if lst.tls is not None:
             certs, cert_problems = listener_certs(lst)
             problems.extend(cert_problems)
-            store = CertStore(certs, alpn=lst.tls.alpn)
+            try:
+                store = CertStore(certs, alpn=lst.tls.alpn, client_auth=client_auth_of(lst.tls))
+            except CertificateError as exc:
+                problems.append(ConfigProblem(lst.source, f"listener.{lst.name}.tls", str(exc)))
+                continue
             server_tls = ServerTLS(
                 store, unknown_sni=lst.tls.unknown_sni, alpn=lst.tls.alpn, default_pem=default_pem
             )
@@ -396,7 +402,10 @@ def build_generation(
     if problems:
         raise ConfigError(problems)
     if access_log is None:
-        access_log = AccessLog(config.global_.access_log, config.global_.access_log_format)
+        g = config.global_
+        access_log = AccessLog(
+            g.access_log, g.access_log_format, log_time=g.log_time, facility=g.facility
+        )
     return Generation(
         number=number,
         config=config,

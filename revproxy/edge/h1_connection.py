@@ -79,6 +79,7 @@ class HttpConnection:
         self.h1 = generation.h1_server(max_header_size=g.max_header_size)
         self.client = _Source(conn, self.h1.receive_data)
         self.bytes_out = 0
+        self.head_out = 0
         self._accounted_in = 0  # client bytes already counted in an access-log record
         self.exchange = Exchange(
             self, generation=generation, listener=listener, info=info, sink=conn
@@ -206,7 +207,9 @@ class HttpConnection:
         self, status: int, headers: Headers, end: bool = False, body: bytes = b""
     ) -> None:
         h1 = self.h1
-        full = self._put(h1.send_response(status, headers))
+        head = h1.send_response(status, headers)
+        self.head_out += len(head)
+        full = self._put(head)
         if body:
             full = self._put(h1.send_data(body))  # not joined: written with the head
         if end:
@@ -227,6 +230,7 @@ class HttpConnection:
             headers.append((b"connection", b"close"))
         try:
             data = self.h1.send_response(status, headers)
+            self.head_out += len(data)
             if body:
                 data += self.h1.send_data(body)
             data += self.h1.send_end()

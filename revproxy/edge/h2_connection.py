@@ -77,6 +77,7 @@ class H2ServerStream(H2Channel):
     """One request stream: the ``ClientStream`` of its exchange."""
 
     __slots__ = ("_bytes_counted", "conn", "ended", "request", "request_ended", "started", "task")
+    head_out = 0  # HEADERS frames are not counted in bytes_out (DATA only)
 
     def __init__(self, conn: Http2Connection, req: RequestReceived) -> None:
         super().__init__(conn, req.stream_id, stall_timeout=SEND_STALL_TIMEOUT)

@@ -50,7 +50,7 @@ from revproxy.edge.tcp import (
     serve_passthrough,
     serve_tcp,
 )
-from revproxy.edge.tls import server_name_of
+from revproxy.edge.tls import client_subject, server_name_of
 from revproxy.errors import ClientHelloError, ProxyProtocolError, is_local_shortage
 from revproxy.net.conn_io import ConnIO
 from revproxy.ops.log_limit import RateLimitedLog
@@ -548,6 +548,9 @@ class Acceptor:
             if sslobj is not None:
                 info.sni = server_name_of(sslobj)
                 info.alpn = sslobj.selected_alpn_protocol() or ""
+                info.tls_version = sslobj.version() or ""
+                if lrt.tls is not None and lrt.tls.store.client_auth is not None:
+                    info.client_subject = client_subject(sslobj)
         if h2c or info.alpn == "h2":
             reader, writer = conn.as_streams(STREAM_LIMIT)
             await Http2Connection(

@@ -97,6 +97,7 @@ def _record(
         upstream_ms=0.0,
         authority=info.authority,
         vpce=info.vpce,
+        conn=info,
     )
 
 

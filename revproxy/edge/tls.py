@@ -30,10 +30,12 @@ import sys
 from collections.abc import Sequence
 from typing import Literal
 
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from revproxy.certs.store import CertStore, normalize_server_name, server_context
+from revproxy.proto.events import Headers
 
 log = logging.getLogger("revproxy.tls")
 
@@ -114,6 +116,27 @@ def server_name_of(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
     return name
 
 
+def client_subject(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str:
+    """The verified client certificate's subject as RFC 4514 text ("CN=alice,O=Example");
+    "" when the client sent none (``client_cert = "optional"``)."""
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return ""
+    try:
+        return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+    except ValueError:
+        return ""
+
+
+def with_client_cert(headers: Headers, name: bytes, subject: str) -> Headers:
+    """Toward the origin: a client's own ``name`` header removed, the verified subject set
+    (nothing when the client sent no certificate)."""
+    kept = [h for h in headers if h[0] != name]
+    if subject:
+        kept.append((name, subject.encode("utf-8")))
+    return kept
+
+
 class ServerTLS:
     """The ssl.SSLContext a TLS listener hands to asyncio; its sni_callback switches to the
     right per-cert context."""
@@ -133,7 +156,14 @@ class ServerTLS:
         self._store = store
         self._unknown_sni = unknown_sni
         cert_pem, key_pem = default_pem
-        self.context = server_context(None, None, alpn=alpn, cert_pem=cert_pem, key_pem=key_pem)
+        self.context = server_context(
+            None,
+            None,
+            alpn=alpn,
+            cert_pem=cert_pem,
+            key_pem=key_pem,
+            client_auth=store.client_auth,
+        )
         self.context.sni_callback = self._on_server_name
         # Without shared keys (see set_ticket_keys) each process keeps OpenSSL's own.
         self.shared_tickets = set_ticket_keys(self.context, ticket_keys_from(key_pem))

@@ -1,18 +1,41 @@
 """Access log: one line per request (HTTP) or per connection (TCP).
 
 Rule of this room: formatting and writing stay off the hot path — records are queued and
-written in one batch per event-loop turn. Text by default, JSON optional.
+written in one batch per event-loop turn; the request's path only stamps the time and keeps
+references (its request head, its connection's facts) that the formatter reads later.
+Recording never fails a request: a target that cannot be written drops lines, it never
+raises. Formats are ``ops/logformat.py``'s, syslog is ``ops/syslog.py``'s; a file is opened
+``O_APPEND`` and reopened by ``reopen()`` (SIGUSR1, ``revproxy ctl reopen-logs``: logrotate's
+``postrotate``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import logging
 import os
 import select
 import sys
-from dataclasses import asdict, dataclass
-from typing import IO, Literal
+import time
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Literal, Protocol
+
+from revproxy.config.accesslog import parse_syslog_target
+from revproxy.ops.logformat import Clock, body_bytes, client_cert, formatter, protocol_of
+from revproxy.ops.syslog import SyslogSender
+
+if TYPE_CHECKING:
+    from revproxy.proto.events import RequestReceived
+
+log = logging.getLogger("revproxy.accesslog")
+
+
+class ConnFacts(Protocol):
+    """What the log reads of a client connection (edge/client_side.py's ``ConnInfo``)."""
+
+    client: tuple[str, int]
+    tls_version: str
+    client_subject: str
 
 
 @dataclass(slots=True, kw_only=True)
@@ -41,6 +64,14 @@ class AccessRecord:
     # proxy connected to (or the one it refused: "-" when none was resolved).
     destination: str = ""
     resolved: str = ""
+    # Read by the formatter, not on the request's path: the request head (referer, user
+    # agent, protocol), the connection (client port, TLS version, client certificate), the
+    # bytes of the response head within bytes_out (nginx's $body_bytes_sent excludes them),
+    # and the wall-clock time the record was made (set by AccessLog.record).
+    request: RequestReceived | None = None
+    conn: ConnFacts | None = None
+    head_out: int = 0
+    time: float = 0.0
 
     def text(self) -> str:
         def q(s: str) -> str:
@@ -59,26 +90,90 @@ class AccessRecord:
             + (f" destination={q(self.destination)}" if self.destination else "")
             + (f" resolved={q(self.resolved)}" if self.destination else "")
             + (f" refused={self.refused}" if self.refused else "")
+            + (f" client_cert={q(subject)}" if (subject := client_cert(self)) else "")
         )
+
+    def as_dict(self, time_text: str) -> dict[str, object]:
+        """The record as JSON values (``access_log_format = "json"``)."""
+        d: dict[str, object] = {"time": time_text}
+        for name in _JSON_FIELDS:
+            d[name] = getattr(self, name)
+        conn = self.conn
+        if conn is not None:
+            d["client_port"] = conn.client[1]
+            if conn.tls_version:
+                d["tls_version"] = conn.tls_version
+            if conn.client_subject:
+                d["client_cert"] = conn.client_subject
+        req = self.request
+        if req is not None:
+            d["protocol"] = protocol_of(self)
+            d["body_bytes_sent"] = body_bytes(self)
+            for n, v in req.headers:
+                if n == b"referer":
+                    d["referer"] = v.decode("latin-1")
+                elif n == b"user-agent":
+                    d["user_agent"] = v.decode("latin-1")
+        return d
+
+
+_JSON_FIELDS = (
+    "id", "client", "peer", "listener", "sni", "host", "method", "path", "status", "bytes_in",
+    "bytes_out", "route", "pool", "backend", "duration_ms", "upstream_ms", "authority", "vpce",
+    "refused", "user", "destination", "resolved",
+)  # fmt: skip
 
 
 class AccessLog:
-    def __init__(self, target: str, fmt: Literal["text", "json"] = "text") -> None:
+    def __init__(
+        self,
+        target: str,
+        fmt: str = "text",
+        *,
+        log_time: Literal["utc", "local"] = "utc",
+        facility: str = "local0",
+    ) -> None:
         self.enabled = target != "off"
-        self._fmt = fmt
+        self.target = target
+        self._clock = Clock(log_time)
+        self._format = formatter(fmt, self._clock)
         self._stream: IO[str] | None = None
-        self._own = False
+        self._fd = -1  # a file of our own, opened O_APPEND
+        self._syslog: SyslogSender | None = None
         if target == "stdout":
             self._stream = sys.stdout
         elif self.enabled:
-            self._stream = open(target, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-            self._own = True
+            syslog = parse_syslog_target(target)  # checked by the configuration
+            if syslog is not None:
+                self._syslog = SyslogSender(syslog, facility)
+            else:
+                self._open()
         self._pending: list[AccessRecord] = []
         self._scheduled = False
+
+    def _open(self) -> bool:
+        try:
+            fd = os.open(self.target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except OSError as exc:
+            log.error("access log %s cannot be opened: %s (lines are dropped)", self.target, exc)
+            return False
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = fd
+        return True
+
+    def reopen(self) -> bool:
+        """Open the file again by its name (after logrotate moved it); True when done or
+        nothing to do. Lines already queued go to the old file first."""
+        if not self.enabled or self._stream is not None or self._syslog is not None:
+            return True  # stdout and syslog have nothing to reopen
+        self.flush()
+        return self._open()
 
     def record(self, rec: AccessRecord) -> None:
         if not self.enabled:
             return
+        rec.time = time.time()
         self._pending.append(rec)
         if not self._scheduled:
             self._scheduled = True
@@ -89,16 +184,26 @@ class AccessLog:
 
     def flush(self) -> None:
         self._scheduled = False
-        if not self._pending or self._stream is None:
+        if not self._pending:
             return
         recs, self._pending = self._pending, []
-        if self._fmt == "json":
-            lines = [json.dumps(asdict(r), separators=(",", ":")) for r in recs]
-        else:
-            lines = [r.text() for r in recs]
+        fmt = self._format
         try:
-            self._stream.flush()  # anything written through the text layer goes first
-            fd = self._stream.fileno()
+            lines = [fmt(r) for r in recs]
+        except Exception:  # a record built by hand with odd values: never fail the caller
+            log.exception("access log: a record could not be formatted")
+            return
+        if self._syslog is not None:
+            self._syslog.send([self._clock.iso(r.time) for r in recs], lines)
+            return
+        try:
+            if self._stream is not None:
+                self._stream.flush()  # anything written through the text layer goes first
+                fd = self._stream.fileno()
+            elif self._fd >= 0:
+                fd = self._fd
+            else:
+                return
             for chunk in _chunks(lines):
                 _write_all(fd, chunk)
         except (OSError, ValueError):
@@ -106,8 +211,11 @@ class AccessLog:
 
     def close(self) -> None:
         self.flush()
-        if self._own and self._stream is not None:
-            self._stream.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._syslog is not None:
+            self._syslog.close()
 
 
 # Several worker processes share one log (stdout pipe or O_APPEND file). A write() of at most

@@ -52,6 +52,11 @@ commands:
   enable POOL/SERVER      back into service (health decides: up or down)
   reload                  load the configuration from disk (all or nothing)
   reload certs            load certificates from disk now
+  add server POOL ADDRESS [weight=N] [--persist]
+                          a server more, until the next reload (--persist: for good)
+  del server POOL SERVER [--persist]
+                          a server less (those in flight finish), until the next reload
+  reopen-logs             open the access log file again (after logrotate moved it)
 servers are named POOL/host:port, or by their name key"""
 
 
@@ -177,12 +182,19 @@ class AdminServer:
             ok, text = inst.set_admin_state(args[0], state)
             log.info("admin: %s %s: %s", verb, args[0], text)
             return ok, text
+        if verb in ("add", "del") and args[:1] == ["server"]:
+            ok, text = await inst.edit_servers(verb, args)
+            log.info("admin: %s %s: %s", verb, " ".join(args), text.splitlines()[0])
+            return ok, text
         if verb == "reload" and not args:
             problems = await inst.reload()
             if problems:
                 return False, "reload rejected; nothing changed:\n" + "\n".join(problems)
             gen = inst.generation
             return True, f"reloaded: generation {gen.number if gen else 0}"
+        if verb == "reopen-logs" and not args:
+            problems = inst.reopen_logs()
+            return (False, "\n".join(problems)) if problems else (True, "access log reopened")
         if verb == "reload" and args == ["certs"]:
             problems = await inst.reload_certs()
             if problems:

@@ -271,7 +271,7 @@ class CertWatcher:
         if set(new) == set(old.certs):
             return False, problems
         try:
-            store = CertStore(new, alpn=lrt.config.tls.alpn)
+            store = CertStore(new, alpn=lrt.config.tls.alpn, client_auth=old.client_auth)
         except CertificateError as exc:
             message = f"listener={name}: {exc}; still serving the previous certificates"
             log.error("%s", message)

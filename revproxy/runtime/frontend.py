@@ -16,7 +16,14 @@ import socket
 from collections.abc import Callable
 
 from revproxy.config.model import Bind, Config
-from revproxy.edge.generation import Generation, ServiceBuilder, build_generation
+from revproxy.edge.generation import (
+    SLOW_START_BALANCE,
+    SLOW_START_SCALE,
+    Generation,
+    PoolRuntime,
+    ServiceBuilder,
+    build_generation,
+)
 from revproxy.edge.listener import Acceptor, BoundListener
 from revproxy.egress.service import SERVICES as EGRESS_SERVICES
 from revproxy.errors import ConfigError, ConfigProblem
@@ -26,6 +33,8 @@ from revproxy.ops.metrics import RequestMetrics
 from revproxy.policy.counters import Counters, LocalCounters
 from revproxy.runtime.allocator import give_back
 from revproxy.tunnel.hub import Hub, service_builder
+from revproxy.upstream.discovery import DiscoveryError, Lookup, members
+from revproxy.upstream.pool import Address, Member
 
 log = logging.getLogger("revproxy")
 
@@ -39,6 +48,9 @@ BUDGET_INTERVAL = 1.0
 COLLECT_AFTER = 512
 
 OpenSockets = Callable[[Bind, str], list[socket.socket]]
+# A pool's run-time servers changed (the generation, the pool): the master watches their
+# health and tells its workers.
+MembersHook = Callable[[Generation, PoolRuntime], None]
 
 
 class Frontend:
@@ -58,6 +70,10 @@ class Frontend:
         self.acceptor = Acceptor(self._current)
         self.metrics = RequestMetrics()
         self._resolver: asyncio.Task[None] | None = None
+        # DNS discovery runs in one process, the master (``discovers``); workers are told.
+        self.discovers = False
+        self.on_members: MembersHook | None = None
+        self._lookup = Lookup()
         self._budget: asyncio.Task[None] | None = None
         # The agent connections this process accepted (tunnel/hub.py); ``hub.worker`` says
         # which serving process this is (workers.py sets it).
@@ -74,7 +90,7 @@ class Frontend:
     def build(self, config: Config, number: int | None = None) -> Generation:
         """Compile ``config`` beside the current generation (raises ConfigError)."""
         old = self.generation
-        return build_generation(
+        gen = build_generation(
             config,
             number=number if number is not None else (old.number + 1 if old else 1),
             default_pem=self.default_pem,
@@ -85,6 +101,22 @@ class Frontend:
             services=self._services,
             tunnels=self.hub,
         )
+        if old is not None:
+            self._carry_members(old, gen)
+        return gen
+
+    def _carry_members(self, old: Generation, gen: Generation) -> None:
+        """Servers DNS found for entries the new configuration still has stay until the next
+        lookup says otherwise (a reload while DNS fails empties nothing); those ``ctl add
+        server`` added end with the reload."""
+        for name, pr in gen.pools.items():
+            before = old.pools.get(name)
+            if before is None:
+                continue
+            sources = {str(s) for s in pr.config.servers if s.discovered}
+            kept = {k: v for k, v in before.pool.found.items() if k in sources}
+            if kept:
+                self.set_members(gen, pr, kept, quiet=True)
 
     def bind_new(self, gen: Generation, open_sockets: OpenSockets) -> dict[str, BoundListener]:
         """Open the addresses ``gen`` names that are not bound yet (ConfigError if one fails;
@@ -150,8 +182,81 @@ class Frontend:
 
     # --- name resolution
 
+    def lookup(self, gen: Generation) -> Lookup:
+        """The resolver ``gen`` names (``[global] resolvers``; none: the system's)."""
+        named = gen.config.global_.resolvers
+        if self._lookup.named != named:
+            self._lookup = Lookup(named, RESOLVE_TIMEOUT)
+        return self._lookup
+
+    async def discover(self, gen: Generation) -> None:
+        """``resolve = "all"`` and ``srv`` servers: ask DNS, and make each address found a
+        server of its pool (upstream/discovery.py). A lookup that fails keeps what it had."""
+        jobs = [(pr, s) for pr in gen.pools.values() for s in pr.config.servers if s.discovered]
+        if not jobs:
+            return
+        lookup = self.lookup(gen)
+        results = await asyncio.gather(
+            *(members(s, lookup) for _, s in jobs), return_exceptions=True
+        )
+        pools: dict[str, tuple[PoolRuntime, dict[str, tuple[Member, ...]]]] = {}
+        for (pr, server), result in zip(jobs, results, strict=True):
+            found = pools.setdefault(pr.config.name, (pr, dict(pr.pool.found)))[1]
+            source = str(server)
+            if isinstance(result, DiscoveryError):
+                had = len(found.get(source, ()))
+                log.warning(
+                    "pool=%s server %s cannot be resolved: %s; keeping its %d server(s)",
+                    pr.config.name,
+                    source,
+                    result,
+                    had,
+                )
+                continue
+            if isinstance(result, BaseException):
+                raise result
+            if not result and found.get(source):
+                log.warning("pool=%s server %s resolves to no address", pr.config.name, source)
+            found[source] = result
+        for pr, found in pools.values():
+            self.set_members(gen, pr, found)
+
+    def set_members(
+        self,
+        gen: Generation,
+        pr: PoolRuntime,
+        found: dict[str, tuple[Member, ...]],
+        removed: frozenset[Address] | None = None,
+        *,
+        quiet: bool = False,
+    ) -> bool:
+        """Make ``found`` (and ``removed``) the run-time servers of a pool of ``gen``; log
+        (unless ``quiet``) and report what changed. False when nothing did."""
+        pool = pr.pool
+        slow = pr.config.slow_start > 0 and pr.config.balance in SLOW_START_BALANCE
+        pool.member_scale = SLOW_START_SCALE if slow else 1
+        found = {source: ms for source, ms in found.items() if ms}
+        if found == pool.found and (removed is None or removed == pool.removed):
+            return False
+        added, gone = pool.set_found(found, removed)
+        if self.discovers and not quiet:
+            for b in added:
+                how = "ctl add server" if b.found_by == "ctl" else f"an address of {b.found_by}"
+                log.info("pool=%s backend=%s added: %s", pool.name, b.label, how)
+            for b in gone:
+                rest = f"; {b.active} request(s) in flight finish" if b.active else ""
+                log.info("pool=%s backend=%s removed%s", pool.name, b.label, rest)
+        if self.on_members is not None:
+            self.on_members(gen, pr)
+        return True
+
     async def resolve(self, gen: Generation) -> None:
+        """Discovery (in the master), then the names of the other servers: each such server
+        tries its name's addresses in turn."""
+        if self.discovers:
+            await self.discover(gen)
         loop = asyncio.get_running_loop()
+        lookup = self.lookup(gen)
         for pr in gen.pools.values():
             for b in pr.pool.backends:
                 if b.tunnel is not None:
@@ -161,6 +266,22 @@ class Frontend:
                     continue
                 except ValueError:
                     pass
+                if lookup.named:
+                    try:
+                        found = await lookup.addresses(b.host)
+                    except DiscoveryError as exc:
+                        found, why = (), str(exc)
+                    else:
+                        why = "no address"
+                    if not found:
+                        log.warning(
+                            "pool=%s backend=%s cannot resolve: %s", pr.config.name, b.label, why
+                        )
+                        continue
+                    addrs = tuple((address, b.port) for address in found)
+                    if addrs != b.addresses:
+                        b.addresses = addrs
+                    continue
                 try:
                     async with asyncio.timeout(RESOLVE_TIMEOUT):
                         infos = await loop.getaddrinfo(b.host, b.port, type=socket.SOCK_STREAM)
@@ -249,7 +370,10 @@ class Frontend:
 
 
 def _same_log(a: Config, b: Config) -> bool:
-    return (a.global_.access_log, a.global_.access_log_format) == (
-        b.global_.access_log,
-        b.global_.access_log_format,
+    x, y = a.global_, b.global_
+    return (x.access_log, x.access_log_format, x.log_time, x.facility) == (
+        y.access_log,
+        y.access_log_format,
+        y.log_time,
+        y.facility,
     )

@@ -31,7 +31,7 @@ from typing import Any
 
 from revproxy.certs.files import generate_default_cert
 from revproxy.config.model import Bind, Config
-from revproxy.edge.generation import Generation
+from revproxy.edge.generation import Generation, PoolRuntime
 from revproxy.edge.listener import bind_socket
 from revproxy.errors import ConfigError
 from revproxy.ops.metrics import InstanceMetrics
@@ -40,7 +40,14 @@ from revproxy.runtime.certwatch import CertWatcher
 from revproxy.runtime.control import Collected
 from revproxy.runtime.frontend import Frontend
 from revproxy.runtime.sdnotify import Notifier
-from revproxy.runtime.workers import REPLY_TIMEOUT, StateRow, WorkerPool, worker_count
+from revproxy.runtime.servers import RuntimeServers
+from revproxy.runtime.workers import (
+    REPLY_TIMEOUT,
+    StateRow,
+    WorkerPool,
+    pool_members,
+    worker_count,
+)
 from revproxy.upstream.backend import BackendState
 from revproxy.upstream.health import Change as HealthChange
 from revproxy.upstream.health import HealthMonitor, Key, Target
@@ -72,6 +79,12 @@ class Instance:
         self.metrics = InstanceMetrics()
         self.monitor = HealthMonitor(on_change=self._health_changed, metrics=self.metrics)
         self.frontend = Frontend(self._default_pem, accept=True)
+        # DNS discovery runs here, once for the instance; workers are sent what it finds.
+        self.frontend.discovers = True
+        self.frontend.on_members = self._members_changed
+        self.servers = RuntimeServers(
+            lambda: self.generation, self.frontend.set_members, self.reload, conf_dir
+        )
         self.workers: WorkerPool | None = None
         self.admin: AdminServer | None = None
         self.cert_watcher: Any = None
@@ -103,6 +116,7 @@ class Instance:
         if count > 1:
             self.frontend.accept = False
         gen = self.frontend.build(config, number=1)
+        await self.frontend.discover(gen)  # servers found by DNS serve from the first request
         # The admin socket first: once a listener answers, so does `revproxy ctl`.
         await self._prepare_admin(config)
         try:
@@ -119,6 +133,7 @@ class Instance:
                 states=self.state_rows,
                 on_passive=self.monitor.observe_key,
                 on_restart=lambda: self.metrics.worker_restarts.inc(()),
+                members=lambda: _members(self.generation),
             )
             try:
                 await self.workers.start(
@@ -195,6 +210,7 @@ class Instance:
                 gen.number,
                 self.frontend.listeners_after(gen, new),
                 count if count > 1 else self.workers.count,
+                members=_members(gen),
             )
         await self.frontend.swap(gen, new)
         if self.admin is not None:
@@ -231,6 +247,37 @@ class Instance:
             for answer in answers:
                 problems.extend(answer.get("problems") or [])
         return problems
+
+    def reopen_logs(self) -> list[str]:
+        """SIGUSR1 / ``ctl reopen-logs``: the access-log file is opened again by its name
+        (logrotate's ``postrotate``); every worker is sent SIGUSR1 to do the same."""
+        problems: list[str] = []
+        gen = self.generation
+        if gen is not None and not gen.access_log.reopen():
+            problems.append(f"access log {gen.access_log.target}: could not be reopened")
+        if self.workers is not None:
+            for pid in self.workers.pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGUSR1)
+        log.info("access log reopened%s", f": {'; '.join(problems)}" if problems else "")
+        return problems
+
+    # --- run-time servers (DNS discovery, ctl add/del server) ---------------------------
+
+    def _members_changed(self, gen: Generation, pr: PoolRuntime) -> None:
+        """A pool of ``gen`` gained or lost servers at run time: health follows, workers are
+        told. (A generation still being built is adopted whole, and its workers get its
+        servers with the reload.)"""
+        if gen is not self.generation:
+            return
+        self.monitor.follow(pr.config, pr.pool.backends)
+        if self.workers is not None:
+            self.workers.broadcast({"op": "members", **pool_members(pr.pool)})
+            self.workers.broadcast_states(self.state_rows())
+
+    async def edit_servers(self, verb: str, args: list[str]) -> tuple[bool, str]:
+        """``add server …`` / ``del server …`` (runtime/servers.py)."""
+        return await self.servers.execute(verb, args)
 
     # --- health ---------------------------------------------------------------------------
 
@@ -374,10 +421,11 @@ class Instance:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, on_hup or (lambda: self._spawn(self.reload())))
+        loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
         try:
             await self._stop.wait()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
                 loop.remove_signal_handler(sig)
             await self.shutdown()
 
@@ -411,6 +459,13 @@ class Instance:
 def _state_row(t: Target) -> StateRow:
     pool, host, port = t.key
     return [pool, host, port, t.record.state.value, t.record.up_since]
+
+
+def _members(gen: Generation | None) -> dict[str, dict[str, Any]]:
+    """Every pool's run-time servers, for workers (``pool_members``)."""
+    if gen is None:
+        return {}
+    return {name: pool_members(pr.pool) for name, pr in gen.pools.items()}
 
 
 def _bind(bind: Bind, addr: str) -> list[socket.socket]:

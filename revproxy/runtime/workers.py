@@ -20,8 +20,9 @@ changes their number only tells them the new number (``workers``); past the slot
 larger region is sent to all (``counters``: the counts start again).
 
 The channel carries one JSON object per line. Master → worker: ``init``, ``reload``,
-``states``, ``stats``, ``reload_certs``, ``workers``, ``counters``. Worker → master:
-``ready``, ``passive``, and replies carrying the ``id`` of the request they answer.
+``states``, ``members`` (a pool's run-time servers), ``stats``, ``reload_certs``, ``workers``,
+``counters``. Worker → master: ``ready``, ``passive``, and replies carrying the ``id`` of the
+request they answer.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from revproxy.runtime.channel import (
 from revproxy.runtime.frontend import Frontend
 from revproxy.upstream.backend import BackendState
 from revproxy.upstream.health import TICK, Key, slow_start_factor
+from revproxy.upstream.pool import Address, Member, Pool
 
 log = logging.getLogger("revproxy.workers")
 
@@ -87,6 +89,30 @@ def worker_count(setting: int | str) -> int:
 StateRow = list[Any]  # [pool, host, port, state, up_since or None]
 
 
+def pool_members(pool: Pool) -> Message:
+    """A pool's run-time servers on the wire: the members each source found (DNS discovery,
+    ``ctl add server``) and the configured servers taken out (``ctl del server``)."""
+    return {
+        "pool": pool.name,
+        "found": {
+            source: [[m.host, m.port, m.weight, m.backup, m.max_conns, m.hostname] for m in ms]
+            for source, ms in pool.found.items()
+        },
+        "removed": [list(a) for a in sorted(pool.removed)],
+    }
+
+
+def members_from(msg: Message) -> tuple[dict[str, tuple[Member, ...]], frozenset[Address]]:
+    found = {
+        str(source): tuple(
+            Member(str(h), int(p), int(w), bool(b), None if c is None else int(c), n)
+            for h, p, w, b, c, n in rows
+        )
+        for source, rows in msg["found"].items()
+    }
+    return found, frozenset((str(h), int(p)) for h, p in msg["removed"])
+
+
 @dataclass(eq=False)
 class WorkerHandle:
     slot: int
@@ -114,9 +140,12 @@ class WorkerPool:
         states: Callable[[], list[StateRow]],
         on_passive: Callable[[Key, bool], None],
         on_restart: Callable[[], None],
+        members: Callable[[], dict[str, Message]] | None = None,
     ) -> None:
         self.default_pem = default_pem
         self.states = states
+        # Every pool's run-time servers as the master has them (``pool_members``).
+        self.members = members or dict
         self.on_passive = on_passive
         self.on_restart = on_restart
         self.handles: dict[int, WorkerHandle] = {}
@@ -208,6 +237,7 @@ class WorkerPool:
                 "default_pem": [base64.b64encode(cert).decode(), base64.b64encode(key).decode()],
                 "listeners": layout,
                 "states": self.states(),
+                "members": self.members(),
             },
             [self.counters_fd, *fds],
         )
@@ -340,6 +370,7 @@ class WorkerPool:
         number: int,
         listeners: dict[str, list[socket.socket]],
         count: int,
+        members: dict[str, Message] | None = None,
     ) -> list[str]:
         """Every worker swaps to ``config``; ``listeners`` is the full new set of sockets
         (workers get the descriptors of the new ones). Returns what went wrong."""
@@ -354,6 +385,7 @@ class WorkerPool:
                 "listeners": layout,
                 "keep": sorted(listeners),
                 "states": self.states(),
+                "members": members if members is not None else self.members(),
             }
             live = [h for h in self.handles.values() if h.ready.is_set()]
             answers = await asyncio.gather(
@@ -474,6 +506,7 @@ class Worker:
         self.frontend: Frontend | None = None
         self._frontend_cls = Frontend
         self.states: dict[Key, tuple[BackendState, float | None]] = {}
+        self.members: dict[str, Message] = {}  # pool → pool_members(), as last sent
         self._received: dict[str, list[socket.socket]] = {}
         self._stop = asyncio.Event()
         self.cert_watcher: Any = None
@@ -502,6 +535,7 @@ class Worker:
         self.frontend = self._frontend_cls((cert, key), accept=True, counters=self.counters)
         self._received = unflatten(msg["listeners"], fds)
         self._apply_states(msg["states"])
+        self.members = msg.get("members") or {}
         config = unpack_config(msg["config"])
         # Agents learn from the hello which worker a connection reached (tunnel/hub.py).
         self.frontend.hub.worker = (
@@ -517,6 +551,8 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: None)  # reloads come from the master
+        # The master passes on SIGUSR1 / ctl reopen-logs: each process has its own file.
+        loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
         self.channel.post({"op": "ready", "pid": os.getpid()})
         log.debug("worker %d (pid %d) serving generation %d", self.slot, os.getpid(), gen.number)
         tasks = [
@@ -563,7 +599,16 @@ class Worker:
         for pr in gen.pools.values():
             if pr.config.passive is not None:
                 pr.dialer.observer = observe
+        self._apply_members(gen)
         self._write_states(gen)
+
+    def _apply_members(self, gen: Generation) -> None:
+        assert self.frontend is not None
+        for name, msg in self.members.items():
+            pr = gen.pools.get(name)
+            if pr is not None:
+                found, removed = members_from(msg)
+                self.frontend.set_members(gen, pr, found, removed)
 
     def _apply_states(self, rows: list[StateRow]) -> None:
         for pool, host, port, state, up_since in rows:
@@ -586,6 +631,11 @@ class Worker:
             if self.frontend is not None and self.frontend.generation is not None:
                 self._write_states(self.frontend.generation)
 
+    def _reopen_logs(self) -> None:
+        gen = self.frontend.generation if self.frontend is not None else None
+        if gen is not None:
+            gen.access_log.reopen()
+
     async def _read_forever(self) -> None:
         while True:
             try:
@@ -604,6 +654,12 @@ class Worker:
         reply: Message = {"op": op, "id": msg.get("id")}
         if op == "states":
             self._apply_states(msg["states"])
+            return
+        if op == "members":
+            self.members[str(msg["pool"])] = msg
+            if self.frontend.generation is not None:
+                self._apply_members(self.frontend.generation)
+                self._write_states(self.frontend.generation)
             return
         if op in ("workers", "counters"):
             self._follow_counters(msg, fds)
@@ -649,6 +705,7 @@ class Worker:
                     s.close()
             self._received.clear()
         self._apply_states(msg.get("states", []))
+        self.members = msg.get("members") or {}
         self._prepare(gen)
         await self.frontend.swap(gen, new)
         return []

@@ -28,6 +28,12 @@ _T = TypeVar("_T")
 changes = 0
 
 
+def count_change() -> None:
+    """A pool's list of backends changed (``Pool.set_found``): selection must rebuild."""
+    global changes
+    changes += 1
+
+
 class BackendState(enum.Enum):
     """Administrative and health state of one backend."""
 
@@ -104,6 +110,12 @@ class Backend:
     # a live agent connection exposing it (written by the tunnel hub only; ``TunnelPaths``).
     tunnel: str | None = None
     linked: _Watched[bool] = _Watched(True)
+    # A server the pool gained at run time (``pool.Member``): what found it — the configured
+    # server it is an address of ("app.internal:8080", "srv:_http._tcp.app.internal") or
+    # "ctl" (``revproxy ctl add server``) — and the name it was found under (TLS SNI and the
+    # health check's Host when ``host`` is one of that name's addresses).
+    found_by: str | None = None
+    hostname: str | None = None
 
     @functools.cached_property
     def label(self) -> str:
@@ -116,6 +128,12 @@ class Backend:
             return f"{self.pool}/tunnel:{self.tunnel}"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.pool}/{host}:{self.port}"
+
+    @property
+    def server_name(self) -> str:
+        """The name TLS and health checks present to it: the name its address was found
+        under, else ``host``."""
+        return self.hostname or self.host
 
     @property
     def available(self) -> bool:

@@ -357,7 +357,7 @@ class Dialer:
             if identity:
                 io.write(identity)
             if self.ssl is not None:
-                sni = (self.tls.sni if self.tls is not None else None) or backend.host
+                sni = (self.tls.sni if self.tls is not None else None) or backend.server_name
                 try:
                     async with asyncio.timeout(self.connect_timeout):
                         tls = await loop.start_tls(transport, io, self.ssl, server_hostname=sni)

@@ -304,7 +304,8 @@ def _host_header(backend: Backend, pool: PoolConfig, health: HealthConfig) -> st
         return health.host
     if pool.tls is not None and pool.tls.sni:
         return pool.tls.sni
-    host = f"[{backend.host}]" if ":" in backend.host else backend.host
+    name = backend.server_name
+    host = f"[{name}]" if ":" in name else name
     return f"{host}:{backend.port}"
 
 
@@ -334,7 +335,7 @@ async def check_once(
             elif pool.send_proxy == "v1":
                 writer.write(build_v1(None, None))
             if tls is not None:
-                sni = (pool.tls.sni if pool.tls else None) or health.host or backend.host
+                sni = (pool.tls.sni if pool.tls else None) or health.host or backend.server_name
                 await writer.start_tls(tls, server_hostname=sni)
             if health.tcp:
                 return True, "connected"
@@ -409,26 +410,40 @@ class HealthMonitor:
     def adopt(self, pools: Iterable[tuple[PoolConfig, Iterable[Backend]]]) -> None:
         """Watch these backends (a new generation's): keep the records of unchanged ones,
         start checks for new ones, stop those that left; write state into every Backend."""
-        now = self.clock()
         seen: set[Key] = set()
         for pool, backends in pools:
-            for b in backends:
-                key = (pool.name, b.host, b.port)
-                seen.add(key)
-                t = self.targets.get(key)
-                if t is None:
-                    t = Target(key, HealthRecord.new(Thresholds.of(pool), now), b, pool)
-                    self.targets[key] = t
-                    restart = True
-                else:
-                    restart = _check_settings(t.pool) != _check_settings(pool)
-                    t.backend, t.pool = b, pool
-                if restart:
-                    self._restart(t)
-                    if pool.health is None:
-                        self._apply(t, checks_removed(t.record, now))
-                self._write(t, now)
-        for key in [k for k in self.targets if k not in seen]:
+            seen |= self._watch(pool, backends)
+        self._forget([k for k in self.targets if k not in seen])
+
+    def follow(self, pool: PoolConfig, backends: Iterable[Backend]) -> None:
+        """One pool's servers changed at run time (DNS discovery, ``ctl add/del server``):
+        watch the new ones, stop those that left, keep the rest as they are."""
+        seen = self._watch(pool, backends)
+        self._forget([k for k in self.targets if k[0] == pool.name and k not in seen])
+
+    def _watch(self, pool: PoolConfig, backends: Iterable[Backend]) -> set[Key]:
+        now = self.clock()
+        seen: set[Key] = set()
+        for b in backends:
+            key = (pool.name, b.host, b.port)
+            seen.add(key)
+            t = self.targets.get(key)
+            if t is None:
+                t = Target(key, HealthRecord.new(Thresholds.of(pool), now), b, pool)
+                self.targets[key] = t
+                restart = True
+            else:
+                restart = _check_settings(t.pool) != _check_settings(pool)
+                t.backend, t.pool = b, pool
+            if restart:
+                self._restart(t)
+                if pool.health is None:
+                    self._apply(t, checks_removed(t.record, now))
+            self._write(t, now)
+        return seen
+
+    def _forget(self, keys: Iterable[Key]) -> None:
+        for key in keys:
             t = self.targets.pop(key)
             if t.task is not None:
                 t.task.cancel()

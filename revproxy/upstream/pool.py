@@ -22,8 +22,10 @@ with time passed in.
 
 from __future__ import annotations
 
+import ipaddress
 import random
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 
 from revproxy.upstream import backend as watched
 from revproxy.upstream.backend import Backend, BackendState, PickContext
@@ -31,6 +33,24 @@ from revproxy.upstream.balancing import BalancePolicy, Candidates, make_policy
 
 # Backends with a ``max_conns``, and that limit.
 _Caps = tuple[tuple[Backend, int], ...]
+# What makes two servers of one pool the same server: host (an address or a name) and port.
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A server a pool gains at run time: one address of a name (``resolve = "all"``, an SRV
+    record: ``discovery.py``) or one the operator added (``revproxy ctl add server``)."""
+
+    host: str  # an IP address, or (ctl) a name resolved like any configured server's
+    port: int
+    weight: int = 1
+    backup: bool = False
+    max_conns: int | None = None
+    hostname: str | None = None  # the name it was found under (SNI, checks' Host)
+
+
+Changes = tuple[list[Backend], list[Backend]]  # (added, removed)
 
 
 class Pool:
@@ -55,6 +75,14 @@ class Pool:
             labels.add(backend.label)
         self.name = name
         self.backends: tuple[Backend, ...] = tuple(backends)
+        # The configured servers (``backends`` at build), those of them taken out until the
+        # next reload (``ctl del server``), and the members found at run time by each source
+        # (``Backend.found_by``). ``backends`` is always the first two composed with the third.
+        self.fixed = self.backends
+        self.removed: frozenset[Address] = frozenset()
+        self.found: dict[str, tuple[Member, ...]] = {}
+        # Members' weights are scaled as the configured servers' are (slow start).
+        self.member_scale = 1
         self.balance = balance
         self.policy: BalancePolicy = make_policy(balance, rng)
         # The candidates as of ``_built_at`` (a ``watched.changes`` count): UP primaries and UP
@@ -100,6 +128,50 @@ class Pool:
             self._backups = Candidates(backups)
         self._primary_caps = _caps(primaries)
         self._backup_caps = _caps(backups)
+
+    def set_found(
+        self,
+        found: Mapping[str, Sequence[Member]],
+        removed: Collection[Address] | None = None,
+    ) -> Changes:
+        """Make the run-time part of the pool ``found`` (every source's members: a source
+        not named has none) and, when given, ``removed``; returns the backends added and
+        those gone. A member already here keeps its object (and so its counters and health);
+        one whose address another server of the pool already has is left out."""
+        if removed is not None:
+            self.removed = frozenset(removed)
+        old = {(b.found_by, b.host, b.port): b for b in self.backends if b.found_by}
+        out = [b for b in self.fixed if (b.host, b.port) not in self.removed]
+        taken = {(b.host, b.port) for b in out}
+        kept: dict[str, tuple[Member, ...]] = {}
+        for source, members in found.items():
+            listed = []
+            for m in members:
+                if (m.host, m.port) in taken:
+                    continue
+                taken.add((m.host, m.port))
+                listed.append(m)
+                b = old.pop((source, m.host, m.port), None) or self._member(source, m)
+                b.weight, b.backup, b.max_conns = m.weight, m.backup, m.max_conns
+                out.append(b)
+            if listed:
+                kept[source] = tuple(listed)
+        self.found = kept
+        previous, self.backends = self.backends, tuple(out)
+        watched.count_change()
+        before, after = set(previous), set(out)
+        return [b for b in out if b not in before], [b for b in previous if b not in after]
+
+    def _member(self, source: str, m: Member) -> Backend:
+        b = Backend(pool=self.name, host=m.host, port=m.port, found_by=source)
+        b.hostname = m.hostname
+        b.weight_scale = self.member_scale
+        try:
+            ipaddress.ip_address(m.host)
+            b.addresses = ((m.host, m.port),)
+        except ValueError:
+            pass  # a name: resolved as a configured server's is (runtime/frontend.py)
+        return b
 
     def find(self, label: str) -> Backend | None:
         """The backend with this label (as shown by the admin and in logs), if any."""

@@ -956,7 +956,9 @@ def test_access_log_has_one_line_per_request(site: Site) -> None:
     assert res.returncode == 0
     line = site.proxy.wait_access(lambda s: marker in s)
     assert len([s for s in site.proxy.access_lines() if marker in s]) == 1
-    assert line.startswith("127.0.0.4 ")
+    stamp, rest = line.split(" ", 1)  # every line starts with its time (log_time = "utc")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stamp), stamp
+    assert rest.startswith("127.0.0.4 ")
     assert "listener=http" in line and "sni=-" in line
     assert f"host=app.test:{site.http}" in line
     assert f'"POST {marker}" 200' in line

@@ -503,7 +503,8 @@ def ok(data: bytes) -> tuple[int, bytes]:
 
 
 def log_line(s: Setup, path: str) -> str:
-    return s.proxy.wait_access(lambda line: f'"GET {path}"' in line)
+    """The access-log line of ``path``, without the time it starts with."""
+    return s.proxy.wait_access(lambda line: f'"GET {path}"' in line).split(" ", 1)[1]
 
 
 def seen_by_web(s: Setup, path: str) -> tuple[str | None, str | None]:

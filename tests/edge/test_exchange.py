@@ -87,6 +87,7 @@ class Client:
         self.http2 = http2
         self.sent: list[tuple[Any, ...]] = []
         self.bytes_out = 0
+        self.head_out = 0
         self.started = False
         self.taken: list[bytes] = []  # body chunks handed out, in order
         self.origin: Origin | None = None  # to check acknowledgements against

@@ -146,3 +146,26 @@ def test_the_unit_passes_systemd_analyze_verify(root: Path, tmp_path: Path) -> N
         timeout=60,
     )
     assert "Overall exposure level" in security.stdout + security.stderr
+
+
+def test_logrotate_snippet_reopens_the_log(root: Path, tmp_path: Path) -> None:
+    """/etc/logrotate.d/revproxy rotates /var/log/revproxy/*.log and asks the proxy to reopen
+    (SIGUSR1 through systemd, else ``revproxy ctl reopen-logs``); logrotate accepts it."""
+    snippet = root / "etc/logrotate.d/revproxy"
+    text = snippet.read_text()
+    assert text.startswith("/var/log/revproxy/*.log {")
+    assert "--signal=USR1 revproxy.service" in text and "reopen-logs" in text
+    logrotate = shutil.which("logrotate") or "/usr/sbin/logrotate"
+    if not os.path.exists(logrotate):
+        raise AssertionError("logrotate not found (apt-get install logrotate)")
+    # The revproxy user exists only under DESTDIR: logrotate checks the snippet as root's.
+    probe = tmp_path / "revproxy.logrotate"
+    probe.write_text(text.replace("revproxy revproxy", "root root"))
+    res = subprocess.run(
+        [logrotate, "--debug", "--state", str(tmp_path / "state"), str(probe)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "error" not in res.stderr.lower(), res.stderr
