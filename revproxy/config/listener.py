@@ -2,7 +2,9 @@
 
 Rule of this room: a listener is a bound socket and its mode. An http listener ends TLS (when
 it has ``tls``) or speaks plain HTTP — only a plain one answers ACME HTTP-01 challenges or
-accepts h2c; a tcp listener relays bytes to its pool and has none of the HTTP keys. Two
+accepts h2c; a tcp listener relays bytes to its pool and has none of the HTTP keys (with
+``tls`` it ends TLS first: certificates and client certificates, but no ALPN, which names HTTP
+protocols, and no client_cert_header, which is a request header). Two
 listeners never take the same port on the same address (a wildcard bind takes every address
 of its family), and nothing else in the config (the admin address) may either.
 """
@@ -58,7 +60,7 @@ class ListenerRead:
     table: TableReader
 
 
-def _read_tls(t: TableReader) -> ListenerTLS:
+def _read_tls(t: TableReader, mode: str) -> ListenerTLS:
     cert_dir = t.path("cert_dir", None)
     if cert_dir is not None and cert_dir.exists() and not cert_dir.is_dir():
         t.problem("cert_dir", f"{cert_dir} is not a directory")
@@ -89,11 +91,22 @@ def _read_tls(t: TableReader) -> ListenerTLS:
     if header is not None and not _TOKEN.fullmatch(header):
         t.problem("client_cert_header", f"{header!r} is not a header name")
         header = None
+    if mode == "tcp":
+        # The relayed bytes are the client's own protocol: nothing HTTP is offered or added.
+        if t.has("alpn"):
+            t.problem("alpn", "not on a tcp listener (ALPN would announce HTTP to the client)")
+        if t.has("client_cert_header"):
+            t.problem(
+                "client_cert_header",
+                'only for mode = "http" (a tcp listener adds no headers; '
+                'pass the subject with the pool\'s send_proxy = "v2")',
+            )
+        header = None
     return ListenerTLS(
         cert_dir=cert_dir,
         certs=tuple(pairs),
         unknown_sni=t.choice("unknown_sni", _UNKNOWN_SNI, _TLS.unknown_sni),
-        alpn=tuple(name for _, name in alpn) or _TLS.alpn,
+        alpn=() if mode == "tcp" else tuple(name for _, name in alpn) or _TLS.alpn,
         client_ca=client_ca,
         client_cert=t.choice("client_cert", _CLIENT_CERT, _TLS.client_cert),
         client_cert_header=header.lower() if header else None,
@@ -132,7 +145,7 @@ def read_listener(index: int, entry: Entry, ctx: ReadContext) -> ListenerRead:
     t.unique("bind", binds)
     mode = t.choice("mode", _MODES, _LISTENER.mode)
     tls_table = t.table("tls", _TLS_KEYS)
-    tls = _read_tls(tls_table) if tls_table is not None else None
+    tls = _read_tls(tls_table, mode) if tls_table is not None else None
     proxy_table = t.table("proxy_protocol", _PROXY_PROTOCOL_KEYS)
     trusted = t.strings("trusted_proxies", parse_network)
     access = read_access(t)
@@ -185,7 +198,7 @@ def read_listener(index: int, entry: Entry, ctx: ReadContext) -> ListenerRead:
     elif mode == "tcp":
         if not t.has("pool"):
             t.problem("pool", "required on a tcp listener (the pool its connections go to)")
-        http_only = ("tls", "redirect_https", "redirect_port", "trusted_proxies", "forwarded")
+        http_only = ("redirect_https", "redirect_port", "trusted_proxies", "forwarded")
         for key in (*http_only, "acme", "h2c"):
             # false and [] say "not this" and are harmless; anything else is a mistake
             if t.has(key) and t.raw(key) is not False and t.raw(key) != []:
@@ -271,7 +284,8 @@ def check_listeners(reads: Sequence[ListenerRead], pools: Sequence[str], ctx: Re
             bound.append((index, key, bind))
         if listener.mode == "tcp" and listener.pool and listener.pool not in pools:
             t.problem("pool", f'no pool named "{listener.pool}" ({defined("pool", pools)})')
-    has_tls = any(read.listener.tls is not None for read in reads)
+    # What redirect_https can send a browser to: an http listener with tls (a tcp one is not).
+    has_tls = any(read.listener.mode == "http" and read.listener.tls is not None for read in reads)
     for read in reads:
         listener = read.listener
         if (

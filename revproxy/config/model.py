@@ -150,6 +150,7 @@ class ListenerTLS:
     certs: tuple[CertPair, ...] = ()
     unknown_sni: Literal["generated", "reject"] = "generated"
     # Offered in this order; "h2" is served by h2_proxy.py, "http/1.1" by http_proxy.py.
+    # A tcp listener offers none (its reader sets ()).
     alpn: tuple[str, ...] = ("h2", "http/1.1")
     # Client certificates: verified against these CAs (PEM); "required" refuses a handshake
     # without one, "optional" lets it in (with no subject in the log and no header).
@@ -366,6 +367,10 @@ class PoolTLS:
     sni: str | None = None
     verify: bool = True
     ca: Path | None = None  # None = the system's trust store
+    # A client certificate (chain) and its key presented to origins that ask for one
+    # (authenticated origin pulls); both or neither.
+    cert: Path | None = None
+    key: Path | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

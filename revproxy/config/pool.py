@@ -1,4 +1,5 @@
-"""``[pool.NAME]`` tables → ``Pool``: servers, timeouts, health checks, TLS to origins.
+"""``[pool.NAME]`` tables → ``Pool``: servers, timeouts, health checks, TLS to origins (with
+a client certificate for origins that ask for one).
 
 Rule of this room: one pool table is judged on its own — every key read, every problem
 recorded under ``pool.NAME.…`` with what to write instead. Whether anything uses the pool, or
@@ -49,7 +50,7 @@ _SERVER_KEYS = ("address", "weight", "backup", "name", "max_conns", "tunnel", "r
 _TIMEOUT_KEYS = ("connect", "response", "idle", "tunnel")
 _HEALTH_KEYS = ("path", "interval", "timeout", "rise", "fall", "expect", "tcp", "host")
 _PASSIVE_KEYS = ("failures", "cooldown")
-_POOL_TLS_KEYS = ("sni", "verify", "ca")
+_POOL_TLS_KEYS = ("sni", "verify", "ca", "cert", "key")
 
 _SEND_PROXY: tuple[Literal["v1", "v2"], ...] = ("v1", "v2")
 _PROTOCOLS: tuple[Literal["http1", "h2", "h2c"], ...] = ("http1", "h2", "h2c")
@@ -271,10 +272,24 @@ def _read_pool_tls(t: TableReader) -> PoolTLS:
             t.problem("ca", reason)
         elif not verify:
             t.problem("ca", "only used with verify = true (verify = false checks no certificate)")
+    cert = t.path("cert", _POOL_TLS.cert)
+    key = t.path("key", _POOL_TLS.key)
+    if (cert is None) != (key is None) and t.valid("cert") and t.valid("key"):
+        if cert is None:
+            t.problem("key", 'needs cert (the client certificate chain, e.g. cert = "client.pem")')
+        else:
+            t.problem("cert", 'needs key (its private key, e.g. key = "client.key")')
+    elif cert is not None and key is not None:
+        check = t.ctx.check_cert_pair
+        reason = check(cert, key) if check is not None else ""
+        if reason:
+            t.problem("key" if reason.startswith("private key file") else "cert", reason)
     return PoolTLS(
         sni=t.parsed("sni", lambda v: parse_sni_name(as_str(v)), _POOL_TLS.sni),
         verify=verify,
         ca=ca,
+        cert=cert if key is not None else None,
+        key=key if cert is not None else None,
     )
 
 

@@ -82,7 +82,7 @@ def _listener_line(listener: Listener, config: Config) -> str:
         sources += [f"certificate {pair.cert}" for pair in tls.certs]
         facts.append(
             f"tls ({'; '.join(sources) or 'generated certificate only'}; "
-            f"unknown sni: {tls.unknown_sni}; alpn: {', '.join(tls.alpn)})"
+            f"unknown sni: {tls.unknown_sni}; alpn: {', '.join(tls.alpn) or 'none'})"
         )
     if listener.h2c:
         facts.append("h2c (HTTP/2 without TLS)")
@@ -170,7 +170,8 @@ def _pool_lines(pool: Pool, used: bool) -> list[str]:
     if pool.tls is not None:
         tls = pool.tls
         checks = f"verify with {tls.ca or 'system CAs'}" if tls.verify else "verify off"
-        facts.append(f"tls (sni {tls.sni or 'from the server address'}; {checks})")
+        shown = f"; client certificate {tls.cert}" if tls.cert else ""
+        facts.append(f"tls (sni {tls.sni or 'from the server address'}; {checks}{shown})")
     if pool.send_proxy:
         facts.append(f"sends PROXY {pool.send_proxy}")
     if pool.slow_start:

@@ -346,12 +346,19 @@ def build_generation(
                 tunnels=tunnels,
             )
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            problems.append(ConfigProblem(pc.source, f"pool.{pc.name}.tls.ca", str(exc)))
+            key = "cert" if isinstance(exc, ValueError) else "ca"  # origin_tls_context's way
+            problems.append(ConfigProblem(pc.source, f"pool.{pc.name}.tls.{key}", str(exc)))
             continue
         pools[pc.name] = PoolRuntime(config=pc, pool=pool, dialer=dialer, hiding=_hiding(pc))
 
     first_tls_port = next(
-        (b.port for lst in config.listeners if lst.tls is not None for b in lst.bind), None
+        (
+            b.port
+            for lst in config.listeners
+            if lst.mode == "http" and lst.tls is not None
+            for b in lst.bind
+        ),
+        None,
     )
     # Counters continue across reloads: the previous generation's objects are handed on.
     metrics = metrics or (previous.metrics if previous is not None else RequestMetrics())

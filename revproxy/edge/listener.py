@@ -10,7 +10,8 @@ consumed exactly (peek, then read just its bytes), and what follows it is left i
 for the TLS handshake or the HTTP parser. Out of file descriptors (EMFILE/ENFILE), accepting
 on that socket pauses and retries with a growing back-off.
 
-Dispatch: a ``mode = "tcp"`` listener relays every connection to its pool (``tcp_proxy``). A
+Dispatch: a ``mode = "tcp"`` listener relays every connection to its pool (``tcp.py``; with
+``tls``, after its own handshake — allow/deny and limits are judged before it). A
 TLS listener with passthrough routes first peeks at the ClientHello — never consuming it,
 bounded in size and time — and relays connections whose server name matches a passthrough
 route to that route's pool undecrypted; every other name (and a ClientHello without one) is
@@ -408,7 +409,8 @@ class Acceptor:
         if lrt.config.mode == "tcp":
             if self._denied(gen, lrt, info) or await self._over_limit(gen, lrt, info):
                 return
-            await serve_tcp(gen, lrt, csock, info)
+            # Refused before the TLS handshake (tls on a tcp listener: edge/tcp.py).
+            await serve_tcp(gen, lrt, csock, info, handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
             return
         if lrt.config.mode in SERVICE_MODES:
             await self._serve_egress(gen, lrt, csock, info)

@@ -9,7 +9,8 @@ are pooled under it, never shared with another client.
 TLS to origins (``pool.tls``): the PROXY header (if any) goes first, in clear, then the
 handshake; the certificate is verified against ``tls.ca`` or the system's store, for the name
 ``tls.sni`` or else the server's host name (an IP literal is checked against the certificate's
-IP addresses). A handshake that fails is a failed connect: the next server is tried and
+IP addresses); ``tls.cert``/``tls.key`` is the client certificate shown to an origin that asks
+for one. A handshake that fails is a failed connect: the next server is tried and
 passive health counts it. ALPN offers ``h2`` to ``protocol = "h2"`` pools, ``http/1.1`` to the
 others. HTTP/2 origins (``h2``, ``h2c``) are multiplexed: see ``dial_h2.py``.
 """
@@ -66,6 +67,15 @@ def origin_tls_context(tls: PoolTLS, protocol: str) -> ssl.SSLContext:
         ctx.verify_mode = ssl.CERT_NONE
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_alpn_protocols(["h2"] if protocol == "h2" else ["http/1.1"])
+    if tls.cert is not None and tls.key is not None:
+        # Presented only when an origin asks (CertificateRequest); config/pool.py checked the
+        # pair, so a failure here means the files changed since.
+        try:
+            ctx.load_cert_chain(tls.cert, tls.key)
+        except ssl.SSLError as exc:
+            raise ValueError(f"OpenSSL refuses {tls.cert} with {tls.key}: {exc.reason}") from None
+        except OSError as exc:
+            raise ValueError(f"{exc.filename or tls.cert} cannot be read: {exc.strerror}") from None
     return ctx
 
 

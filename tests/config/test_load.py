@@ -177,8 +177,18 @@ ERRORS: list[tuple[str, str, str]] = [
      'listener[1].pool: only for mode = "tcp"'),
     ("tcp-no-pool", NEW + 'mode = "tcp"',
      "listener[1].pool: required on a tcp listener"),
-    ("tcp-tls", NEW + 'mode = "tcp"\npool = "web"\ntls = {}',
-     'listener[1].tls: only for mode = "http"'),
+    ("tcp-tls-alpn", NEW + 'mode = "tcp"\npool = "web"\ntls = { alpn = ["http/1.1"] }',
+     "listener[1].tls.alpn: not on a tcp listener (ALPN would announce HTTP to the client)"),
+    ("tcp-tls-client-ca-missing",
+     NEW + 'mode = "tcp"\npool = "web"\ntls = { client_ca = "/nonexistent/ca.pem" }',
+     "listener[1].tls.client_ca: /nonexistent/ca.pem does not exist"),
+    ("tcp-tls-client-cert-no-ca",
+     NEW + 'mode = "tcp"\npool = "web"\ntls = { client_cert = "required" }',
+     "listener[1].tls.client_cert: needs client_ca"),
+    ("tcp-tls-redirect-nowhere",
+     NEW + 'redirect_https = true\n[[listener]]\nname = "pg"\nbind = ":5432"\n'
+     'mode = "tcp"\npool = "web"\ntls = {}',
+     "listener[1].redirect_https: there is no TLS listener to redirect to"),
     ("tcp-redirect",
      NEW + 'mode = "tcp"\npool = "web"\nredirect_https = true',
      'listener[1].redirect_https: only for mode = "http"'),
@@ -581,6 +591,17 @@ ERRORS: list[tuple[str, str, str]] = [
      "pool.api.tls.ca: /tmp is a directory (name a PEM file of CA certificates)"),
     ("pool-tls-ca-not-pem", API + 'tls = { ca = "/dev/null" }',
      "pool.api.tls.ca: /dev/null holds no usable PEM certificate"),
+    ("pool-tls-cert-no-key", API + 'tls = { cert = "/x/client.pem" }',
+     'pool.api.tls.cert: needs key (its private key, e.g. key = "client.key")'),
+    ("pool-tls-key-no-cert", API + 'tls = { key = "/x/client.key" }',
+     'pool.api.tls.key: needs cert (the client certificate chain, e.g. cert = "client.pem")'),
+    ("pool-tls-cert-missing",
+     API + 'tls = { cert = "/nonexistent/client.pem", key = "/nonexistent/client.key" }',
+     "pool.api.tls.cert: certificate file /nonexistent/client.pem does not exist"),
+    ("pool-tls-cert-not-pem", API + 'tls = { cert = "/dev/null", key = "/dev/null" }',
+     "pool.api.tls.cert: certificate file /dev/null is not PEM"),
+    ("pool-tls-cert-type", API + 'tls = { cert = 1, key = "/x/client.key" }',
+     "pool.api.tls.cert: expected a non-empty string, got 1"),
 ]  # fmt: skip
 
 
@@ -621,6 +642,7 @@ def test_shape_problem(text: str, expected: str) -> None:
 
 VALID = [
     ("tls-generated-only", '[[listener]]\nname = "s"\nbind = ":443"\ntls = {}'),
+    ("tcp-tls", NEW + 'mode = "tcp"\npool = "web"\ntls = { unknown_sni = "reject" }'),
     ("tls-cert-dir-missing",
      '[[listener]]\nname = "s"\nbind = ":443"\ntls = { cert_dir = "/nonexistent/live" }'),
     ("redirect-with-port", NEW + 'redirect_https = true\n'
@@ -1478,4 +1500,74 @@ def test_pool_ca_unreadable(tmp_path: Path) -> None:
     ca.chmod(0)
     assert problems(pool_tls(f'ca = "{ca}"')) == [
         f"{FILE}: pool.api.tls.ca: cannot read {ca}: Permission denied"
+    ]
+
+
+# --- client certificates: on tcp listeners, and toward origins ------------------------------
+
+
+def test_pool_client_cert_loads(tmp_path: Path) -> None:
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    make_cert(conf, "client")
+    write(conf, {"10-a.toml": pool_tls('cert = "client.pem", key = "client.key"')})
+    tls = load_config(conf).pool("api").tls
+    assert tls == PoolTLS(cert=conf.resolve() / "client.pem", key=conf.resolve() / "client.key")
+
+
+# (tls = { ... } of [pool.api] with {cert}, {key}, {other_key}, {dir} filled in, "key: reason")
+CLIENT_CERT_ERRORS = [
+    ('cert = "{cert}", key = "{other_key}"',
+     "pool.api.tls.key: private key file {other_key} does not match certificate file {cert} "
+     "(their public keys differ)"),
+    ('cert = "{cert}", key = "{dir}/missing.key"',
+     "pool.api.tls.key: private key file {dir}/missing.key does not exist"),
+    ('cert = "{key}", key = "{key}"',
+     "pool.api.tls.cert: certificate file {key} holds no certificate (found PRIVATE KEY)"),
+    ('cert = "{cert}", key = "{cert}"',
+     "pool.api.tls.key: private key file {cert} holds no private key (found CERTIFICATE)"),
+    ('cert = "{dir}", key = "{key}"',
+     "pool.api.tls.cert: certificate file {dir} is a directory, not a file"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("tls", "expected"), CLIENT_CERT_ERRORS)
+def test_pool_client_cert_problems(tmp_path: Path, tls: str, expected: str) -> None:
+    cert, key = make_cert(tmp_path, "client")
+    _, other_key = make_cert(tmp_path, "other")
+    names = {"cert": cert, "key": key, "other_key": other_key, "dir": tmp_path}
+    assert problems(pool_tls(tls.format(**names))) == [f"{FILE}: {expected.format(**names)}"]
+
+
+def tcp_tls_listener(tls: str) -> str:
+    return (
+        BASE
+        + '[[listener]]\nname = "pg"\nbind = ":5432"\nmode = "tcp"\npool = "web"\n'
+        + f"tls = {{ {tls} }}\n"
+    )
+
+
+def test_tcp_listener_tls_loads(tmp_path: Path) -> None:
+    cert, key = make_cert(tmp_path, "db.example")
+    ca, _ = make_cert(tmp_path, "clients-ca")
+    tls = (
+        load(
+            tcp_tls_listener(
+                f'certs = [{{ cert = "{cert}", key = "{key}" }}], client_ca = "{ca}", '
+                'client_cert = "optional"'
+            )
+        )
+        .listener("pg")
+        .tls
+    )
+    assert tls == ListenerTLS(
+        certs=(CertPair(cert=cert, key=key),), alpn=(), client_ca=ca, client_cert="optional"
+    )
+
+
+def test_tcp_listener_tls_adds_no_header(tmp_path: Path) -> None:
+    ca, _ = make_cert(tmp_path, "clients-ca")
+    assert problems(tcp_tls_listener(f'client_ca = "{ca}", client_cert_header = "X-Client"')) == [
+        f'{FILE}: listener[1].tls.client_cert_header: only for mode = "http" (a tcp listener '
+        'adds no headers; pass the subject with the pool\'s send_proxy = "v2")'
     ]

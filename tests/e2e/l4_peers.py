@@ -374,11 +374,13 @@ def _pg_bin() -> Path:
 
 
 @contextlib.contextmanager
-def postgres() -> Iterator[int]:
+def postgres(log_path: Path | None = None, settings: tuple[str, ...] = ()) -> Iterator[int]:
     """A throwaway PostgreSQL cluster on a loopback port (trust auth, user postgres).
 
     PostgreSQL refuses to run as root: then it runs as the ``postgres`` user in a directory
-    of its own (the pytest tmp_path is not reachable by that user).
+    of its own (the pytest tmp_path is not reachable by that user). Its log goes to
+    ``log_path`` when given (e.g. with ``settings=("log_connections=on",)``: one "connection
+    received" line per connection it sees).
     """
     bindir = _pg_bin()
     as_root = os.geteuid() == 0
@@ -410,7 +412,9 @@ def postgres() -> Iterator[int]:
             capture_output=True,
             timeout=120,
         )
-        with open(data_root / "postgres.log", "wb") as log:
+        log_file = log_path or data_root / "postgres.log"
+        extra = [arg for setting in settings for arg in ("-c", setting)]
+        with open(log_file, "wb") as log:
             proc = subprocess.Popen(
                 [
                     *prefix,
@@ -425,6 +429,7 @@ def postgres() -> Iterator[int]:
                     str(data_root),
                     "-c",
                     "fsync=off",
+                    *extra,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -440,9 +445,7 @@ def postgres() -> Iterator[int]:
             return r.returncode == 0 or proc.poll() is not None
 
         if not wait_until(ready, 60, 0.2) or proc.poll() is not None:
-            raise AssertionError(
-                "PostgreSQL did not start:\n" + (data_root / "postgres.log").read_text()[-3000:]
-            )
+            raise AssertionError("PostgreSQL did not start:\n" + log_file.read_text()[-3000:])
         yield port
     finally:
         # SIGINT is PostgreSQL's "fast shutdown"; runuser passes it on to postgres.
