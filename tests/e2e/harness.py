@@ -485,6 +485,11 @@ class Proxy:
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
 
+    @staticmethod
+    def client_of(line: str) -> str:
+        """The client address of a text access-log line (the field after its time)."""
+        return line.split(" ", 2)[1]
+
     def access_lines(self) -> list[str]:
         return [line for line in self.stdout().splitlines() if line.strip()]
 

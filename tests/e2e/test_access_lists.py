@@ -59,7 +59,7 @@ servers = ["{origin.address}"]
             assert status_from(port, ALLOWED, "/admin/x") == 200
             assert status_from(port, OTHER, "/admin/x") == 403
             assert status_from(port, OTHER, "//admin/x") == 403  # normalised first
-            line = proxy.wait_access(lambda s: s.startswith(DENIED))
+            line = proxy.wait_access(lambda s: Proxy.client_of(s) == DENIED)
             assert '" 403 ' in line and "refused=deny" in line and "backend=-" in line
             metrics = curl_http(f"http://{LOOPBACK}:{admin}/metrics").body.decode()
             assert 'revproxy_refused_total{listener="web",reason="deny"} 3' in metrics
@@ -110,7 +110,7 @@ servers = ["{LOOPBACK}:{server.getsockname()[1]}"]
             with socket.create_connection((LOOPBACK, port), source_address=(ALLOWED, 0)):
                 conn, _ = server.accept()
                 conn.close()
-            line = proxy.wait_access(lambda s: s.startswith(DENIED))
+            line = proxy.wait_access(lambda s: Proxy.client_of(s) == DENIED)
             assert '"TCP -" 403 ' in line and "refused=deny" in line
     finally:
         server.close()

@@ -159,6 +159,13 @@ class Ops:
         return out
 
 
+def spread(seen: Counter[str], workers: int) -> Counter[str] | set[str]:
+    """What a run of requests shows of the balancing: with one worker its exact round robin;
+    with several, each worker keeps its own turn and new connections land on either, so only
+    which servers answered."""
+    return seen if workers == 1 else set(seen)
+
+
 @pytest.fixture
 def challtestsrv(tmp_path: Path) -> Iterator[ChallTestSrv]:
     if not shutil.which("pebble-challtestsrv"):
@@ -186,11 +193,11 @@ def test_resolve_all_balances_checks_and_follows_a_changing_a_record(
             # Both addresses are servers from the start, each checked and balanced.
             assert wait_until(lambda: ops.states() == {na: "up", nb: "up"}, 10)
             assert wait_until(lambda: any(s.target == "/health" for s in b.requests()), 10)
-            assert ops.who(4) == Counter(a=2, b=2)
+            assert spread(ops.who(4), workers) == spread(Counter(a=2, b=2), workers)
             # The record changes: .2 leaves, .4 joins, and requests follow.
             challtestsrv.set_a("app.internal", "127.0.0.3", "127.0.0.4")
             assert wait_until(lambda: ops.states() == {nb: "up", nc: "up"}, 10), ops.rows()
-            assert ops.who(4) == Counter(b=2, c=2)
+            assert spread(ops.who(4), workers) == spread(Counter(b=2, c=2), workers)
             log = proxy.stderr()
             assert f"pool=app backend={nc} added: an address of app.internal:{a.port}" in log
             assert f"pool=app backend={na} removed" in log
