@@ -11,7 +11,7 @@ import asyncio
 import ipaddress
 import logging
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -206,14 +206,18 @@ def _close_later(store: RedisCounters) -> None:
 _closing: set[asyncio.Task[None]] = set()
 
 
-def _hiding(cfg: PoolConfig) -> HidingPolicy:
+def hiding_for(cfg: PoolConfig, found: Iterable[tuple[str, int]] = ()) -> HidingPolicy:
+    """What a pool's responses must not name: its configured servers, and ``found`` — the
+    servers it has at run time (DNS discovery, ``ctl add server``), so a ``Location`` naming
+    a discovered address is rewritten like a configured one."""
     authorities: set[bytes] = set()
     hosts: set[bytes] = set()
-    for s in cfg.servers:
-        host = s.address.lower()
+    servers = [(s.address, s.port) for s in cfg.servers if s.address]
+    for address, port in [*servers, *found]:
+        host = address.lower()
         hosts.add(host.encode())
         shown = f"[{host}]" if ":" in host else host
-        authorities.add(f"{shown}:{s.port}".encode())
+        authorities.add(f"{shown}:{port}".encode())
         authorities.add(shown.encode())
     return HidingPolicy(
         origin_authorities=frozenset(authorities),
@@ -349,7 +353,7 @@ def build_generation(
             key = "cert" if isinstance(exc, ValueError) else "ca"  # origin_tls_context's way
             problems.append(ConfigProblem(pc.source, f"pool.{pc.name}.tls.{key}", str(exc)))
             continue
-        pools[pc.name] = PoolRuntime(config=pc, pool=pool, dialer=dialer, hiding=_hiding(pc))
+        pools[pc.name] = PoolRuntime(config=pc, pool=pool, dialer=dialer, hiding=hiding_for(pc))
 
     first_tls_port = next(
         (

@@ -23,6 +23,7 @@ from revproxy.edge.generation import (
     PoolRuntime,
     ServiceBuilder,
     build_generation,
+    hiding_for,
 )
 from revproxy.edge.listener import Acceptor, BoundListener
 from revproxy.egress.service import SERVICES as EGRESS_SERVICES
@@ -246,6 +247,8 @@ class Frontend:
             for b in gone:
                 rest = f"; {b.active} request(s) in flight finish" if b.active else ""
                 log.info("pool=%s backend=%s removed%s", pool.name, b.label, rest)
+        # What the pool's responses must not name follows its servers.
+        pr.hiding = hiding_for(pr.config, ((b.host, b.port) for b in pool.backends))
         if self.on_members is not None:
             self.on_members(gen, pr)
         return True

@@ -28,6 +28,7 @@ from harness import (
     LOOPBACK,
     Origin,
     Proxy,
+    Reply,
     curl_http,
     free_port,
     run_cli,
@@ -259,3 +260,30 @@ def test_srv_records_give_ports_and_weights_and_a_failing_dns_keeps_the_servers(
             assert set(ops.states()) == {nc}
             assert ops.who(2) == Counter(c=2)
             assert proxy.stop() == 0
+
+
+def test_a_discovered_address_is_hidden_like_a_configured_one(
+    tmp_path: Path, challtestsrv: ChallTestSrv
+) -> None:
+    """An origin redirecting to its own address (found by DNS, written nowhere in the
+    configuration): the client's Location names the client's host, not the origin."""
+    a = HostOrigin("a", "127.0.0.2")
+    a.handler = lambda req: Reply(
+        status=302, headers=[("Location", f"http://127.0.0.2:{a.port}/next")]
+    )
+    a.start()
+    try:
+        challtestsrv.set_a("app.internal", "127.0.0.2")
+        port = free_port()
+        server = f'{{ address = "app.internal:{a.port}", resolve = "all" }}'
+        text = config(tmp_path, port, f"{LOOPBACK}:{challtestsrv.dns_port}", server, workers=1)
+        with Proxy(tmp_path, text, ports=[port]):
+
+            def location() -> str:
+                r = curl_http(f"http://{LOOPBACK}:{port}/x")
+                return (r.header("location") or "") if r.status == 302 else ""
+
+            assert wait_until(lambda: location() != "", 10)
+            assert location() == f"http://{LOOPBACK}:{port}/next"
+    finally:
+        a.stop()
