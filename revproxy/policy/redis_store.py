@@ -39,14 +39,12 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Any
-
-import redis.asyncio
-import redis.exceptions
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from typing import TYPE_CHECKING, Any
 
 from revproxy.proto.ratelimit import Decision, Rate, decide
+
+if TYPE_CHECKING:
+    import redis.asyncio
 
 __all__ = ["Counted", "RedisCounters", "StoreError"]
 
@@ -115,6 +113,14 @@ class RedisCounters:
         self.url = _without_credentials(url)  # what errors name (they are logged)
         self.timeout = timeout
         self.prefix = prefix
+        # Imported here, not with the module: an instance without a Redis store never loads
+        # the client (about 10 MiB of resident memory per process).
+        import redis.asyncio
+        import redis.exceptions
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        self._redis_error: type[Exception] = redis.exceptions.RedisError
         try:
             # Lazy: no connection is opened before the first ``hit``. A connection that broke
             # while idle in the pool (Redis restarted) is replaced once, at once (should the
@@ -162,11 +168,11 @@ class RedisCounters:
             async with asyncio.timeout(self.timeout):
                 reply = await self._script(keys=[self.prefix + key + b":"], args=_args(rate))
             counted = _counted(reply)
-        except (redis.exceptions.RedisError, OSError, TimeoutError, StoreError) as exc:
+        except (self._redis_error, OSError, TimeoutError, StoreError) as exc:
             self._failed()
             if isinstance(exc, StoreError):
                 raise StoreError(f"{self.url}: {exc}") from exc
-            raise StoreError(f"{self.url}: {_describe(exc)}") from exc
+            raise StoreError(f"{self.url}: {_describe(exc, self._redis_error)}") from exc
         finally:
             if probe:
                 self._probing = False
@@ -175,7 +181,7 @@ class RedisCounters:
 
     async def close(self) -> None:
         """Close the connections (the pool is this object's own)."""
-        with contextlib.suppress(redis.exceptions.RedisError, OSError):
+        with contextlib.suppress(self._redis_error, OSError):
             await self._redis.aclose()
 
     def _failed(self) -> None:
@@ -211,7 +217,7 @@ def _without_credentials(url: str) -> str:
     return f"{scheme}{sep}{authority.rpartition('@')[2]}{slash}{path}"
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError) and not isinstance(exc, redis.exceptions.RedisError):
+def _describe(exc: BaseException, redis_error: type[Exception]) -> str:
+    if isinstance(exc, TimeoutError) and not isinstance(exc, redis_error):
         return "no answer in time"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

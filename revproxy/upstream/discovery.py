@@ -25,15 +25,17 @@ import asyncio
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import dns.asyncresolver
-import dns.exception
-import dns.nameserver
-import dns.rdatatype
-import dns.resolver
+from typing import TYPE_CHECKING
 
 from revproxy.config.model import Server
 from revproxy.upstream.pool import Member
+
+if TYPE_CHECKING:
+    import dns.asyncresolver
+    import dns.exception
+
+# dnspython is imported by the lookups that need it (named resolvers, SRV), not with this
+# module: an instance that discovers nothing never loads it (about 5 MiB per process).
 
 # Largest weight a server may have (config/pool.py); SRV weights above it are scaled down.
 MAX_WEIGHT = 256
@@ -61,6 +63,10 @@ class Lookup:
         self._resolver: dns.asyncresolver.Resolver | None = None
 
     def _dns(self) -> dns.asyncresolver.Resolver:
+        import dns.asyncresolver
+        import dns.nameserver
+        import dns.resolver
+
         if self._resolver is None:
             if self.named:
                 r = dns.asyncresolver.Resolver(configure=False)
@@ -79,6 +85,9 @@ class Lookup:
         """The IPv4 and IPv6 addresses of ``name``, sorted (empty: it has none)."""
         if not self.named:
             return await _system_addresses(name, self.timeout)
+        import dns.exception
+        import dns.resolver
+
         found: list[str] = []
         failures: list[str] = []
         for rdtype in ("A", "AAAA"):
@@ -97,6 +106,9 @@ class Lookup:
     async def srv(self, name: str) -> list[SrvTarget]:
         """The SRV records of ``name`` (empty: it has none; a target of "." says "no
         service here" and is left out)."""
+        import dns.exception
+        import dns.resolver
+
         try:
             answer = await self._dns().resolve(name, "SRV", search=False)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
@@ -167,6 +179,9 @@ def _address_order(address: str) -> tuple[int, str]:
 
 
 def _why(exc: dns.exception.DNSException) -> str:
+    import dns.exception
+    import dns.resolver
+
     if isinstance(exc, dns.exception.Timeout):
         return "no answer in time"
     if isinstance(exc, dns.resolver.NoNameservers):
