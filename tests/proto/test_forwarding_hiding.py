@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from revproxy.config.model import Pool, Server
-from revproxy.edge.generation import _hiding
+from revproxy.edge.generation import hiding_for
 from revproxy.proto.forwarding import HidingPolicy, interim_headers, response_headers
 
 POOL = Pool(
@@ -17,7 +17,7 @@ POOL = Pool(
     ),
     hide_headers=("x-internal-id",),
 )
-POLICY = _hiding(POOL)
+POLICY = hiding_for(POOL)
 ME = b"https://shop.example"
 
 
@@ -91,9 +91,9 @@ def test_identity_headers_and_server_header() -> None:
     ]
     out = response_headers(headers, POLICY, scheme=b"https", host=b"shop.example")
     assert out == [(b"content-type", b"text/plain")]
-    keep = _hiding(Pool(name="k", servers=POOL.servers, server_header="keep"))
+    keep = hiding_for(Pool(name="k", servers=POOL.servers, server_header="keep"))
     assert rewrite(b"server", b"Apache/2.4", keep) == [b"Apache/2.4"]
-    edge = _hiding(Pool(name="e", servers=POOL.servers, server_header="edge"))
+    edge = hiding_for(Pool(name="e", servers=POOL.servers, server_header="edge"))
     assert rewrite(b"server", b"Apache/2.4", edge) == [b"edge"]
 
 
