@@ -235,6 +235,15 @@ def region_slots(fd: int) -> int:
     return int(slots)
 
 
+def _cell(mm: mmap.mmap, start: int, digest: bytes) -> int:
+    """The cell of ``digest`` in the bucket at ``start``, or -1: one ``find`` in the bucket's
+    first cache line (the 8 hashes), exact unless it matched across two hashes."""
+    at = mm.find(digest, start, start + 64) - start
+    if at < 0:
+        return -1
+    return at >> 3 if not at & 7 else _exact(mm, start, digest)
+
+
 def _exact(mm: mmap.mmap, start: int, digest: bytes) -> int:
     """The cell of ``digest`` in the bucket at ``start``, or -1 (when ``find`` matched across
     two hashes)."""
@@ -345,22 +354,15 @@ class SharedCounters:
         index = int(now // period)
         offset = (number % self._rate_buckets) * _RATE_BUCKET
         mm = self._mm
-        find = mm.find
         own_start = self._own_rate + offset
         current = previous = 0
         own = -1
         mine: tuple[int, int, int, float] = (0, 0, 0, 0.0)
         for base in self._rate_bases:
             start = base + offset
-            at = find(digest, start, start + 64) - start
+            at = _cell(mm, start, digest)
             if at < 0:
                 continue
-            if at & 7:
-                at = _exact(mm, start, digest)
-                if at < 0:
-                    continue
-            else:
-                at >>= 3
             cell = _unpack_rate(mm, start + 64 + at * 24)
             passed = index - cell[0]
             if passed <= 0:
@@ -411,20 +413,13 @@ class SharedCounters:
         """The instance-wide count of a key; its own cell (-1: none) and that cell's count."""
         offset = (number % self._concurrent_buckets) * _CONCURRENT_BUCKET
         mm = self._mm
-        find = mm.find
         own_start = self._own_concurrent + offset
         total, own, mine = 0, -1, 0
         for base in self._concurrent_bases:
             start = base + offset
-            at = find(digest, start, start + 64) - start
+            at = _cell(mm, start, digest)
             if at < 0:
                 continue
-            if at & 7:
-                at = _exact(mm, start, digest)
-                if at < 0:
-                    continue
-            else:
-                at >>= 3
             n = _unpack_count(mm, start + 64 + at * 8)[0]
             total += n
             if start == own_start:
@@ -450,9 +445,7 @@ class SharedCounters:
         digest, number = self._hashes.get(key) or self._hash(key)
         start = self._own_concurrent + (number % self._concurrent_buckets) * _CONCURRENT_BUCKET
         mm = self._mm
-        at = mm.find(digest, start, start + 64) - start
-        if at >= 0:
-            at = _exact(mm, start, digest) if at & 7 else at >> 3
+        at = _cell(mm, start, digest)
         if at < 0:  # its cell was given up to another key: nothing to take back
             return
         n = _unpack_count(mm, start + 64 + at * 8)[0]
