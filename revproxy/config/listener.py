@@ -21,8 +21,9 @@ from revproxy.config.limits import CONN_LIMIT_KEYS, read_conn_limit, read_limit_
 from revproxy.config.model import Bind, CertPair, Listener, ListenerTLS, ProxyProtocolIn
 from revproxy.config.pool import _check_ca as ca_file_problem
 from revproxy.config.reader import MISSING, Entry, ReadContext, TableReader, defined
+from revproxy.config.rules import read_error_pages
 from revproxy.config.users import AUTH_KEYS, read_auth
-from revproxy.config.values import describe, parse_bind, parse_network
+from revproxy.config.values import describe, header_value, parse_bind, parse_network
 
 __all__ = ["ListenerRead", "bound_by", "check_listeners", "read_listener"]
 
@@ -30,7 +31,7 @@ __all__ = ["ListenerRead", "bound_by", "check_listeners", "read_listener"]
 _LISTENER_KEYS = (
     "name", "bind", "mode", "tls", "redirect_https", "redirect_port", "trusted_proxies",
     "proxy_protocol", "forwarded", "pool", "acme", "h2c", "max_conns", "limits", "conn_limit",
-    "egress", "auth", *ACCESS_KEYS,
+    "egress", "auth", "hsts", "error_pages", *ACCESS_KEYS,
 )  # fmt: skip
 _TLS_KEYS = (
     "cert_dir", "certs", "unknown_sni", "alpn", "client_ca", "client_cert", "client_cert_header",
@@ -136,6 +137,25 @@ def _read_proxy_protocol(t: TableReader) -> ProxyProtocolIn:
     )
 
 
+def _parse_hsts(value: object) -> str:
+    """A Strict-Transport-Security value: max-age required (RFC 6797 §6.1.1)."""
+    text = header_value(value)
+    directives = [d.strip().lower() for d in text.split(";") if d.strip()]
+    ages = [d for d in directives if d.split("=", 1)[0].strip() == "max-age"]
+    if len(ages) != 1:
+        raise ValueError(f'"{text}" needs exactly one max-age (e.g. "max-age=63072000")')
+    age = ages[0].split("=", 1)[1].strip().strip('"') if "=" in ages[0] else ""
+    if not age.isdigit():
+        raise ValueError(f'"{text}": max-age must be a number of seconds')
+    known = {"max-age", "includesubdomains", "preload"}
+    for d in directives:
+        if d.split("=", 1)[0].strip() not in known:
+            raise ValueError(
+                f'"{text}": unknown directive "{d}" (max-age, includeSubDomains, preload)'
+            )
+    return text
+
+
 def read_listener(index: int, entry: Entry, ctx: ReadContext) -> ListenerRead:
     t = TableReader(entry.data, f"listener[{index}]", entry.file, ctx, _LISTENER_KEYS)
     name = t.string("name", "", required='e.g. name = "https"')
@@ -175,8 +195,22 @@ def read_listener(index: int, entry: Entry, ctx: ReadContext) -> ListenerRead:
         conn_limit=read_conn_limit(conn_limit_table) if conn_limit_table is not None else None,
         egress=t.string("egress", _LISTENER.egress),
         auth=read_auth(auth_table) if auth_table is not None else None,
+        hsts=t.parsed("hsts", _parse_hsts, None),
+        error_pages=read_error_pages(t),
         source=entry.file,
     )
+    if mode != "http":
+        for key in ("hsts", "error_pages"):
+            if t.has(key):
+                t.problem(
+                    key, f'only for mode = "http" (a {mode} listener sends no HTTP responses)'
+                )
+    elif t.has("hsts") and tls is None:
+        t.problem(
+            "hsts",
+            "only on TLS listeners: RFC 6797 §7.2 says a Strict-Transport-Security header "
+            "over plain HTTP must be ignored (redirect plain HTTP with redirect_https instead)",
+        )
     if mode in ("forward", "socks5"):
         # The origin's way out (config/egress.py checks egress and auth with the whole config).
         if t.has("pool"):

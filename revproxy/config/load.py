@@ -59,6 +59,7 @@ from revproxy.config.reader import (
     unknown_key,
 )
 from revproxy.config.route import RouteRead, check_routes, read_route
+from revproxy.config.rules import CACHE_KEYS, read_cache_settings
 from revproxy.config.summary import summary
 from revproxy.config.tunnel import check_tunnels, read_tunnel
 from revproxy.config.users import read_users
@@ -89,9 +90,9 @@ __all__ = [
 # itself. Listeners, routes and pools keep theirs in their own modules.
 _TOP_KEYS = (
     "global", "listener", "route", "pool", "admin", "acme", "users", "limit", "egress", "tunnel",
-    "server",
+    "server", "cache",
 )  # fmt: skip
-_SINGLE_TABLES = ("global", "admin", "acme")  # merged key by key across files
+_SINGLE_TABLES = ("global", "admin", "acme", "cache")  # merged key by key across files
 _GLOBAL_KEYS = (
     "workers", "access_log", "access_log_format", "http1_parser", "shutdown_timeout",
     "header_timeout", "keepalive_timeout", "max_header_size", "max_body_size", "state_dir",
@@ -138,7 +139,7 @@ _ACME = Acme()
 
 @dataclass
 class _Merged:
-    # [global], [admin], [acme]: each key's value, and the file that set it.
+    # [global], [admin], [acme], [cache]: each key's value, and the file that set it.
     tables: dict[str, dict[str, object]] = field(
         default_factory=lambda: {name: {} for name in _SINGLE_TABLES}
     )
@@ -476,6 +477,7 @@ def _load(
     global_ = _read_global(merged, ctx)
     admin = _read_admin(merged, ctx)
     acme = _read_acme(merged, ctx)
+    cache = read_cache_settings(merged.reader("cache", ctx, CACHE_KEYS))
     listener_reads = [read_listener(i, e, ctx) for i, e in enumerate(merged.listeners)]
     route_reads = [read_route(i, e, ctx) for i, e in enumerate(merged.routes)]
     pools = tuple(read_pool(name, entry, ctx) for name, entry in merged.pools.items())
@@ -515,6 +517,7 @@ def _load(
         limits=limits,
         egress=egress,
         tunnels=tunnels,
+        cache=cache,
         files=paths,
     )
 

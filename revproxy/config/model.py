@@ -217,6 +217,10 @@ class Listener:
     # (Proxy-Authorization and 407; SOCKS5: RFC 1929).
     egress: str | None = None
     auth: Auth | None = None
+    # Strict-Transport-Security on every response of a TLS listener (RFC 6797).
+    hsts: str | None = None
+    # Files served for locally generated error statuses (a route's own come first).
+    error_pages: tuple[ErrorPage, ...] = ()
     source: str = ""  # file it was read from
 
     @property
@@ -261,6 +265,89 @@ class Respond:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class FieldMatch:
+    """One ``match.headers`` or ``match.query`` condition: the field ``name`` (header names
+    lower case) equals one of ``values`` or matches one of ``patterns`` (regular expressions,
+    written ``"~..."`` in the file)."""
+
+    name: str
+    values: tuple[str, ...] = ()
+    patterns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Match:
+    """``[[route]] match``: conditions besides host and path; all given must hold."""
+
+    methods: tuple[str, ...] = ()
+    headers: tuple[FieldMatch, ...] = ()
+    query: tuple[FieldMatch, ...] = ()
+    src: tuple[Network, ...] = ()
+
+    @property
+    def conditions(self) -> int:
+        """How many conditions: more is more specific (upstream/routing.py's order)."""
+        return bool(self.methods) + len(self.headers) + len(self.query) + bool(self.src)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeaderEdits:
+    """``request_headers`` / ``response_headers``: removed, then set (replacing), then added.
+    Values are templates: ``{client_ip}``, ``{request_id}``, ``{host}``, ``{user}``
+    (proto/rewrite.py)."""
+
+    set: tuple[tuple[str, str], ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ErrorPage:
+    """A file served for a locally generated error status (read whole at load)."""
+
+    status: int
+    file: Path
+    body: bytes
+    content_type: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Compress:
+    """``[[route]] compress`` (content/compress.py, proto/encoding.py)."""
+
+    encodings: tuple[str, ...] = ("zstd", "br", "gzip")
+    types: tuple[str, ...] = ()  # empty: proto/encoding.DEFAULT_TYPES
+    min_size: int = 1024
+    level: int | None = None  # None: each codec's default
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteCache:
+    """``[[route]] cache`` (content/cache.py): opt in to the instance's ``[cache]``."""
+
+    ttl_max: float = 60.0
+    # Requests with Cookie / Authorization may be served and stored (off: they bypass).
+    cookies: bool = False
+    authorization: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Static:
+    """``[[route]] static``: files under ``root`` (content/static.py)."""
+
+    root: Path
+    index: str | None = "index.html"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheSettings:
+    """``[cache]``: the memory every worker's cache may use, and its largest object."""
+
+    size: int = 256 * 1024 * 1024
+    max_object: int = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Route:
     host: tuple[str, ...] = ()  # lower-case names, "*.example.com" wildcards; empty = any host
     path: str = "/"
@@ -287,6 +374,16 @@ class Route:
     timeouts: RouteTimeouts | None = None
     # [limit.NAME] tables counting this route's requests (policy/limits.py).
     limits: tuple[str, ...] = ()
+    # HTTP rules (config/rules.py, docs/http-rules.md).
+    match: Match | None = None
+    request_headers: HeaderEdits | None = None
+    response_headers: HeaderEdits | None = None
+    strip_prefix: str | None = None
+    add_prefix: str | None = None
+    error_pages: tuple[ErrorPage, ...] = ()
+    compress: Compress | None = None
+    cache: RouteCache | None = None
+    static: Static | None = None
     index: int = 0  # position in the merged config, for messages and stable ordering
     source: str = ""
 
@@ -394,6 +491,12 @@ class Pool:
     slow_start: float = 0.0
     protocol: Literal["http1", "h2", "h2c"] = "http1"
     tls: PoolTLS | None = None
+    # The Host (HTTP/2: :authority) sent to the origin instead of the client's, which goes
+    # in X-Forwarded-Host.
+    host_header: str | None = None
+    # TOML key ``source``: local addresses every connection to the servers is bound to, one
+    # family's in turn (``source`` below is the file, as on every section).
+    source_addresses: tuple[str, ...] = ()
     source: str = ""
 
 
@@ -506,6 +609,7 @@ class Config:
     limits: tuple[Limit, ...] = ()
     egress: tuple[Egress, ...] = ()
     tunnels: tuple[Tunnel, ...] = ()
+    cache: CacheSettings = field(default_factory=CacheSettings)
     files: tuple[Path, ...] = ()
 
     def pool(self, name: str) -> Pool:

@@ -37,6 +37,7 @@ from revproxy.config.values import (
     parse_server,
     parse_sni_name,
 )
+from revproxy.proto.host import valid_authority
 
 __all__ = ["add_servers", "read_pool"]
 
@@ -45,6 +46,7 @@ __all__ = ["add_servers", "read_pool"]
 _POOL_KEYS = (
     "servers", "balance", "timeouts", "send_proxy", "hide_headers", "server_header",
     "resolve_interval", "keepalive", "health", "passive", "slow_start", "protocol", "tls",
+    "host_header", "source",
 )  # fmt: skip
 _SERVER_KEYS = ("address", "weight", "backup", "name", "max_conns", "tunnel", "resolve", "srv")
 _TIMEOUT_KEYS = ("connect", "response", "idle", "tunnel")
@@ -337,9 +339,10 @@ def read_pool(name: str, entry: Entry, ctx: ReadContext) -> Pool:
         t.problem("protocol", '"h2c" is HTTP/2 without TLS, but this pool has tls (write "h2")')
     hide = t.strings("hide_headers", _parse_header_name)
     t.unique("hide_headers", hide)
+    servers = _read_servers(t, ctx)
     return Pool(
         name=name,
-        servers=_read_servers(t, ctx),
+        servers=servers,
         balance=t.choice("balance", BALANCE_NAMES, _POOL.balance),
         timeouts=_read_timeouts(timeouts_table) if timeouts_table is not None else _TIMEOUTS,
         send_proxy=t.choice("send_proxy", _SEND_PROXY, _POOL.send_proxy),
@@ -352,8 +355,55 @@ def read_pool(name: str, entry: Entry, ctx: ReadContext) -> Pool:
         slow_start=t.duration("slow_start", _POOL.slow_start, positive=False),
         protocol=protocol,
         tls=tls,
+        host_header=t.parsed("host_header", _parse_host_header, None),
+        source_addresses=_read_source(t, servers),
         source=entry.file,
     )
+
+
+def _read_source(t: TableReader, servers: Sequence[Server]) -> tuple[str, ...]:
+    """``source``: IP literals connections to the servers leave from (the key of
+    ``[egress.NAME] source``). A server written as an address of a family no source has
+    could never be reached: refused here; names are matched when they resolve."""
+    sources = t.strings("source", _parse_source)
+    t.unique("source", sources)
+    if not sources:
+        return ()
+    families = {ipaddress.ip_address(s).version for _, s in sources}
+    for server in servers:
+        if server.tunnel is not None or not _is_ip(server.address):
+            continue
+        version = ipaddress.ip_address(server.address).version
+        if version not in families:
+            t.problem(
+                "source",
+                f'no IPv{version} address for server "{server}": connections leave from a '
+                f"source of the server's family (add an IPv{version} source)",
+            )
+    return tuple(s for _, s in sources)
+
+
+def _parse_source(value: str) -> str:
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(
+            f"{describe(value)} is not an IP address (write the local address connections to "
+            'the servers leave from, e.g. "203.0.113.7")'
+        ) from None
+    if address.is_unspecified or address.is_multicast:
+        raise ValueError(f"{describe(value)} cannot be a source address")
+    return str(address)
+
+
+def _parse_host_header(value: object) -> str:
+    """``host_header``: a host name or IP literal, optionally with a port (what Host holds)."""
+    text = as_str(value).strip().lower()
+    if not text or text.startswith(":") or not valid_authority(text.encode("latin-1", "replace")):
+        raise ValueError(
+            f'"{value}" is not a host[:port] for the Host header (e.g. "origin.internal")'
+        )
+    return text
 
 
 def add_servers(pools: Sequence[Pool], entries: Sequence[Entry], ctx: ReadContext) -> list[Pool]:

@@ -19,6 +19,15 @@ from revproxy.config.access import ACCESS_KEYS, read_access
 from revproxy.config.limits import read_limit_names
 from revproxy.config.model import Auth, Listener, Respond, Route, RouteTimeouts, Users
 from revproxy.config.reader import Entry, ReadContext, TableReader, defined
+from revproxy.config.rules import (
+    read_compress,
+    read_edits,
+    read_error_pages,
+    read_match,
+    read_prefix,
+    read_route_cache,
+    read_static,
+)
 from revproxy.config.users import AUTH_KEYS, read_auth
 from revproxy.config.values import (
     as_str,
@@ -37,7 +46,9 @@ __all__ = ["RouteRead", "check_routes", "read_route"]
 # The TOML keys: the field names of config/model.py minus ``index`` and ``source``.
 _ROUTE_KEYS = (
     "host", "path", "pool", "redirect", "redirect_status", "respond", "listeners", "sni",
-    "passthrough", "normalize_path", "auth", "max_body_size", "timeouts", "limits", *ACCESS_KEYS,
+    "passthrough", "normalize_path", "auth", "max_body_size", "timeouts", "limits", "match",
+    "request_headers", "response_headers", "strip_prefix", "add_prefix", "error_pages",
+    "compress", "cache", "static", *ACCESS_KEYS,
 )  # fmt: skip
 _ROUTE_TIMEOUT_KEYS = ("response", "idle")
 _RESPOND_KEYS = ("status", "body", "content_type")
@@ -118,9 +129,12 @@ def _check_passthrough_keys(t: TableReader, route: Route) -> None:
         t.problem("host", f"{never} Host (name the TLS server names in sni)")
     if t.has("path") and route.path != _ROUTE.path:
         t.problem("path", f"{never} path")
-    for key in ("redirect", "respond"):
+    for key in ("redirect", "respond", "static"):
         if t.has(key):
             t.problem(key, "not on a passthrough route: it relays bytes to its pool, never answers")
+    for key in _HTTP_RULE_KEYS:
+        if t.has(key):
+            t.problem(key, "not on a passthrough route: it never decrypts, so it sees no HTTP")
     for key in ACCESS_KEYS:
         if t.has(key):
             t.problem(
@@ -128,6 +142,43 @@ def _check_passthrough_keys(t: TableReader, route: Route) -> None:
                 "not on a passthrough route: put allow/deny on its listener, where they are "
                 "checked before the TLS ClientHello is read",
             )
+
+
+_HTTP_RULE_KEYS = (
+    "match", "request_headers", "response_headers", "strip_prefix", "add_prefix", "error_pages",
+    "compress", "cache",
+)  # fmt: skip
+# Which rule keys suit which action (the others are reported).
+_RULES_FOR = {
+    "pool": frozenset(_HTTP_RULE_KEYS),
+    "static": frozenset({"match", "response_headers", "strip_prefix", "error_pages", "compress"}),
+    "respond": frozenset({"match", "response_headers", "error_pages"}),
+    "redirect": frozenset({"match", "error_pages"}),
+}
+_WHY_NOT = {
+    "request_headers": "nothing is sent to an origin",
+    "add_prefix": "nothing is sent to an origin",
+    "cache": "only answers from a pool are cached",
+    "compress": "only pool and static answers are compressed",
+    "strip_prefix": "it only applies to what a pool or static files get",
+    "response_headers": "a redirect's headers are its own",
+}
+
+
+def _check_rule_keys(t: TableReader, route: Route, action: str) -> None:
+    allowed = _RULES_FOR[action]
+    for key in _HTTP_RULE_KEYS:
+        if t.has(key) and key not in allowed:
+            t.problem(key, f"not on a route with {action}: {_WHY_NOT.get(key, 'unused')}")
+    prefix = route.strip_prefix
+    if prefix is not None and not (
+        route.path == prefix or route.path.startswith(prefix + "/")
+    ):
+        t.problem(
+            "strip_prefix",
+            f'"{prefix}" is not a prefix of the route\'s path "{route.path}" '
+            "(requests it matches would not start with it)",
+        )
 
 
 def read_route(index: int, entry: Entry, ctx: ReadContext) -> RouteRead:
@@ -169,6 +220,15 @@ def read_route(index: int, entry: Entry, ctx: ReadContext) -> RouteRead:
             else None
         ),
         limits=read_limit_names(t),
+        match=read_match(t),
+        request_headers=read_edits(t, "request_headers"),
+        response_headers=read_edits(t, "response_headers"),
+        strip_prefix=read_prefix(t, "strip_prefix"),
+        add_prefix=read_prefix(t, "add_prefix"),
+        error_pages=read_error_pages(t),
+        compress=read_compress(t),
+        cache=read_route_cache(t),
+        static=read_static(t),
         index=index,
         source=entry.file,
     )
@@ -181,11 +241,15 @@ def read_route(index: int, entry: Entry, ctx: ReadContext) -> RouteRead:
                 "only for passthrough routes (add passthrough = true to relay TLS connections "
                 "for these names undecrypted; routes that end TLS match by host)",
             )
-        actions = [key for key in ("pool", "redirect", "respond") if t.has(key)]
+        actions = [key for key in ("pool", "redirect", "respond", "static") if t.has(key)]
         if not actions:
-            t.problem_here("needs one of pool, redirect or respond (what to do with the request)")
+            t.problem_here(
+                "needs one of pool, redirect, respond or static (what to do with the request)"
+            )
         elif len(actions) > 1:
             t.problem_here(f"has {' and '.join(actions)}; a route does exactly one of them")
+        else:
+            _check_rule_keys(t, route, actions[0])
     if t.has("redirect_status") and not t.has("redirect"):
         t.problem("redirect_status", "only used with redirect")
     return RouteRead(route, listeners, snis, t)
@@ -285,7 +349,7 @@ def _shadowed(earlier: Route, later: Route, http_names: frozenset[str]) -> str |
     listener the earlier one lacks, never sees those requests. (The same host on different
     listeners, say a redirect on "http" and a pool elsewhere, is a fine setup.)
     """
-    if earlier.path != later.path:
+    if earlier.path != later.path or earlier.match != later.match:
         return None
     if not set(later.listeners or http_names) <= set(earlier.listeners or http_names):
         return None

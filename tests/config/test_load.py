@@ -213,7 +213,7 @@ ERRORS: list[tuple[str, str, str]] = [
      'listener[2].bind: [::1]:81 clashes with [::1]:81 of listener "b"'),
     # [[route]]
     ("route-no-action", '[[route]]\nhost = "example.com"',
-     "route[0]: needs one of pool, redirect or respond"),
+     "route[0]: needs one of pool, redirect, respond or static"),
     ("route-two-actions", '[[route]]\npool = "web"\nrespond = { status = 404 }',
      "route[0]: has pool and respond; a route does exactly one of them"),
     ("route-unknown", '[[route]]\nhosts = "a.example"\npool = "web"',
