@@ -110,11 +110,13 @@ def _listener_line(listener: Listener, config: Config) -> str:
     return f"  {listener.name}: " + "; ".join(facts)
 
 
-def _match_order(route: Route, host: str) -> tuple[int, int, int, int]:
+def _match_order(route: Route, host: str) -> tuple[int, int, int, int, int]:
     """Exact hosts, then wildcards (longer first), then any host; then longer paths; then
-    config order. routing.py owns matching; this mirrors its order for the summary."""
+    more match conditions; then config order. routing.py owns matching; this mirrors its
+    order for the summary."""
     kind = 2 if not host else 1 if host.startswith("*.") else 0
-    return (kind, -len(host), -len(route.path), route.index)
+    conditions = route.match.conditions if route.match is not None else 0
+    return (kind, -len(host), -len(route.path), -conditions, route.index)
 
 
 def _route_action(route: Route) -> str:
@@ -122,8 +124,37 @@ def _route_action(route: Route) -> str:
         return f"pool {route.pool}"
     if route.redirect is not None:
         return f"redirect {route.redirect_status} {route.redirect}"
+    if route.static is not None:
+        return f"static {route.static.root}"
     assert route.respond is not None
     return f"respond {route.respond.status}"
+
+
+def _route_conditions(route: Route) -> str:
+    m = route.match
+    if m is None:
+        return ""
+    parts = []
+    if m.methods:
+        parts.append("method " + "|".join(m.methods))
+    for kind, fields in (("header", m.headers), ("query", m.query)):
+        for f in fields:
+            options = [*f.values, *(f"~{p}" for p in f.patterns)]
+            parts.append(f"{kind} {f.name}=" + "|".join(options))
+    if m.src:
+        parts.append("src " + ",".join(str(n) for n in m.src))
+    return " if " + " and ".join(parts)
+
+
+_RULE_KEYS = (
+    "request_headers", "response_headers", "strip_prefix", "add_prefix", "error_pages",
+    "compress", "cache",
+)  # fmt: skip
+
+
+def _route_rules(route: Route) -> str:
+    names = [key for key in _RULE_KEYS if getattr(route, key)]
+    return f" ({', '.join(names)})" if names else ""
 
 
 def _route_lines(config: Config) -> list[str]:
@@ -134,13 +165,15 @@ def _route_lines(config: Config) -> list[str]:
     )
     lines = [
         f"routes ({len(routes)}; one line per host, in match order: exact hosts, "
-        "wildcards, any host; longer paths first; then config order):"
+        "wildcards, any host; longer paths first; more match conditions first; then config "
+        "order):"
     ]
     for number, (route, host) in enumerate(entries, 1):
         only = f" (listeners: {', '.join(route.listeners)})" if route.listeners else ""
         lines.append(
-            f"  {number}. {host or '(any host)'} {route.path} -> {_route_action(route)}"
-            f"{only}  [route[{route.index}] in {route.source}]"
+            f"  {number}. {host or '(any host)'} {route.path}{_route_conditions(route)} -> "
+            f"{_route_action(route)}{_route_rules(route)}{only}  "
+            f"[route[{route.index}] in {route.source}]"
         )
     passthrough = [route for route in config.routes if route.passthrough]
     if passthrough:

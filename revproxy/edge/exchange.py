@@ -38,9 +38,10 @@ from http import HTTPStatus
 from typing import Any
 
 from revproxy.certs.acme import challenge_answer
-from revproxy.config.model import Auth, Route, RouteTimeouts, Timeouts
+from revproxy.config.model import Auth, ErrorPage, Route, RouteTimeouts, Timeouts
 from revproxy.edge.client_side import ClientGone, ClientStream, ConnInfo, proxy_header_for
 from revproxy.edge.generation import Generation, ListenerRuntime, PoolRuntime
+from revproxy.edge.rules import ListenerRules, RouteRules, with_hsts
 from revproxy.edge.tls import with_client_cert
 from revproxy.errors import (
     BackendError,
@@ -75,6 +76,7 @@ from revproxy.proto.forwarding import (
     response_headers,
 )
 from revproxy.proto.host import normalise_host, valid_authority
+from revproxy.proto.rewrite import apply_edits, rewrite_prefix
 from revproxy.proto.target import normalize_target, path_of
 from revproxy.upstream.backend import PickContext
 from revproxy.upstream.dialer import H1Origin, OriginStream
@@ -154,11 +156,13 @@ class Exchange:
         "info",
         "listener",
         "max_body",
+        "origin_authority",
         "permitted",
         "pick_context",
         "rec",
         "req",
         "route",
+        "rules",
         "scheme",
         "sink",
         "stream",
@@ -193,6 +197,8 @@ class Exchange:
         self.permitted: dict[tuple[AccessList, str], bool] = {}
         self.auth_user: tuple[Auth, str] | None = None  # the route's auth and who passed it
         self.route: Route | None = None  # the route the request matched
+        self.rules: RouteRules | None = None  # its HTTP rules, if it has any (edge/rules.py)
+        self.origin_authority = b""  # the Host the origin is sent (_proxy)
         self.timeouts = Timeouts()  # the pool's, with the route's overrides (_proxy)
         self.max_body = 0  # global.max_body_size, or the route's (_proxy)
 
@@ -278,6 +284,7 @@ class Exchange:
         self.deadline = None
         self.auth_user = None
         self.route = None
+        self.rules = None
         return rec
 
     def _finish(self, started: float) -> None:
@@ -313,12 +320,20 @@ class Exchange:
             location = f"https://{authority}".encode() + self.target
             return self._local(308, headers=[(b"location", location)], body=b"")
         path = path_of(self.target).decode("latin-1")
-        route = lst.router.match(host, path)
+        router = lst.router
+        if router.conditions:
+            route = router.match_request(
+                host, path, req.method, req.headers, self.target, self._policy_client(req)
+            )
+        else:
+            route = router.match(host, path)
         if route is None:
             return self._local(404)
         self.rec.route = str(route.index)
         self.route = route
         gen = self.gen
+        if gen.route_rules:
+            self.rules = gen.route_rules.get(route.index)
         route_access = gen.route_access
         if route_access:
             acl = route_access.get(route.index)
@@ -464,6 +479,19 @@ class Exchange:
             headers = with_client_cert(
                 headers, ltls.client_cert_header.encode(), self.info.client_subject
             )
+        host_header = pr.config.host_header
+        if host_header:
+            # The origin's own name (pool host_header); the client's stays in X-Forwarded-Host.
+            self.origin_authority = host_header.encode()
+            headers = [(b"host", self.origin_authority), *(h for h in headers if h[0] != b"host")]
+        else:
+            self.origin_authority = req.authority
+        rules = self.rules
+        if rules is not None:
+            if rules.request_edits is not None:
+                headers = apply_edits(headers, rules.request_edits, self._template_values())
+            if rules.rewrites_target:
+                self.target = rewrite_prefix(self.target, rules.strip_prefix, rules.add_prefix)
         websocket = False
         self.ws_accept = None
         if protocol == "http1":
@@ -537,7 +565,7 @@ class Exchange:
             ostream.send_head(
                 req.method,
                 self.target,
-                req.authority,
+                self.origin_authority,
                 self.scheme.encode(),
                 headers,
                 end=end,
@@ -627,6 +655,13 @@ class Exchange:
             scheme=self.scheme.encode(),
             host=self.req.authority,
         )
+        if self.rules is not None and self.rules.response_edits is not None:
+            out_headers = apply_edits(
+                out_headers, self.rules.response_edits, self._template_values()
+            )
+        lrules = self.listener.rules
+        if lrules is not None and lrules.hsts is not None:
+            out_headers = with_hsts(out_headers, lrules.hsts)
         # The origin's reason phrase is not relayed: it is free text that may name it.
         events = ostream.events
         body = _whole_body(events)
@@ -872,6 +907,29 @@ class Exchange:
         headers = grpc.trailers_only(status, message)
         return await stream.send_whole(200, headers, b"", not stream.request_complete)
 
+    def _template_values(self) -> dict[str, bytes]:
+        """What ``{client_ip}``, ``{request_id}``, ``{host}`` and ``{user}`` stand for."""
+        rec = self.rec
+        return {
+            "client_ip": self.info.client[0].encode(),
+            "request_id": rec.id.encode(),
+            "host": self.req.authority,
+            "user": rec.user.encode("utf-8"),
+        }
+
+    def _error_page(self, status: int, lrules: ListenerRules | None) -> ErrorPage | None:
+        """The configured page for a local error ``status``: the route's, else the listener's."""
+        if status < 400:
+            return None
+        rules = self.rules
+        if rules is not None and rules.error_pages:
+            page = rules.error_pages.get(status)
+            if page is not None:
+                return page
+        if lrules is not None and lrules.error_pages:
+            return lrules.error_pages.get(status)
+        return None
+
     async def _local(
         self,
         status: int,
@@ -884,9 +942,17 @@ class Exchange:
         self.rec.status = status
         if stream.response_started:
             return False
-        if body is None:
-            body = _error_body(status)
         out: Headers = list(headers or [])
+        lrules = self.listener.rules
+        if body is None:
+            page = self._error_page(status, lrules)
+            if page is not None:
+                body = page.body
+                out.append((b"content-type", page.content_type.encode()))
+            else:
+                body = _error_body(status)
+        if lrules is not None and lrules.hsts is not None:
+            out.append((b"strict-transport-security", lrules.hsts))
         if not any(n == b"content-type" for n, _ in out) and body:
             out.append((b"content-type", b"text/plain; charset=utf-8"))
         out.append((b"content-length", str(len(body)).encode()))

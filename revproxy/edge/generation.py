@@ -21,6 +21,7 @@ from revproxy.certs.store import CertStore, client_auth_of
 from revproxy.config.listener import answers_acme
 from revproxy.config.model import Config, Listener, Route
 from revproxy.config.model import Pool as PoolConfig
+from revproxy.edge.rules import ListenerRules, RouteRules, compile_route_rules, listener_rules
 from revproxy.edge.tls import ServerTLS
 from revproxy.errors import CertificateError, ConfigError, ConfigProblem
 from revproxy.ops.accesslog import AccessLog
@@ -136,6 +137,8 @@ class ListenerRuntime:
     conn_gate: ConnGate | None = None
     # mode = "forward" / "socks5": what serves its connections (None: no builder was given).
     service: ListenerService | None = None
+    # hsts and error_pages (edge/rules.py); None: the listener has neither.
+    rules: ListenerRules | None = None
 
 
 @dataclass(eq=False)
@@ -155,6 +158,8 @@ class Generation:
     # before auth, and those per user (``key = "user"``), counted once the user is known.
     route_limits: dict[int, LimitSet] = field(default_factory=dict)
     route_user_limits: dict[int, LimitSet] = field(default_factory=dict)
+    # HTTP rules of the routes that have any, by route index (edge/rules.py).
+    route_rules: dict[int, RouteRules] = field(default_factory=dict)
     # Where limits kept by the instance count (policy/counters.py): the process's, handed
     # from generation to generation, shared by the workers of an instance.
     counters: Counters = field(default_factory=LocalCounters)
@@ -219,6 +224,14 @@ def hiding_for(cfg: PoolConfig, found: Iterable[tuple[str, int]] = ()) -> Hiding
         shown = f"[{host}]" if ":" in host else host
         authorities.add(f"{shown}:{port}".encode())
         authorities.add(shown.encode())
+    if cfg.host_header:
+        # The name the origin is sent (pool host_header) is the origin's: hidden like them.
+        named = cfg.host_header
+        authorities.add(named.encode())
+        if named.startswith("["):
+            hosts.add(named[1 : named.index("]")].encode())
+        else:
+            hosts.add(named.split(":", 1)[0].encode())
     return HidingPolicy(
         origin_authorities=frozenset(authorities),
         origin_hosts=frozenset(hosts),
@@ -401,6 +414,7 @@ def build_generation(
             access=compile_access(lst.access),
             limits=limit_set(lst.limits),
             conn_gate=_conn_gate(lst, v6_prefix),
+            rules=listener_rules(lst),
         )
         builder = (services or {}).get(lst.mode)
         if builder is not None:
@@ -438,6 +452,7 @@ def build_generation(
             for r in config.routes
             if (ls := limit_set([n for n in r.limits if by_name[n].key == "user"])) is not None
         },
+        route_rules=compile_route_rules(config.routes),
         metrics=metrics,
         counters=counters,
         limit_stores=stores,

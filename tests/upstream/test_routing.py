@@ -136,3 +136,57 @@ def test_route_order_lists_routes_as_they_are_tried() -> None:
 
 def test_router_keeps_every_route() -> None:
     assert Router(ROUTES).routes == tuple(ROUTES)
+
+
+# --- match conditions (route.match) ------------------------------------------------------------
+
+
+def _conditional_routes() -> list[Route]:
+    import ipaddress
+
+    from revproxy.config.model import FieldMatch, Match
+
+    return [
+        Route(path="/api/", pool="plain", index=0),
+        Route(path="/api/", pool="v2", index=1,
+              match=Match(headers=(FieldMatch(name="x-api-version", values=("2",),
+                                              patterns=("^v[23]$",)),))),
+        Route(path="/api/", pool="post-debug", index=2,
+              match=Match(methods=("POST",), query=(FieldMatch(name="debug", values=("1",)),))),
+        Route(path="/api/", pool="inside", index=3,
+              match=Match(src=(ipaddress.ip_network("10.0.0.0/8"),))),
+        Route(path="/", pool="root", index=4, match=Match(methods=("GET",))),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "target", "client", "pool"),
+    [
+        (b"GET", [], b"/api/x", "192.0.2.1", "plain"),
+        (b"GET", [(b"x-api-version", b"2")], b"/api/x", "192.0.2.1", "v2"),
+        (b"GET", [(b"x-api-version", b" v3 ")], b"/api/x", "192.0.2.1", "v2"),
+        (b"GET", [(b"x-api-version", b"v4")], b"/api/x", "192.0.2.1", "plain"),
+        # more conditions first: method + query (2) beats the header (1) for a POST with both
+        (b"POST", [(b"x-api-version", b"2")], b"/api/x?a=b&debug=1", "192.0.2.1", "post-debug"),
+        (b"POST", [], b"/api/x?debug=0", "192.0.2.1", "plain"),
+        (b"POST", [], b"/api/x?debug=%31", "192.0.2.1", "post-debug"),  # decoded as a form
+        (b"GET", [], b"/api/x", "10.1.2.3", "inside"),
+        (b"GET", [], b"/api/x", "not-an-ip", "plain"),
+        (b"GET", [], b"/other", "192.0.2.1", "root"),
+        (b"DELETE", [], b"/other", "192.0.2.1", None),  # the only "/" route wants GET
+    ],
+)
+def test_match_request(
+    method: bytes, headers: list[tuple[bytes, bytes]], target: bytes, client: str, pool: str | None
+) -> None:
+    router = Router(_conditional_routes())
+    path = target.split(b"?")[0].decode()
+    found = router.match_request("example.com", path, method, headers, target, client)
+    assert (found.pool if found else None) == pool
+
+
+def test_conditions_compiled_only_when_used() -> None:
+    assert Router([Route(path="/", pool="a")]).conditions == {}
+    assert set(Router(_conditional_routes()).conditions) == {1, 2, 3, 4}
+    order = [r.pool for r in route_order(_conditional_routes())]
+    assert order == ["post-debug", "v2", "inside", "plain", "root"]
