@@ -51,9 +51,10 @@ CACHE_KEYS: Final = ("size", "max_object")
 
 _STATIC_INDEX: Final = "index.html"
 ERROR_PAGE_LIMIT: Final = 256 * 1024  # an error page is a page, not a download
-# The levels each encoder takes (zstd: 1-22 without the "ultra" negatives; Brotli: quality
-# 0-11; zlib: 1-9). One ``level`` must suit every listed encoding.
-LEVELS: Final = {"zstd": (1, 22), "br": (0, 11), "gzip": (1, 9)}
+# The levels each encoder takes (zstd: 1-19, whose windows stay within the 8 MiB RFC 9659
+# allows the "zstd" coding; Brotli: quality 0-11; zlib: 1-9). One ``level`` must suit every
+# listed encoding.
+LEVELS: Final = {"zstd": (1, 19), "br": (0, 11), "gzip": (1, 9)}
 _METHOD: Final = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _TYPE: Final = re.compile(r"^[a-z0-9!#$&^_.+-]+/([a-z0-9!#$&^_.+-]+|\*)$")
 _PAGE_TYPES: Final = {
