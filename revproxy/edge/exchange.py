@@ -38,8 +38,10 @@ from http import HTTPStatus
 from typing import Any
 
 from revproxy.certs.acme import challenge_answer
-from revproxy.config.model import Auth, ErrorPage, Route, RouteTimeouts, Timeouts
+from revproxy.config.model import Auth, ErrorPage, Route, RouteCache, RouteTimeouts, Timeouts
+from revproxy.content.cache import Cache, Entry, LookupKind
 from revproxy.edge.client_side import ClientGone, ClientStream, ConnInfo, proxy_header_for
+from revproxy.edge.content import CacheFill, CaptureStream, ResponseCoder, plan_compression
 from revproxy.edge.generation import Generation, ListenerRuntime, PoolRuntime
 from revproxy.edge.rules import ListenerRules, RouteRules, with_hsts
 from revproxy.edge.tls import with_client_cert
@@ -59,6 +61,15 @@ from revproxy.policy.access import DENY, AccessList
 from revproxy.policy.auth import AUTH, Authenticator
 from revproxy.policy.limits import LimitSet, Refusal
 from revproxy.proto import grpc
+from revproxy.proto.caching import (
+    answers_not_modified,
+    cache_key,
+    not_modified_headers,
+    request_policy,
+    revalidation_headers,
+    served_headers,
+)
+from revproxy.proto.encoding import accept_encoding, negotiate, strip_etag_suffixes
 from revproxy.proto.events import (
     DataReceived,
     Event,
@@ -85,6 +96,14 @@ log = logging.getLogger("revproxy.http")
 
 _ids = itertools.count(1)
 _ID_PREFIX = os.urandom(3).hex()
+
+# Background revalidations (stale-while-revalidate) in flight: held so they are not collected.
+_background: set[asyncio.Task[None]] = set()
+# Conditional request fields a cache fill does not pass on (RFC 9111 §4.3.1: the cache asks
+# with its own validators, and answers the client's from the stored response).
+_CONDITIONAL = frozenset(
+    {b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since", b"if-range"}
+)
 
 # Access-log status of a request whose client went away before any answer (nginx's 499).
 STATUS_CLIENT_GONE = 499
@@ -151,6 +170,8 @@ class Exchange:
         "auth_user",
         "client_id",
         "deadline",
+        "encoding",
+        "fill",
         "gen",
         "grpc",
         "info",
@@ -199,6 +220,8 @@ class Exchange:
         self.route: Route | None = None  # the route the request matched
         self.rules: RouteRules | None = None  # its HTTP rules, if it has any (edge/rules.py)
         self.origin_authority = b""  # the Host the origin is sent (_proxy)
+        self.encoding: str | None = None  # the client's choice among the route's encodings
+        self.fill: CacheFill | None = None  # a caching route's request to the origin
         self.timeouts = Timeouts()  # the pool's, with the route's overrides (_proxy)
         self.max_body = 0  # global.max_body_size, or the route's (_proxy)
 
@@ -285,6 +308,8 @@ class Exchange:
         self.auth_user = None
         self.route = None
         self.rules = None
+        self.encoding = None
+        self.fill = None
         return rec
 
     def _finish(self, started: float) -> None:
@@ -399,7 +424,11 @@ class Exchange:
             )
         assert route.pool is not None
         self.rec.pool = route.pool
-        return self.gen.pools[route.pool]
+        pr = self.gen.pools[route.pool]
+        rules = self.rules
+        if rules is not None and rules.cache is not None and self.gen.cache is not None:
+            return self._cached(pr, rules.cache, self.gen.cache)
+        return pr
 
     async def _authenticated(self, auth: Authenticator, route: Route) -> bool:
         """The route's users only: 401 with a challenge, or on with the user known."""
@@ -492,6 +521,16 @@ class Exchange:
                 headers = apply_edits(headers, rules.request_edits, self._template_values())
             if rules.rewrites_target:
                 self.target = rewrite_prefix(self.target, rules.strip_prefix, rules.add_prefix)
+            if rules.compress is not None:
+                self.encoding = negotiate(accept_encoding(req.headers), rules.compress.encodings)
+                headers = strip_etag_suffixes(headers, rules.compress.encodings)
+            fill = self.fill
+            if fill is not None:
+                # The origin is asked for the whole response (the client's own conditions
+                # are answered from the stored one), or to confirm the stale one.
+                headers = [h for h in headers if h[0] not in _CONDITIONAL]
+                if fill.stale is not None:
+                    headers.extend(revalidation_headers(fill.stale.headers))
         websocket = False
         self.ws_accept = None
         if protocol == "http1":
@@ -659,9 +698,21 @@ class Exchange:
             out_headers = apply_edits(
                 out_headers, self.rules.response_edits, self._template_values()
             )
+        fill = self.fill
+        if fill is not None:
+            if resp.status == 304 and fill.stale is not None:
+                return await self._confirmed(ostream, fill, resp.headers)
+            fill.begin(resp.status, out_headers, self.target.decode("latin-1"))
         lrules = self.listener.rules
         if lrules is not None and lrules.hsts is not None:
             out_headers = with_hsts(out_headers, lrules.hsts)
+        coder: ResponseCoder | None = None
+        rules = self.rules
+        if rules is not None and rules.compress is not None:
+            req = self.req
+            out_headers, coder, self.rec.encoding = plan_compression(
+                rules.compress, self.encoding, req.method, req.headers, resp.status, out_headers
+            )
         # The origin's reason phrase is not relayed: it is free text that may name it.
         events = ostream.events
         body = _whole_body(events)
@@ -669,9 +720,17 @@ class Exchange:
             # The whole response is in hand (HTTP/2: or a gRPC "Trailers-Only" answer): head,
             # body and end go out in one block.
             events.clear()
+            if fill is not None:
+                fill.add(body)
+                fill.end()
+            if coder is not None:
+                body = await coder.whole(body)
+                out_headers.append((b"content-length", b"%d" % len(body)))
             await stream.send_response(resp.status, out_headers, end=True, body=body)
             return True
         await stream.send_response(resp.status, out_headers)
+        if coder is not None or fill is not None:
+            return await self._relay_body(ostream, pr, coder, fill)
         if sink is not None:
             # The origin is read no further ahead than the client takes (conn_io.py,
             # pacing); ``finish`` ends it.
@@ -689,6 +748,167 @@ class Exchange:
                 return True
             else:
                 raise BackendProtocolError("origin closed inside the response body")
+
+    async def _relay_body(
+        self,
+        ostream: OriginStream,
+        pr: PoolRuntime,
+        coder: ResponseCoder | None,
+        fill: CacheFill | None,
+    ) -> bool:
+        """The body of a response that is compressed or recorded for the cache: each chunk
+        through the coder (flushed whenever the origin pauses) and into the recording."""
+        stream = self.stream
+        sink = self.sink
+        if sink is not None:
+            ostream.follow(sink)
+        loop = asyncio.get_running_loop()
+        idle = self.timeouts.idle
+        queued = ostream.events
+        while True:
+            if not queued:
+                if coder is not None:
+                    flushed = await coder.pause()
+                    if flushed:
+                        await stream.send_data(flushed)
+                ostream.deadline = loop.time() + idle
+            ev = await ostream.next()
+            if isinstance(ev, DataReceived):
+                if fill is not None:
+                    fill.add(ev.data)
+                data = await coder.data(ev.data) if coder is not None else ev.data
+                if data:
+                    await stream.send_data(data)
+            elif isinstance(ev, MessageEnded):
+                if coder is not None:
+                    tail = await coder.end()
+                    if tail:
+                        await stream.send_data(tail)
+                if fill is not None:
+                    fill.end()
+                await stream.send_end(interim_headers(ev.trailers, pr.hiding))
+                return True
+            else:
+                raise BackendProtocolError("origin closed inside the response body")
+
+    async def _cached(self, pr: PoolRuntime, rule: RouteCache, cache: Cache) -> bool:
+        """A caching route (content/cache.py): a stored response, or the origin's stored."""
+        req = self.req
+        rec = self.rec
+        policy = request_policy(
+            req.method, req.headers, cookies=rule.cookies, authorization=rule.authorization
+        )
+        if policy.bypass is not None:
+            cache.note_bypass()
+            rec.cache = "bypass"
+            return await self._proxy(pr)
+        host = req.authority.decode("latin-1").lower()
+        key = cache_key(self.scheme.encode(), req.authority, self.target)
+        found = cache.lookup(key, req.headers, policy)
+        entry = found.entry
+        if entry is not None and found.kind is LookupKind.FRESH:
+            rec.cache = "hit"
+            return await self._serve_entry(entry, found.age)
+        if entry is not None and found.kind is LookupKind.STALE_WHILE_REVALIDATE:
+            rec.cache = "stale"
+            self._revalidate_later(pr, rule, cache, key, host, entry)
+            return await self._serve_entry(entry, found.age)
+        if policy.only_if_cached:
+            rec.cache = "miss"
+            return await self._local(504)
+        if entry is not None:  # stale: ask the origin to confirm it
+            rec.cache = "revalidated"
+            self.fill = CacheFill(cache, rule, key, host, req.headers, stale=entry)
+            return await self._proxy(pr)
+        with cache.flight(key, req.headers) as flight:
+            if not flight.leader:
+                waited = await flight.wait(self.timeouts.response)
+                if waited is not None:
+                    rec.cache = "coalesced"
+                    return await self._serve_entry(waited, int(waited.age(time.time())))
+                rec.cache = "miss"
+                self.fill = CacheFill(cache, rule, key, host, req.headers)
+                return await self._proxy(pr)
+            rec.cache = "miss"
+            self.fill = CacheFill(cache, rule, key, host, req.headers, flight=flight)
+            return await self._proxy(pr)
+
+    async def _confirmed(
+        self, ostream: OriginStream, fill: CacheFill, headers_304: Headers
+    ) -> bool:
+        """The origin answered our revalidation 304: the stored response, refreshed."""
+        while not isinstance(await ostream.next(), MessageEnded):
+            pass  # a 304 has no body; its end keeps the origin connection reusable
+        entry = fill.refreshed(headers_304)
+        stale = fill.stale
+        assert stale is not None
+        if entry is None:  # no longer storable: this client still gets the confirmed answer
+            entry = stale
+        self.rec.status = 200
+        return await self._serve_entry(entry, 0)
+
+    async def _serve_entry(self, entry: Entry, age: int) -> bool:
+        """Answer from a stored response: 304 to the client's own matching conditions."""
+        req = self.req
+        stream = self.stream
+        if answers_not_modified(req.headers, entry.headers):
+            status, headers, body = 304, not_modified_headers(entry.headers, age), b""
+        else:
+            status, body = entry.status, entry.body
+            headers = [h for h in served_headers(entry.headers, age) if h[0] != b"content-length"]
+        rules = self.rules
+        if rules is not None and rules.compress is not None:
+            self.encoding = negotiate(accept_encoding(req.headers), rules.compress.encodings)
+            headers, coder, self.rec.encoding = plan_compression(
+                rules.compress, self.encoding, req.method, req.headers, status, headers
+            )
+            if coder is not None:
+                body = await coder.whole(body)
+        lrules = self.listener.rules
+        if lrules is not None and lrules.hsts is not None:
+            headers = with_hsts(headers, lrules.hsts)
+        if status != 304:
+            headers.append((b"content-length", b"%d" % len(body)))
+        self.rec.status = status
+        if req.method == b"HEAD":
+            body = b""
+        return await stream.send_whole(status, headers, body, not stream.request_complete)
+
+    def _revalidate_later(
+        self, pr: PoolRuntime, rule: RouteCache, cache: Cache, key: bytes, host: str, entry: Entry
+    ) -> None:
+        """stale-while-revalidate: one background request per key confirms or replaces it."""
+        if not cache.begin_refresh(key):
+            return
+        background = Exchange(
+            CaptureStream(), generation=self.gen, listener=self.listener, info=self.info
+        )
+        req = self.req
+        target = self.target
+
+        async def run() -> None:
+            try:
+                background._begin(req)
+                background.target = target
+                background.route = self.route
+                background.rules = self.rules
+                background.rec.route = self.rec.route
+                background.rec.pool = self.rec.pool
+                background.rec.cache = "refresh"
+                background.fill = CacheFill(cache, rule, key, host, req.headers, stale=entry)
+                started = time.monotonic()
+                try:
+                    await background._proxy(pr)
+                finally:
+                    background._finish(started)
+            except Exception:
+                log.exception("id=%s background revalidation failed", self.rec.id)
+            finally:
+                cache.end_refresh(key)
+
+        task = asyncio.get_running_loop().create_task(run())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
 
     async def _response_head(
         self,

@@ -21,6 +21,7 @@ from revproxy.certs.store import CertStore, client_auth_of
 from revproxy.config.listener import answers_acme
 from revproxy.config.model import Config, Listener, Route
 from revproxy.config.model import Pool as PoolConfig
+from revproxy.content.cache import Cache
 from revproxy.edge.rules import ListenerRules, RouteRules, compile_route_rules, listener_rules
 from revproxy.edge.tls import ServerTLS
 from revproxy.errors import CertificateError, ConfigError, ConfigProblem
@@ -160,6 +161,9 @@ class Generation:
     route_user_limits: dict[int, LimitSet] = field(default_factory=dict)
     # HTTP rules of the routes that have any, by route index (edge/rules.py).
     route_rules: dict[int, RouteRules] = field(default_factory=dict)
+    # The process's response cache (content/cache.py) when a route caches; handed on by a
+    # reload that keeps the [cache] settings, so stored responses survive it.
+    cache: Cache | None = None
     # Where limits kept by the instance count (policy/counters.py): the process's, handed
     # from generation to generation, shared by the workers of an instance.
     counters: Counters = field(default_factory=LocalCounters)
@@ -453,10 +457,21 @@ def build_generation(
             if (ls := limit_set([n for n in r.limits if by_name[n].key == "user"])) is not None
         },
         route_rules=compile_route_rules(config.routes),
+        cache=_cache(config, previous),
         metrics=metrics,
         counters=counters,
         limit_stores=stores,
     )
+
+
+def _cache(config: Config, previous: Generation | None) -> Cache | None:
+    if not any(r.cache is not None for r in config.routes):
+        return None
+    settings = config.cache
+    old = previous.cache if previous is not None else None
+    if old is not None and (old.size, old.max_object) == (settings.size, settings.max_object):
+        return old
+    return Cache(settings.size, settings.max_object)
 
 
 def _limit_stores(config: Config, previous: Generation | None) -> dict[str, RedisCounters]:

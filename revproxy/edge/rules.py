@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from revproxy.config.model import ErrorPage, Listener, Route
+from revproxy.config.model import ErrorPage, Listener, Route, RouteCache
+from revproxy.edge.content import CompressRule
 from revproxy.proto.events import Headers
 from revproxy.proto.rewrite import Edits, compile_edits
 
@@ -26,6 +27,8 @@ class RouteRules:
     strip_prefix: bytes | None = None
     add_prefix: bytes | None = None
     error_pages: dict[int, ErrorPage] = field(default_factory=dict)
+    compress: CompressRule | None = None
+    cache: RouteCache | None = None
 
     @property
     def rewrites_target(self) -> bool:
@@ -55,12 +58,16 @@ def compile_route_rules(routes: tuple[Route, ...]) -> dict[int, RouteRules]:
             strip_prefix=r.strip_prefix.encode() if r.strip_prefix else None,
             add_prefix=r.add_prefix.encode() if r.add_prefix else None,
             error_pages={p.status: p for p in r.error_pages},
+            compress=CompressRule.of(r.compress) if r.compress is not None else None,
+            cache=r.cache,
         )
         if (
             rules.request_edits is not None
             or rules.response_edits is not None
             or rules.rewrites_target
             or rules.error_pages
+            or rules.compress is not None
+            or rules.cache is not None
         ):
             out[r.index] = rules
     return out

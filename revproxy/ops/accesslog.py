@@ -64,6 +64,11 @@ class AccessRecord:
     # proxy connected to (or the one it refused: "-" when none was resolved).
     destination: str = ""
     resolved: str = ""
+    # Response services (docs/http-rules.md): what the cache did ("hit", "miss", "bypass",
+    # "stale", "revalidated", "coalesced", "refresh") and the encoding the response was
+    # compressed with, or why not ("skip:REASON", "passed:saturated").
+    cache: str = ""
+    encoding: str = ""
     # Read by the formatter, not on the request's path: the request head (referer, user
     # agent, protocol), the connection (client port, TLS version, client certificate), the
     # bytes of the response head within bytes_out (nginx's $body_bytes_sent excludes them),
@@ -90,6 +95,8 @@ class AccessRecord:
             + (f" destination={q(self.destination)}" if self.destination else "")
             + (f" resolved={q(self.resolved)}" if self.destination else "")
             + (f" refused={self.refused}" if self.refused else "")
+            + (f" cache={self.cache}" if self.cache else "")
+            + (f" encoding={self.encoding}" if self.encoding else "")
             + (f" client_cert={q(subject)}" if (subject := client_cert(self)) else "")
         )
 
@@ -98,6 +105,10 @@ class AccessRecord:
         d: dict[str, object] = {"time": time_text}
         for name in _JSON_FIELDS:
             d[name] = getattr(self, name)
+        if self.cache:
+            d["cache"] = self.cache
+        if self.encoding:
+            d["encoding"] = self.encoding
         conn = self.conn
         if conn is not None:
             d["client_port"] = conn.client[1]

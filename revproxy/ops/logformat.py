@@ -148,6 +148,8 @@ def _fields(clock: Clock) -> dict[str, Callable[[AccessRecord], object]]:
         "refused": lambda r: r.refused,
         "destination": lambda r: r.destination,
         "resolved": lambda r: r.resolved,
+        "cache": lambda r: r.cache,
+        "encoding": lambda r: r.encoding,
     }
 
 
