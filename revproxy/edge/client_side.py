@@ -10,14 +10,22 @@ it; the backend side's counterpart is ``OriginStream`` (dial.py).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from revproxy.errors import RevproxyError
 from revproxy.proto.events import Event, Headers, MessageEnded
 from revproxy.proto.proxy_protocol import ProxyHeader, build_v1, build_v2
 
 if TYPE_CHECKING:
     from revproxy.net.relay import StreamPair
+
+
+# Where sendfile(2) cannot send a file (TLS, HTTP/2), it is read and sent in pieces of this
+# size: what is read ahead of the client is one piece, and each waits for the client's room.
+FILE_PIECE = 64 * 1024
 
 
 class ClientGone(Exception):
@@ -86,6 +94,16 @@ class ClientStream(Protocol):
 
     async def send_end(self, trailers: Headers) -> None: ...
 
+    async def send_file(self, fd: int, offset: int, count: int) -> None:
+        """After ``send_response`` sent a head with Content-Length: ``count`` bytes of the open
+        regular file ``fd`` from ``offset`` as (part of) the body; ``send_end`` follows. The
+        caller keeps ``fd`` (and closes it). Plain HTTP/1.1: sendfile(2), the bytes go from
+        the page cache to the socket; TLS and HTTP/2: pieces of FILE_PIECE through
+        ``send_data``. Raises ClientGone (the client left, or took nothing for a long while),
+        RevproxyError when the file ended before ``count`` bytes (it shrank: the response
+        cannot be completed)."""
+        ...
+
     async def send_whole(self, status: int, headers: Headers, body: bytes, close: bool) -> bool:
         """A whole local response; False when the client connection must close after it."""
         ...
@@ -101,6 +119,21 @@ class ClientStream(Protocol):
         send the origin's ``leftover`` bytes, then relay bytes both ways until both directions
         end or nothing moves for ``idle_timeout``; returns (bytes up, bytes down)."""
         ...
+
+
+async def send_file_pieces(
+    send: Callable[[bytes], Awaitable[None]], fd: int, offset: int, count: int
+) -> None:
+    """``send_file`` where sendfile(2) cannot be used: the file read in pieces (``os.pread``,
+    inline: a page-cache read costs less than a hop to a thread) and each given to ``send``,
+    whose back-pressure paces the reading."""
+    end = offset + count
+    while offset < end:
+        piece = os.pread(fd, min(FILE_PIECE, end - offset), offset)
+        if not piece:
+            raise RevproxyError("the file ended before the length the response announced")
+        await send(piece)
+        offset += len(piece)
 
 
 def proxy_header_for(version: str | None, info: ConnInfo) -> bytes | None:

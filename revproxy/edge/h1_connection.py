@@ -10,12 +10,13 @@ allocated per request beyond what the parser and the exchange need.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Callable
 from http import HTTPStatus
 
-from revproxy.edge.client_side import ClientGone, ConnInfo, proxy_header_for
+from revproxy.edge.client_side import ClientGone, ConnInfo, proxy_header_for, send_file_pieces
 from revproxy.edge.exchange import Exchange, error_body, log, request_id
 from revproxy.edge.generation import Generation, ListenerRuntime
 from revproxy.errors import ClientProtocolError, RequestTimeout, RevproxyError
@@ -34,6 +35,15 @@ from revproxy.proto.http1.head import START_CHECKED, impossible_request_start
 from revproxy.upstream.dialer import READ_SIZE
 
 __all__ = ["ClientGone", "ConnInfo", "HttpConnection", "proxy_header_for"]
+
+# How long a client may take no byte of a file we send (``send_file``) before its connection
+# is aborted: a reader that stalls must not hold a connection and a file for ever.
+FILE_STALL_TIMEOUT = 60.0
+# File bodies up to this size are read and written with their head (one write); longer ones
+# go by sendfile(2) on a plain connection.
+SENDFILE_MIN = 32 * 1024
+# Zeros that stand in for bytes sent by sendfile(2) when the state machine counts them.
+_BLANK = bytes(256 * 1024)
 
 
 class _Source:
@@ -224,6 +234,50 @@ class HttpConnection:
     async def send_end(self, trailers: Headers) -> None:
         if self._put(self.h1.send_end(trailers)):
             await self._drain()
+
+    async def send_file(self, fd: int, offset: int, count: int) -> None:
+        if count <= 0:
+            return
+        conn = self.conn
+        if count <= SENDFILE_MIN or not conn.can_sendfile:
+            await send_file_pieces(self._send_piece, fd, offset, count)
+            return
+        self._count_body(count)
+        try:
+            sent = await conn.sendfile(fd, offset, count, FILE_STALL_TIMEOUT, self._count_out)
+        except TimeoutError:
+            conn.abort()
+            raise ClientGone() from None
+        except OSError as exc:
+            raise ClientGone() from exc
+        if sent < count:
+            raise RevproxyError("the file ended before the length the response announced")
+
+    async def _send_piece(self, piece: bytes) -> None:
+        """One piece of a file's body: written when the client takes it."""
+        if self._put(self.h1.send_data(piece)):
+            try:
+                async with asyncio.timeout(FILE_STALL_TIMEOUT):
+                    await self._drain()
+            except TimeoutError:
+                self.conn.abort()
+                raise ClientGone() from None
+
+    def _count_body(self, n: int) -> None:
+        """The state machine is told of ``n`` body bytes sent another way (sendfile(2)), so
+        it checks them against the head's Content-Length as it does what ``send_data`` gives
+        it. Zeros stand in for them and what comes back is dropped: it is those same bytes,
+        since a body with a length is not framed (anything else is refused here)."""
+        h1 = self.h1
+        blank = _BLANK
+        while n:
+            size = min(n, len(blank))
+            if len(h1.send_data(blank if size == len(blank) else blank[:size])) != size:
+                raise RevproxyError("send_file needs a response head with Content-Length")
+            n -= size
+
+    def _count_out(self, n: int) -> None:
+        self.bytes_out += n
 
     async def send_whole(self, status: int, headers: Headers, body: bytes, close: bool) -> bool:
         if close:

@@ -28,7 +28,7 @@ import contextlib
 import itertools
 import logging
 
-from revproxy.edge.client_side import ClientGone, ConnInfo
+from revproxy.edge.client_side import ClientGone, ConnInfo, send_file_pieces
 from revproxy.edge.exchange import Exchange
 from revproxy.edge.generation import Generation, ListenerRuntime, Signal
 from revproxy.errors import (
@@ -177,6 +177,10 @@ class H2ServerStream(H2Channel):
     async def send_end(self, trailers: Headers | None) -> None:
         await super().send_end(trailers)
         self.ended = True
+
+    async def send_file(self, fd: int, offset: int, count: int) -> None:
+        # No sendfile(2) on a shared, framed connection: pieces, paced by the windows.
+        await send_file_pieces(self.send_data, fd, offset, count)
 
     async def send_whole(self, status: int, headers: Headers, body: bytes, close: bool) -> bool:
         # No connection-level "close" in HTTP/2: an unread request body is refused by RST_STREAM

@@ -32,6 +32,11 @@ hands it to the one beneath without a word: after two, the room is looked at aga
 client not known to keep up is paced from the origin's first read, the response head; a known
 one from its body.
 
+A file (a static response) goes out by ``sendfile``: sendfile(2) from the page cache to a
+plain socket, on a duplicate of its descriptor, once the transport has written what it held;
+the socket is waited for while full (the loop runs on, nothing is read ahead of the client),
+and a socket that takes nothing for a while ends it.
+
 A sink is anything that keeps ``Sink``'s contract: a client's ``ConnIO`` (above), an HTTP/2
 stream (``h2_channel.py``: its room is what its windows and its connection's socket let it
 send, and it calls ``room_changed`` on WINDOW_UPDATE, so it is never probed), or an origin's
@@ -43,9 +48,11 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import os
 import socket
 import sys
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 try:
@@ -80,6 +87,8 @@ _TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
 CORK_LIMIT = 64 * 1024
 # ``read`` joins received pieces while they are smaller than this.
 JOIN_BELOW = 64 * 1024
+# The most one sendfile(2) call is asked to send: the loop runs others between pieces.
+SENDFILE_PIECE = 1024 * 1024
 
 
 class Sink(Protocol):
@@ -691,6 +700,97 @@ class ConnIO(asyncio.Protocol):
         if drain is None:
             drain = self._drain_waiter = self.loop.create_future()
         await drain
+
+    # --- sending a file (sendfile(2)) -----------------------------------------------------
+
+    @property
+    def can_sendfile(self) -> bool:
+        """Whether ``sendfile`` can be used: an open stream socket without TLS."""
+        transport = self.transport
+        if self._over_ssl or transport is None or transport.is_closing():
+            return False
+        sock = transport.get_extra_info("socket")
+        return hasattr(os, "sendfile") and sock is not None and sock.type == socket.SOCK_STREAM
+
+    async def sendfile(
+        self,
+        fd: int,
+        offset: int,
+        count: int,
+        stall_timeout: float,
+        sent: Callable[[int], None],
+    ) -> int:
+        """Send ``count`` bytes of the regular file ``fd`` from ``offset`` with sendfile(2):
+        from the kernel's page cache to the socket, never through our memory (``can_sendfile``
+        must hold). What was written before goes first: our transport is emptied before. The
+        socket is given what it takes without blocking and waited for while it is full, so
+        the loop runs on and a slow reader costs no memory of ours; ``sent(n)`` is told of
+        each piece it took. Returns the bytes sent: ``count``, or fewer when the file ended
+        first. Raises TimeoutError when the socket took nothing for ``stall_timeout`` seconds,
+        ConnectionError when the connection was lost (or another OSError of sendfile(2))."""
+        transport = self.transport
+        assert transport is not None and self.can_sendfile
+        await self._emptied(stall_timeout)
+        # Our own descriptor of the socket: the transport may close its own meanwhile (an
+        # abort), and that number could then name another connection.
+        out = os.dup(transport.get_extra_info("socket").fileno())
+        done = 0
+        try:
+            while done < count:
+                if transport.is_closing():
+                    raise ConnectionResetError("connection closed")
+                try:
+                    n = os.sendfile(out, fd, offset + done, min(count - done, SENDFILE_PIECE))
+                except BlockingIOError:
+                    await self._writable(out, stall_timeout)
+                    continue
+                if n == 0:
+                    break  # the file ended before count bytes
+                done += n
+                sent(n)
+                if done < count:
+                    await asyncio.sleep(0)  # a fast reader must not keep the loop to itself
+        finally:
+            os.close(out)
+        return done
+
+    async def _emptied(self, timeout: float) -> None:
+        """Wait until our transport has written all it holds (the write limits are set to
+        zero meanwhile, so ``resume_writing`` says when)."""
+        self.flush()
+        transport = self.transport
+        assert transport is not None
+        if not transport.get_write_buffer_size():
+            return
+        low, high = transport.get_write_buffer_limits()
+        transport.set_write_buffer_limits(high=0, low=0)
+        try:
+            async with asyncio.timeout(timeout):
+                await self.drain()
+        finally:
+            if not transport.is_closing():
+                transport.set_write_buffer_limits(high=high, low=low)
+
+    async def _writable(self, fd: int, timeout: float) -> None:
+        """Wait until socket ``fd`` takes bytes again; ConnectionResetError when the
+        connection is lost meanwhile, TimeoutError after ``timeout`` seconds."""
+        loop = self.loop
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def wake(*_: object) -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_writer(fd, wake)
+        self._closed.add_done_callback(wake)
+        try:
+            async with asyncio.timeout(timeout):
+                await ready
+        finally:
+            loop.remove_writer(fd)
+            self._closed.remove_done_callback(wake)
+        if self._closed.done():
+            raise ConnectionResetError("connection lost")
 
     def can_write_eof(self) -> bool:
         return self.transport is not None and self.transport.can_write_eof()
