@@ -40,6 +40,7 @@ from typing import Any
 from revproxy.certs.acme import challenge_answer
 from revproxy.config.model import Auth, ErrorPage, Route, RouteCache, RouteTimeouts, Timeouts
 from revproxy.content.cache import Cache, Entry, LookupKind
+from revproxy.content.static import Forbidden, Missing, Redirect, StaticSite, plan_response
 from revproxy.edge.client_side import ClientGone, ClientStream, ConnInfo, proxy_header_for
 from revproxy.edge.content import CacheFill, CaptureStream, ResponseCoder, plan_compression
 from revproxy.edge.generation import Generation, ListenerRuntime, PoolRuntime
@@ -412,7 +413,11 @@ class Exchange:
         return self._route_action(route)
 
     def _route_action(self, route: Route) -> _Action:
-        """What a matched route does: redirect, answer, or the pool to forward to."""
+        """What a matched route does: redirect, answer, serve files, or the pool to forward
+        to."""
+        rules = self.rules
+        if rules is not None and rules.static is not None:
+            return self._static(rules, rules.static)
         if route.redirect is not None:
             return self._local(
                 route.redirect_status, headers=[(b"location", route.redirect.encode())], body=b""
@@ -910,6 +915,57 @@ class Exchange:
         _background.add(task)
         task.add_done_callback(_background.discard)
 
+    async def _static(self, rules: RouteRules, site: StaticSite) -> bool:
+        """A ``static`` route: a file under its root (content/static.py), sendfile where the
+        connection allows it."""
+        req = self.req
+        rec = self.rec
+        rec.pool = "static"
+        target = self.target
+        if rules.strip_prefix is not None:
+            target = rewrite_prefix(target, rules.strip_prefix, None)
+        resolved = site.resolve(path_of(target))
+        if isinstance(resolved, Missing):
+            log.info("id=%s static: %s", rec.id, resolved.reason)
+            return await self._local(404)
+        if isinstance(resolved, Forbidden):
+            log.info("id=%s static: %s", rec.id, resolved.reason)
+            return await self._local(403)
+        if isinstance(resolved, Redirect):
+            cut = target.find(b"?")
+            query = target[cut:] if cut >= 0 else b""
+            location = (rules.strip_prefix or b"") + resolved.location + query
+            return await self._local(301, headers=[(b"location", location)], body=b"")
+        stream = self.stream
+        with resolved as found:
+            plan = plan_response(req.method, req.headers, found)
+            status, headers = plan.status, plan.headers
+            if rules.response_edits is not None:
+                headers = apply_edits(headers, rules.response_edits, self._template_values())
+            lrules = self.listener.rules
+            if lrules is not None and lrules.hsts is not None:
+                headers = with_hsts(headers, lrules.hsts)
+            coder: ResponseCoder | None = None
+            if rules.compress is not None:
+                self.encoding = negotiate(accept_encoding(req.headers), rules.compress.encodings)
+                headers, coder, rec.encoding = plan_compression(
+                    rules.compress, self.encoding, req.method, req.headers, status, headers
+                )
+            rec.status = status
+            if plan.count == 0:
+                return await stream.send_whole(status, headers, b"", not stream.request_complete)
+            await stream.send_response(status, headers)
+            try:
+                if coder is None:
+                    await stream.send_file(found.fd, plan.offset, plan.count)
+                else:
+                    await _send_compressed(stream, coder, found.fd, plan.offset, plan.count)
+                await stream.send_end([])
+            except RevproxyError as exc:
+                log.warning("id=%s static response aborted: %s", rec.id, exc)
+                return False
+        return stream.request_complete
+
     async def _response_head(
         self,
         ostream: OriginStream,
@@ -1181,6 +1237,27 @@ class Exchange:
         if self.req.method == b"HEAD":
             body = b""
         return await stream.send_whole(status, out, body, close)
+
+
+# Pieces a compressed static file is read in.
+_STATIC_PIECE = 64 * 1024
+
+
+async def _send_compressed(
+    stream: ClientStream, coder: ResponseCoder, fd: int, offset: int, count: int
+) -> None:
+    end = offset + count
+    while offset < end:
+        piece = os.pread(fd, min(_STATIC_PIECE, end - offset), offset)
+        if not piece:
+            raise BackendProtocolError("static file shrank while it was sent")
+        offset += len(piece)
+        data = await coder.data(piece)
+        if data:
+            await stream.send_data(data)
+    tail = await coder.end()
+    if tail:
+        await stream.send_data(tail)
 
 
 def _whole_body(events: deque[Event]) -> bytes | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from revproxy.config.model import ErrorPage, Listener, Route, RouteCache
+from revproxy.content.static import StaticSite
 from revproxy.edge.content import CompressRule
 from revproxy.proto.events import Headers
 from revproxy.proto.rewrite import Edits, compile_edits
@@ -29,6 +30,7 @@ class RouteRules:
     error_pages: dict[int, ErrorPage] = field(default_factory=dict)
     compress: CompressRule | None = None
     cache: RouteCache | None = None
+    static: StaticSite | None = None
 
     @property
     def rewrites_target(self) -> bool:
@@ -60,6 +62,7 @@ def compile_route_rules(routes: tuple[Route, ...]) -> dict[int, RouteRules]:
             error_pages={p.status: p for p in r.error_pages},
             compress=CompressRule.of(r.compress) if r.compress is not None else None,
             cache=r.cache,
+            static=StaticSite(r.static.root, r.static.index) if r.static is not None else None,
         )
         if (
             rules.request_edits is not None
@@ -68,6 +71,7 @@ def compile_route_rules(routes: tuple[Route, ...]) -> dict[int, RouteRules]:
             or rules.error_pages
             or rules.compress is not None
             or rules.cache is not None
+            or rules.static is not None
         ):
             out[r.index] = rules
     return out
