@@ -289,8 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_ctl = sub.add_parser(
         "ctl",
-        help="talk to a running instance: show servers|certs|info|metrics, drain|disable|enable "
-        "POOL/SERVER, reload, reload certs",
+        help="talk to a running instance: show servers|certs|info|tunnels|cache|metrics, "
+        "drain|disable|enable POOL/SERVER, cache purge HOST[/PREFIX], reload, reload certs",
     )
     conf_arg(p_ctl)
     p_ctl.add_argument("-s", "--socket", help="admin socket (default: [admin] socket)")

@@ -296,6 +296,18 @@ class RequestMetrics:
             '"destination", "port", "connect-port", "deny:CLASS", "resolve", "connect", ...).',
             ("listener", "user", "decision"),
         )
+        self.cache = r.counter(
+            "revproxy_cache_total",
+            "Requests of caching routes by listener and what the cache did (hit, miss, "
+            "coalesced, stale, revalidated, bypass, refresh).",
+            ("listener", "result"),
+        )
+        self.compression = r.counter(
+            "revproxy_compression_total",
+            "Responses of compressing routes by listener and outcome (the encoding, "
+            '"skip:REASON", or "passed:saturated" when the worker had no CPU to spare).',
+            ("listener", "outcome"),
+        )
         self.slow_readers_cut = r.counter(
             "revproxy_slow_readers_cut_total",
             "Connections cut because this process held more than global.max_buffer_memory "
@@ -313,6 +325,10 @@ class RequestMetrics:
         increments, no label worked out; ``collect`` does that when the metrics are read)."""
         if rec.refused:
             self.refused.inc((rec.listener, rec.refused))
+        if rec.cache:
+            self.cache.inc((rec.listener, rec.cache))
+        if rec.encoding:
+            self.compression.inc((rec.listener, rec.encoding))
         key = (rec.listener, rec.route, rec.status, rec.pool, rec.backend)
         tally = self._tallies.get(key)
         if tally is None:

@@ -18,7 +18,18 @@ from pathlib import Path
 import brotli
 import pytest
 import zstandard
-from harness import LOOPBACK, Origin, Proxy, Reply, Seen, curl, curl_http, free_port
+from harness import (
+    LOOPBACK,
+    Origin,
+    Proxy,
+    Reply,
+    Seen,
+    curl,
+    curl_http,
+    free_port,
+    run_cli,
+    toml_path,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_peers")]
 
@@ -63,8 +74,9 @@ def handler(req: Seen) -> Reply:
     return Reply(body=b"other\n")
 
 
-def config(port: int, origin: Origin) -> str:
-    return f"""
+def config(port: int, origin: Origin, admin: Path | None = None) -> str:
+    section = f"[admin]\nsocket = {toml_path(admin)}\n" if admin is not None else ""
+    return section + f"""
 [[listener]]
 name = "web"
 bind = ["{LOOPBACK}:{port}"]
@@ -198,7 +210,8 @@ async def _get_many(port: int, path: str, n: int, headers: str = "") -> list[byt
 def test_cache(tmp_path: Path) -> None:
     with Origin("o", handler) as origin:
         port = free_port()
-        with Proxy(tmp_path, config(port, origin), ports=[port]) as proxy:
+        admin = tmp_path / "admin.sock"
+        with Proxy(tmp_path, config(port, origin, admin), ports=[port]) as proxy:
             # 100 concurrent misses: one origin request, every client the same answer.
             answers = asyncio.run(_get_many(port, "/cached/a", 100))
             assert all(a.endswith(b"made for /cached/a\n") for a in answers)
@@ -227,3 +240,14 @@ def test_cache(tmp_path: Path) -> None:
             # The client's own condition is answered from the cache.
             r = curl_http(f"http://{LOOPBACK}:{port}/stale", "-H", 'If-None-Match: "s1"')
             assert r.status == 304
+            # ctl: what is stored, then purged by host and prefix.
+            shown = run_cli("ctl", "-c", str(proxy.conf), "show", "cache")
+            assert shown.returncode == 0 and "entries: " in shown.stdout, shown
+            purged = run_cli("ctl", "-c", str(proxy.conf), "cache", "purge", "x/cached/")
+            assert purged.returncode == 0 and "purged 1 stored response" in purged.stdout, purged
+            curl_http(f"http://{LOOPBACK}:{port}/cached/a", "-H", "Host: x")
+            assert [r.target for r in origin.requests()].count("/cached/a") == 2
+            res = run_cli("ctl", "-c", str(proxy.conf), "show", "metrics")
+            assert res.returncode == 0, res.stderr
+            metrics = res.stdout
+            assert 'revproxy_cache_total{listener="web",result="coalesced"} 99' in metrics
