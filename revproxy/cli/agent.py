@@ -72,7 +72,11 @@ async def _run(config: AgentConfig, creds: Credentials) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await Agent(config, creds).run(stop)
+    try:
+        await Agent(config, creds).run(stop)
+    except OSError as exc:
+        print(f"revproxy agent: a [[forward]] cannot listen: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
     return EXIT_OK
 
 

@@ -15,7 +15,7 @@ from typing import Literal
 from revproxy.config.reader import MISSING, ReadContext, TableReader
 from revproxy.config.values import describe, parse_server
 from revproxy.errors import ConfigError, ConfigProblem
-from revproxy.proto.tunnel import TunnelFormatError, check_name
+from revproxy.proto.tunnel import TunnelFormatError, check_name, parse_destination
 
 __all__ = ["AgentConfig", "Expose", "Forward", "load_agent_config", "read_agent_config"]
 
@@ -42,11 +42,19 @@ class Expose:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Forward:
-    """``[[forward]]``: egress over the tunnel (read and refused for now: docs/tunnel.md)."""
+    """``[[forward]]``: egress over the tunnel. Connections to ``listen`` on the origin host
+    leave from the proxy toward ``destination``, through the proxy's ``[egress.EGRESS]``
+    rules (the tunnel's section on the proxy must allow that egress: docs/tunnel.md)."""
 
-    listen: str
+    listen: str  # as written
+    host: str  # where the agent listens
+    port: int
     egress: str
-    destination: str
+    destination: str  # "HOST:PORT", checked by the proxy
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -127,18 +135,40 @@ def _exposes(t: TableReader) -> tuple[Expose, ...]:
 
 def _forwards(t: TableReader) -> tuple[Forward, ...]:
     out: list[Forward] = []
+    seen: set[tuple[str, int]] = set()
     for f in t.tables("forward", _FORWARD_KEYS):
-        out.append(
-            Forward(
-                listen=f.string("listen", "", required='e.g. listen = "127.0.0.1:5432"'),
-                egress=f.string("egress", "", required='e.g. egress = "partners"'),
-                destination=f.string("destination", "", required='e.g. "db.example.com:5432"'),
+        listen = f.string("listen", "", required='e.g. listen = "127.0.0.1:5432"')
+        egress = f.string("egress", "", required='the proxy\'s [egress.NAME], e.g. "partners"')
+        destination = f.string("destination", "", required='e.g. "db.example.com:5432"')
+        ok = bool(listen and egress and destination)
+        if egress:
+            try:
+                check_name("egress", egress)
+            except TunnelFormatError as exc:
+                f.problem("egress", str(exc))
+                ok = False
+        if destination:
+            try:
+                parse_destination(destination)
+            except TunnelFormatError as exc:
+                f.problem("destination", str(exc))
+                ok = False
+        host, port = "", 0
+        if listen:
+            try:
+                host, port = parse_server(listen)
+            except ValueError as exc:
+                f.problem("listen", str(exc))
+                ok = False
+            else:
+                if (host, port) in seen:
+                    f.problem("listen", f'"{listen}" is used by another [[forward]]')
+                    ok = False
+                seen.add((host, port))
+        if ok:
+            out.append(
+                Forward(listen=listen, host=host, port=port, egress=egress, destination=destination)
             )
-        )
-        f.problem_here(
-            "egress over the tunnel is not available yet in this version "
-            "(use a forward or socks5 listener on the proxy meanwhile; docs/tunnel.md)"
-        )
     return tuple(out)
 
 
@@ -156,9 +186,10 @@ def read_agent_config(data: dict[str, object], file: str, ctx: ReadContext) -> A
         required='where enrolment keeps the key (e.g. "/var/lib/revproxy-agent")',
     )
     exposes = _exposes(t)
-    if not exposes and t.raw("expose") is MISSING:
+    if not exposes and t.raw("expose") is MISSING and t.raw("forward") is MISSING:
         t.problem(
-            "expose", 'nothing to expose (add [[expose]] name = "web", target = "127.0.0.1:8080")'
+            "expose",
+            'nothing to expose or forward (add [[expose]] name = "web", target = "127.0.0.1:8080")',
         )
     return AgentConfig(
         servers=_servers(t),

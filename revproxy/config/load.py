@@ -494,7 +494,7 @@ def _load(
         _check_admin_and_acme(admin, acme, listener_reads)
         _check_limits(listener_reads, route_reads, limits)
         _check_egress(listener_reads, egress, users)
-        check_tunnels(global_, listeners, pools, tunnels, ctx)
+        check_tunnels(global_, listeners, pools, tunnels, ctx, egress=egress)
         if not listeners:
             ctx.add(
                 "", "listener",

@@ -594,6 +594,8 @@ class Tunnel:
     # Pings: one every ``ping_interval``; ``ping_misses`` unanswered in a row is a dead agent.
     ping_interval: float = 10.0
     ping_misses: int = 3
+    # The [egress.NAME] sections its agents' [[forward]]s may leave through.
+    egress: tuple[str, ...] = ()
     source: str = ""
 
 

@@ -67,9 +67,10 @@ def unknown_key(name: str, allowed: Sequence[str]) -> str:
 
 def defined(kind: str, names: Sequence[str]) -> str:
     """ "defined pools: web, api" — what a dangling reference could have named instead."""
+    kinds = kind if kind.endswith("s") else f"{kind}s"  # "egress" is its own plural
     if not names:
-        return f"no {kind}s are defined"
-    return f"defined {kind}s: {', '.join(names)}"
+        return f"no {kinds} are defined"
+    return f"defined {kinds}: {', '.join(names)}"
 
 
 class TableReader:

@@ -11,13 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from revproxy.config.model import Global, Listener, Pool, Tunnel
+from revproxy.config.model import Egress, Global, Listener, Pool, Tunnel
 from revproxy.config.reader import Entry, ReadContext, TableReader, defined
 from revproxy.proto.tunnel import TunnelFormatError, check_name
 
-__all__ = ["TUNNEL_KEYS", "check_tunnels", "parse_tunnel_path", "read_tunnel"]
+__all__ = [
+    "TUNNEL_KEYS",
+    "check_tunnels",
+    "parse_tunnel_path",
+    "read_tunnel",
+    "tunnel_egress_problems",
+]
 
-TUNNEL_KEYS = ("stream_window", "max_streams", "ping_interval", "ping_misses")
+TUNNEL_KEYS = ("stream_window", "max_streams", "ping_interval", "ping_misses", "egress")
 _TUNNEL = Tunnel(name="")
 # RFC 9113 §6.9.1: a window is at most 2^31 - 1.
 _MAX_WINDOW = 2**31 - 1
@@ -51,8 +57,41 @@ def read_tunnel(name: str, entry: Entry, ctx: ReadContext) -> Tunnel:
         max_streams=t.integer("max_streams", _TUNNEL.max_streams, 1, 10000),
         ping_interval=t.duration("ping_interval", _TUNNEL.ping_interval),
         ping_misses=t.integer("ping_misses", _TUNNEL.ping_misses, 1, 100),
+        egress=_egress_names(t),
         source=entry.file,
     )
+
+
+def _egress_names(t: TableReader) -> tuple[str, ...]:
+    """``egress = ["partners"]``: the sections its agents' ``[[forward]]``s may use."""
+    names = t.strings("egress", _egress_name)
+    t.unique("egress", names)
+    return tuple(dict.fromkeys(name for _, name in names))
+
+
+def _egress_name(value: str) -> str:
+    if not value:
+        raise ValueError('an [egress.NAME] section name, e.g. "partners"')
+    return value
+
+
+def tunnel_egress_problems(
+    tunnels: Sequence[Tunnel], egress: Sequence[Egress]
+) -> list[tuple[str, str, str]]:
+    """(file, key path, reason) for each ``[tunnel.NAME] egress`` naming no ``[egress.*]``."""
+    known = [e.name for e in egress]
+    out: list[tuple[str, str, str]] = []
+    for t in tunnels:
+        for i, name in enumerate(t.egress):
+            if name not in known:
+                out.append(
+                    (
+                        t.source,
+                        f"tunnel.{t.name}.egress[{i}]",
+                        f'no egress named "{name}" ({defined("egress", known)})',
+                    )
+                )
+    return out
 
 
 def check_tunnels(
@@ -61,8 +100,14 @@ def check_tunnels(
     pools: Sequence[Pool],
     tunnels: Sequence[Tunnel],
     ctx: ReadContext,
+    egress: Sequence[Egress] | None = None,
 ) -> None:
+    """What needs the whole configuration (``egress``: the ``[egress.*]`` sections, to check
+    the names ``[tunnel.NAME] egress`` lists; None: not checked here)."""
     names = [t.name for t in tunnels]
+    if egress is not None:
+        for file, key, reason in tunnel_egress_problems(tunnels, egress):
+            ctx.add(file, key, reason)
     used = False
     for pool in pools:
         for i, server in enumerate(pool.servers):

@@ -365,6 +365,7 @@ def build_generation(
                 max_header_size=config.global_.max_header_size,
                 h1_client=h1_client,
                 tunnels=tunnels,
+                source=pc.source_addresses,
             )
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             key = "cert" if isinstance(exc, ValueError) else "ca"  # origin_tls_context's way

@@ -30,6 +30,8 @@ __all__ = ["Connected", "Outbound", "Refused", "compile_policy"]
 RESOLVE = "resolve"  # the name did not resolve
 CONNECT = "connect"  # no address could be connected
 NO_SOURCE = "no-source"  # no source address of the destination's family
+# IP_BIND_ADDRESS_NO_PORT (linux/in.h): Python names it from 3.12 on.
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +168,10 @@ class Outbound:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if source:
+                # The port is chosen at connect time, for the 4-tuple: connections from one
+                # source to many destinations do not share one set of ephemeral ports.
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
                 sock.bind((source, 0))
             async with asyncio.timeout(self.connect_timeout):
                 await loop.sock_connect(sock, (address, port))

@@ -616,7 +616,11 @@ class _Tunnel:
                 await _send(dsock, self.early)
             self.early = b""
             relay = SocketRelay(csock, dsock, idle_timeout=svc.idle_timeout)
-            result = await relay.run()
+            svc.tunnels_open(conn, 1)
+            try:
+                result = await relay.run()
+            finally:
+                svc.tunnels_open(conn, -1)
             rec.status = _END_STATUS[result.end]
         except OSError:
             rec.status = 499

@@ -30,12 +30,17 @@ from revproxy.policy.auth import Authenticator
 from revproxy.proto import httpauth
 from revproxy.proto.http1.api import H1ClientAPI, H1ServerAPI, client_class, server_class
 
-__all__ = ["SERVICES", "ClientConn", "EgressService", "build_service"]
+__all__ = ["SERVICES", "TUNNELS_OPEN", "ClientConn", "EgressService", "build_service"]
 
 log = logging.getLogger("revproxy.egress")
 
 # Destination verdicts remembered per service (forgotten whole when full).
 VERDICTS_KEPT = 4096
+
+# The gauge of tunnels open (CONNECT and SOCKS5), by listener: each serving process counts
+# its own, /metrics and the admin's egress rows sum them (runtime/stats.py reads it by name).
+TUNNELS_OPEN = "revproxy_egress_tunnels_open"
+TUNNELS_OPEN_HELP = "CONNECT and SOCKS5 tunnels open (mode forward, socks5), by listener."
 
 _ids = itertools.count(1)
 _ID_PREFIX = os.urandom(3).hex()
@@ -193,6 +198,11 @@ class EgressService:
             reason,
             f" ({detail})" if detail else "",
         )
+
+    def tunnels_open(self, conn: ClientConn, change: int) -> None:
+        """A tunnel of this listener opened (+1) or ended (-1)."""
+        gauge = conn.metrics.registry.gauge(TUNNELS_OPEN, TUNNELS_OPEN_HELP, ("listener",))
+        gauge.inc((self.name,), change)
 
     @staticmethod
     def finish(conn: ClientConn, rec: AccessRecord, *, request: bool) -> None:

@@ -102,7 +102,7 @@ async def serve_socks5(svc: EgressService, csock: socket.socket, conn: ClientCon
                 await loop.sock_sendall(csock, proto.data_to_send())
             return
         rec.upstream_ms = (time.monotonic() - started) * 1000
-        await _tunnel(svc, csock, proto, result, rec)
+        await _tunnel(svc, conn, csock, proto, result, rec)
     finally:
         rec.duration_ms = (time.monotonic() - started) * 1000
         if rec.status or rec.destination:
@@ -111,6 +111,7 @@ async def serve_socks5(svc: EgressService, csock: socket.socket, conn: ClientCon
 
 async def _tunnel(
     svc: EgressService,
+    conn: ClientConn,
     csock: socket.socket,
     proto: Socks5Server,
     connected: Connected,
@@ -129,7 +130,11 @@ async def _tunnel(
         if early:
             await loop.sock_sendall(dsock, early)
         relay = SocketRelay(csock, dsock, idle_timeout=svc.idle_timeout)
-        result = await relay.run()
+        svc.tunnels_open(conn, 1)
+        try:
+            result = await relay.run()
+        finally:
+            svc.tunnels_open(conn, -1)
         rec.status = _END_STATUS[result.end]
     except OSError:
         rec.status = 499

@@ -16,6 +16,17 @@ connection is for (``mux``: shared by HTTP streams; ``spare``: kept for one long
 ``surplus``: not needed, closed). Every other stream is an extended CONNECT (RFC 8441) with
 ``:protocol = revproxy-tcp`` and ``:path = /EXPOSE``: the agent connects to that expose's
 target and the stream's DATA are its bytes, both ways, until END_STREAM.
+
+Egress over the tunnel (agent.toml ``[[forward]]``) goes the other way, and the agent is the
+HTTP/2 server on its shared connections, which cannot open a stream toward the proxy. So each
+forwarded connection is a connection of its own: the agent dials the tunnel listener with
+ALPN ``revproxy-egress/1`` and its enrolled certificate, sends one JSON line naming the egress
+section and the destination (``{"egress": "partners", "destination": "db.example.com:5432"}``),
+and the proxy answers one JSON line: ``{"ok": "203.0.113.7:5432"}`` (the address it
+connected to) or ``{"error": "...", "reason": "deny:loopback"}``, then closes. After ``ok``
+the connection's bytes are the destination's, both ways, until each side's end. A forwarded
+connection is long-lived (a database session) and one flow, so it pays one TLS handshake and
+shares no window with any other flow.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ import re
 from dataclasses import dataclass
 
 __all__ = [
+    "EGRESS_ALPN",
     "ENROLL_ALPN",
     "HELLO_PATH",
     "STREAM_PROTOCOL",
@@ -39,16 +51,22 @@ __all__ = [
     "Token",
     "TunnelFormatError",
     "backoff",
+    "decode_egress_reply",
+    "decode_egress_request",
     "decode_enrol_reply",
     "decode_enrol_request",
+    "encode_egress_reply",
+    "encode_egress_request",
     "encode_enrol_reply",
     "encode_enrol_request",
     "expose_of_path",
+    "parse_destination",
     "path_of_expose",
 ]
 
 TUNNEL_ALPN = "revproxy-tunnel/1"
 ENROLL_ALPN = "revproxy-enroll/1"
+EGRESS_ALPN = "revproxy-egress/1"
 # The :protocol of a stream that carries the bytes of one connection to an expose.
 STREAM_PROTOCOL = b"revproxy-tcp"
 HELLO_PATH = b"/.revproxy/hello"
@@ -160,6 +178,79 @@ def decode_enrol_reply(line: bytes) -> tuple[str, str]:
     if not (isinstance(cert, str) and isinstance(ca, str)):
         raise TunnelFormatError("enrolment reply lacks cert or ca")
     return cert, ca
+
+
+# --- egress over the tunnel ------------------------------------------------------------------
+
+# An egress request or reply is one line of JSON, at most this long.
+MAX_EGRESS_LINE = 4096
+_HOST = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252})")
+_V6 = re.compile(r"[0-9A-Fa-f:.]{2,45}")
+
+
+def parse_destination(text: str) -> tuple[str, int]:
+    """``"db.example.com:5432"`` or ``"[2001:db8::1]:5432"`` → (host, port), the host
+    lower-case and without brackets. TunnelFormatError says what is wrong."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise TunnelFormatError(
+            f'destination "{text}" is not HOST:PORT (e.g. "db.example.com:5432")'
+        )
+    if not port.isdigit() or len(port) > 5 or not 1 <= int(port) <= 65535:
+        raise TunnelFormatError(f'destination "{text}": the port must be 1 to 65535')
+    if host.startswith("["):
+        if not host.endswith("]") or not _V6.fullmatch(host[1:-1]) or ":" not in host:
+            raise TunnelFormatError(f'destination "{text}": write an IPv6 address as [ADDRESS]')
+        host = host[1:-1]
+    elif not _HOST.fullmatch(host):
+        raise TunnelFormatError(f'destination "{text}": "{host}" is not a host name or address')
+    return host.lower(), int(port)
+
+
+def _small(line: bytes, what: str) -> dict[str, object]:
+    if len(line) > MAX_EGRESS_LINE:
+        raise TunnelFormatError(f"{what} over {MAX_EGRESS_LINE} bytes")
+    try:
+        data = json.loads(line)
+    except ValueError:
+        raise TunnelFormatError(f"{what} is not JSON") from None
+    if not isinstance(data, dict):
+        raise TunnelFormatError(f"{what} is not a JSON object")
+    return data
+
+
+def encode_egress_request(egress: str, destination: str) -> bytes:
+    return _line({"egress": egress, "destination": destination})
+
+
+def decode_egress_request(line: bytes) -> tuple[str, str, int]:
+    """(egress section, host, port) from the agent's line."""
+    data = _small(line, "egress request")
+    egress, destination = data.get("egress"), data.get("destination")
+    if not (isinstance(egress, str) and isinstance(destination, str)):
+        raise TunnelFormatError("egress request lacks egress or destination")
+    host, port = parse_destination(destination)
+    return check_name("egress", egress), host, port
+
+
+def encode_egress_reply(*, resolved: str = "", error: str = "", reason: str = "") -> bytes:
+    if error:
+        return _line({"error": error, "reason": reason})
+    return _line({"ok": resolved})
+
+
+def decode_egress_reply(line: bytes) -> str:
+    """The address the proxy connected to; TunnelFormatError with its reason when refused."""
+    if not line.endswith(b"\n"):
+        raise TunnelFormatError("the proxy closed the connection before answering")
+    data = _small(line, "egress reply")
+    error = data.get("error")
+    if isinstance(error, str):
+        raise TunnelFormatError(f"the proxy refused: {error}")
+    resolved = data.get("ok")
+    if not isinstance(resolved, str):
+        raise TunnelFormatError("egress reply lacks ok or error")
+    return resolved
 
 
 # --- the hello -------------------------------------------------------------------------------

@@ -17,12 +17,15 @@ import hmac
 import logging
 import os
 import stat
+import time
 from pathlib import Path
+from typing import Any
 
 import h11
 
 from revproxy.config.model import Admin, BasicAuth, Bind
 from revproxy.errors import ConfigError, ConfigProblem
+from revproxy.runtime.cache_ctl import cache_command
 from revproxy.runtime.control import InstanceView
 from revproxy.runtime.stats import (
     RateMeter,
@@ -32,6 +35,7 @@ from revproxy.runtime.stats import (
     servers_table,
     stats_page,
 )
+from revproxy.tunnel.hub import Hub
 from revproxy.upstream.backend import BackendState
 
 log = logging.getLogger("revproxy.admin")
@@ -45,8 +49,12 @@ HELP = """\
 commands:
   show servers            every server: state, weight, requests, last check
   show certs              certificates served, with their expiry
-  show info               instance: generation, processes, reloads
+  show info               instance: generation, processes, reloads; egress listeners:
+                          tunnels open, bytes each way, decisions
+  show tunnels            agent connections: tunnel, agent, address, since, streams, bytes
+  show cache              the response cache of each process: entries, bytes, hits, misses
   show metrics            the Prometheus exposition (as /metrics)
+  cache purge HOST[/PFX]  drop stored responses of HOST (* for all) under a path prefix
   drain POOL/SERVER       no new requests; those in flight finish
   disable POOL/SERVER     out of service (maintenance)
   enable POOL/SERVER      back into service (health decides: up or down)
@@ -174,9 +182,15 @@ class AdminServer:
             if what == "certs":
                 return True, certs_table(inst)
             if what == "info":
-                return True, info_text(inst)
+                return True, info_text(inst, await inst.collect())
+            if what == "tunnels":
+                return True, tunnels_table(await tunnel_rows(inst))
+            if what == "cache":
+                return await cache_command(inst, [])
             if what == "metrics":
                 return True, await self.metrics_text()
+        if verb == "cache":
+            return await cache_command(inst, args)
         if verb in ("drain", "disable", "enable") and len(args) == 1:
             state = {"drain": BackendState.DRAIN, "disable": BackendState.MAINT}.get(verb)
             ok, text = inst.set_admin_state(args[0], state)
@@ -265,6 +279,72 @@ class AdminServer:
         collected = await self.instance.collect()
         add_instance_gauges(collected.registry, self.instance, collected)
         return str(collected.registry.render())
+
+
+# --- show tunnels -----------------------------------------------------------------------------
+
+TUNNEL_COLUMNS = [
+    "TUNNEL", "AGENT", "ADDRESS", "ROLE", "EXPOSES", "SINCE", "STREAMS", "TOTAL", "IN", "OUT",
+    "PROCESS",
+]  # fmt: skip
+
+
+async def tunnel_rows(inst: InstanceView) -> list[dict[str, Any]]:
+    """Every agent connection of the instance (``Hub.describe`` rows): each worker's, asked
+    over its channel, or the master's own when it serves alone."""
+    rows: list[dict[str, Any]] = []
+    if inst.workers is not None:
+        for answer in await inst.workers.ask_all({"op": "tunnels"}):
+            rows.extend(r for r in answer.get("tunnels") or [] if isinstance(r, dict))
+    # The serving side of the master (``supervisor.Instance.frontend``): InstanceView does
+    # not name it, and a stand-in instance has none.
+    hub = getattr(getattr(inst, "frontend", None), "hub", None)
+    if isinstance(hub, Hub):
+        rows.extend(hub.describe())
+    rows.sort(key=lambda r: (str(r.get("tunnel")), str(r.get("worker")), float(r.get("since", 0))))
+    return rows
+
+
+def tunnels_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no agent connections"
+    lines = [TUNNEL_COLUMNS]
+    for r in rows:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(r.get("since", 0))))
+        role = f"{r.get('role', '-')} {r.get('slot', 0)}" + (
+            " (draining)" if r.get("draining") else ""
+        )
+        lines.append(
+            [
+                str(r.get("tunnel", "-")),
+                str(r.get("agent", "-")),
+                str(r.get("peer", "-")),
+                role,
+                ",".join(str(e) for e in r.get("exposes") or ()) or "-",
+                since + " UTC",
+                str(r.get("streams", 0)),
+                str(r.get("streams_total", 0)),
+                _bytes(int(r.get("bytes_in", 0))),
+                _bytes(int(r.get("bytes_out", 0))),
+                f"worker {r.get('worker', '0/1')} pid {r.get('pid', '-')}",
+            ]
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(TUNNEL_COLUMNS))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
+
+
+def _bytes(n: int) -> str:
+    """1536 → "1.5KiB"."""
+    if n < 1024:
+        return f"{n}B"
+    size = float(n)
+    for unit in ("KiB", "MiB", "GiB"):
+        size /= 1024
+        if size < 1024 or unit == "GiB":
+            break
+    return f"{size:.1f}{unit}"
 
 
 # --- small pieces ------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ import logging
 import socket
 from collections.abc import Callable
 
-from revproxy.config.model import Bind, Config
+from revproxy.config.model import Bind, Config, Egress
+from revproxy.config.tunnel import tunnel_egress_problems
 from revproxy.edge.generation import (
     SLOW_START_BALANCE,
     SLOW_START_SCALE,
@@ -26,6 +27,7 @@ from revproxy.edge.generation import (
     hiding_for,
 )
 from revproxy.edge.listener import Acceptor, BoundListener
+from revproxy.egress.dial import Outbound, Refused
 from revproxy.egress.service import SERVICES as EGRESS_SERVICES
 from revproxy.errors import ConfigError, ConfigProblem
 from revproxy.net.conn_io import cut_slowest, live_connections, set_buffer_size
@@ -33,6 +35,7 @@ from revproxy.ops.log_limit import RateLimitedLog
 from revproxy.ops.metrics import RequestMetrics
 from revproxy.policy.counters import Counters, LocalCounters
 from revproxy.runtime.allocator import give_back
+from revproxy.tunnel.egress import EgressOpened
 from revproxy.tunnel.hub import Hub, service_builder
 from revproxy.upstream.discovery import DiscoveryError, Lookup, members
 from revproxy.upstream.pool import Address, Member
@@ -79,6 +82,8 @@ class Frontend:
         # The agent connections this process accepted (tunnel/hub.py); ``hub.worker`` says
         # which serving process this is (workers.py sets it).
         self.hub = Hub(lambda: self.generation.config if self.generation is not None else None)
+        # Forwarded connections of agents (``[[forward]]``) leave through the egress rules.
+        self.hub.egress_dial = TunnelEgress(lambda: self.hub.current())
         self._services: dict[str, ServiceBuilder] = {
             **EGRESS_SERVICES,
             "tunnel": service_builder(self.hub),
@@ -90,6 +95,11 @@ class Frontend:
 
     def build(self, config: Config, number: int | None = None) -> Generation:
         """Compile ``config`` beside the current generation (raises ConfigError)."""
+        # [tunnel.NAME] egress names [egress.*] sections (config/load.py does not hand
+        # those to check_tunnels yet).
+        problems = tunnel_egress_problems(config.tunnels, config.egress)
+        if problems:
+            raise ConfigError([ConfigProblem(*p) for p in problems])
         old = self.generation
         gen = build_generation(
             config,
@@ -370,6 +380,44 @@ class Frontend:
         if self.generation is not None:
             self.generation.close()
             self.generation.access_log.close()
+
+
+class TunnelEgress:
+    """``Hub.egress_dial``: an agent's forwarded connection judged and dialled by the egress
+    section it names, the way a CONNECT through a forward listener is (``egress/dial.py``:
+    the destination by name and port with ``connect_ports``, then each resolved address
+    against ``deny``, from the section's ``source``)."""
+
+    def __init__(self, current: Callable[[], Config | None]) -> None:
+        self.current = current
+        # One Outbound per section, kept while the section is the same object (its
+        # round-robin turn of sources carries on); a reload that changes it makes a new one.
+        self._ways: dict[str, tuple[Egress, Outbound]] = {}
+
+    def way(self, name: str) -> Outbound | None:
+        config = self.current()
+        section = next((e for e in config.egress if e.name == name), None) if config else None
+        if section is None:
+            self._ways.pop(name, None)
+            return None
+        kept = self._ways.get(name)
+        if kept is None or kept[0] is not section:
+            kept = (section, Outbound(section))
+            self._ways[name] = kept
+        return kept[1]
+
+    async def __call__(self, egress: str, host: str, port: int) -> EgressOpened:
+        way = self.way(egress)
+        if way is None:
+            return EgressOpened(None, reason="no-egress", detail=f"no [egress.{egress}] here")
+        idle = way.egress.timeouts.idle
+        reason = way.policy.check_request(host, port, tunnel=True)
+        if reason:
+            return EgressOpened(None, reason=reason, idle=idle)
+        result = await way.open(host, port)
+        if isinstance(result, Refused):
+            return EgressOpened(None, result.resolved, result.reason, result.detail, idle)
+        return EgressOpened(result.sock, result.resolved, idle=idle)
 
 
 def _same_log(a: Config, b: Config) -> bool:

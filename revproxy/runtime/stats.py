@@ -14,6 +14,7 @@ import time
 from collections import deque
 from datetime import UTC, datetime
 
+from revproxy.egress.service import TUNNELS_OPEN
 from revproxy.ops.metrics import Registry
 from revproxy.runtime.control import Collected, InstanceView
 from revproxy.upstream.backend import BackendState
@@ -154,7 +155,58 @@ def certs_table(inst: InstanceView) -> str:
     return _table([["LISTENER", "NAMES", "NOT AFTER", "DAYS LEFT", "FILE"], *rows])
 
 
-def info_text(inst: InstanceView) -> str:
+EGRESS_COLUMNS = [
+    "LISTENER", "MODE", "EGRESS", "TUNNELS", "BYTES IN", "BYTES OUT", "ALLOWED", "DENIED",
+    "AUTH REFUSED",
+]  # fmt: skip
+# The egress decisions counted apart from "denied" (revproxy_egress_total's decision label).
+_ALLOWED, _AUTH = "allow", "auth"
+
+
+def egress_rows(inst: InstanceView, collected: Collected) -> list[list[str]]:
+    """A row per forward or socks5 listener: its [egress.NAME], tunnels open, bytes from and
+    to its clients (requests and tunnels, counted as each ends) and its decisions, summed
+    over the serving processes (their metrics, merged in ``collected``)."""
+    gen = inst.generation
+    if gen is None:
+        return []
+    families = collected.registry.families
+
+    def values(name: str) -> dict[tuple[str, ...], float]:
+        fam = families.get(name)
+        return fam.values if fam is not None else {}
+
+    tunnels = values(TUNNELS_OPEN)
+    received = values("revproxy_received_bytes_total")
+    sent = values("revproxy_sent_bytes_total")
+    decisions: dict[str, list[float]] = {}
+    for (listener, _user, decision), n in values("revproxy_egress_total").items():
+        row = decisions.setdefault(listener, [0, 0, 0])
+        row[0 if decision == _ALLOWED else 2 if decision == _AUTH else 1] += n
+    rows = []
+    for name, lrt in gen.listeners.items():
+        lst = lrt.config
+        if lst.egress is None:
+            continue
+        allowed, denied, auth = decisions.get(name, [0, 0, 0])
+        rows.append(
+            [
+                name,
+                lst.mode,
+                lst.egress,
+                f"{tunnels.get((name,), 0):.0f}",
+                f"{received.get((name,), 0):.0f}",
+                f"{sent.get((name,), 0):.0f}",
+                f"{allowed:.0f}",
+                f"{denied:.0f}",
+                f"{auth:.0f}",
+            ]
+        )
+    return rows
+
+
+def info_text(inst: InstanceView, collected: Collected | None = None) -> str:
+    """The instance; with ``collected``, its egress listeners too (``ctl show info``)."""
     gen = inst.generation
     lines = [
         f"pid: {os.getpid()}",
@@ -170,6 +222,10 @@ def info_text(inst: InstanceView) -> str:
         ago = _since(time.time() - when)
         lines.append(f"last reload: {'rejected' if problems else 'ok'}, {ago} ago")
         lines.extend(f"  {p}" for p in problems)
+    rows = egress_rows(inst, collected) if collected is not None else []
+    if rows:
+        lines.append("egress listeners:")
+        lines.extend("  " + line for line in _table([EGRESS_COLUMNS, *rows]).splitlines())
     return "\n".join(lines)
 
 
@@ -269,6 +325,9 @@ def stats_page(inst: InstanceView, collected: Collected, meter: RateMeter) -> st
             for name, lrt in gen.listeners.items()
         ]
         table("Listeners", ["LISTENER", "BIND", "MODE", "CONNECTIONS", "REQUESTS"], lrows)
+        erows = egress_rows(inst, collected)
+        if erows:
+            table("Egress", EGRESS_COLUMNS, erows)
         rrows = []
         for r in gen.config.routes:
             target = (r.pool and f"pool {r.pool}") or (r.redirect and f"redirect {r.redirect}")

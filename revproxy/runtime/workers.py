@@ -20,7 +20,9 @@ changes their number only tells them the new number (``workers``); past the slot
 larger region is sent to all (``counters``: the counts start again).
 
 The channel carries one JSON object per line. Master → worker: ``init``, ``reload``,
-``states``, ``members`` (a pool's run-time servers), ``stats``, ``reload_certs``, ``workers``,
+``states``, ``members`` (a pool's run-time servers), ``stats``, ``tunnels`` (the agent
+connections the worker holds: ``revproxy ctl show tunnels``), ``cache`` (``ctl show cache``,
+``ctl cache purge``: each worker has its own), ``reload_certs``, ``workers``,
 ``counters``. Worker → master: ``ready``, ``passive``, and replies carrying the ``id`` of the
 request they answer.
 """
@@ -45,6 +47,7 @@ from revproxy.config.model import Bind, Config
 from revproxy.edge.generation import Generation
 from revproxy.errors import ConfigError
 from revproxy.policy.counters import MIN_SLOTS, SharedCounters, create_region, region_slots
+from revproxy.runtime.cache_ctl import cache_op
 from revproxy.runtime.channel import (
     Channel,
     Message,
@@ -669,6 +672,10 @@ class Worker:
             reply["problems"] = await self._reload(msg)
         elif op == "stats":
             reply.update(self.stats())
+        elif op == "tunnels":
+            reply["tunnels"] = self.frontend.hub.describe()
+        elif op == "cache":
+            reply.update(cache_op(self.frontend.generation, msg))
         elif op == "reload_certs":
             reply["problems"] = self.cert_watcher.reload_now() if self.cert_watcher else []
         else:

@@ -8,7 +8,8 @@ again. Over each connection the agent is the HTTP/2 server: every stream the pro
 an expose, and its bytes are relayed to that expose's target. A connection that fails is
 dialled again after a capped, jittered back-off that never gives up; every change of state is
 logged. Stopping (SIGTERM) sends GOAWAY first, lets the streams in flight finish and closes
-idle ones, so that the proxy moves new requests to other agents without a failure.
+idle ones, so that the proxy moves new requests to other agents without a failure. Its
+``[[forward]]`` ports (egress over the tunnel) are ``tunnel/egress.py``'s.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from revproxy.net.h2_channel import READ_SIZE, H2Link, close_writer
 from revproxy.proto.events import GoAwayReceived, PingAcknowledged, RequestReceived
 from revproxy.proto.h2.server import H2Server
 from revproxy.proto.tunnel import (
+    EGRESS_ALPN,
     HELLO_PATH,
     STREAM_PROTOCOL,
     Expose,
@@ -41,6 +43,7 @@ from revproxy.proto.tunnel import (
     parse_worker,
 )
 from revproxy.tunnel.ca import SERVER_NAME
+from revproxy.tunnel.egress import Forwarder
 from revproxy.tunnel.enrol import Credentials
 from revproxy.tunnel.link import FRAME_SIZE
 from revproxy.tunnel.stream import TunnelChannel, open_channel, relay_channel
@@ -267,6 +270,7 @@ class Agent:
         self._rng = random.Random()
         self._last_note = ""
         self._ctx: ssl.SSLContext | None = None
+        self.forwarder: Forwarder | None = None
 
     def note(self, message: str) -> None:
         """A change of state, logged once (not again while it repeats)."""
@@ -275,7 +279,13 @@ class Agent:
             self._last_note = message
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Keep the connections until ``stop``; OSError if a ``[[forward]]`` cannot listen."""
         self._ctx = self.creds.client_context()
+        if self.config.forwards:
+            self.forwarder = Forwarder(
+                self.config.forwards, self.config.servers, self.creds.client_context(EGRESS_ALPN)
+            )
+            await self.forwarder.start()
         for host, port in self.config.servers:
             server = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             self._shares[server] = _Shares()
@@ -341,6 +351,8 @@ class Agent:
 
     async def stop(self) -> None:
         self.stopping = True
+        if self.forwarder is not None:
+            await self.forwarder.stop()
         drains = [c.wind_down() for c in list(self.connections)]
         if drains:
             await asyncio.gather(*drains, return_exceptions=True)

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from revproxy.proto.tunnel import ENROLL_ALPN, TUNNEL_ALPN, Token, check_name
+from revproxy.proto.tunnel import EGRESS_ALPN, ENROLL_ALPN, TUNNEL_ALPN, Token, check_name
 
 __all__ = ["DEFAULT_TOKEN_TTL", "EnrolmentRefused", "TunnelCA", "make_csr", "serial_of"]
 
@@ -198,7 +198,7 @@ class TunnelCA:
         ctx.load_cert_chain(self.server_pem, self.dir / "server.key")
         ctx.load_verify_locations(cafile=str(self.ca_pem))
         ctx.verify_mode = ssl.CERT_OPTIONAL
-        ctx.set_alpn_protocols([TUNNEL_ALPN, ENROLL_ALPN])
+        ctx.set_alpn_protocols([TUNNEL_ALPN, ENROLL_ALPN, EGRESS_ALPN])
         return ctx
 
     # --- tokens

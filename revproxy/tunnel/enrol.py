@@ -53,16 +53,17 @@ class Credentials:
     def present(self) -> bool:
         return self.key.exists() and self.cert.exists() and self.ca.exists()
 
-    def client_context(self) -> ssl.SSLContext:
+    def client_context(self, alpn: str = TUNNEL_ALPN) -> ssl.SSLContext:
         """TLS toward the proxy: our certificate; theirs checked against the pinned CA (the
-        name is not checked: only the proxy holds a certificate of that CA)."""
+        name is not checked: only the proxy holds a certificate of that CA). ``alpn``: the
+        agent connections', or ``EGRESS_ALPN`` for a forwarded connection."""
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.load_verify_locations(cafile=str(self.ca))
         ctx.load_cert_chain(self.cert, self.key)
-        ctx.set_alpn_protocols([TUNNEL_ALPN])
+        ctx.set_alpn_protocols([alpn])
         return ctx
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import ssl
 import time
@@ -35,6 +36,7 @@ from revproxy.net.conn_io import ConnIO
 from revproxy.ops.accesslog import AccessLog
 from revproxy.ops.metrics import RequestMetrics
 from revproxy.proto.tunnel import (
+    EGRESS_ALPN,
     ENROLL_ALPN,
     TUNNEL_ALPN,
     Role,
@@ -43,6 +45,7 @@ from revproxy.proto.tunnel import (
     encode_enrol_reply,
 )
 from revproxy.tunnel.ca import EnrolmentRefused, TunnelCA, serial_of
+from revproxy.tunnel.egress import EgressDial, serve_egress
 from revproxy.tunnel.link import AgentLink
 from revproxy.tunnel.stream import StreamTransport, relay_channel
 from revproxy.upstream.backend import Backend
@@ -69,6 +72,9 @@ class Hub:
         self.ca: TunnelCA | None = None
         self._revocation: asyncio.Task[None] | None = None
         self._pumps: set[asyncio.Task[Any]] = set()
+        # How a forwarded connection leaves through an [egress.NAME] (the runtime's: tunnel/
+        # cannot import egress/); None: this process has none, every forward is refused.
+        self.egress_dial: EgressDial | None = None
 
     # --- backends (upstream/tunnel_paths.py)
 
@@ -220,20 +226,30 @@ class Hub:
                     link.shut()
 
     def describe(self) -> list[dict[str, object]]:
-        """What ``revproxy ctl show tunnels`` lists."""
+        """What ``revproxy ctl show tunnels`` lists: one row per agent connection this process
+        holds (JSON-ready: the master gathers the rows of its workers over their channels)."""
         rows: list[dict[str, object]] = []
         for name, held in sorted(self.links.items()):
             for link in held:
+                hello = link.hello
                 rows.append(
                     {
                         "tunnel": name,
+                        # The agent process (its session) and the certificate it holds.
+                        "agent": hello.session if hello is not None else "-",
+                        "serial": link.serial,
                         "peer": link.peer,
                         "role": link.role.value,
+                        "slot": hello.slot if hello is not None else 0,
                         "exposes": sorted(link.exposes),
                         "since": link.since,
                         "streams": len(link.channels),
                         "streams_total": link.streams_total,
+                        "bytes_in": link.payload_in,  # from the agent
+                        "bytes_out": link.payload_out,  # to the agent
+                        "draining": link.draining,
                         "worker": f"{self.worker[0]}/{self.worker[1]}",
+                        "pid": os.getpid(),
                     }
                 )
         return rows
@@ -270,6 +286,9 @@ class Hub:
             elif alpn == TUNNEL_ALPN:
                 der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
                 await self._serve_agent(reader, writer, ca, peer, der)
+            elif alpn == EGRESS_ALPN:
+                der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+                await self._serve_egress(reader, writer, ca, peer, der)
             else:
                 log.info("tunnel listener peer=%s closed: ALPN %r is not a tunnel's", peer, alpn)
         finally:
@@ -298,6 +317,41 @@ class Hub:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT):
                 await writer.drain()
 
+    def _identify(
+        self, ca: TunnelCA, peer: str, der: bytes | None
+    ) -> tuple[str, str, Tunnel] | None:
+        """(serial, tunnel name, its section) of an enrolled, unrevoked, configured agent;
+        None (logged) for anyone else."""
+        if not der:
+            log.warning("tunnel listener peer=%s closed: no client certificate", peer)
+            return None
+        serial, name = serial_of(der)
+        if serial in ca.revoked():
+            log.warning("tunnel=%s peer=%s refused: certificate revoked", name, peer)
+            return None
+        settings = self._settings(name)
+        if settings is None:
+            log.warning("tunnel=%s peer=%s refused: no [tunnel.%s] configured", name, peer, name)
+            return None
+        return serial, name, settings
+
+    async def _serve_egress(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        ca: TunnelCA,
+        peer: str,
+        der: bytes | None,
+    ) -> None:
+        """A forwarded connection of an agent (``[[forward]]``: tunnel/egress.py)."""
+        known = self._identify(ca, peer, der)
+        if known is None:
+            return
+        _, name, settings = known
+        await serve_egress(
+            reader, writer, name=name, peer=peer, allowed=settings.egress, dial=self.egress_dial
+        )
+
     async def _serve_agent(
         self,
         reader: asyncio.StreamReader,
@@ -306,17 +360,10 @@ class Hub:
         peer: str,
         der: bytes | None,
     ) -> None:
-        if not der:
-            log.warning("tunnel listener peer=%s closed: no client certificate", peer)
+        known = self._identify(ca, peer, der)
+        if known is None:
             return
-        serial, name = serial_of(der)
-        if serial in ca.revoked():
-            log.warning("tunnel=%s peer=%s refused: certificate revoked", name, peer)
-            return
-        settings = self._settings(name)
-        if settings is None:
-            log.warning("tunnel=%s peer=%s refused: no [tunnel.%s] configured", name, peer, name)
-            return
+        serial, name, settings = known
         link = AgentLink(
             reader,
             writer,

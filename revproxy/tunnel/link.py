@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 
 from revproxy.errors import RevproxyError
-from revproxy.net.h2_channel import READ_SIZE, H2Link, close_writer
+from revproxy.net.h2_channel import READ_SIZE, close_writer
 from revproxy.proto.events import GoAwayReceived, PingAcknowledged, ResponseReceived
 from revproxy.proto.h2.client import H2Client
 from revproxy.proto.tunnel import (
@@ -32,7 +32,7 @@ from revproxy.proto.tunnel import (
     path_of_expose,
     worker_header,
 )
-from revproxy.tunnel.stream import TunnelChannel, open_channel
+from revproxy.tunnel.stream import CountedLink, TunnelChannel, open_channel
 
 log = logging.getLogger("revproxy.tunnel")
 
@@ -43,7 +43,7 @@ FRAME_SIZE = 256 * 1024
 BACKLOG_TIMEOUT = 10.0
 
 
-class AgentLink(H2Link):
+class AgentLink(CountedLink):
     """One connection from one agent."""
 
     def __init__(
@@ -88,10 +88,6 @@ class AgentLink(H2Link):
     @property
     def exposes(self) -> frozenset[str]:
         return frozenset(e.name for e in self.hello.exposes) if self.hello else frozenset()
-
-    @property
-    def bytes_in(self) -> int:
-        return sum(ch.bytes_in for ch in self.channels.values())
 
     def usable(self) -> bool:
         return not (self.closed or self.draining or self.taken) and self.h2.can_open_stream

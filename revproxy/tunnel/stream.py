@@ -22,8 +22,9 @@ from typing import Any
 from revproxy.errors import H2_CANCEL, H2_NO_ERROR
 from revproxy.net.h2_channel import H2Channel, H2Link
 from revproxy.proto.events import DataReceived, MessageEnded
+from revproxy.proto.h2.engine import H2Endpoint
 
-__all__ = ["READ_SIZE", "StreamTransport", "TunnelChannel", "relay_channel"]
+__all__ = ["READ_SIZE", "CountedLink", "StreamTransport", "TunnelChannel", "relay_channel"]
 
 # Bytes read from a local socket at a time before they go out as DATA.
 READ_SIZE = 256 * 1024
@@ -34,10 +35,40 @@ HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 
 
+class CountedLink(H2Link):
+    """An agent connection that keeps the bytes its streams carried, both ways (``revproxy ctl
+    show tunnels``): the streams that ended are added up as they close, the open ones are
+    read live."""
+
+    def __init__(
+        self, proto: H2Endpoint, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        super().__init__(proto, reader, writer)
+        self.ended_in = 0
+        self.ended_out = 0
+
+    @property
+    def payload_in(self) -> int:
+        """Stream bytes received on this connection."""
+        return self.ended_in + sum(ch.bytes_in for ch in self.channels.values())
+
+    @property
+    def payload_out(self) -> int:
+        """Stream bytes sent on this connection."""
+        return self.ended_out + sum(ch.bytes_out for ch in self.channels.values())
+
+
 class TunnelChannel(H2Channel):
     """One stream of an agent connection."""
 
     __slots__ = ()
+
+    def close(self, code: int) -> None:
+        link = self.link
+        if isinstance(link, CountedLink) and link.channels.get(self.stream_id) is self:
+            link.ended_in += self.bytes_in
+            link.ended_out += self.bytes_out
+        super().close(code)
 
     def gone(self) -> Exception:
         if self.link.closed:

@@ -13,12 +13,19 @@ IP addresses); ``tls.cert``/``tls.key`` is the client certificate shown to an or
 for one. A handshake that fails is a failed connect: the next server is tried and
 passive health counts it. ALPN offers ``h2`` to ``protocol = "h2"`` pools, ``http/1.1`` to the
 others. HTTP/2 origins (``h2``, ``h2c``) are multiplexed: see ``dial_h2.py``.
+
+A pool's ``source`` binds every connection to its servers (HTTP, HTTP/2, TCP, passthrough)
+to one of those local addresses, of the server address's family, in turn (``SourceAddresses``):
+the port-mapping recipe of docs/egress.md, where a database allowlists the proxy's static
+address. An address of a family with no source is skipped, and a server left with none fails
+its connect saying so.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import ipaddress
 import logging
@@ -26,7 +33,7 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -55,6 +62,8 @@ READ_SIZE = 256 * 1024
 STREAM_LIMIT = 1024 * 1024
 
 StreamPair = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+# IP_BIND_ADDRESS_NO_PORT (linux/in.h): Python names it from 3.12 on.
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
 def origin_tls_context(tls: PoolTLS, protocol: str) -> ssl.SSLContext:
@@ -85,7 +94,74 @@ def describe_failure(exc: BaseException) -> str:
         return f"TLS certificate: {exc.verify_message or exc.reason}"
     if isinstance(exc, ssl.SSLError):
         return f"TLS: {exc.reason or exc}"
+    if isinstance(exc, SourceAddressError):
+        return str(exc)
     return type(exc).__name__
+
+
+class SourceAddressError(OSError):
+    """A connection could not leave from the pool's ``source``: no source address of the
+    server's family, or one that cannot be bound (not an address of this host)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class SourceAddresses:
+    """A pool's ``source``: the local address of each new connection, by the family of the
+    address it goes to, rotating round-robin when a family has several."""
+
+    __slots__ = ("_by_family", "_turn", "addresses")
+
+    def __init__(self, addresses: Sequence[str] = ()) -> None:
+        self.addresses = tuple(addresses)
+        self._by_family: dict[int, tuple[str, ...]] = {}
+        for address in self.addresses:
+            version = ipaddress.ip_address(address).version
+            family = int(socket.AF_INET6 if version == 6 else socket.AF_INET)
+            self._by_family[family] = (*self._by_family.get(family, ()), address)
+        self._turn = dict.fromkeys(self._by_family, 0)
+
+    def __bool__(self) -> bool:
+        return bool(self.addresses)
+
+    def has(self, family: int) -> bool:
+        return int(family) in self._by_family
+
+    def pick(self, family: int, target: str) -> str:
+        """The next source of ``family`` (SourceAddressError when there is none; ``target``
+        names the server address for the message)."""
+        options = self._by_family.get(int(family))
+        if not options:
+            raise self.missing(family, target)
+        turn = self._turn[int(family)]
+        self._turn[int(family)] = turn + 1
+        return options[turn % len(options)]
+
+    def missing(self, family: int, target: str) -> SourceAddressError:
+        """The error of a connection to ``target`` whose family has no source."""
+        version = 6 if family == socket.AF_INET6 else 4
+        return SourceAddressError(
+            errno.EAFNOSUPPORT,
+            f"{target} is an IPv{version} address and the pool has no IPv{version} source "
+            f"(source = {list(self.addresses)})",
+        )
+
+    def bind(self, sock: socket.socket, family: int, target: str) -> str:
+        """Bind ``sock`` (of ``family``) to the next source; the address bound."""
+        source = self.pick(family, target)
+        # The port is chosen at connect time, for the 4-tuple: a bound source is not limited
+        # to one set of ephemeral ports shared by every server (Linux 4.2+; else ignored).
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        try:
+            sock.bind((source, 0))
+        except OSError as exc:
+            raise SourceAddressError(
+                exc.errno or errno.EADDRNOTAVAIL,
+                f"cannot leave from source {source} toward {target}: {exc.strerror or exc}",
+            ) from None
+        return source
 
 
 class OriginStream(Protocol):
@@ -269,8 +345,11 @@ class Dialer:
         max_header_size: int = 16384,
         h1_client: type[H1ClientAPI] = H1Client,
         tunnels: TunnelPaths | None = None,
+        source: Sequence[str] = (),
     ) -> None:
         self.pool = pool
+        # pool.source: the local addresses connections to the servers leave from.
+        self.source = SourceAddresses(source)
         # Tunnel servers are reached through the agent connections of this process.
         self.tunnels = tunnels
         for backend in pool.backends:
@@ -352,6 +431,15 @@ class Dialer:
                     io = await self._tunnel_conn(backend)
                     transport = io.transport
                     assert transport is not None
+                elif self.source:
+                    async with asyncio.timeout(self.connect_timeout):
+                        sock = await self._connect_from_source(loop, host, port)
+                        factory = functools.partial(_same, io)
+                        try:
+                            transport, _ = await loop.create_connection(factory, sock=sock)
+                        except BaseException:
+                            sock.close()
+                            raise
                 else:
                     async with asyncio.timeout(self.connect_timeout):
                         factory = functools.partial(_same, io)
@@ -380,6 +468,31 @@ class Dialer:
                 io.set_transport(tls)
             return io
         raise last or OSError("no address")
+
+    async def _connect_from_source(
+        self, loop: asyncio.AbstractEventLoop, host: str, port: int
+    ) -> socket.socket:
+        """A socket bound to the next ``source`` address of the family of each address of
+        ``host`` in turn, connected (non-blocking); the caller bounds the wait."""
+        last: OSError | None = None
+        for family, addr in await _socket_addresses(loop, host, port):
+            if not self.source.has(family):
+                last = last or self.source.missing(family, _shown(addr))
+                continue
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setblocking(False)
+                self.source.bind(sock, family, _shown(addr))
+                await loop.sock_connect(sock, addr)
+            except BaseException as exc:
+                sock.close()
+                if not isinstance(exc, OSError):
+                    raise
+                _raise_if_local(exc)
+                last = exc
+                continue
+            return sock
+        raise last or OSError(f"{host}: no address")
 
     async def _tunnel_conn(self, backend: Backend) -> ConnIO:
         if self.tunnels is None:
@@ -466,7 +579,10 @@ class Dialer:
                 tried.add(backend)
                 continue
             self._observe(backend, True)
-            return BackendConnection(backend, io, identity)
+            # A tunnel server's stream rides an agent connection that was already open and
+            # may have died since (SIGKILLed agent): like a reused keep-alive connection, an
+            # idempotent request that got no answer byte may go again (RFC 9110 §9.2.2).
+            return BackendConnection(backend, io, identity, reused=backend.tunnel is not None)
 
     # --- raw sockets (L4 tunnels, TLS passthrough) --------------------------------------------
 
@@ -484,9 +600,14 @@ class Dialer:
             try:
                 async with asyncio.timeout(self.connect_timeout):
                     for family, addr in await _socket_addresses(loop, host, port):
+                        if self.source and not self.source.has(family):
+                            last = last or self.source.missing(family, _shown(addr))
+                            continue
                         sock = socket.socket(family, socket.SOCK_STREAM)
                         try:
                             sock.setblocking(False)
+                            if self.source:
+                                self.source.bind(sock, family, _shown(addr))
                             await loop.sock_connect(sock, addr)
                         except BaseException as exc:
                             sock.close()
@@ -541,7 +662,7 @@ class Dialer:
                     "backend connect failed pool=%s backend=%s reason=%s",
                     self.pool.name,
                     backend.label,
-                    type(exc).__name__,
+                    describe_failure(exc),
                 )
                 tried.add(backend)
                 continue
@@ -562,6 +683,11 @@ class Dialer:
 def _same(io: ConnIO) -> ConnIO:
     """The protocol factory of a connection whose protocol exists already."""
     return io
+
+
+def _shown(addr: tuple[str, int]) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @functools.lru_cache(maxsize=1024)

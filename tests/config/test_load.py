@@ -757,7 +757,8 @@ def test_allowed_keys_are_the_dataclass_fields() -> None:
     assert set(config_listener._PROXY_PROTOCOL_KEYS) == fields(ProxyProtocolIn)
     assert set(config_route._ROUTE_KEYS) == fields(Route, "index", "source")
     assert set(config_route._RESPOND_KEYS) == fields(Respond)
-    assert set(config_pool._POOL_KEYS) == fields(Pool, "name", "source")
+    pool_fields = fields(Pool, "name", "source", "source_addresses")
+    assert set(config_pool._POOL_KEYS) == pool_fields | {"source"}  # source_addresses' key
     assert set(config_pool._SERVER_KEYS) == fields(Server, "port")
     assert set(config_pool._TIMEOUT_KEYS) == fields(Timeouts)
     assert set(config_pool._HEALTH_KEYS) == fields(Health)

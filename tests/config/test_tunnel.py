@@ -95,6 +95,22 @@ def test_agent_config(tmp_path: Path) -> None:
     assert config.connections == 2
 
 
+def test_agent_forward(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        AGENT
+        + '[[forward]]\nlisten = "127.0.0.1:5432"\negress = "partners"\n'
+        + 'destination = "db.example.com:5432"\n'
+        + '[[forward]]\nlisten = "[::1]:6000"\negress = "partners"\n'
+        + 'destination = "[2001:db8::1]:6000"\n'
+    )
+    config = load_agent_config(path)
+    assert [(f.address, f.egress, f.destination) for f in config.forwards] == [
+        (("127.0.0.1", 5432), "partners", "db.example.com:5432"),
+        (("::1", 6000), "partners", "[2001:db8::1]:6000"),
+    ]
+
+
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
@@ -105,8 +121,17 @@ def test_agent_config(tmp_path: Path) -> None:
         (('name = "ssh"', 'name = "web"'), 'expose[1].name: expose "web" is declared twice'),
         (('name = "home"', 'name = "a/b"'), "name: tunnel name"),
         (("credentials", "credentialz"), "credentialz"),
-        (("", '[[forward]]\nlisten = "127.0.0.1:5432"\negress = "p"\ndestination = "db:5432"\n'),
-         "forward[0]: egress over the tunnel is not available yet"),
+        (("", '[[forward]]\nlisten = "127.0.0.1:5432"\negress = "p"\ndestination = "db"\n'),
+         "forward[0].destination: destination \"db\" is not HOST:PORT"),
+        (("", '[[forward]]\nlisten = "nowhere"\negress = "p"\ndestination = "db:5432"\n'),
+         "forward[0].listen"),
+        (("", '[[forward]]\nlisten = "127.0.0.1:1"\negress = "a b"\ndestination = "db:1"\n'),
+         "forward[0].egress: egress name"),
+        (("", '[[forward]]\nlisten = "127.0.0.1:1"\ndestination = "db:1"\n'),
+         "forward[0].egress: required"),
+        (("", '[[forward]]\nlisten = "127.0.0.1:1"\negress = "p"\ndestination = "db:1"\n'
+              '[[forward]]\nlisten = "127.0.0.1:1"\negress = "p"\ndestination = "db:2"\n'),
+         "forward[1].listen: \"127.0.0.1:1\" is used by another [[forward]]"),
     ],
 )  # fmt: skip
 def test_agent_problems(tmp_path: Path, change: tuple[str, str], expected: str) -> None:
@@ -117,3 +142,16 @@ def test_agent_problems(tmp_path: Path, change: tuple[str, str], expected: str) 
         load_agent_config(path)
     found = [str(p) for p in info.value.problems]
     assert any(expected in p and str(path) in p for p in found), found
+
+
+def test_tunnel_egress_names() -> None:
+    text = BASE.replace("[tunnel.home]\n", '[tunnel.home]\negress = ["partners", "nope"]\n')
+    text += '[egress.partners]\ndestinations = ["db.example.com"]\n'
+    assert problems(text) == [
+        'conf/10.toml: tunnel.home.egress[1]: no egress named "nope" (defined egress: partners)'
+    ]
+    ok = BASE.replace("[tunnel.home]\n", '[tunnel.home]\negress = ["partners"]\n')
+    ok += '[egress.partners]\ndestinations = ["db.example.com"]\n'
+    assert load_config_text([("conf/10.toml", ok)]).tunnel("home").egress == ("partners",)  # type: ignore[union-attr]
+    bad = BASE.replace("[tunnel.home]\n", "[tunnel.home]\negress = [1]\n")
+    assert any("tunnel.home.egress[0]" in p for p in problems(bad))
