@@ -65,6 +65,14 @@ def handler(req: Seen) -> Reply:
             headers=[("cache-control", "public, max-age=60"), ("set-cookie", f"s={who}")],
             body=f"private to {who}\n".encode(),
         )
+    if req.target.startswith("/swr"):
+        if req.header("if-none-match") == '"w1"':
+            time.sleep(0.5)  # a slow origin: the stale answer must not wait for it
+            return Reply(status=304, headers=[("etag", '"w1"'), ("cache-control", "max-age=60")])
+        return Reply(
+            headers=[("etag", '"w1"'), ("cache-control", "max-age=1, stale-while-revalidate=30")],
+            body=b"swr body\n",
+        )
     if req.target.startswith("/stale"):
         if req.header("if-none-match") == '"s1"':
             return Reply(status=304, headers=[("etag", '"s1"'), ("cache-control", "max-age=1")])
@@ -102,6 +110,11 @@ cache = {{ ttl_max = "30s" }}
 
 [[route]]
 path = "/stale"
+pool = "o"
+cache = {{ ttl_max = "30s" }}
+
+[[route]]
+path = "/swr"
 pool = "o"
 cache = {{ ttl_max = "30s" }}
 
@@ -251,3 +264,16 @@ def test_cache(tmp_path: Path) -> None:
             assert res.returncode == 0, res.stderr
             metrics = res.stdout
             assert 'revproxy_cache_total{listener="web",result="coalesced"} 99' in metrics
+            # stale-while-revalidate: the stale answer at once, one refresh in the background.
+            assert curl_http(f"http://{LOOPBACK}:{port}/swr").body == b"swr body\n"
+            time.sleep(1.3)
+            t0 = time.monotonic()
+            r = curl_http(f"http://{LOOPBACK}:{port}/swr")
+            assert r.body == b"swr body\n" and time.monotonic() - t0 < 0.4
+            proxy.wait_access(lambda s: "/swr" in s and "cache=refresh" in s)
+            assert origin.requests()[-1].header("if-none-match") == '"w1"'
+            r = curl_http(f"http://{LOOPBACK}:{port}/swr")
+            assert r.body == b"swr body\n"
+            line = proxy.wait_access(lambda s: "/swr" in s and "cache=hit" in s)
+            assert "cache=hit" in line
+            assert [x.target for x in origin.requests()].count("/swr") == 2
