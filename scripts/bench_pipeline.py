@@ -10,6 +10,10 @@ whole request arrived. What is left is what Python costs per request — the par
 
     scripts/bench_pipeline.py [--requests N] [--connections C] [--profile] [--policy]
 
+``--rules`` adds a second route with every HTTP rule (match conditions, header edits,
+compression, the cache) that the measured requests do not take: what plain requests pay for
+the feature existing in the configuration (docs/http-rules.md).
+
 ``--policy`` puts the edge policy in the path: an allow list of 100,000 networks on the listener,
 a rate limit on the route (kept by the process, never reached) and Basic authentication on the
 route, the client sending valid credentials (after the first, remembered, request no hash is
@@ -139,12 +143,26 @@ def policy_config(directory: Path) -> str:
     return text + POLICY.format(users=users)
 
 
-async def run(requests: int, connections: int, policy: bool = False) -> float:
+RULES_ROUTE = """
+[[route]]
+path = "/other/"
+pool = "origin"
+match = { methods = ["GET"], headers = { "x-api-version" = "~^v[23]$" } }
+request_headers = { set = { "X-Env" = "prod" } }
+compress = {}
+cache = { ttl_max = "60s" }
+"""
+
+
+async def run(
+    requests: int, connections: int, policy: bool = False, rules: bool = False
+) -> float:
     if policy:
         with tempfile.TemporaryDirectory() as d:
             config = load_config_text([("10-bench.toml", policy_config(Path(d)))])
     else:
-        config = load_config_text([("10-bench.toml", CONFIG)])
+        text = CONFIG + (RULES_ROUTE if rules else "")
+        config = load_config_text([("10-bench.toml", text)])
     request = POLICY_REQUEST if policy else REQUEST
     gen = build_generation(config, number=1, default_pem=(b"", b""))
     lrt = gen.listeners["http"]
@@ -188,18 +206,20 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--profile", action="store_true", help="cProfile one round, top 25")
     ap.add_argument("--policy", action="store_true", help="allow list + Basic auth in the path")
+    ap.add_argument("--rules", action="store_true", help="a second route with every HTTP rule")
     opts = ap.parse_args()
     import uvloop
 
     if opts.profile:
         prof = cProfile.Profile()
         prof.enable()
-        uvloop.run(run(opts.requests, opts.connections, opts.policy))
+        uvloop.run(run(opts.requests, opts.connections, opts.policy, opts.rules))
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
         return
     best = min(
-        uvloop.run(run(opts.requests, opts.connections, opts.policy)) for _ in range(opts.rounds)
+        uvloop.run(run(opts.requests, opts.connections, opts.policy, opts.rules))
+        for _ in range(opts.rounds)
     )
     print(f"{best:.1f} µs of CPU per proxied request (best of {opts.rounds})")
 

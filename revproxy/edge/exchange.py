@@ -735,7 +735,11 @@ class Exchange:
             return True
         await stream.send_response(resp.status, out_headers)
         if coder is not None or fill is not None:
-            return await self._relay_body(ostream, pr, coder, fill)
+            # A body of unknown length may be a stream of events (SSE, long polls): what was
+            # compressed goes out whenever the origin pauses. One of known length arrives as
+            # fast as the origin sends it; flushing at every read would cost a block per read.
+            streamed = not any(n == b"content-length" for n, _ in resp.headers)
+            return await self._relay_body(ostream, pr, coder, fill, streamed)
         if sink is not None:
             # The origin is read no further ahead than the client takes (conn_io.py,
             # pacing); ``finish`` ends it.
@@ -760,9 +764,11 @@ class Exchange:
         pr: PoolRuntime,
         coder: ResponseCoder | None,
         fill: CacheFill | None,
+        streamed: bool,
     ) -> bool:
         """The body of a response that is compressed or recorded for the cache: each chunk
-        through the coder (flushed whenever the origin pauses) and into the recording."""
+        through the coder (flushed whenever the origin pauses, when ``streamed``) and into the
+        recording."""
         stream = self.stream
         sink = self.sink
         if sink is not None:
@@ -772,7 +778,7 @@ class Exchange:
         queued = ostream.events
         while True:
             if not queued:
-                if coder is not None:
+                if coder is not None and streamed:
                     flushed = await coder.pause()
                     if flushed:
                         await stream.send_data(flushed)
