@@ -88,6 +88,7 @@ def config(port: int, origin: Origin, admin: Path | None = None) -> str:
 [[listener]]
 name = "web"
 bind = ["{LOOPBACK}:{port}"]
+h2c = true
 
 [cache]
 size = "16m"
@@ -163,6 +164,9 @@ def test_compression(tmp_path: Path) -> None:
             assert not r.has("content-encoding")
             line = proxy.wait_access(lambda s: "encoding=skip:range" in s)
             assert "encoding=skip:range" in line
+            # HTTP/2 (h2c): the same negotiation and body.
+            r = curl_http(url, "--http2-prior-knowledge", "-H", "Accept-Encoding: br")
+            assert r.header("content-encoding") == "br" and brotli.decompress(r.body) == DOC
 
 
 def test_server_sent_events_flushed(tmp_path: Path) -> None:
