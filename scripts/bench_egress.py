@@ -8,7 +8,8 @@ On loopback only, every loop bounded in time and count:
 - HTTP forward small requests per second, revproxy vs Squid: wrk with absolute-form targets
   to an nginx origin (``return 200``), one connection count, fixed duration; and requests
   per CPU-second of the proxy's own processes (user + system time read from /proc during
-  the run), the "per core" figure, since the proxy shares the machine with nginx and wrk.
+  the run), the "per core" figure, since the proxy shares the machine with nginx and wrk, and
+  its inverse, CPU-µs per request.
 - Memory per idle CONNECT tunnel: RSS of revproxy before and after opening N idle tunnels.
 
 Prints a Markdown table (paste it into docs/benchmarks.md by hand).
@@ -218,6 +219,10 @@ connect_ports = ["1025-65535"]
                     ("HTTP forward small, revproxy (req per CPU-second)", per_cpu),
                     ("HTTP forward small, Squid 5.7 1 worker (req per CPU-second)",
                      squid_per_cpu),
+                    ("HTTP forward small, revproxy (CPU-us per request)",
+                     1e6 / per_cpu if per_cpu else 0.0),
+                    ("HTTP forward small, Squid 5.7 1 worker (CPU-us per request)",
+                     1e6 / squid_per_cpu if squid_per_cpu else 0.0),
                     (f"memory per idle CONNECT tunnel, revproxy ({idle} tunnels, KiB)",
                      idle_tunnel_kib(proxy, fwd, origin, idle)),
                 ]  # fmt: skip

@@ -17,6 +17,17 @@ origin read no further ahead than the client takes (pacing) — or the client no
 the origin takes, for an upload. Heads are read up to ``global.max_header_size`` within
 ``global.header_timeout`` (431, 408); what a head means is decided by the HTTP/1.1 parser the
 generation chose (proto/http1), one per client connection, through ``ForwardRequests``.
+
+The plain path: a request that arrives whole with no body, whose user is already known
+(``Authenticator.known``), whose destination is allowed (the verdict is remembered) and that
+finds a kept connection to it, for a client that keeps up, is relayed by callbacks — the
+client's bytes are parsed in ``data_received``, the request written to the destination, its
+response parsed and written back as it arrives — with no coroutine and no task wake-up. Every
+other request, and every exchange that leaves the plain course (a response longer than what
+arrives at once, a kept connection found closed, a timeout), goes on in the connection's
+coroutine, which holds the code for all of them; it hands the connection back to the plain
+path once that exchange is over. Both judge, answer, log and count alike: the plain path only
+skips the waits that cannot happen.
 """
 
 from __future__ import annotations
@@ -26,10 +37,11 @@ import os
 import socket
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from revproxy.egress.dial import CONNECT, Refused
-from revproxy.egress.origins import Origin
+from revproxy.egress.origins import DestinationIO, Origin
 from revproxy.errors import BackendError, ClientProtocolError, RevproxyError
 from revproxy.net.conn_io import ConnIO
 from revproxy.net.relay import RelayEnd, SocketRelay
@@ -47,6 +59,7 @@ from revproxy.proto.events import (
 )
 from revproxy.proto.forward_proxy import (
     ForwardRequests,
+    PlainRequest,
     ProxyTarget,
     destination_headers,
     relayed_reason,
@@ -62,6 +75,8 @@ __all__ = ["serve_forward"]
 
 # Bytes read from a connection at once.
 READ_SIZE = 256 * 1024
+# Pieces of a response the plain path writes at once are joined up to this size.
+CORK_JOIN = 64 * 1024
 # The longest a closing client connection is waited for (seconds).
 CLOSE_WAIT = 1.0
 # Access-log status of a tunnel that ended (as edge/tcp.py's table for L4 connections).
@@ -124,10 +139,41 @@ _REASONS = {
 }
 
 
+class _ClientIO(ConnIO):
+    """The client connection's ``ConnIO``: while the plain path serves it (``plain`` set), its
+    bytes and its end go to the plain path as they arrive."""
+
+    __slots__ = ("plain",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.plain: _ForwardConnection | None = None
+
+    def data_received(self, data: bytes) -> None:
+        plain = self.plain
+        if plain is None:
+            ConnIO.data_received(self, data)
+        else:
+            plain.client_data(data)
+
+    def eof_received(self) -> bool:
+        keep_open = ConnIO.eof_received(self)
+        plain = self.plain
+        if plain is not None:
+            plain.client_gone()
+        return keep_open
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        ConnIO.connection_lost(self, exc)
+        plain = self.plain
+        if plain is not None:
+            plain.client_gone()
+
+
 async def serve_forward(svc: EgressService, csock: socket.socket, conn: ClientConn) -> None:
     """Serve one client connection of a forward listener to its end."""
     loop = asyncio.get_running_loop()
-    io = ConnIO(loop)
+    io = _ClientIO(loop)
     try:
         await loop.connect_accepted_socket(lambda: io, csock)
     except OSError:
@@ -145,8 +191,33 @@ async def serve_forward(svc: EgressService, csock: socket.socket, conn: ClientCo
         await tunnel.run(svc, conn)
 
 
-def _shown(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+# What the plain path is doing (``_ForwardConnection.state``).
+_OFF = 0  # the coroutine serves the connection
+_IDLE = 1  # waiting for the next request
+_WAIT = 2  # a request went to its destination: waiting for the response
+
+# What the connection's coroutine does next, as the plain path hands it over (the coroutine
+# is made by the task itself, so that a cancelled task leaves none unawaited): a function of
+# the connection and its arguments, or None when the connection is over.
+_Step = tuple[Callable[..., Coroutine[Any, Any, "bool | _Tunnel"]], tuple[Any, ...]] | None
+
+
+class _Pending:
+    """The request the plain path relays: what its response needs."""
+
+    __slots__ = ("dest", "end", "got", "origin", "plain", "rec", "req", "started")
+
+    def __init__(self, req: RequestReceived, end: MessageEnded, dest: ProxyTarget,
+                 origin: Origin, rec: AccessRecord, started: float) -> None:  # fmt: skip
+        self.req = req
+        self.end = end
+        self.dest = dest
+        self.origin = origin
+        self.rec = rec
+        self.started = started
+        self.got = 0  # bytes received from the destination for this request
+        # A remembered request neither parser has read (proto/forward_proxy.py).
+        self.plain: PlainRequest | None = None
 
 
 class _ForwardConnection:
@@ -155,6 +226,11 @@ class _ForwardConnection:
 
     __slots__ = (
         "_accounted",
+        "_deadline",
+        "_handover",
+        "_pending",
+        "_tick",
+        "_timer",
         "bytes_read",
         "conn",
         "eof",
@@ -162,24 +238,44 @@ class _ForwardConnection:
         "io",
         "origin",
         "reqs",
+        "state",
         "svc",
         "tunnelled",
     )
 
-    def __init__(self, svc: EgressService, conn: ClientConn, io: ConnIO) -> None:
+    def __init__(self, svc: EgressService, conn: ClientConn, io: _ClientIO) -> None:
         self.svc = svc
         self.conn = conn
         self.io = io
         g = svc.global_
-        self.reqs = ForwardRequests(svc.new_h1_server, g.max_header_size)
+        self.reqs = ForwardRequests(svc.new_h1_server, g.max_header_size, svc.plain)
         self.events: deque[Event] = deque()
         self.bytes_read = 0
         self._accounted = 0  # client bytes already counted in an access-log record
         self.eof = False
         self.origin: Origin | None = None  # kept for this client's next request
         self.tunnelled = False  # the client's socket went to a tunnel
+        # The plain path: its state, the request in flight, the future the coroutine waits
+        # on while the plain path serves, the deadline of the current wait (loop time) and
+        # the one timer that watches it: armed at most ``_tick`` ahead (the shortest wait
+        # there is), so that a later deadline never needs it moved (see ``_arm``).
+        self.state = _OFF
+        self._pending: _Pending | None = None
+        self._handover: asyncio.Future[_Step] | None = None
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._tick = max(min(g.header_timeout, g.keepalive_timeout, svc.idle_timeout), 0.001)
 
     async def close(self) -> None:
+        self._leave_plain()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        pending = self._pending
+        if pending is not None:  # the task ended while a request waited (cancelled)
+            self._pending = None
+            pending.origin.io.reader = None
+            pending.origin.close()
         origin = self.origin
         self.origin = None
         if origin is not None:
@@ -190,14 +286,24 @@ class _ForwardConnection:
     # --- the connection loop ----------------------------------------------------------------
 
     async def run(self) -> _Tunnel | None:
-        """Serve requests until the connection ends, or becomes the tunnel returned."""
+        """Serve requests until the connection ends, or becomes the tunnel returned: on the
+        plain path while it can, here when it cannot."""
         g = self.svc.global_
         idle = g.header_timeout  # a new connection must send its first request promptly
+        loop = self.io.loop
         while True:
-            req = await self._next_request(idle, g.header_timeout)
-            if req is None:
+            handover: asyncio.Future[_Step] = loop.create_future()
+            self._handover = handover
+            self._enter_plain(idle)
+            try:
+                step = await handover
+            finally:
+                self._handover = None
+                self._leave_plain()
+            if step is None:
                 return None
-            keep = await self._exchange(req)
+            func, args = step
+            keep = await func(self, *args)
             if isinstance(keep, _Tunnel):
                 return keep
             if not keep:
@@ -208,6 +314,13 @@ class _ForwardConnection:
                 self._bad_head(exc)
                 return None
             idle = g.keepalive_timeout
+
+    async def _one_request(self, idle: float) -> bool | _Tunnel:
+        """The next request, read and served here (see ``run``)."""
+        req = await self._next_request(idle, self.svc.global_.header_timeout)
+        if req is None:
+            return False
+        return await self._exchange(req)
 
     async def _next_request(self, idle: float, head_timeout: float) -> RequestReceived | None:
         """The next request head, or None when the client is done (closed, idle, or sent
@@ -245,6 +358,319 @@ class _ForwardConnection:
                 return ev
             if isinstance(ev, ConnectionClosed):
                 return None
+
+    # --- the plain path -------------------------------------------------------------------
+
+    def _enter_plain(self, idle: float) -> None:
+        """The plain path takes the connection: what is already received is looked at now,
+        the rest as it arrives."""
+        io = self.io
+        self.state = _IDLE
+        io.plain = self
+        loop = io.loop
+        self._arm(loop.time() + idle)
+        if self.events:
+            events = list(self.events)
+            self.events.clear()
+            self._serve(events, idle)
+        elif io.buffered:
+            self.client_data(io.take_buffered(), idle)
+        elif self.eof or io.at_eof() or io.is_closing():
+            self._hand_over(None)
+
+    def _leave_plain(self) -> None:
+        self.state = _OFF
+        self.io.plain = None
+
+    def _hand_over(self, step: _Step) -> None:
+        """The coroutine takes the connection: ``step`` is what it does next (None: end)."""
+        self._leave_plain()
+        handover = self._handover
+        if handover is not None and not handover.done():
+            handover.set_result(step)
+
+    def _arm(self, deadline: float) -> None:
+        """The plain path's current wait ends at ``deadline`` (loop time, at least ``_tick``
+        ahead). The timer fires at most ``_tick`` from when it was armed, so it is never later
+        than a deadline set after it; when it finds the deadline still ahead, it re-arms."""
+        self._deadline = deadline
+        if self._timer is None:
+            loop = self.io.loop
+            self._timer = loop.call_at(loop.time() + self._tick, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        state = self.state
+        if state == _OFF:
+            return
+        loop = self.io.loop
+        now = loop.time()
+        if now < self._deadline:
+            self._timer = loop.call_at(min(self._deadline, now + self._tick), self._on_timer)
+            return
+        if state == _IDLE:
+            self._hand_over(None)  # keep-alive (or first request) timeout: nothing to answer
+            return
+        pending = self._pending
+        assert pending is not None
+        self._pending = None
+        self._catch_up(pending)
+        origin = pending.origin
+        origin.io.reader = None
+        origin.close()
+        if not self.reqs.parser.response_started:
+            pending.rec.status = 504
+            self.io.write(_local_answer(self.reqs.parser, 504, "destination failed", close=True))
+        self._finish(pending.rec, pending.started)
+        self._hand_over(None)
+
+    def client_data(self, data: bytes, idle: float | None = None) -> None:
+        """Bytes from the client while the plain path serves it."""
+        if self.state != _IDLE:
+            # A request is in flight: its successor waits, read after the response.
+            ConnIO.data_received(self.io, data)
+            return
+        self.bytes_read += len(data)
+        try:
+            events = self.reqs.receive_data(data, True)
+        except ClientProtocolError as exc:
+            self._bad_head(exc)
+            self._hand_over(None)
+            return
+        self._serve(events, idle)
+
+    def client_gone(self) -> None:
+        """The client closed its side or the connection is lost."""
+        if self.state == _IDLE:
+            # Between requests (a partial head is the coroutine's): nothing to answer.
+            self.eof = True
+            self._hand_over(None)
+        # In flight: the response is relayed (or fails); the end is seen after it.
+
+    def _serve(self, events: list[Event], idle: float | None) -> None:
+        """Events of the client's parser, beginning with a request's: relayed here when the
+        request is plain, else handed to the coroutine."""
+        if (
+            len(events) == 2
+            and type(events[0]) is RequestReceived
+            and type(events[1]) is MessageEnded
+            and self._relay_plain(events[0], events[1])
+        ):
+            return
+        self.reqs.catch_up()  # the coroutine's code reads the parser
+        if events and type(events[0]) is ConnectionClosed:
+            self._hand_over(None)
+            return
+        self.events.extend(events)
+        if idle is None:
+            idle = max(self._deadline - self.io.loop.time(), 0.0)
+        self._hand_over((_ForwardConnection._one_request, (idle,)))
+
+    def _relay_plain(self, req: RequestReceived, end: MessageEnded) -> bool:
+        """Send a whole request without a body to a kept connection to its destination, when
+        nothing stands in the way; False when the coroutine must serve it."""
+        svc = self.svc
+        reqs = self.reqs
+        dest = reqs.dest
+        io = self.io
+        if dest is None or dest.tunnel or io.unproven or io.write_paused:
+            return False
+        user = svc.known_user(req.headers)
+        if user is None:
+            return False  # 407, or a password to check: the coroutine's
+        if svc.check_request(dest.host, dest.port, False):
+            return False  # refused: answered there
+        origin = self.origin
+        key = (dest.host, dest.port)
+        if origin is not None and (origin.key != key or not origin.alive):
+            self.origin = None
+            svc.origins.give(origin)
+            origin = None
+        if origin is None:
+            origin = svc.origins.take(key)
+            if origin is None:
+                return False  # a new connection: opened there
+        self.origin = None
+        started = time.monotonic()
+        rec = svc.record(self.conn, reqs.method.decode("latin-1"))
+        rec.path = dest.path.decode("latin-1")
+        rec.host = dest.host
+        rec.destination = dest.shown
+        rec.user = user
+        rec.resolved = rec.backend = origin.resolved
+        rec.upstream_ms = (time.monotonic() - started) * 1000
+        pending = self._pending = _Pending(req, end, dest, origin, rec, started)
+        plain = reqs.skipped
+        if plain is not None:  # what the destination's parser wrote for it, and is again
+            pending.plain = plain
+            out = plain.outbound
+        else:
+            parser = origin.parser
+            headers = destination_headers(req.headers, dest.authority)
+            out = parser.send_request(req.method, dest.path, headers)
+            out += parser.send_end(end.trailers or None)
+        self.state = _WAIT
+        self._arm(io.loop.time() + svc.idle_timeout)
+        oio = origin.io
+        oio.reader = self
+        oio.write(out)
+        return True
+
+    def destination_data(self, data: bytes) -> None:
+        """Bytes of the response to the plain path's request (``b""``: the destination ended
+        its side)."""
+        pending = self._pending
+        assert pending is not None
+        origin = pending.origin
+        rec = pending.rec
+        plain = pending.plain
+        if plain is not None:
+            if not pending.got:
+                end = data.find(b"\r\n\r\n") + 4
+                if end > 3:
+                    known = self.svc.plain.response(data[:end])
+                    if known is not None and len(data) - end == known.length:
+                        # A remembered response, whole: its head as the client's parser
+                        # wrote it, its body as it came; both connections stay open.
+                        plain.misses = 0
+                        whole = known.head + data[end:] if known.length else known.head
+                        rec.status = known.status
+                        rec.bytes_out += len(whole)
+                        self.io.write(whole)
+                        origin.reused = True
+                        self.origin = origin
+                        self._pending = None
+                        self._exchanged(pending, True)
+                        return
+            self.svc.plain.response_missed(plain)
+            self._catch_up(pending)
+        pending.got += len(data)
+        out: list[bytes] = []
+        try:
+            ended = self._response_events(origin.parser.receive_data(data), origin, rec, out)
+        except RevproxyError as exc:
+            self._write_out(out)
+            self._destination_failed(pending, exc)
+            return
+        self._write_out(out)
+        if ended is not None:
+            self._pending = None
+            self._exchanged(pending, ended)
+            return
+        if not data:
+            self._destination_failed(
+                pending, BackendError("destination closed the connection before its response")
+            )
+            return
+        if self.reqs.parser.response_started:
+            # A longer body: the coroutine relays the rest, paced by what the client takes.
+            self._pending = None
+            origin.io.reader = None
+            self._hand_over((_ForwardConnection._rest_of_response, (pending,)))
+
+    def _catch_up(self, pending: _Pending) -> None:
+        """Both parsers read the remembered request they skipped: the exchange goes on as
+        any other."""
+        plain = pending.plain
+        if plain is None:
+            return
+        pending.plain = None
+        self.reqs.catch_up()
+        parser = pending.origin.parser
+        dest = pending.dest
+        parser.send_request(plain.method, dest.path,
+                            destination_headers(pending.req.headers, dest.authority))  # fmt: skip
+        parser.send_end(None)
+
+    def destination_lost(self, exc: Exception | None) -> None:
+        pending = self._pending
+        if pending is None:
+            return
+        if exc is None:
+            self.destination_data(b"")
+        else:
+            self._destination_failed(pending, exc)
+
+    def _write_out(self, out: list[bytes]) -> None:
+        if not out:
+            return
+        io = self.io
+        if len(out) == 1:
+            io.write(out[0])
+        elif sum(map(len, out)) <= CORK_JOIN:
+            io.write(b"".join(out))
+        else:
+            for piece in out:
+                io.write_soon(piece)
+            io.flush()
+
+    def _destination_failed(self, pending: _Pending, exc: Exception) -> None:
+        """The destination failed the plain path's request: as ``_response`` does — a kept
+        connection that failed before any byte goes again once (the coroutine opens the new
+        one), else 502 unless the response began (then the client connection ends)."""
+        self._pending = None
+        self._catch_up(pending)
+        origin = pending.origin
+        origin.io.reader = None
+        origin.close()
+        rec = pending.rec
+        if self.reqs.parser.response_started:
+            self._finish(rec, pending.started)
+            self._hand_over(None)
+            return
+        if origin.reused and pending.got == 0:
+            self._hand_over((_ForwardConnection._send_again, (pending,)))
+            return
+        rec.status = 502
+        self.io.write(_local_answer(self.reqs.parser, 502, "destination failed", close=True))
+        self._finish(rec, pending.started)
+        self._hand_over(None)
+
+    def _exchanged(self, pending: _Pending, keep: bool) -> None:
+        """The plain path's response went whole: its record, then the next request."""
+        pending.origin.io.reader = None
+        self._finish(pending.rec, pending.started)
+        io = self.io
+        if not keep or io.is_closing():
+            self._hand_over(None)
+            return
+        self.state = _IDLE
+        try:
+            events = self.reqs.next_cycle()
+        except ClientProtocolError as exc:  # a pipelined request that cannot be read
+            self._bad_head(exc)
+            self._hand_over(None)
+            return
+        keepalive = self.svc.global_.keepalive_timeout
+        self._arm(io.loop.time() + keepalive)
+        if events:
+            self._serve(events, keepalive)
+        elif io.buffered:
+            self.client_data(io.take_buffered(), keepalive)
+        elif self.eof or io.at_eof():
+            self._hand_over(None)
+
+    async def _rest_of_response(self, pending: _Pending) -> bool:
+        """The coroutine's part of a response the plain path began."""
+        try:
+            return await self._response(pending.origin, pending.rec, retry=False,
+                                        got=pending.got)  # fmt: skip
+        finally:
+            self._finish(pending.rec, pending.started)
+
+    async def _send_again(self, pending: _Pending) -> bool:
+        """The plain path's request, on a new connection (the kept one failed before any
+        byte of its response)."""
+        rec = pending.rec
+        try:
+            opened = await self._open(pending.dest)
+            if isinstance(opened, Refused):
+                return self._unreachable(rec, opened)
+            return await self._relay(pending.req, pending.dest, opened, rec, pending.end)
+        finally:
+            self._finish(rec, pending.started)
+
+    # --- answers and records --------------------------------------------------------------
 
     def _bad_head(self, exc: ClientProtocolError) -> None:
         """A head that cannot be relayed: answered, and the connection closes. Once its
@@ -305,7 +731,7 @@ class _ForwardConnection:
         rec = svc.record(self.conn, reqs.method.decode("latin-1"))
         rec.path = (reqs.target if dest.tunnel else dest.path).decode("latin-1")
         rec.host = dest.host
-        rec.destination = _shown(dest.host, dest.port)
+        rec.destination = dest.shown
 
         # Who: Proxy-Authorization (RFC 9110 §11.7.2), 407 and Proxy-Authenticate otherwise.
         if svc.authenticator is not None:
@@ -379,7 +805,7 @@ class _ForwardConnection:
         if isinstance(connected, Refused):
             return connected
         loop = self.io.loop
-        oio = ConnIO(loop)
+        oio = DestinationIO(loop)
         try:
             await loop.create_connection(lambda: oio, sock=connected.sock)
         except OSError as exc:
@@ -391,15 +817,20 @@ class _ForwardConnection:
     # --- relaying -------------------------------------------------------------------------
 
     async def _relay(
-        self, req: RequestReceived, dest: ProxyTarget, origin: Origin, rec: AccessRecord
+        self,
+        req: RequestReceived,
+        dest: ProxyTarget,
+        origin: Origin,
+        rec: AccessRecord,
+        end: MessageEnded | None = None,
     ) -> bool:
         """Send the request (and its body) to the destination, its response back; whether the
         client connection goes on. A kept connection that fails before answering a request
-        without a body is replaced once."""
+        without a body is replaced once. ``end``: the request ended with its head (taken from
+        the events already)."""
         headers = destination_headers(req.headers, dest.authority)
         events = self.events
-        end: MessageEnded | None = None
-        if events and type(events[0]) is MessageEnded:
+        if end is None and events and type(events[0]) is MessageEnded:
             end = events.popleft()  # type: ignore[assignment]
         while True:
             rec.resolved = rec.backend = origin.resolved
@@ -418,14 +849,18 @@ class _ForwardConnection:
                 origin.close()
                 opened = await self._open(dest)
                 if isinstance(opened, Refused):
-                    rec.status = opened.status
-                    rec.resolved = opened.resolved
-                    self.svc.refused(rec, opened.reason, opened.detail)
-                    text = f"cannot reach destination ({opened.reason})"
-                    answer = _local_answer(self.reqs.parser, opened.status, text, close=True)
-                    self.io.write_soon(answer)
-                    return False
+                    return self._unreachable(rec, opened)
                 origin = opened
+
+    def _unreachable(self, rec: AccessRecord, refused: Refused) -> bool:
+        """No new connection for a request whose kept one failed: answered, and the client
+        connection closes."""
+        rec.status = refused.status
+        rec.resolved = refused.resolved
+        self.svc.refused(rec, refused.reason, refused.detail)
+        text = f"cannot reach destination ({refused.reason})"
+        self.io.write_soon(_local_answer(self.reqs.parser, refused.status, text, close=True))
+        return False
 
     async def _upload(self, origin: Origin, rec: AccessRecord) -> bool:
         """The request body, read no further ahead than the destination takes (pacing);
@@ -477,59 +912,77 @@ class _ForwardConnection:
         finally:
             io.follow(None)
 
-    async def _response(self, origin: Origin, rec: AccessRecord, *, retry: bool) -> bool:
-        """Relay the destination's response; whether the client connection goes on (the
-        destination's stays in ``self.origin`` when it may carry another exchange)."""
+    def _response_events(
+        self, events: list[Event], origin: Origin, rec: AccessRecord, out: list[bytes]
+    ) -> bool | None:
+        """The destination's events as bytes for the client (appended to ``out``); None until
+        the response ended, then whether the client connection goes on (the destination's
+        stays in ``self.origin`` when it may carry another exchange)."""
+        server = self.reqs.parser
+        for ev in events:
+            kind = type(ev)
+            if kind is ResponseReceived:
+                assert isinstance(ev, ResponseReceived)
+                rec.status = ev.status
+                data = server.send_response(
+                    ev.status, response_headers(ev.headers), relayed_reason(ev.status, ev.reason)
+                )
+            elif kind is DataReceived:
+                data = server.send_data(ev.data)  # type: ignore[union-attr]
+            elif kind is MessageEnded:
+                data = server.send_end(ev.trailers or None)  # type: ignore[union-attr]
+                rec.bytes_out += len(data)
+                if data:
+                    out.append(data)
+                parser = origin.parser
+                if parser.reusable:
+                    parser.start_next_cycle()
+                    origin.reused = True
+                    self.origin = origin
+                else:
+                    origin.close()
+                return server.keep_alive
+            elif kind is InformationalReceived:
+                assert isinstance(ev, InformationalReceived)
+                data = server.send_informational(ev.status, response_headers(ev.headers))
+            else:
+                continue
+            rec.bytes_out += len(data)
+            out.append(data)
+        return None
+
+    async def _response(
+        self, origin: Origin, rec: AccessRecord, *, retry: bool, got: int = 0
+    ) -> bool:
+        """Relay the destination's response (or the rest of it: ``got`` bytes of it were
+        relayed already); whether the client connection goes on (the destination's stays in
+        ``self.origin`` when it may carry another exchange)."""
         io = self.io
         oio = origin.io
         parser = origin.parser
         server = self.reqs.parser
         loop = io.loop
         idle = self.svc.idle_timeout
-        got = 0
-        started = False
-        if io.unproven:
+        started = server.response_started
+        if io.unproven or started:
             # A client not known to keep up: the first read (head and body) is already no
-            # bigger than what it takes (conn_io.py, pacing).
+            # bigger than what it takes (conn_io.py, pacing); the body, for every client.
             oio.follow(io)
+        out: list[bytes] = []
         try:
             while True:
                 data = await oio.read(READ_SIZE, loop.time() + idle)
                 got += len(data)
-                for ev in parser.receive_data(data):
-                    kind = type(ev)
-                    if kind is ResponseReceived:
-                        assert isinstance(ev, ResponseReceived)
-                        started = True
-                        rec.status = ev.status
-                        out = server.send_response(
-                            ev.status,
-                            response_headers(ev.headers),
-                            relayed_reason(ev.status, ev.reason),
-                        )
-                    elif kind is DataReceived:
-                        out = server.send_data(ev.data)  # type: ignore[union-attr]
-                    elif kind is MessageEnded:
-                        out = server.send_end(ev.trailers or None)  # type: ignore[union-attr]
-                        rec.bytes_out += len(out)
-                        io.write_soon(out)
-                        # Handed to the kernel now (one write with what this turn wrote),
-                        # so that the end of pacing sees a client that took everything.
-                        io.flush()
-                        if parser.reusable:
-                            parser.start_next_cycle()
-                            origin.reused = True
-                            self.origin = origin
-                        else:
-                            origin.close()
-                        return server.keep_alive
-                    elif kind is InformationalReceived:
-                        assert isinstance(ev, InformationalReceived)
-                        out = server.send_informational(ev.status, response_headers(ev.headers))
-                    else:
-                        continue
-                    rec.bytes_out += len(out)
-                    io.write_soon(out)
+                ended = self._response_events(parser.receive_data(data), origin, rec, out)
+                for piece in out:
+                    io.write_soon(piece)
+                out.clear()
+                if ended is not None:
+                    # Handed to the kernel now (one write with what this turn wrote), so
+                    # that the end of pacing sees a client that took everything.
+                    io.flush()
+                    return ended
+                started = server.response_started
                 if io.is_closing():
                     raise _Closed
                 if io.write_paused:
@@ -546,14 +999,14 @@ class _ForwardConnection:
             raise
         except TimeoutError:
             origin.close()
-            if started:
+            if server.response_started:
                 raise _Closed from None
             rec.status = 504
             io.write_soon(_local_answer(server, 504, "destination failed", close=True))
             return False
         except (OSError, RevproxyError):
             origin.close()
-            if started:
+            if server.response_started:
                 raise _Closed from None
             if retry and got == 0:
                 raise _Stale from None

@@ -9,6 +9,10 @@ the one it last used (its next request usually goes to the same destination); wh
 connection leaves behind goes to its service's ``OriginPool``, bounded per destination and in
 all, for ``KEEP_IDLE`` seconds at most (``timeouts.idle`` when shorter). Nothing identifying a
 client goes on a connection, so connections are shared by the clients of one listener.
+
+While a request of the plain path (egress/forward.py) waits for its response, what arrives on
+the connection goes to that request's ``DestinationReader`` as it comes, not into the
+connection's buffer: ``DestinationIO.reader`` is set for the exchange and cleared when it ends.
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from typing import Protocol
 
 from revproxy.net.conn_io import ConnIO
 from revproxy.proto.http1.api import H1ClientAPI
 
-__all__ = ["KEEP_IDLE", "Origin", "OriginPool"]
+__all__ = ["KEEP_IDLE", "DestinationIO", "DestinationReader", "Origin", "OriginPool"]
 
 # Idle connections kept per destination, and by one service in all.
 KEEP_PER_DESTINATION = 32
@@ -32,12 +37,54 @@ KEEP_IDLE = 30.0
 Key = tuple[str, int]
 
 
+class DestinationReader(Protocol):
+    """Who takes a destination connection's bytes as they arrive (the plain path)."""
+
+    def destination_data(self, data: bytes) -> None:
+        """Bytes from the destination; ``b""`` when it ended its side."""
+
+    def destination_lost(self, exc: Exception | None) -> None:
+        """The connection is gone."""
+
+
+class DestinationIO(ConnIO):
+    """A destination connection's ``ConnIO``, whose bytes go straight to ``reader`` while one
+    is set (nothing is buffered then), and into the buffer ``read`` takes them from else."""
+
+    __slots__ = ("reader",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        super().__init__(loop)
+        self.reader: DestinationReader | None = None
+
+    def data_received(self, data: bytes) -> None:
+        reader = self.reader
+        if reader is None:
+            ConnIO.data_received(self, data)
+        else:
+            reader.destination_data(data)
+
+    def eof_received(self) -> bool:
+        keep_open = ConnIO.eof_received(self)
+        reader = self.reader
+        if reader is not None:
+            reader.destination_data(b"")
+        return keep_open
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        ConnIO.connection_lost(self, exc)
+        reader = self.reader
+        if reader is not None:
+            self.reader = None
+            reader.destination_lost(exc)
+
+
 class Origin:
     """One connection to a destination, with its response parser (kept between exchanges)."""
 
     __slots__ = ("_expiry", "io", "key", "parser", "resolved", "reused")
 
-    def __init__(self, key: Key, io: ConnIO, resolved: str, parser: H1ClientAPI) -> None:
+    def __init__(self, key: Key, io: DestinationIO, resolved: str, parser: H1ClientAPI) -> None:
         self.key = key
         self.io = io
         self.resolved = resolved

@@ -28,6 +28,7 @@ from revproxy.ops.accesslog import AccessLog, AccessRecord
 from revproxy.ops.metrics import RequestMetrics
 from revproxy.policy.auth import Authenticator
 from revproxy.proto import httpauth
+from revproxy.proto.forward_proxy import PlainExchanges
 from revproxy.proto.http1.api import H1ClientAPI, H1ServerAPI, client_class, server_class
 
 __all__ = ["SERVICES", "TUNNELS_OPEN", "ClientConn", "EgressService", "build_service"]
@@ -83,6 +84,8 @@ class EgressService:
         self.h1_client: type[H1ClientAPI] = client_class(global_.http1_parser)
         # Kept connections to destinations (HTTP forward), shared by this listener's clients.
         self.origins = OriginPool(self.idle_timeout)
+        # Plain exchanges the parsers read whole (proto/forward_proxy.py), by their bytes.
+        self.plain = PlainExchanges(self.new_h1_server, self.new_h1_client)
         # (host, port, tunnel) → the policy's verdict: a memo of a pure function, bounded.
         self._verdicts: dict[tuple[str, int, bool], str] = {}
 
@@ -148,6 +151,16 @@ class EgressService:
                 target = path
         verdict = await auth.check(proxied, method, target)
         return verdict.user, verdict.challenge
+
+    def known_user(self, headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+        """The user ``Proxy-Authorization`` proves without a coroutine: "" when no ``auth``
+        is set, the user a value already proved (Basic), or None (``authenticate`` decides)."""
+        auth = self.authenticator
+        if auth is None:
+            return ""
+        return auth.known(
+            [(b"authorization", v) for n, v in headers if n == b"proxy-authorization"]
+        )
 
     async def check_password(self, user: str, password: str) -> bool:
         """RFC 1929: the user and password a SOCKS5 client sent, checked as Basic."""
