@@ -2,107 +2,226 @@
 
 Rule of this room: one vocabulary for both protocols. Received things are past tense; header
 names are lower-case bytes; a connection's streams are numbered (HTTP/1.1 counts requests).
+
+Events are plain slotted classes with their ``__init__``, ``__eq__``, ``__hash__`` and
+``__repr__`` written out, and they behave as frozen, keyword-only dataclasses of the same
+fields would: equal when of one class with equal fields, hashable when their fields are, shown
+as ``DataReceived(stream_id=1, data=b'x')``. They are built several times per request, and
+what a frozen dataclass costs to build (every field set through ``object.__setattr__``) was
+more than the parsing of the head an event came from; a plain ``__init__`` is about the floor
+of building an object in Python, and is code any compiler takes as it is.
+
+- Immutable by contract, checked statically: every field is ``Final``, so ``mypy --strict``
+  refuses an assignment to it anywhere in the code base; at run time nothing stops one (a
+  ``__setattr__`` guard would cost what the frozen dataclass cost).
+- The events of every request (``RequestReceived``, ``InformationalReceived``,
+  ``ResponseReceived``, ``DataReceived``, ``MessageEnded``) take their fields by keyword or by
+  position, in the order written below: the parsers' hot paths pass them by position, because
+  Python 3.11 builds a dictionary for every keyword call of a class. Everywhere else, keywords.
+  The other events, built now and then, take keywords only.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Final
 
 Headers = list[tuple[bytes, bytes]]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RequestReceived:
-    stream_id: int
-    method: bytes
-    target: bytes  # origin-form ("/path?query"), or "*" / authority-form for OPTIONS / CONNECT
-    authority: bytes  # Host header or :authority, as received (may carry a port)
-    headers: Headers  # Host included for HTTP/1.1 and, added from :authority, for HTTP/2
-    http_version: bytes = b"1.1"
+class _Event:
+    """What every event shares: equality, hash and repr over its fields (``__slots__``, in
+    order), as a frozen dataclass has them."""
+
+    __slots__ = ()
+    _names: ClassVar[tuple[str, ...]] = ()
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple([getattr(self, name) for name in self._names])
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._names)
+        return f"{self.__class__.__qualname__}({fields})"
+
+
+class RequestReceived(_Event):
+    __slots__ = _names = (
+        "stream_id",
+        "method",
+        "target",
+        "authority",
+        "headers",
+        "http_version",
+        "ended",
+        "protocol",
+    )
+    stream_id: Final[int]
+    method: Final[bytes]
+    target: Final[bytes]  # origin-form ("/path?query"), or "*" / authority-form (OPTIONS, CONNECT)
+    authority: Final[bytes]  # Host header or :authority, as received (may carry a port)
+    headers: Final[Headers]  # Host included for HTTP/1.1 and, from :authority, for HTTP/2
+    http_version: Final[bytes]
     # HTTP/2: the stream ended with its head (no body at all, not even an empty one).
-    ended: bool = False
+    ended: Final[bool]
     # HTTP/2 extended CONNECT (RFC 8441): the :protocol pseudo-header, e.g. b"websocket".
-    protocol: bytes = b""
+    protocol: Final[bytes]
+
+    def __init__(
+        self,
+        stream_id: int,
+        method: bytes,
+        target: bytes,
+        authority: bytes,
+        headers: Headers,
+        http_version: bytes = b"1.1",
+        ended: bool = False,
+        protocol: bytes = b"",
+    ) -> None:
+        self.stream_id = stream_id
+        self.method = method
+        self.target = target
+        self.authority = authority
+        self.headers = headers
+        self.http_version = http_version
+        self.ended = ended
+        self.protocol = protocol
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class InformationalReceived:
-    stream_id: int
-    status: int
-    headers: Headers
+class InformationalReceived(_Event):
+    __slots__ = _names = ("stream_id", "status", "headers")
+    stream_id: Final[int]
+    status: Final[int]
+    headers: Final[Headers]
+
+    def __init__(self, stream_id: int, status: int, headers: Headers) -> None:
+        self.stream_id = stream_id
+        self.status = status
+        self.headers = headers
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ResponseReceived:
-    stream_id: int
-    status: int
-    headers: Headers
-    reason: bytes = b""
-    http_version: bytes = b"1.1"
+class ResponseReceived(_Event):
+    __slots__ = _names = ("stream_id", "status", "headers", "reason", "http_version", "ended")
+    stream_id: Final[int]
+    status: Final[int]
+    headers: Final[Headers]
+    reason: Final[bytes]
+    http_version: Final[bytes]
     # HTTP/2: the stream ended with its head (a gRPC "trailers-only" answer, a 204, ...).
-    ended: bool = False
+    ended: Final[bool]
+
+    def __init__(
+        self,
+        stream_id: int,
+        status: int,
+        headers: Headers,
+        reason: bytes = b"",
+        http_version: bytes = b"1.1",
+        ended: bool = False,
+    ) -> None:
+        self.stream_id = stream_id
+        self.status = status
+        self.headers = headers
+        self.reason = reason
+        self.http_version = http_version
+        self.ended = ended
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DataReceived:
-    stream_id: int
-    data: bytes
+class DataReceived(_Event):
+    __slots__ = _names = ("stream_id", "data")
+    stream_id: Final[int]
+    data: Final[bytes]
+
+    def __init__(self, stream_id: int, data: bytes) -> None:
+        self.stream_id = stream_id
+        self.data = data
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MessageEnded:
-    stream_id: int
-    trailers: Headers
+class MessageEnded(_Event):
+    __slots__ = _names = ("stream_id", "trailers")
+    stream_id: Final[int]
+    trailers: Final[Headers]
+
+    def __init__(self, stream_id: int, trailers: Headers) -> None:
+        self.stream_id = stream_id
+        self.trailers = trailers
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ConnectionClosed:
+class ConnectionClosed(_Event):
     """The peer closed its side cleanly between messages."""
 
-    stream_id: int = 0
+    __slots__ = _names = ("stream_id",)
+    stream_id: Final[int]
+
+    def __init__(self, *, stream_id: int = 0) -> None:
+        self.stream_id = stream_id
 
 
 # --- HTTP/2 only ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StreamReset:
+class StreamReset(_Event):
     """A stream ended abnormally: the peer sent RST_STREAM (``remote``), or the adapter reset
     it because the peer broke the protocol on it (a malformed request, a content-length that
     its DATA does not add up to)."""
 
-    stream_id: int
-    error_code: int
-    remote: bool = True
-    reason: str = ""  # why the adapter reset it (for the log)
+    __slots__ = _names = ("stream_id", "error_code", "remote", "reason")
+    stream_id: Final[int]
+    error_code: Final[int]
+    remote: Final[bool]
+    reason: Final[str]  # why the adapter reset it (for the log)
+
+    def __init__(
+        self, *, stream_id: int, error_code: int, remote: bool = True, reason: str = ""
+    ) -> None:
+        self.stream_id = stream_id
+        self.error_code = error_code
+        self.remote = remote
+        self.reason = reason
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WindowUpdated:
+class WindowUpdated(_Event):
     """The peer opened a flow-control window: a stream's, or the connection's (stream 0,
     which also stands for a change of its initial window size)."""
 
-    stream_id: int
+    __slots__ = _names = ("stream_id",)
+    stream_id: Final[int]
+
+    def __init__(self, *, stream_id: int) -> None:
+        self.stream_id = stream_id
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class GoAwayReceived:
+class GoAwayReceived(_Event):
     """The peer sent GOAWAY: streams above ``last_stream_id`` were not processed (safe to
     retry elsewhere); no new stream may be opened on this connection."""
 
-    stream_id: int = 0
-    last_stream_id: int
-    error_code: int
+    __slots__ = _names = ("stream_id", "last_stream_id", "error_code")
+    stream_id: Final[int]
+    last_stream_id: Final[int]
+    error_code: Final[int]
+
+    def __init__(self, *, stream_id: int = 0, last_stream_id: int, error_code: int) -> None:
+        self.stream_id = stream_id
+        self.last_stream_id = last_stream_id
+        self.error_code = error_code
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PingAcknowledged:
+class PingAcknowledged(_Event):
     """The peer answered one of our PINGs."""
 
-    stream_id: int = 0
-    data: bytes
+    __slots__ = _names = ("stream_id", "data")
+    stream_id: Final[int]
+    data: Final[bytes]
+
+    def __init__(self, *, stream_id: int = 0, data: bytes) -> None:
+        self.stream_id = stream_id
+        self.data = data
 
 
 Event = (
@@ -117,120 +236,3 @@ Event = (
     | GoAwayReceived
     | PingAcknowledged
 )
-
-
-# --- the events of every request, built without the frozen dataclass __init__ ----------------
-#
-# A frozen dataclass sets each field through object.__setattr__, which costs more than reading
-# the head or frame an event comes from. The parsers' hot paths therefore fill an instance of a
-# plain class with the same slots and then make it an instance of the event class (``__class__``
-# assignment, which Python allows between classes of one layout): field for field and type for
-# type the event the constructor would have built. Should an event change (other fields, another
-# layout), its check fails and the constructor is used: slower, never wrong.
-
-
-def _shadow(cls: type) -> type | None:
-    """A class with ``cls``'s slots whose instances may become ``cls`` instances."""
-    names = tuple(f.name for f in dataclasses.fields(cls))
-    if getattr(cls, "__slots__", None) != names:
-        return None  # pragma: no cover - the events changed
-    shadow = type(f"_Fast{cls.__name__}", (), {"__slots__": names})
-    try:
-        probe = shadow()
-        probe.__class__ = cls
-    except TypeError:  # pragma: no cover - the events changed
-        return None
-    return shadow
-
-
-_REQUEST = _shadow(RequestReceived)
-_RESPONSE = _shadow(ResponseReceived)
-_DATA = _shadow(DataReceived)
-_END = _shadow(MessageEnded)
-FAST_EVENTS = None not in (_REQUEST, _RESPONSE, _DATA, _END)
-
-
-def request_received(
-    sid: int,
-    method: bytes,
-    target: bytes,
-    authority: bytes,
-    headers: Headers,
-    http_version: bytes = b"1.1",
-    ended: bool = False,
-    protocol: bytes = b"",
-) -> RequestReceived:
-    """``RequestReceived(...)``, built fast."""
-    if _REQUEST is None:  # pragma: no cover - the events changed
-        return RequestReceived(
-            stream_id=sid,
-            method=method,
-            target=target,
-            authority=authority,
-            headers=headers,
-            http_version=http_version,
-            ended=ended,
-            protocol=protocol,
-        )
-    ev: Any = _REQUEST()
-    ev.stream_id = sid
-    ev.method = method
-    ev.target = target
-    ev.authority = authority
-    ev.headers = headers
-    ev.http_version = http_version
-    ev.ended = ended
-    ev.protocol = protocol
-    ev.__class__ = RequestReceived
-    return ev  # type: ignore[no-any-return]
-
-
-def response_received(
-    sid: int,
-    status: int,
-    headers: Headers,
-    reason: bytes = b"",
-    http_version: bytes = b"1.1",
-    ended: bool = False,
-) -> ResponseReceived:
-    """``ResponseReceived(...)``, built fast."""
-    if _RESPONSE is None:  # pragma: no cover - the events changed
-        return ResponseReceived(
-            stream_id=sid,
-            status=status,
-            headers=headers,
-            reason=reason,
-            http_version=http_version,
-            ended=ended,
-        )
-    ev: Any = _RESPONSE()
-    ev.stream_id = sid
-    ev.status = status
-    ev.headers = headers
-    ev.reason = reason
-    ev.http_version = http_version
-    ev.ended = ended
-    ev.__class__ = ResponseReceived
-    return ev  # type: ignore[no-any-return]
-
-
-def data_received(sid: int, data: bytes) -> DataReceived:
-    """``DataReceived(...)``, built fast."""
-    if _DATA is None:  # pragma: no cover - the events changed
-        return DataReceived(stream_id=sid, data=data)
-    ev: Any = _DATA()
-    ev.stream_id = sid
-    ev.data = data
-    ev.__class__ = DataReceived
-    return ev  # type: ignore[no-any-return]
-
-
-def message_ended(sid: int, trailers: Headers | None = None) -> MessageEnded:
-    """``MessageEnded(...)`` (no trailers when None), built fast."""
-    if _END is None:  # pragma: no cover - the events changed
-        return MessageEnded(stream_id=sid, trailers=[] if trailers is None else trailers)
-    ev: Any = _END()
-    ev.stream_id = sid
-    ev.trailers = [] if trailers is None else trailers
-    ev.__class__ = MessageEnded
-    return ev  # type: ignore[no-any-return]

@@ -111,7 +111,7 @@ class H2OriginStream(H2Channel):
         origin = self.origin
         origin.reserved -= 1
         # RFC 9113 §8.3.1: :authority instead of Host; :scheme as the origin is reached.
-        fields = [(n, v) for n, v in headers if n != b"host"]
+        fields = [h for h in headers if h[0] != b"host"]  # keeps never-indexed marks
         trailers = end.trailers if end is not None else []
         sid = origin.h2.send_request(
             method,

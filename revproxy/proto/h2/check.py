@@ -11,12 +11,19 @@ then what a proxy needs on top: an :authority at all, a :path it can route, a :s
 knows, :protocol only once extended CONNECT was offered (RFC 8441 §4), and a valid :status.
 Split cookie fields are joined (§8.2.3). Content-Length must be digits, the same in every
 field (RFC 9110 §8.6). The coding of the blocks themselves (HPACK) is ``hpack_codec.py``'s.
+
+Fields are passed on as the very tuples the decoder gave: one that arrived never indexed
+(hpack's ``NeverIndexedHeaderTuple``) stays so, and cookies joined from crumbs of which one
+arrived never indexed are never indexed either (RFC 7541 §6.2.3: "Intermediaries MUST use the
+same representation for encoding this header field").
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import NamedTuple
+
+from hpack.struct import HeaderTuple, NeverIndexedHeaderTuple
 
 from revproxy.proto.events import Headers
 
@@ -81,6 +88,13 @@ def _bad_regular(name: bytes, value: bytes) -> str | None:
     return None
 
 
+def _cookie(crumbs: list[bytes], never_indexed: bool) -> tuple[bytes, bytes]:
+    """The cookie field joined from its crumbs (RFC 9113 §8.2.3), never indexed when one of
+    them arrived so."""
+    value = b"; ".join(crumbs)
+    return NeverIndexedHeaderTuple(b"cookie", value) if never_indexed else (b"cookie", value)
+
+
 def _bad_field(field: tuple[bytes, bytes], known: set[tuple[bytes, bytes]] | None) -> str | None:
     """Why a field's name or value is invalid (RFC 9113 §8.2.1), or None; a valid one joins
     ``known`` (while there is room), which spares it the check next time."""
@@ -103,6 +117,7 @@ def request(
     method = scheme = authority = path = protocol = host = length = None
     regular: Headers = []
     cookies: list[bytes] | None = None
+    secret = False  # a cookie crumb arrived never indexed
     seen_regular = False
     for field in raw:
         reason = _bad_field(field, known)
@@ -145,6 +160,8 @@ def request(
                 cookies = [value]
             else:
                 cookies.append(value)
+            if type(field) is not tuple and isinstance(field, HeaderTuple):
+                secret = secret or not field.indexable
             continue
         if name == b"host":
             if host is not None:
@@ -193,7 +210,7 @@ def request(
             return f"unsupported :scheme {scheme!r}"
     if cookies is not None:
         # RFC 9113 §8.2.3: split cookie fields are joined for an HTTP/1.1 origin.
-        regular.append((b"cookie", b"; ".join(cookies)))
+        regular.append(_cookie(cookies, secret))
     regular.insert(0, (b"host", authority))
     target = path if path is not None else authority
     return RequestHead(
@@ -213,6 +230,7 @@ def response(
     status: bytes | None = None
     regular: Headers = []
     cookies: list[bytes] | None = None
+    secret = False  # a cookie crumb arrived never indexed
     seen_regular = False
     for field in raw:
         reason = _bad_field(field, known)
@@ -237,6 +255,8 @@ def response(
                 cookies = [value]
             else:
                 cookies.append(value)
+            if type(field) is not tuple and isinstance(field, HeaderTuple):
+                secret = secret or not field.indexable
             continue
         reason = _bad_regular(name, value)
         if reason is not None:
@@ -248,7 +268,7 @@ def response(
     if not 100 <= code <= 599:
         return "invalid :status"
     if cookies is not None:
-        regular.append((b"cookie", b"; ".join(cookies)))
+        regular.append(_cookie(cookies, secret))
     return code, regular
 
 
@@ -261,6 +281,7 @@ def trailers(
     """A trailer section, or why it is malformed (no pseudo-header may appear in one)."""
     fields: Headers = []
     cookies: list[bytes] | None = None
+    secret = False  # a cookie crumb arrived never indexed
     for field in raw:
         reason = _bad_field(field, known)
         if reason is not None:
@@ -273,13 +294,15 @@ def trailers(
                 cookies = [value]
             else:
                 cookies.append(value)
+            if type(field) is not tuple and isinstance(field, HeaderTuple):
+                secret = secret or not field.indexable
             continue
         reason = _bad_regular(name, value)
         if reason is not None:
             return reason
         fields.append(field)
     if cookies is not None:
-        fields.append((b"cookie", b"; ".join(cookies)))
+        fields.append(_cookie(cookies, secret))
     return fields
 
 

@@ -90,7 +90,7 @@ class H2Client(H2Endpoint):
             if end:
                 self._stream_error(sid, "interim response with END_STREAM", out, H2_PROTOCOL_ERROR)
                 return
-            out.append(InformationalReceived(stream_id=sid, status=status, headers=headers))
+            out.append(InformationalReceived(sid, status, headers))
             return
         st.final = True
         if not (st.head or status in _NO_CONTENT):
@@ -99,11 +99,7 @@ class H2Client(H2Endpoint):
             except ValueError:
                 self._stream_error(sid, "invalid content-length", out)
                 return
-        out.append(
-            ResponseReceived(
-                stream_id=sid, status=status, headers=headers, http_version=b"2", ended=end
-            )
-        )
+        out.append(ResponseReceived(sid, status, headers, b"", b"2", end))
         if end:
             self._remote_ended(sid, st, out)
 

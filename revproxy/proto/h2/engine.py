@@ -55,13 +55,13 @@ from hpack.exceptions import HPACKDecodingError, OversizedHeaderListError
 
 from revproxy.errors import H2_ENHANCE_YOUR_CALM, H2_PROTOCOL_ERROR, RevproxyError
 from revproxy.proto.events import (
+    DataReceived,
     Event,
     GoAwayReceived,
+    MessageEnded,
     PingAcknowledged,
     StreamReset,
     WindowUpdated,
-    data_received,
-    message_ended,
 )
 from revproxy.proto.h2 import check as check
 from revproxy.proto.h2 import frames as _frames
@@ -253,7 +253,7 @@ class H2Endpoint(H2Connection):
             self._credit(sid, length - len(data))  # padding is consumed on arrival
         if data:
             st.unacked += len(data)
-            out.append(data_received(sid, data))
+            out.append(DataReceived(sid, data))
         elif not end:
             self._control_frame()  # it carries nothing
         if end:
@@ -318,8 +318,9 @@ class H2Endpoint(H2Connection):
         compression context stays in step with the peer's."""
         try:
             return self._decoder.decode(block)
-        except OversizedHeaderListError as exc:
-            raise self._fatal(f"header list too large: {exc}", H2_ENHANCE_YOUR_CALM) from None
+        except OversizedHeaderListError as too_large:
+            # (One name per exception type: a compiler gives a name one type per function.)
+            raise self._fatal(f"header list too large: {too_large}", H2_ENHANCE_YOUR_CALM) from None
         except HPACKDecodingError as exc:
             raise self._fatal(f"header block: {exc}", H2_COMPRESSION_ERROR) from None
 
@@ -393,7 +394,7 @@ class H2Endpoint(H2Connection):
         st.remote_open = False
         if not st.local_open:
             self._stream_closed(sid, st, ENDED)
-        out.append(message_ended(sid, st.trailers))
+        out.append(MessageEnded(sid, st.trailers))
 
     def _window_update_frame(self, sid: int, payload: bytes, out: list[Event]) -> None:
         if len(payload) != 4:

@@ -13,6 +13,10 @@ of every HTTP/2 request). What it enforces, each as the RFC says:
 - §5.1: integers of at most 5 octets (2**28 and up is no length or index we would accept).
 - §7.1.3: fields whose values are credentials are never indexed (authorization, short
   cookies), as nghttp2 and Firefox do.
+- §6.2.3: "Intermediaries MUST use the same representation for encoding this header field":
+  a field that arrived never indexed is decoded as hpack's ``NeverIndexedHeaderTuple`` (a
+  tuple, equal to the plain one, which the header checks and the header policy pass on as
+  it is) and the encoder sends it never indexed again, even when a table holds it.
 - RFC 9113 §4.3: what does not decode raises hpack's ``HPACKDecodingError`` (the caller's
   COMPRESSION_ERROR); a list beyond ``max_header_list_size`` raises
   ``OversizedHeaderListError`` (the caller's ENHANCE_YOUR_CALM).
@@ -34,7 +38,7 @@ from hpack.exceptions import (
 )
 from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 from hpack.huffman_table import decode_huffman
-from hpack.struct import HeaderTuple
+from hpack.struct import HeaderTuple, NeverIndexedHeaderTuple
 from hpack.table import HeaderTable
 
 from revproxy.proto.h2.check import CONNECTION_FIELDS
@@ -191,7 +195,9 @@ class Encoder:
 
     Representations as hpack's: a field in a table is indexed; any other is a literal with
     incremental indexing (never indexed for credentials), its name indexed when a table has
-    it, strings Huffman-coded. The table follows the peer's SETTINGS_HEADER_TABLE_SIZE up to
+    it, strings Huffman-coded. A field marked never indexed (a ``HeaderTuple`` that is not
+    ``indexable``, as the decoder gives one that arrived so) is always a literal never
+    indexed (RFC 7541 §6.2.3). The table follows the peer's SETTINGS_HEADER_TABLE_SIZE up to
     4096 bytes (RFC 7541 §4.2: the encoder may use less than the decoder allows)."""
 
     def __init__(self) -> None:
@@ -222,9 +228,19 @@ class Encoder:
             self._size_updates.clear()
         table = self._table
         by_field = table.by_field
+        # ``field`` is declared an object on purpose: a field marked never indexed is a tuple
+        # subclass, which a compiler would turn into a plain tuple were it a tuple[bytes, bytes].
+        field: object
         for field in headers:
+            if type(field) is tuple:
+                key = field
+            elif isinstance(field, HeaderTuple) and not field.indexable:
+                self._literal(out, field, True)
+                continue
+            else:
+                assert isinstance(field, tuple)
+                key = (field[0], field[1])
             # A field found in a table was normalised when it got there: indexed at once.
-            key = field if type(field) is tuple else (field[0], field[1])
             number = by_field.get(key)
             if number is not None:
                 index = _STATIC_LEN + table.inserted - number
@@ -234,14 +250,15 @@ class Encoder:
             else:
                 static = _STATIC_FIELD.get(key)
                 if static is None:
-                    self._literal(out, field)
+                    self._literal(out, key, False)
                     continue
                 index = static
             out.append(0x80 | index)
         return bytes(out)
 
-    def _literal(self, out: bytearray, field: tuple[bytes, bytes]) -> None:
-        """A field no table has as such: normalised, then a literal (RFC 7541 §6.2)."""
+    def _literal(self, out: bytearray, field: tuple[bytes, bytes], never: bool) -> None:
+        """A field no table has as such, or one that must not be indexed (``never``):
+        normalised, then a literal (RFC 7541 §6.2)."""
         name, value = field[0], field[1]
         if not name.islower() and name.lower() != name:
             name = name.lower()
@@ -254,7 +271,7 @@ class Encoder:
         table = self._table
         index = _STATIC_FIELD.get((name, value))
         number = table.by_field.get((name, value))
-        if index is not None or number is not None:  # it was not normalised
+        if not never and (index is not None or number is not None):  # it was not normalised
             out += _integer(
                 index if index is not None else _STATIC_LEN + table.inserted - (number or 0),
                 7,
@@ -266,11 +283,7 @@ class Encoder:
             number = table.by_name.get(name)
             if number is not None:
                 index = _STATIC_LEN + table.inserted - number
-        if (
-            name in _SECRET_FIELDS
-            or (name == b"cookie" and len(value) < 20)
-            or (isinstance(field, HeaderTuple) and not field.indexable)
-        ):
+        if never or name in _SECRET_FIELDS or (name == b"cookie" and len(value) < 20):
             # Literal never indexed (RFC 7541 §6.2.3).
             if index is not None:
                 out += _integer(index, 4, 0x10)
@@ -290,9 +303,10 @@ class Encoder:
 
 
 class Decoder:
-    """HPACK decoder: ``decode`` a block into plain ``(name, value)`` tuples of bytes; hpack's
-    exceptions for what does not decode (connection errors for the caller), beyond
-    ``max_header_list_size`` or ``max_allowed_table_size`` included."""
+    """HPACK decoder: ``decode`` a block into ``(name, value)`` tuples of bytes — plain ones,
+    and hpack's ``NeverIndexedHeaderTuple`` for fields that arrived never indexed (RFC 7541
+    §6.2.3); hpack's exceptions for what does not decode (connection errors for the caller),
+    beyond ``max_header_list_size`` or ``max_allowed_table_size`` included."""
 
     def __init__(self, max_header_list_size: int = 2**16) -> None:
         self._table = _Table()
@@ -309,7 +323,8 @@ class Decoder:
         self._table.resize(value)
 
     def decode(self, data: bytes) -> list[tuple[bytes, bytes]]:
-        """A header block decoded (RFC 7541 §3, §6); fields are always bytes."""
+        """A header block decoded (RFC 7541 §3, §6); fields are always bytes, and those that
+        arrived never indexed are ``NeverIndexedHeaderTuple``."""
         table = self._table
         headers: list[tuple[bytes, bytes]] = []
         inflated = 0
@@ -339,7 +354,10 @@ class Decoder:
                         raise InvalidTableSizeError("Encoder exceeded max allowable table size")
                     table.resize(size)
                     continue
-                else:  # literal without indexing or never indexed (§6.2.2, §6.2.3)
+                elif b & 0x10:  # literal never indexed (§6.2.3): to be sent on so
+                    field, i = self._literal(data, i, 0x0F)
+                    field = NeverIndexedHeaderTuple(field[0], field[1])
+                else:  # literal without indexing (§6.2.2)
                     field, i = self._literal(data, i, 0x0F)
                 headers.append(field)
                 inflated += 32 + len(field[0]) + len(field[1])

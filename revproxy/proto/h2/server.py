@@ -27,7 +27,7 @@ RFC says:
 from __future__ import annotations
 
 from revproxy.errors import H2_ENHANCE_YOUR_CALM, H2_REFUSED_STREAM
-from revproxy.proto.events import Event, Headers, request_received
+from revproxy.proto.events import Event, Headers, RequestReceived
 from revproxy.proto.h2 import check as check
 from revproxy.proto.h2.connection import RESET_BY_US, Stream
 from revproxy.proto.h2.engine import H2Endpoint
@@ -91,7 +91,7 @@ class H2Server(H2Endpoint):
         else:
             st.expected = head.content_length
         out.append(
-            request_received(
+            RequestReceived(
                 sid,
                 head.method,
                 head.target,

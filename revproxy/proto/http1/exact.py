@@ -74,7 +74,7 @@ class H1Server:
 
     # --- receiving ---------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> list[Event]:
+    def receive_data(self, data: bytes | bytearray) -> list[Event]:
         """Feed bytes from the client (``b""`` = end of stream); return the events completed."""
         if not self._head_done:
             if data:
@@ -82,7 +82,7 @@ class H1Server:
             else:
                 self._eof = True
             return self._try_head()
-        self._conn.receive_data(data)
+        self._conn.receive_data(bytes(data))
         return self._drain()
 
     def _try_head(self) -> list[Event]:
@@ -271,8 +271,8 @@ class H1Client:
         if size > self._max:
             raise BackendProtocolError(f"response head over {self._max} bytes")
 
-    def receive_data(self, data: bytes) -> list[Event]:
-        self._conn.receive_data(data)
+    def receive_data(self, data: bytes | bytearray) -> list[Event]:
+        self._conn.receive_data(bytes(data))
         self._fed += len(data)
         out: list[Event] = []
         sid = self.stream_id

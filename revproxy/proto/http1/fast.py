@@ -39,9 +39,6 @@ from revproxy.proto.events import (
     Headers,
     MessageEnded,
     RequestReceived,
-    data_received,
-    message_ended,
-    request_received,
 )
 from revproxy.proto.http1.fast_client import H1Client
 from revproxy.proto.http1.fast_lines import (
@@ -105,8 +102,10 @@ class H1Server(Connection):
 
     # --- receiving ---------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> list[Event]:
+    def receive_data(self, data: bytes | bytearray) -> list[Event]:
         """Feed bytes from the client (``b""`` = end of stream); return the events completed."""
+        if type(data) is not bytes:
+            data = bytes(data)  # a caller's buffer is neither kept nor handed on in an event
         if not self._head_done:
             if not data:
                 self._eof = True
@@ -114,7 +113,7 @@ class H1Server(Connection):
             if self._pending:
                 self._pending += data
                 return self._try_head(self._pending)
-            if not self._eof and type(data) is bytes:
+            if not self._eof:
                 out = self._plain_request(data)
                 if out is not None:
                     return out
@@ -129,7 +128,7 @@ class H1Server(Connection):
         ):
             # The common case of a body arriving: hand the bytes on without copying them.
             self._read_left -= len(data)
-            return self._drain([DataReceived(stream_id=self.stream_id, data=data)])
+            return self._drain([DataReceived(self.stream_id, data)])
         self._feed(data)
         return self._drain([])
 
@@ -164,7 +163,7 @@ class H1Server(Connection):
         if close:
             self._keep_alive = False
         sid = self.stream_id = self.stream_id + 1
-        out: list[Event] = [request_received(sid, method, target, host, fields)]
+        out: list[Event] = [RequestReceived(sid, method, target, host, fields)]
         end += 4
         if chunked:
             self._reader = CHUNKED
@@ -172,14 +171,14 @@ class H1Server(Connection):
             self._read_left = self._read_total = length
             if end < len(data) and len(data) - end <= length:
                 # The body (or its start) came with the head: handed on without a copy.
-                out.append(data_received(sid, data[end:]))
+                out.append(DataReceived(sid, data[end:]))
                 self._read_left -= len(data) - end
                 return self._drain(out)
         elif not close:
             self._client = DONE  # no body; what follows is the next request's
             if end < len(data):
                 self._buf += data[end:]
-            out.append(message_ended(sid))
+            out.append(MessageEnded(sid, []))
             return out
         if end < len(data):
             self._buf += data[end:]
@@ -263,14 +262,7 @@ class H1Server(Connection):
             headers.insert(0, (b"host", host))
         elif not (target.startswith(b"/") or target == b"*" or method == b"CONNECT"):
             raise ClientProtocolError("invalid request target")
-        return RequestReceived(
-            stream_id=self.stream_id,
-            method=method,
-            target=target,
-            authority=host,
-            headers=headers,
-            http_version=version,
-        )
+        return RequestReceived(self.stream_id, method, target, host, headers, version)
 
     def _drain(self, out: list[Event]) -> list[Event]:
         sid = self.stream_id
@@ -304,12 +296,12 @@ class H1Server(Connection):
                         raise Violation("peer unexpectedly closed connection")
                     return out
                 if type(item) is bytes:
-                    out.append(DataReceived(stream_id=sid, data=item))
+                    out.append(DataReceived(sid, item))
                 else:
                     assert isinstance(item, list)
                     self._fire(CLIENT, END)
                     self._settle()
-                    out.append(MessageEnded(stream_id=sid, trailers=item))
+                    out.append(MessageEnded(sid, item))
         except Violation as exc:
             if self._client != ERROR:
                 self._error(CLIENT)

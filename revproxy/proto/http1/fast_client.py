@@ -36,9 +36,6 @@ from revproxy.proto.events import (
     InformationalReceived,
     MessageEnded,
     ResponseReceived,
-    data_received,
-    message_ended,
-    response_received,
 )
 from revproxy.proto.http1.fast_lines import (
     _PLAIN_METHODS,
@@ -191,7 +188,9 @@ class H1Client(Connection):
 
     # --- receiving ---------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> list[Event]:
+    def receive_data(self, data: bytes | bytearray) -> list[Event]:
+        if type(data) is not bytes:
+            data = bytes(data)  # a caller's buffer is neither kept nor handed on in an event
         if data and not self._buf and not self._closed:
             state = self._server
             if state == SEND_BODY and (
@@ -201,12 +200,11 @@ class H1Client(Connection):
                 # The common case of a body arriving: hand the bytes on without copying them.
                 if self._reader == LENGTH:
                     self._read_left -= len(data)
-                return self._drain([DataReceived(stream_id=self.stream_id, data=data)])
+                return self._drain([DataReceived(self.stream_id, data)])
             if state == SEND_RESPONSE and data[0] >= 0x21:
-                if type(data) is bytes:
-                    out = self._plain_response(data)
-                    if out is not None:
-                        return out
+                out = self._plain_response(data)
+                if out is not None:
+                    return out
                 end = find_blank_line(data, 0)
                 if end > 0:
                     return self._whole_head(data, end)
@@ -246,7 +244,7 @@ class H1Client(Connection):
             self._keep_alive = False
             self._client = MUST_CLOSE
         sid = self.stream_id
-        out: list[Event] = [response_received(sid, status, fields, reason)]
+        out: list[Event] = [ResponseReceived(sid, status, fields, reason)]
         end += 4
         more = len(data) - end
         if status == 204 or status == 304 or self._method == b"HEAD":
@@ -259,7 +257,7 @@ class H1Client(Connection):
         elif length < 0:
             self._set_framing(UNTIL_CLOSE, 0, ours=False)
             if more:
-                out.append(data_received(sid, data[end:]))
+                out.append(DataReceived(sid, data[end:]))
             return self._drain(out)
         self._reader = LENGTH  # and the rest of what _set_framing does
         self._chunk_left = 0
@@ -272,10 +270,10 @@ class H1Client(Connection):
         self._read_total = length
         self._read_left = length - more
         if more:
-            out.append(data_received(sid, data[end:]))
+            out.append(DataReceived(sid, data[end:]))
         if more == length:
             self._server = DONE if self._keep_alive else MUST_CLOSE
-            out.append(message_ended(sid))
+            out.append(MessageEnded(sid, []))
         return out
 
     def _whole_head(self, data: bytes, end: int) -> list[Event]:
@@ -299,7 +297,7 @@ class H1Client(Connection):
             ):
                 if self._reader == LENGTH:
                     self._read_left -= len(rest)
-                out.append(DataReceived(stream_id=sid, data=rest))
+                out.append(DataReceived(sid, rest))
             else:
                 self._buf += rest
         return self._drain(out)
@@ -341,11 +339,11 @@ class H1Client(Connection):
                         raise Violation("peer unexpectedly closed connection")
                     return out
                 if type(item) is bytes:
-                    out.append(DataReceived(stream_id=sid, data=item))
+                    out.append(DataReceived(sid, item))
                 elif type(item) is list:
                     self._fire(SERVER, END)
                     self._settle()
-                    out.append(MessageEnded(stream_id=sid, trailers=item))
+                    out.append(MessageEnded(sid, item))
                 else:
                     assert isinstance(item, InformationalReceived | ResponseReceived)
                     out.append(item)
@@ -398,16 +396,10 @@ class H1Client(Connection):
                 )
             self._on_informational(status)
             self._check_head_size(head)
-            return InformationalReceived(stream_id=sid, status=status, headers=msg.fields)
+            return InformationalReceived(sid, status, msg.fields)
         self._on_response(status, version, msg)
         self._check_head_size(head)
-        return ResponseReceived(
-            stream_id=sid,
-            status=status,
-            headers=msg.fields,
-            reason=line[3] or b"",
-            http_version=version,
-        )
+        return ResponseReceived(sid, status, msg.fields, line[3] or b"", version)
 
     def _check_head_size(self, head: bytes) -> None:
         # As exact.py: a head that arrived whole is bounded too (h11 bounds only incomplete
