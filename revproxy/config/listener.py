@@ -31,7 +31,7 @@ __all__ = ["ListenerRead", "bound_by", "check_listeners", "read_listener"]
 _LISTENER_KEYS = (
     "name", "bind", "mode", "tls", "redirect_https", "redirect_port", "trusted_proxies",
     "proxy_protocol", "forwarded", "pool", "acme", "h2c", "max_conns", "limits", "conn_limit",
-    "egress", "auth", "hsts", "error_pages", *ACCESS_KEYS,
+    "egress", "auth", "hsts", "error_pages", "tunnel", *ACCESS_KEYS,
 )  # fmt: skip
 _TLS_KEYS = (
     "cert_dir", "certs", "unknown_sni", "alpn", "client_ca", "client_cert", "client_cert_header",
@@ -197,8 +197,16 @@ def read_listener(index: int, entry: Entry, ctx: ReadContext) -> ListenerRead:
         auth=read_auth(auth_table) if auth_table is not None else None,
         hsts=t.parsed("hsts", _parse_hsts, None),
         error_pages=read_error_pages(t),
+        tunnel=t.boolean("tunnel", _LISTENER.tunnel),
         source=entry.file,
     )
+    if listener.tunnel and (mode != "http" or tls is None):
+        # Agents tell themselves apart by ALPN in the ClientHello (docs/tunnel.md).
+        t.problem(
+            "tunnel",
+            'only on a mode = "http" listener with tls (agents are told apart by ALPN; '
+            'or give them a listener of their own with mode = "tunnel")',
+        )
     if mode != "http":
         for key in ("hsts", "error_pages"):
             if t.has(key):

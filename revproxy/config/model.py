@@ -221,6 +221,9 @@ class Listener:
     hsts: str | None = None
     # Files served for locally generated error statuses (a route's own come first).
     error_pages: tuple[ErrorPage, ...] = ()
+    # An http listener with tls that also takes the reverse tunnel's agents (docs/tunnel.md):
+    # a ClientHello offering revproxy-tunnel/1 (or -egress/1, -enroll/1) goes to the tunnel.
+    tunnel: bool = False
     source: str = ""  # file it was read from
 
     @property

@@ -122,13 +122,14 @@ def check_tunnels(
                     f'no tunnel named "{name}" ({defined("tunnel", names)}; '
                     f"add [tunnel.{name}] to let its agents register)",
                 )
-    dial_in = [lst for lst in listeners if lst.mode == "tunnel"]
+    dial_in = [lst for lst in listeners if lst.mode == "tunnel" or lst.tunnel]
     if (tunnels or used) and not dial_in:
         ctx.add(
             tunnels[0].source if tunnels else "",
             f"tunnel.{tunnels[0].name}" if tunnels else "listener",
             'agents need a listener to dial in: add [[listener]] with mode = "tunnel" '
-            '(e.g. name = "tunnel", bind = [":8443"])',
+            '(e.g. name = "tunnel", bind = [":8443"]), or tunnel = true on the TLS listener '
+            "of the sites (agents told apart by ALPN)",
         )
     if dial_in and global_.state_dir is None:
         lst = dial_in[0]

@@ -421,7 +421,7 @@ def build_generation(
             conn_gate=_conn_gate(lst, v6_prefix),
             rules=listener_rules(lst),
         )
-        builder = (services or {}).get(lst.mode)
+        builder = (services or {}).get("tunnel" if lst.tunnel else lst.mode)
         if builder is not None:
             prev_lrt = previous.listeners.get(lst.name) if previous is not None else None
             prev_service = prev_lrt.service if prev_lrt is not None else None

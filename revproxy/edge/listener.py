@@ -51,7 +51,7 @@ from revproxy.edge.tcp import (
     serve_passthrough,
     serve_tcp,
 )
-from revproxy.edge.tls import client_subject, server_name_of
+from revproxy.edge.tls import TUNNEL_ALPNS, client_subject, server_name_of
 from revproxy.errors import ClientHelloError, ProxyProtocolError, is_local_shortage
 from revproxy.net.conn_io import ConnIO
 from revproxy.ops.log_limit import RateLimitedLog
@@ -415,14 +415,19 @@ class Acceptor:
         if lrt.config.mode in SERVICE_MODES:
             await self._serve_egress(gen, lrt, csock, info)
             return
-        if lrt.tls is not None and lrt.passthrough:
+        if lrt.tls is not None and (lrt.passthrough or lrt.config.tunnel):
             try:
                 hello = await peek_client_hello(csock)
             except (ClientHelloError, TimeoutError, OSError) as exc:
                 reason = str(exc) or "no ClientHello in time"
                 log.info("listener=%s client=%s closed: %s", name, info.client[0], reason)
                 return
-            if hello.server_name is not None:
+            if lrt.config.tunnel and not TUNNEL_ALPNS.isdisjoint(hello.alpn):
+                # An agent on the sites' port (``tunnel = true``): the tunnel's own TLS (its
+                # CA, a client certificate required), so no site client is asked for one.
+                await self._serve_egress(gen, lrt, csock, info)
+                return
+            if hello.server_name is not None and lrt.passthrough:
                 entry = match_passthrough(lrt.passthrough, hello.server_name)
                 if entry is not None:
                     info.sni = hello.server_name

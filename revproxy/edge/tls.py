@@ -36,8 +36,15 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from revproxy.certs.store import CertStore, normalize_server_name, server_context
 from revproxy.proto.events import Headers
+from revproxy.proto.tunnel import EGRESS_ALPN, ENROLL_ALPN, TUNNEL_ALPN
 
 log = logging.getLogger("revproxy.tls")
+
+# A ClientHello on an http listener with ``tunnel = true`` that offers one of these is an agent
+# of the reverse tunnel (docs/tunnel.md): it is handed, before any handshake, to the tunnel's
+# service, which ends TLS with the tunnel CA's context and requires the agent's certificate.
+# The sites' context never asks for a client certificate, so browsers are never prompted.
+TUNNEL_ALPNS = frozenset({TUNNEL_ALPN, EGRESS_ALPN, ENROLL_ALPN})
 
 # --- session ticket keys ------------------------------------------------------------------
 
