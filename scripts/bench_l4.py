@@ -10,12 +10,15 @@ Starts, on loopback only: a sink origin, HAProxy (``mode tcp``, one thread) and 
   process used (from /proc/PID/stat): on a small or shared machine the client and sink may be
   the bottleneck, and the CPU figure still compares the proxies' own cost;
 * opens short connections (send 5 bytes, read the 2-byte answer, close) with
-  ``--concurrency`` clients for ``--seconds`` and reports connections/s.
+  ``--concurrency`` clients for ``--seconds`` and reports connections/s and the proxy's CPU
+  per connection (CPU-µs, user + system): on a shared machine the rate is noisy, the CPU cost
+  much less so.
 
 HAProxy is measured twice: as configured by default (16 KiB buffers, no splicing) and with
 ``option splice-auto`` and ``tune.pipesize 1048576`` (splicing through pipes as large as
 revproxy's). Everything is bounded in time; the result is one JSON object on stdout.
-Usage: ``scripts/bench_l4.py [--size BYTES] [--seconds S] [--concurrency N]``.
+Usage: ``scripts/bench_l4.py [--size BYTES] [--seconds S] [--concurrency N]``; for an A/B of
+revproxy alone, ``--targets revproxy --no-bulk --revproxy-root OTHER_CHECKOUT``.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ START_TIMEOUT = 20.0
 TRANSFER_TIMEOUT = 120.0
 TOTAL_TIMEOUT = 600.0
 BLOCK = 1 << 20
+TARGETS = ("haproxy", "haproxy_splice", "revproxy")
 
 
 def free_port() -> int:
@@ -207,27 +211,30 @@ def measure(
     opts: argparse.Namespace,
 ) -> dict[str, object]:
     """Bulk MB/s through ``bulk_port`` and connections/s through ``short_port`` of ``proxy``."""
-    mb = opts.size / 1e6
-    cpu0 = cpu_seconds(proxy.pid)
-    bulk = _client(["--client-bulk", str(bulk_port), str(opts.size)], TRANSFER_TIMEOUT)
-    cpu_bulk = cpu_seconds(proxy.pid) - cpu0
-    if bulk["bytes"] != opts.size:
-        raise RuntimeError(f"{name}: the sink received {bulk['bytes']} of {opts.size} bytes")
+    out: dict[str, object] = {}
+    if not opts.no_bulk:
+        mb = opts.size / 1e6
+        cpu0 = cpu_seconds(proxy.pid)
+        bulk = _client(["--client-bulk", str(bulk_port), str(opts.size)], TRANSFER_TIMEOUT)
+        cpu_bulk = cpu_seconds(proxy.pid) - cpu0
+        if bulk["bytes"] != opts.size:
+            raise RuntimeError(f"{name}: the sink received {bulk['bytes']} of {opts.size} bytes")
+        out["bulk_MB_per_s"] = round(mb / bulk["seconds"], 1)
+        out["bulk_seconds"] = round(bulk["seconds"], 3)
+        out["bulk_proxy_cpu_seconds"] = round(cpu_bulk, 3)
+        out["bulk_MB_per_cpu_second"] = round(mb / cpu_bulk, 1) if cpu_bulk > 0 else None
     cpu1 = cpu_seconds(proxy.pid)
     short = _client(
         ["--client-short", str(short_port), str(opts.seconds), str(opts.concurrency)],
         opts.seconds + 60,
     )
     cpu_short = cpu_seconds(proxy.pid) - cpu1
-    return {
-        "bulk_MB_per_s": round(mb / bulk["seconds"], 1),
-        "bulk_seconds": round(bulk["seconds"], 3),
-        "bulk_proxy_cpu_seconds": round(cpu_bulk, 3),
-        "bulk_MB_per_cpu_second": round(mb / cpu_bulk, 1) if cpu_bulk > 0 else None,
-        "short_conns_per_s": round(short["ok"] / short["seconds"], 1),
-        "short_failed": int(short["failed"]),
-        "short_proxy_cpu_seconds": round(cpu_short, 3),
-    }
+    ok = int(short["ok"])
+    out["short_conns_per_s"] = round(ok / short["seconds"], 1)
+    out["short_failed"] = int(short["failed"])
+    out["short_proxy_cpu_seconds"] = round(cpu_short, 3)
+    out["short_cpu_us_per_conn"] = round(cpu_short / ok * 1e6, 1) if ok else None
+    return out
 
 
 def haproxy_config(bulk: tuple[int, int], short: tuple[int, int], splice: bool) -> str:
@@ -274,7 +281,33 @@ def ratios(rev: dict[str, object], ref: dict[str, object]) -> dict[str, float | 
         a, b = rev.get(key), ref.get(key)
         ok = isinstance(a, int | float) and isinstance(b, int | float) and b
         out[key] = round(a / b, 2) if ok else None  # type: ignore[operator]
+    # CPU per connection: how many times HAProxy's cost revproxy's is (lower is better).
+    a, b = rev.get("short_cpu_us_per_conn"), ref.get("short_cpu_us_per_conn")
+    ok = isinstance(a, int | float) and isinstance(b, int | float) and b
+    out["short_cpu_per_conn_times"] = round(a / b, 2) if ok else None  # type: ignore[operator]
     return out
+
+
+def _measure_revproxy(
+    d: Path, sink_bulk: int, sink_short: int, opts: argparse.Namespace
+) -> dict[str, object]:
+    conf = d / "revproxy"
+    conf.mkdir()
+    bulk, short = (free_port(), sink_bulk), (free_port(), sink_short)
+    (conf / "10-bench.toml").write_text(revproxy_config(bulk, short))
+    argv = pinned(PROXY_CPU, [sys.executable, "-m", "revproxy", "run", "-c", str(conf)])
+    env = {**os.environ, "PYTHONPATH": str(opts.revproxy_root.resolve())}
+    with (
+        open(d / "revproxy.log", "wb") as log,
+        process(argv, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=d) as rp,
+    ):
+        try:
+            wait_port(bulk[0], rp)
+            wait_port(short[0], rp)
+        except RuntimeError:
+            sys.stderr.write((d / "revproxy.log").read_text())
+            raise
+        return measure("revproxy", rp, bulk[0], short[0], opts)
 
 
 def main() -> int:
@@ -284,6 +317,18 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=1 << 30, help="bytes per bulk transfer")
     ap.add_argument("--seconds", type=float, default=5.0, help="short-connection run time")
     ap.add_argument("--concurrency", type=int, default=32, help="short-connection clients")
+    ap.add_argument(
+        "--targets",
+        default=",".join(TARGETS),
+        help="comma-separated proxies to measure (default: all of %(default)s)",
+    )
+    ap.add_argument("--no-bulk", action="store_true", help="short connections only")
+    ap.add_argument(
+        "--revproxy-root",
+        type=Path,
+        default=REPO,
+        help="the checkout whose revproxy runs (A/B against another tree)",
+    )
     ap.add_argument("--sink", nargs=2, type=int, help=argparse.SUPPRESS)
     ap.add_argument("--client-bulk", nargs=2, type=int, help=argparse.SUPPRESS)
     ap.add_argument("--client-short", nargs=3, help=argparse.SUPPRESS)
@@ -299,6 +344,10 @@ def main() -> int:
         run_client_short(int(p), float(s), int(c))
         return 0
 
+    targets = [t for t in opts.targets.split(",") if t]
+    unknown = set(targets) - set(TARGETS)
+    if unknown:
+        ap.error(f"--targets: unknown {', '.join(sorted(unknown))} (one of {', '.join(TARGETS)})")
     signal.alarm(int(TOTAL_TIMEOUT))
     haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
     results: dict[str, object] = {
@@ -318,6 +367,8 @@ def main() -> int:
         wait_port(sink_bulk, sink)
         d = Path(tmp)
         for label, splice in (("haproxy", False), ("haproxy_splice", True)):
+            if label not in targets:
+                continue
             if not os.path.exists(haproxy):
                 results[label] = "haproxy not installed"
                 continue
@@ -329,27 +380,12 @@ def main() -> int:
                 wait_port(bulk[0], hp)
                 wait_port(short[0], hp)
                 results[label] = measure(label, hp, bulk[0], short[0], opts)
-        conf = d / "revproxy"
-        conf.mkdir()
-        bulk, short = (free_port(), sink_bulk), (free_port(), sink_short)
-        (conf / "10-bench.toml").write_text(revproxy_config(bulk, short))
-        argv = pinned(PROXY_CPU, [sys.executable, "-m", "revproxy", "run", "-c", str(conf)])
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        with (
-            open(d / "revproxy.log", "wb") as log,
-            process(argv, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=tmp) as rp,
-        ):
-            try:
-                wait_port(bulk[0], rp)
-                wait_port(short[0], rp)
-            except RuntimeError:
-                sys.stderr.write((d / "revproxy.log").read_text())
-                raise
-            rev = measure("revproxy", rp, bulk[0], short[0], opts)
-            results["revproxy"] = rev
+        rev: dict[str, object] | None = None
+        if "revproxy" in targets:
+            rev = results["revproxy"] = _measure_revproxy(d, sink_bulk, sink_short, opts)
     for label in ("haproxy", "haproxy_splice"):
         ref = results.get(label)
-        if isinstance(ref, dict):
+        if rev is not None and isinstance(ref, dict):
             results[f"revproxy_vs_{label}"] = ratios(rev, ref)
     print(json.dumps(results, indent=2))
     return 0

@@ -8,7 +8,12 @@ Accepting is our own loop (not ``start_server``) so that the first bytes of a co
 be inspected on the raw socket before any stream or TLS layer buffers them: a PROXY header is
 consumed exactly (peek, then read just its bytes), and what follows it is left in the kernel
 for the TLS handshake or the HTTP parser. Out of file descriptors (EMFILE/ENFILE), accepting
-on that socket pauses and retries with a growing back-off.
+on that socket pauses and retries with a growing back-off. A listening socket is watched for
+readiness and drained in batches of up to ``ACCEPT_BATCH`` connections per wake-up (as
+HAProxy's ``tune.maxaccept``), not one ``await`` per connection. A connection of a plain tcp
+listener (no ``tls``, no ``proxy_protocol``, limits kept by the instance) needs nothing
+awaited before its relay starts: it is admitted, judged and handed to ``tcp.TcpSession`` right
+in the accept callback, with no task of its own; every other connection gets a task.
 
 Dispatch: a ``mode = "tcp"`` listener relays every connection to its pool (``tcp.py``; with
 ``tls``, after its own handshake — allow/deny and limits are judged before it). A
@@ -45,11 +50,13 @@ from revproxy.edge.generation import Generation, ListenerRuntime, Signal
 from revproxy.edge.h1_connection import HttpConnection
 from revproxy.edge.h2_connection import Http2Connection
 from revproxy.edge.tcp import (
+    TcpSession,
     match_passthrough,
     record_denied,
     record_refused,
     serve_passthrough,
     serve_tcp,
+    start_tcp,
 )
 from revproxy.edge.tls import TUNNEL_ALPNS, client_subject, server_name_of
 from revproxy.errors import ClientHelloError, ProxyProtocolError, is_local_shortage
@@ -68,6 +75,9 @@ log = logging.getLogger("revproxy.listener")
 TLS_HANDSHAKE_TIMEOUT = 10.0
 # Pending connections the kernel queues per listening socket.
 BACKLOG = 1024
+# Connections accepted per readiness wake-up of a listening socket before other connections
+# get their turn (HAProxy's tune.maxaccept defaults to 64 too).
+ACCEPT_BATCH = 64
 # Out of file descriptors: first and longest pause before accepting again.
 EMFILE_BACKOFF_MIN = 0.05
 EMFILE_BACKOFF_MAX = 2.0
@@ -295,15 +305,141 @@ async def peek_client_hello(
 # --- accepting -----------------------------------------------------------------------------
 
 
+def _served_from_callbacks(lrt: ListenerRuntime) -> bool:
+    """A plain tcp listener whose admission needs no wait (no TLS handshake, no PROXY header
+    to read, no limit kept in Redis): its connections are served without a task."""
+    config = lrt.config
+    if config.mode != "tcp" or lrt.tls is not None or config.proxy_protocol.mode != "off":
+        return False
+    return lrt.limits is None or lrt.limits.local
+
+
+# socket.socket._accept: (file descriptor, address); typeshed does not list it.
+_RawAccept = Callable[[], tuple[int, tuple[str, int]]]
+
+
+class _Accepting:
+    """Accepting on one listening socket: a reader callback that takes up to
+    ``ACCEPT_BATCH`` connections per wake-up and hands each to ``Acceptor.dispatch``.
+
+    ``run()`` returns only by cancellation (stop accepting) or raises the accept error that
+    is neither a shortage nor a connection that died in the queue (as ``sock_accept`` did)."""
+
+    __slots__ = (
+        "accept_raw",
+        "acceptor",
+        "addr",
+        "backoff",
+        "done",
+        "family",
+        "local",
+        "loop",
+        "lsock",
+        "proto",
+        "shortage",
+        "stopping",
+        "timer",
+        "type",
+    )
+
+    def __init__(
+        self, acceptor: Acceptor, addr: str, lsock: socket.socket, stopping: Signal
+    ) -> None:
+        self.acceptor = acceptor
+        self.addr = addr
+        self.lsock = lsock
+        self.stopping = stopping
+        self.loop = asyncio.get_running_loop()
+        # socket.accept() converts these to enums for every connection; once is enough, and
+        # the raw accept (file descriptor, address) is socket.accept() without that.
+        self.accept_raw: _RawAccept = lsock._accept  # type: ignore[attr-defined]
+        self.family = int(lsock.family)
+        self.type = int(lsock.type)
+        self.proto = lsock.proto
+        # Bound to one address: every connection's local address is it (no getsockname).
+        local = lsock.getsockname()
+        host = str(local[0])
+        specific = host not in ("0.0.0.0", "::") and not host.startswith("::ffff:")
+        self.local: tuple[str, int] | None = (host, int(local[1])) if specific else None
+        self.backoff = EMFILE_BACKOFF_MIN
+        self.shortage = RateLimitedLog()
+        self.timer: asyncio.TimerHandle | None = None
+        self.done: asyncio.Future[None] = self.loop.create_future()
+
+    async def run(self) -> None:
+        self.loop.add_reader(self.lsock.fileno(), self.ready)
+        await self.done
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        else:
+            self.loop.remove_reader(self.lsock.fileno())
+        if not self.done.done():
+            self.done.cancel()
+
+    def ready(self) -> None:
+        lsock = self.lsock
+        accept = self.accept_raw
+        dispatch = self.acceptor.dispatch
+        for _ in range(ACCEPT_BATCH):
+            try:
+                fd, peer = accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if is_local_shortage(exc):
+                    self.shortage.warn(
+                        log, "listener %s: out of resources accepting (%s); pausing", self.addr, exc
+                    )
+                    self.loop.remove_reader(lsock.fileno())
+                    self.timer = self.loop.call_later(self.backoff, self.resume)
+                    self.backoff = min(self.backoff * 2, EMFILE_BACKOFF_MAX)
+                    return
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
+                    continue
+                self.loop.remove_reader(lsock.fileno())
+                self.timer = None
+                if not self.done.done():
+                    self.done.set_exception(exc)
+                return
+            self.backoff = EMFILE_BACKOFF_MIN
+            csock = socket.socket(self.family, self.type, self.proto, fd)
+            try:
+                csock.setblocking(False)
+            except OSError:
+                csock.close()
+                continue
+            dispatch(
+                self.addr, csock, (str(peer[0]), int(peer[1])), self.stopping, self.loop, self.local
+            )
+
+    def resume(self) -> None:
+        self.timer = None
+        self.loop.add_reader(self.lsock.fileno(), self.ready)
+        self.ready()
+
+
 class Acceptor:
     """Serves accepted connections with the current generation; tracks them for shutdown."""
 
     def __init__(self, current: Callable[[], Generation]) -> None:
         self.current = current
-        self.connections: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Connections served from callbacks (tcp.TcpSession) → (listener name, conn_limit key).
+        self._sessions: dict[TcpSession, tuple[str, bytes | None]] = {}
         # Connections being served per listener name (across generations), for max_conns.
         self.active: dict[str, int] = {}
         self._refused: dict[str, tuple[float, int]] = {}  # name → (last warning, refused since)
+
+    @property
+    def connections(self) -> set[asyncio.Future[None]]:
+        """Every connection being served, as something to wait for (shutdown): the tasks, and
+        for each connection served from callbacks a future cancelling which cuts it."""
+        live: set[asyncio.Future[None]] = set(self._tasks)
+        live.update(s.wait() for s in self._sessions)
+        return live
 
     def start(self, addr: str, socks: list[socket.socket]) -> list[asyncio.Task[None]]:
         """Accept on ``socks``; each connection is served by the listener owning ``addr``."""
@@ -311,33 +447,100 @@ class Acceptor:
         return [loop.create_task(self._accept_loop(addr, s)) for s in socks]
 
     async def _accept_loop(self, addr: str, lsock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        backoff = EMFILE_BACKOFF_MIN
-        shortage = RateLimitedLog()
         # Fired when this loop ends (it is cancelled to stop accepting).
         stopping = Signal()
+        accepting = _Accepting(self, addr, lsock, stopping)
         try:
-            while True:
-                try:
-                    csock, _ = await loop.sock_accept(lsock)
-                except OSError as exc:
-                    if is_local_shortage(exc):
-                        shortage.warn(
-                            log, "listener %s: out of resources accepting (%s); pausing", addr, exc
-                        )
-                        await asyncio.sleep(backoff)
-                        backoff = min(backoff * 2, EMFILE_BACKOFF_MAX)
-                        continue
-                    if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
-                        continue
-                    raise
-                backoff = EMFILE_BACKOFF_MIN
-                csock.setblocking(False)
-                task = loop.create_task(self.serve(addr, csock, stopping))
-                self.connections.add(task)
-                task.add_done_callback(self.connections.discard)
+            await accepting.run()
         finally:
+            accepting.close()
             stopping.fire()
+
+    def dispatch(
+        self,
+        addr: str,
+        csock: socket.socket,
+        peer: tuple[str, int],
+        stopping: Signal | None,
+        loop: asyncio.AbstractEventLoop,
+        local: tuple[str, int] | None = None,
+    ) -> None:
+        """Serve one accepted (non-blocking) connection: from callbacks when nothing needs
+        awaiting before its relay starts, else in a task of its own. ``peer``: the address
+        accept() returned; ``local``: ours, when the listening socket has only one."""
+        try:
+            gen = self.current()
+            lrt = gen.listeners.get(gen.bind_owner.get(addr, ""))
+            if lrt is not None and _served_from_callbacks(lrt):
+                self._serve_now(gen, lrt, csock, peer, loop, local)
+                return
+        except Exception:
+            log.exception("listener=%s connection failed", addr)
+            csock.close()
+            return
+        task = loop.create_task(self.serve(addr, csock, stopping))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _serve_now(
+        self,
+        gen: Generation,
+        lrt: ListenerRuntime,
+        csock: socket.socket,
+        peer: tuple[str, int],
+        loop: asyncio.AbstractEventLoop,
+        local: tuple[str, int] | None,
+    ) -> None:
+        """``serve`` for a plain tcp listener, in the accept callback: the same admission
+        (max_conns, conn_limit, allow/deny, limits) in the same order, then a TcpSession."""
+        name = lrt.config.name
+        limit = lrt.config.max_conns
+        active = self.active.get(name, 0)
+        if limit is not None and active >= limit:
+            try:
+                self._refuse(gen, lrt, csock)
+            finally:
+                csock.close()
+            return
+        self.active[name] = active + 1
+        key: bytes | None = None
+        started = False
+        try:
+            try:  # noqa: SIM105 - every connection: no context manager
+                csock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            info = _conn_info(csock, lrt, peer, local)
+            gate = lrt.conn_gate
+            if gate is not None and gate.per_client is not None:
+                k = gate.key(info.client[0])
+                if not gen.counters.acquire(k, gate.per_client):
+                    self._limited(gen, lrt, info, CONN_LIMIT)
+                    return
+                key = k
+            if self._denied(gen, lrt, info) or self._over_limit_now(gen, lrt, info):
+                return
+            session = start_tcp(gen, lrt, csock, info, self._session_ended, loop)
+            if not session.ended:  # else it is over already: released below
+                self._sessions[session] = (name, key)
+                started = True
+        except Exception:
+            log.exception("listener=%s connection failed", name)
+        finally:
+            if not started:
+                self._release(gen, name, key, csock)
+
+    def _session_ended(self, session: TcpSession) -> None:
+        entry = self._sessions.pop(session, None)
+        if entry is None:  # ended inside start_tcp: _serve_now releases it
+            return
+        self._release(session.gen, entry[0], entry[1], session.csock)
+
+    def _release(self, gen: Generation, name: str, key: bytes | None, csock: socket.socket) -> None:
+        self.active[name] -= 1
+        if key is not None:
+            gen.counters.release(key)
+        csock.close()
 
     async def serve(self, addr: str, csock: socket.socket, stopping: Signal | None = None) -> None:
         name = addr
@@ -475,13 +678,20 @@ class Acceptor:
         """The listener's ``limits`` on a connection relayed unread (TCP mode, TLS
         passthrough): new connections per client; over the limit it is closed unread."""
         limits = lrt.limits
+        if limits is None or limits.local:
+            return self._over_limit_now(gen, lrt, info)
+        refusal = await limits.check_async(gen.counters, info.client[0])
+        if refusal is None:
+            return False
+        self._limited(gen, lrt, info, refusal.reason)
+        return True
+
+    def _over_limit_now(self, gen: Generation, lrt: ListenerRuntime, info: ConnInfo) -> bool:
+        """``_over_limit`` for limits the instance keeps (no wait)."""
+        limits = lrt.limits
         if limits is None:
             return False
-        client = info.client[0]
-        if limits.local:
-            refusal = limits.check(gen.counters, client)
-        else:
-            refusal = await limits.check_async(gen.counters, client)
+        refusal = limits.check(gen.counters, info.client[0])
         if refusal is None:
             return False
         self._limited(gen, lrt, info, refusal.reason)
@@ -603,10 +813,18 @@ def _refused_method(lrt: ListenerRuntime) -> str | None:
     return mode.upper() if mode in SERVICE_MODES else None
 
 
-def _conn_info(csock: socket.socket, lrt: ListenerRuntime) -> ConnInfo:
+def _conn_info(
+    csock: socket.socket,
+    lrt: ListenerRuntime,
+    peer: tuple[str, int] | None = None,
+    local: tuple[str, int] | None = None,
+) -> ConnInfo:
+    """The facts of an accepted connection; ``peer``, ``local``: the addresses when known."""
     try:
-        peer = csock.getpeername()
-        local = csock.getsockname()
+        if local is None:
+            local = csock.getsockname()
+        if peer is None:
+            peer = csock.getpeername()
     except OSError:
         peer = local = ("", 0)
     p = (str(peer[0]), int(peer[1]))

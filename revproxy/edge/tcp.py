@@ -18,6 +18,15 @@ in its session), verify 0 only for a verified certificate, the version, cipher a
 certificate's CN. The TLS side cannot be half-closed (asyncio): when the server ends its
 direction, the client's connection is closed (``relay_streams``).
 
+A plain connection (a tcp listener without ``tls``, or a passthrough route) is a
+``TcpSession``: dial, PROXY header, relay and access-log line are driven by event-loop
+callbacks, with no task, coroutine or future of its own (``docs/performance.md``: a short
+connection costs what its system calls cost, plus little Python). Servers named by their IP
+address are connected with a non-blocking ``connect`` on the spot; a pool with a server behind
+a name, a tunnel or a ``source`` address is dialled by the dialer's coroutine instead, and the
+session carries on from its result. The order of events, the failover, the passive-health
+accounting and the log line are the same either way.
+
 Access-log ``status`` for a connection (method ``TCP`` or ``TLS-PASSTHROUGH``): 0 when both
 directions ended normally; otherwise the marker the failure implies —
 
@@ -37,6 +46,9 @@ directions ended normally; otherwise the marker the failure implies —
 from __future__ import annotations
 
 import asyncio
+import errno
+import functools
+import ipaddress
 import itertools
 import logging
 import os
@@ -44,20 +56,36 @@ import socket
 import ssl
 import struct
 import time
+from collections.abc import Callable
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from revproxy.edge.generation import Generation, ListenerRuntime
+from revproxy.edge.generation import Generation, ListenerRuntime, PoolRuntime
 from revproxy.edge.h1_connection import ConnInfo, proxy_header_for
 from revproxy.edge.tls import client_subject, server_name_of
-from revproxy.errors import BackendError
+from revproxy.errors import (
+    BackendError,
+    BackendUnreachable,
+    LocalResourceError,
+    NoBackendAvailable,
+    is_local_shortage,
+)
 from revproxy.net.conn_io import ConnIO
-from revproxy.net.relay import COPY_BUFFER, RelayEnd, RelayResult, SocketRelay, relay_streams
+from revproxy.net.relay import (
+    COPY_BUFFER,
+    FdPoller,
+    RelayEnd,
+    RelayResult,
+    SocketRelay,
+    fd_poller,
+    relay_streams,
+)
 from revproxy.ops.accesslog import AccessRecord
 from revproxy.proto import proxy_protocol as pp
 from revproxy.proto.host import host_matches
-from revproxy.upstream.backend import PickContext
+from revproxy.upstream.backend import Backend, PickContext
+from revproxy.upstream.dialer import Dialer
 
 log = logging.getLogger("revproxy.tcp")
 
@@ -166,7 +194,9 @@ async def serve_tcp(
     pool = lrt.config.pool or ""
     rec = _record(lrt, info, METHOD_TCP, pool, "")
     if lrt.tls is None:
-        await _serve(gen, lrt, csock, info, rec)
+        session = TcpSession(gen, lrt, csock, info, rec)
+        session.start()
+        await session.wait()
         return
     started = time.monotonic()
     loop = asyncio.get_running_loop()
@@ -196,7 +226,7 @@ async def serve_tcp(
             if lrt.tls.store.client_auth is not None:
                 info.client_subject = client_subject(sslobj)
             rec.sni = info.sni or ""
-        await _serve(gen, lrt, csock, info, rec, tls=(conn, sslobj), started=started)
+        await _serve_tls(gen, lrt, info, rec, conn, sslobj, started)
     finally:
         await conn.aclose()
 
@@ -212,7 +242,26 @@ async def serve_passthrough(
 ) -> None:
     """Relay one TLS connection, ClientHello still unread in the kernel, to ``pool``."""
     rec = _record(lrt, info, METHOD_PASSTHROUGH, pool, pattern)
-    await _serve(gen, lrt, csock, info, rec)
+    session = TcpSession(gen, lrt, csock, info, rec)
+    session.start()
+    await session.wait()
+
+
+def start_tcp(
+    gen: Generation,
+    lrt: ListenerRuntime,
+    csock: socket.socket,
+    info: ConnInfo,
+    on_end: Callable[[TcpSession], None],
+    loop: asyncio.AbstractEventLoop | None = None,
+) -> TcpSession:
+    """Serve one connection of a plain ``mode = "tcp"`` listener from callbacks (no task):
+    ``on_end(session)`` is called once when it is over, its access-log line written; ``csock``
+    stays the caller's to close (then)."""
+    rec = _record(lrt, info, METHOD_TCP, lrt.config.pool or "", "")
+    session = TcpSession(gen, lrt, csock, info, rec, on_end=on_end, loop=loop)
+    session.start()
+    return session
 
 
 def _reason(exc: BaseException) -> str:
@@ -281,24 +330,466 @@ def _proxy_header(
     )
 
 
-# --- the relay ----------------------------------------------------------------------------
+# --- the relay ---------------------------------------------------------------------------
 
 
-async def _serve(
+@functools.lru_cache(maxsize=1024)
+def _literal_family(host: str) -> int:
+    """AF_INET / AF_INET6 for an IP literal, 0 for a name (cached: once per server)."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return 0
+    return socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+
+
+def _targets(backend: Backend) -> tuple[tuple[str, int], ...]:
+    return backend.addresses or ((backend.host, backend.port),)
+
+
+def _dials_directly(dialer: Dialer) -> bool:
+    """Whether every server of the pool can be connected from a callback: named by IP
+    address, not behind a tunnel, no ``source`` address to bind first."""
+    if dialer.source:
+        return False
+    for b in dialer.pool.backends:
+        if b.tunnel is not None:
+            return False
+        for host, _ in _targets(b):
+            if not _literal_family(host):
+                return False
+    return True
+
+
+def _connected_now(sock: socket.socket) -> bool:
+    """After a non-blocking ``connect`` said EINPROGRESS: whether it completed already
+    (loopback and local networks finish the handshake inside the call on Linux), which
+    saves a wake-up; False where that can't be told (then the socket is waited on)."""
+    try:
+        state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)
+    except (OSError, AttributeError):
+        return False
+    return state[0] == _TCP_ESTABLISHED
+
+
+# Linux TCP state of an open connection (include/net/tcp_states.h).
+_TCP_ESTABLISHED = 1
+
+_IDLE, _DIALING, _SENDING, _RELAYING, _ENDED = range(5)
+
+
+class TcpSession:
+    """One relayed connection, from the dial to its access-log line, driven by callbacks.
+
+    ``start()`` picks a server and connects; a connect that fails (refused, timed out) moves
+    on to the next address, then the next server the pool picks, then the backups, exactly
+    as ``Dialer.connect_socket`` does and with the same passive-health accounting. Once
+    connected (and the PROXY header sent) the sockets are joined by a ``SocketRelay``; when
+    it ends the server's socket is closed, the line is written and ``on_end(self)`` called.
+    The client's socket stays the caller's. ``wait()`` is a future for the end (created
+    only when asked for: the task of a passthrough connection, or a shutdown); cancelling it
+    stops the session (``abort``).
+    """
+
+    __slots__ = (
+        "_fut",
+        "_last",
+        "_relay",
+        "_state",
+        "_target",
+        "_task",
+        "_timer",
+        "_tried",
+        "backend",
+        "bsock",
+        "csock",
+        "ctx",
+        "dialled",
+        "gen",
+        "identity",
+        "info",
+        "io",
+        "loop",
+        "lrt",
+        "on_end",
+        "pr",
+        "rec",
+        "started",
+        "unsent",
+    )
+
+    def __init__(
+        self,
+        gen: Generation,
+        lrt: ListenerRuntime,
+        csock: socket.socket,
+        info: ConnInfo,
+        rec: AccessRecord,
+        *,
+        on_end: Callable[[TcpSession], None] | None = None,
+        started: float | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.loop = loop if loop is not None else asyncio.get_running_loop()
+        self.io: FdPoller = fd_poller(self.loop)
+        self.gen = gen
+        self.lrt = lrt
+        self.csock = csock
+        self.info = info
+        self.rec = rec
+        self.on_end = on_end
+        self.started = time.monotonic() if started is None else started
+        self.dialled = self.started
+        self.pr: PoolRuntime | None = None
+        self.ctx: PickContext | None = None
+        self.identity: bytes | None = None
+        self.backend: Backend | None = None
+        self.bsock: socket.socket | None = None
+        self.unsent = b""  # the rest of the PROXY header, when one send did not take it all
+        self._state = _IDLE
+        self._tried: set[Backend] | None = None
+        self._target = 0  # index of the address of ``backend`` being connected
+        self._last: BaseException | None = None  # the last failure on ``backend``
+        self._timer: asyncio.TimerHandle | None = None
+        self._relay: SocketRelay | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._fut: asyncio.Future[None] | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self._state == _ENDED
+
+    def wait(self) -> asyncio.Future[None]:
+        """A future done when the session has ended; cancelling it aborts the session."""
+        fut = self._fut
+        if fut is None:
+            fut = self._fut = self.loop.create_future()
+            if self._state == _ENDED:
+                fut.set_result(None)
+            else:
+                fut.add_done_callback(self._waiter_done)
+        return fut
+
+    def _waiter_done(self, fut: asyncio.Future[None]) -> None:
+        if fut.cancelled():
+            self.abort()
+
+    # --- dialling --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        try:
+            pr = self.gen.pools.get(self.rec.pool)
+            if pr is None:  # config_load prevents it; a generation built by hand may not
+                self.rec.status = STATUS_FULL
+                log.error("listener=%s pool %r does not exist", self.lrt.config.name, self.rec.pool)
+                self._finish()
+                return
+            self.pr = pr
+            self.identity = proxy_header_for(pr.config.send_proxy, self.info)
+            self.ctx = PickContext(client_ip=self.info.client[0])
+            self.dialled = time.monotonic()
+            self._state = _DIALING
+            if _dials_directly(pr.dialer):
+                self._pick()
+            else:
+                self._task = self.loop.create_task(self._dial_by_dialer(pr.dialer))
+        except Exception:
+            self._crashed()
+
+    async def _dial_by_dialer(self, dialer: Dialer) -> None:
+        """The dialer's coroutine does it all (names, tunnels, source addresses)."""
+        assert self.ctx is not None
+        try:
+            backend, bsock = await dialer.connect_socket(self.ctx, identity=self.identity)
+        except BackendError as exc:
+            self._task = None
+            self._dial_failed(exc)
+            return
+        self._task = None
+        if self._state != _DIALING:  # aborted meanwhile
+            bsock.close()
+            return
+        self.backend = backend
+        try:
+            self._relay_to(bsock, observed=True)
+        except Exception:
+            self._crashed()
+
+    def _pick(self) -> None:
+        """The next server (``_tried`` is what failed so far), and its first address."""
+        pr = self.pr
+        assert pr is not None and self.ctx is not None
+        backend = pr.pool.pick(self.ctx, exclude=self._tried or ())
+        if backend is None:
+            if self._tried is None:
+                self._dial_failed(NoBackendAvailable(f"pool {pr.pool.name}: no server available"))
+            else:
+                self._dial_failed(BackendUnreachable(f"pool {pr.pool.name}: every server failed"))
+            return
+        self.backend = backend
+        self._target = 0
+        self._last = None
+        self._connect_next()
+
+    def _connect_next(self) -> None:
+        """Connect to the next address of ``backend``; when none is left, it failed."""
+        backend, pr = self.backend, self.pr
+        assert backend is not None and pr is not None
+        targets = _targets(backend)
+        while self._target < len(targets):
+            host, port = targets[self._target]
+            self._target += 1
+            family = _literal_family(host)
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            except OSError as exc:
+                if self._local_shortage(exc):
+                    return
+                self._last = exc
+                continue
+            try:
+                sock.setblocking(False)
+                err = sock.connect_ex((host, port))
+            except OSError as exc:
+                sock.close()
+                if self._local_shortage(exc):
+                    return
+                self._last = exc
+                continue
+            if err == 0 or (err == errno.EINPROGRESS and _connected_now(sock)):
+                self._connected(sock)
+                return
+            if err == errno.EINPROGRESS:
+                self.bsock = sock
+                self.io.set_writer(sock.fileno(), self._on_connect)
+                self._timer = self.loop.call_later(
+                    pr.dialer.connect_timeout, self._on_connect_timeout
+                )
+                return
+            sock.close()
+            failure = OSError(err, os.strerror(err))
+            if self._local_shortage(failure):
+                return
+            self._last = failure
+        self._server_failed(self._last or OSError("no address"))
+
+    def _on_connect(self) -> None:
+        sock = self.bsock
+        assert sock is not None
+        try:
+            self._stop_waiting()
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err == 0:
+                self._connected(sock)
+                return
+            self.bsock = None
+            sock.close()
+            exc = OSError(err, os.strerror(err))
+            if not self._local_shortage(exc):
+                self._last = exc
+                self._connect_next()
+        except Exception:
+            self._crashed()
+
+    def _on_connect_timeout(self) -> None:
+        self._timer = None
+        sock, self.bsock = self.bsock, None
+        try:
+            if sock is not None:
+                self.io.set_writer(sock.fileno(), None)
+                sock.close()
+            self._last = TimeoutError()
+            self._connect_next()
+        except Exception:
+            self._crashed()
+
+    def _stop_waiting(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.bsock is not None:
+            self.io.set_writer(self.bsock.fileno(), None)
+
+    def _local_shortage(self, exc: OSError) -> bool:
+        """Out of our own resources (EMFILE, ...): no server is at fault, none is tried."""
+        if not is_local_shortage(exc):
+            return False
+        self._dial_failed(LocalResourceError(f"out of resources connecting to origins: {exc}"))
+        return True
+
+    def _server_failed(self, exc: BaseException) -> None:
+        """Every address of ``backend`` failed: passive health hears of it; the next one."""
+        backend = self.backend
+        assert backend is not None and self.pr is not None
+        self.backend = None
+        self.pr.dialer.failed(backend, exc)
+        if self._tried is None:
+            self._tried = set()
+        self._tried.add(backend)
+        self._pick()
+
+    def _connected(self, sock: socket.socket) -> None:
+        """TCP is up: the PROXY header goes first (nothing else was sent yet)."""
+        try:  # noqa: SIM105 - every connection: no context manager
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        identity = self.identity
+        if identity:
+            try:
+                n = sock.send(identity)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as exc:
+                self._send_failed(sock, exc)
+                return
+            if n < len(identity):
+                # A fresh connection's send buffer takes a PROXY header whole; if it does not,
+                # the rest goes when it can, within the connect timeout.
+                assert self.pr is not None
+                self.unsent = identity[n:]
+                self.bsock = sock
+                self._state = _SENDING
+                self.io.set_writer(sock.fileno(), self._on_send)
+                self._timer = self.loop.call_later(
+                    self.pr.dialer.connect_timeout, self._on_send_timeout
+                )
+                return
+        self._relay_to(sock, observed=False)
+
+    def _on_send(self) -> None:
+        sock = self.bsock
+        assert sock is not None
+        try:
+            try:
+                n = sock.send(self.unsent)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._stop_waiting()
+                self.bsock = None
+                self._send_failed(sock, exc)
+                return
+            self.unsent = self.unsent[n:]
+            if self.unsent:
+                return
+            self._stop_waiting()
+            self.bsock = None
+            self._state = _DIALING
+            self._relay_to(sock, observed=False)
+        except Exception:
+            self._crashed()
+
+    def _on_send_timeout(self) -> None:
+        self._timer = None
+        sock, self.bsock = self.bsock, None
+        try:
+            if sock is not None:
+                self.io.set_writer(sock.fileno(), None)
+                self._state = _DIALING
+                self._send_failed(sock, TimeoutError())
+        except Exception:
+            self._crashed()
+
+    def _send_failed(self, sock: socket.socket, exc: BaseException) -> None:
+        """The PROXY header could not be sent: that server failed (the next one is tried)."""
+        sock.close()
+        self.unsent = b""
+        self._server_failed(exc)
+
+    def _dial_failed(self, exc: BackendError) -> None:
+        self.rec.status = exc.status
+        log.info(
+            "id=%s listener=%s %s: %s", self.rec.id, self.lrt.config.name, type(exc).__name__, exc
+        )
+        self._finish()
+
+    # --- relaying --------------------------------------------------------------------------
+
+    def _relay_to(self, bsock: socket.socket, *, observed: bool) -> None:
+        backend, pr, rec = self.backend, self.pr, self.rec
+        assert backend is not None and pr is not None
+        if not observed:
+            pr.dialer.connected(backend)
+        rec.upstream_ms = (time.monotonic() - self.dialled) * 1000
+        rec.backend = backend.label
+        backend.acquire()
+        self.bsock = bsock
+        self._state = _RELAYING
+        relay = self._relay = SocketRelay(
+            self.csock, bsock, idle_timeout=pr.config.timeouts.tunnel, loop=self.loop, io=self.io
+        )
+        # Most clients speak first, and their first bytes are in by now: read them at once
+        # rather than after another trip through the event loop.
+        relay.start(self._relayed, read_a=True)
+
+    def _relayed(self, result: RelayResult) -> None:
+        try:
+            self.rec.status = _END_STATUS[result.end]
+            if result.error:
+                log.info("id=%s %s: %s", self.rec.id, result.end.value, result.error)
+        finally:
+            self._finish()
+
+    # --- the end -----------------------------------------------------------------------------
+
+    def abort(self) -> None:
+        """Stop now (shutdown's deadline): both sockets are let go as they are, the line is
+        written with what was relayed so far."""
+        if self._state in (_IDLE, _ENDED):
+            return
+        if self._state in (_DIALING, _SENDING):
+            self._stop_waiting()
+            if self._task is not None:
+                self._task.cancel()
+                self._task = None
+        self._finish()
+
+    def _crashed(self) -> None:
+        log.exception("listener=%s connection failed", self.lrt.config.name)
+        self._finish()
+
+    def _finish(self) -> None:
+        if self._state == _ENDED:
+            return
+        relaying = self._state == _RELAYING
+        self._state = _ENDED
+        rec = self.rec
+        relay = self._relay
+        if relay is not None:
+            relay.stop()
+            rec.bytes_in = relay.a_to_b
+            rec.bytes_out = relay.b_to_a
+        try:
+            if relaying and self.backend is not None:
+                self.backend.release()
+            if self.bsock is not None:
+                self.bsock.close()
+                self.bsock = None
+            rec.duration_ms = (time.monotonic() - self.started) * 1000
+            self.gen.access_log.record(rec)
+            self.gen.metrics.connection(rec)
+        finally:
+            fut = self._fut
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+            on_end = self.on_end
+            if on_end is not None:
+                self.on_end = None
+                on_end(self)
+
+
+async def _serve_tls(
     gen: Generation,
     lrt: ListenerRuntime,
-    csock: socket.socket,
     info: ConnInfo,
     rec: AccessRecord,
-    *,
-    tls: tuple[ConnIO, ssl.SSLObject | None] | None = None,
-    started: float | None = None,
+    conn: ConnIO,
+    sslobj: ssl.SSLObject | None,
+    started: float,
 ) -> None:
-    """Dial the pool and relay until both directions end; ``tls``: the client side is our
-    TLS connection (relayed as a stream), else ``csock`` is spliced as it is."""
-    if started is None:
-        started = time.monotonic()
-    relay: SocketRelay | None = None
+    """Dial the pool and relay our TLS connection with the client (as a stream) to it until
+    both directions end."""
     result: RelayResult | None = None
     try:
         pr = gen.pools.get(rec.pool)
@@ -306,7 +797,7 @@ async def _serve(
             rec.status = STATUS_FULL
             log.error("listener=%s pool %r does not exist", lrt.config.name, rec.pool)
             return
-        identity = _proxy_header(pr.config.send_proxy, info, tls[1] if tls else None)
+        identity = _proxy_header(pr.config.send_proxy, info, sslobj)
         dialled = time.monotonic()  # upstream time leaves our own handshake out
         try:
             backend, bsock = await pr.dialer.connect_socket(
@@ -319,13 +810,8 @@ async def _serve(
         rec.upstream_ms = (time.monotonic() - dialled) * 1000
         rec.backend = backend.label
         backend.acquire()
-        idle = pr.config.timeouts.tunnel
         try:
-            if tls is None:
-                relay = SocketRelay(csock, bsock, idle_timeout=idle)
-                result = await relay.run()
-            else:
-                result = await _relay_tls(tls[0], bsock, idle)
+            result = await _relay_tls(conn, bsock, pr.config.timeouts.tunnel)
             rec.status = _END_STATUS[result.end]
             if result.error:
                 log.info("id=%s %s: %s", rec.id, result.end.value, result.error)
@@ -333,10 +819,7 @@ async def _serve(
             backend.release()
             bsock.close()
     finally:
-        if relay is not None:
-            rec.bytes_in = relay.a_to_b
-            rec.bytes_out = relay.b_to_a
-        elif result is not None:
+        if result is not None:
             rec.bytes_in = result.a_to_b
             rec.bytes_out = result.b_to_a
         rec.duration_ms = (time.monotonic() - started) * 1000

@@ -344,7 +344,8 @@ def test_large_transfer_both_ways_by_checksum(loop_name: str, path: str, kind: s
 
 
 def test_copy_fallback_when_splice_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A splice refused with EINVAL moves that direction to the copy path, losing nothing."""
+    """A splice refused with EINVAL moves that direction to the copy path, losing nothing
+    (what the pipe held included). Bulk is needed: short reads are copied anyway."""
     if not tunnel.SPLICE_AVAILABLE:
         pytest.skip("no os.splice on this platform")
     real = os.splice
@@ -357,10 +358,11 @@ def test_copy_fallback_when_splice_refused(monkeypatch: pytest.MonkeyPatch) -> N
         return real(src, dst, count, *args, **kw)
 
     monkeypatch.setattr(tunnel.os, "splice", refusing)
+    payload = os.urandom(4 << 20)
     with sockets("tcp") as (a_peer, a, b, b_peer):
 
         def scenario() -> bytes:
-            a_peer.sendall(b"abc" * 1000)
+            a_peer.sendall(payload)
             a_peer.shutdown(socket.SHUT_WR)
             b_peer.shutdown(socket.SHUT_WR)
             return read_all(b_peer)
@@ -369,12 +371,52 @@ def test_copy_fallback_when_splice_refused(monkeypatch: pytest.MonkeyPatch) -> N
 
         async def go() -> tuple[RelayResult, bool]:
             r = SocketRelay(a, b, idle_timeout=10, splice=True)
-            return await r.run(), r._pumps[0].spliced
+            return await r.run(), r.splicing  # b moved nothing: a's path decides
 
         result, a_splicing = run("asyncio", go)
-        assert t.result() == b"abc" * 1000
-        assert result == RelayResult(3000, 0, RelayEnd.CLOSED)
+        assert t.result() == payload
+        assert result == RelayResult(len(payload), 0, RelayEnd.CLOSED)
+        assert calls["n"] >= 2  # bulk went to splice, and the refusal was met
         assert not a_splicing
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_short_exchange_copies_and_bulk_splices(loop_name: str) -> None:
+    """A few bytes are copied (no pipe is taken); a read of SPLICE_FROM bytes or more turns
+    that direction to splicing, the other direction keeps copying."""
+    if not tunnel.SPLICE_AVAILABLE:
+        pytest.skip("no os.splice on this platform")
+    payload = os.urandom(2 << 20)
+    looked = threading.Event()
+    with sockets("tcp") as (a_peer, a, b, b_peer):
+
+        def scenario() -> tuple[bytes, bytes]:
+            a_peer.sendall(b"ping")
+            assert b_peer.recv(10) == b"ping"
+            assert looked.wait(30)
+            b_peer.sendall(payload)
+            b_peer.shutdown(socket.SHUT_WR)
+            got = read_all(a_peer)
+            a_peer.shutdown(socket.SHUT_WR)
+            return got, read_all(b_peer)
+
+        t = Thread(scenario)
+
+        async def go() -> tuple[RelayResult, list[bool]]:
+            r = SocketRelay(a, b, idle_timeout=10, splice=True)
+            task = asyncio.ensure_future(r.run())
+            while r.a_to_b < 4:
+                await asyncio.sleep(0.005)
+            pumps = r._pumps  # gone from the relay once it ended
+            paths = [p.splicing for p in pumps]  # "ping" was copied
+            looked.set()
+            result = await task
+            return result, paths + [p.splicing for p in pumps]
+
+        result, paths = run(loop_name, go)
+        assert t.result() == (payload, b"")
+        assert result == RelayResult(4, len(payload), RelayEnd.CLOSED)
+        assert paths == [False, False, False, True]
 
 
 # --- stream variant ---------------------------------------------------------------------------
@@ -513,10 +555,11 @@ def test_pipe_left_with_bytes_is_closed_not_pooled() -> None:
             task = asyncio.ensure_future(r.run())
             while not (r._pumps and r._pumps[0].pending):  # b_peer reads nothing: b fills up
                 await asyncio.sleep(0.01)
+            pump = r._pumps[0]
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            return r._pumps[0].pipe is None
+            return pump.pipe is None
 
         assert run("asyncio", go)
         a_peer.shutdown(socket.SHUT_RDWR)  # wakes the flooding thread
@@ -528,16 +571,22 @@ def test_no_pipe_to_be_had_copies_instead(monkeypatch: pytest.MonkeyPatch) -> No
     if not tunnel.SPLICE_AVAILABLE:
         pytest.skip("no os.splice on this platform")
     monkeypatch.setattr(tunnel.PIPES, "take", lambda: None)  # as when out of descriptors
+    payload = os.urandom(2 << 20)  # bulk: a direction asks for a pipe only then
     with sockets("tcp") as (a_peer, a, b, b_peer):
-        a_peer.sendall(b"data" * 1000)
-        a_peer.shutdown(socket.SHUT_WR)
-        b_peer.shutdown(socket.SHUT_WR)
+
+        def scenario() -> bytes:
+            a_peer.sendall(payload)
+            a_peer.shutdown(socket.SHUT_WR)
+            b_peer.shutdown(socket.SHUT_WR)
+            return read_all(b_peer)
+
+        t = Thread(scenario)
 
         async def go() -> tuple[RelayResult, bool]:
             r = SocketRelay(a, b, idle_timeout=10, splice=True)
             return await r.run(), r.splicing
 
         result, spliced = run("asyncio", go)
-        assert result == RelayResult(4000, 0, RelayEnd.CLOSED)
+        assert result == RelayResult(len(payload), 0, RelayEnd.CLOSED)
         assert not spliced
-        assert read_all(b_peer) == b"data" * 1000
+        assert t.result() == payload
