@@ -2,10 +2,13 @@
 
 Rule of this room: requests are read one at a time, each served by the connection's
 ``Exchange`` (exchange.py: routing, local answers, forwarding — the one place errors become
-responses), for which this connection is the ``ClientStream``. Here live what only HTTP/1.1
-has: keep-alive and its timeouts, following a reload between requests, the 400/408/431 of a
-head that could not be parsed, and the switch to a byte tunnel after a 101. Nothing is
-allocated per request beyond what the parser and the exchange need.
+responses), for which this connection is the ``ClientStream``. Plain requests are served
+without this loop, from callbacks (fast_exchange.py: ``FastPath``); it hands the loop back
+whatever it does not serve, at a point where the loop (or the exchange) can go on from.
+Here live what only HTTP/1.1 has: keep-alive and its timeouts, following a reload between
+requests, the 400/408/431 of a head that could not be parsed, and the switch to a byte
+tunnel after a 101. Nothing is allocated per request beyond what the parser and the exchange
+need.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from http import HTTPStatus
 
+from revproxy.edge import fast_exchange
 from revproxy.edge.client_side import ClientGone, ConnInfo, proxy_header_for, send_file_pieces
 from revproxy.edge.exchange import Exchange, error_body, log, request_id
 from revproxy.edge.generation import Generation, ListenerRuntime
@@ -94,20 +98,42 @@ class HttpConnection:
         self.exchange = Exchange(
             self, generation=generation, listener=listener, info=info, sink=conn
         )
+        self.fast = fast_exchange.FastPath(self)
 
     # --- connection loop ----------------------------------------------------------------
 
     async def run(self) -> None:
         g = self.gen.config.global_
         wait = g.header_timeout  # a new connection must send its first request promptly
+        fast = self.fast
         try:
             while True:
-                req = await self._next_request(wait, g.header_timeout)
-                if req is None:
-                    return
-                if self.gen.retired:
-                    self._follow_reload()
-                keep = await self.exchange.run(req)
+                if fast.ready():
+                    # Plain requests are served from callbacks until one is not.
+                    kind, value = await fast.serve(wait, g.header_timeout, g.keepalive_timeout)
+                    if kind == fast_exchange.CLOSED:
+                        return
+                    if kind == fast_exchange.FAILED:
+                        await self._fail(value)
+                        return
+                    if kind == fast_exchange.RAISED:
+                        raise value
+                    if kind == fast_exchange.ACTION:
+                        keep = await fast.general(*value)
+                    elif kind == fast_exchange.ABORTED:
+                        keep = await fast.aborted(value)
+                    else:
+                        if kind == fast_exchange.READ:
+                            idle, deadline, start = value
+                            req = await self._next_request(
+                                idle, g.header_timeout, deadline=deadline, start=start
+                            )
+                        else:
+                            req = value
+                        keep = await self._serve(req)
+                else:
+                    req = await self._next_request(wait, g.header_timeout)
+                    keep = await self._serve(req)
                 if not keep or not self.h1.keep_alive:
                     return
                 try:
@@ -121,17 +147,35 @@ class HttpConnection:
         except (ConnectionError, OSError):
             return
         finally:
+            fast.stop()
             await self._close()
+
+    async def _serve(self, req: RequestReceived | None) -> bool:
+        """The general exchange for ``req`` (None: the client is done)."""
+        if req is None:
+            return False
+        if self.gen.retired:
+            self._follow_reload()
+        return await self.exchange.run(req)
 
     async def _close(self) -> None:
         await self.conn.aclose()
 
-    async def _next_request(self, idle: float, head_timeout: float) -> RequestReceived | None:
-        """The next request head, or None when the client is done (closed or idle)."""
+    async def _next_request(
+        self,
+        idle: float,
+        head_timeout: float,
+        *,
+        deadline: float | None = None,
+        start: bytes = b"",
+    ) -> RequestReceived | None:
+        """The next request head, or None when the client is done (closed or idle).
+        ``deadline`` and ``start``: a wait the fast path began (its deadline, and the first
+        bytes of the head it read)."""
         loop = self.conn.loop
-        deadline = loop.time() + idle
+        if deadline is None:
+            deadline = loop.time() + idle
         head_deadline: float | None = None
-        start = b""  # the first bytes of this head, while it is incomplete
         while True:
             try:
                 while not self.client.events:

@@ -37,6 +37,14 @@ plain socket, on a duplicate of its descriptor, once the transport has written w
 the socket is waited for while full (the loop runs on, nothing is read ahead of the client),
 and a socket that takes nothing for a while ends it.
 
+Callbacks (``push``): the plain HTTP/1.1 exchange (edge/fast_exchange.py) takes the bytes as
+they arrive instead of reading them — ``data_received`` hands each piece to the callback, then
+paces as the next ``read`` would; the end of the stream and the lost connection are told to
+it, and ``expect`` sets the deadline the connection's one timer holds it to (the time its
+reading waits for a sink does not count, as for a read). ``push(None)`` goes back to reading:
+what arrives is kept, bounded by ``limit`` or the sink's room, until ``read`` or ``take_now``
+takes it. ``on_resume`` is the callback form of ``drain``.
+
 A sink is anything that keeps ``Sink``'s contract: a client's ``ConnIO`` (above), an HTTP/2
 stream (``h2_channel.py``: its room is what its windows and its connection's socket let it
 send, and it calls ``room_changed`` on WINDOW_UPDATE, so it is never probed), or an origin's
@@ -151,6 +159,10 @@ class ConnIO(asyncio.Protocol):
         "_held_at",
         "_lagging",
         "_lowat",
+        "_on_data",
+        "_on_end",
+        "_on_resume",
+        "_on_timeout",
         "_over_ssl",
         "_paused_reading",
         "_probes",
@@ -214,6 +226,12 @@ class ConnIO(asyncio.Protocol):
         self._written = 0
         self._taken = 0
         self._lagging = False
+        # Callbacks (``push``): the bytes, the end of the stream (with the error the
+        # connection was lost with, if any), the deadline passed; ``on_resume``'s callback.
+        self._on_data: Callable[[bytes], None] | None = None
+        self._on_end: Callable[[BaseException | None], None] | None = None
+        self._on_timeout: Callable[[], None] | None = None
+        self._on_resume: Callable[[], None] | None = None
 
     # --- asyncio.Protocol ---------------------------------------------------------------
 
@@ -229,6 +247,18 @@ class ConnIO(asyncio.Protocol):
         self._over_ssl = True
 
     def data_received(self, data: bytes) -> None:
+        on_data = self._on_data
+        if on_data is not None:
+            if self._sink is None:
+                on_data(data)
+                return
+            self._allow -= len(data)
+            if self._allow < self._floor:
+                self._stop_reading()
+            on_data(data)
+            if self._sink is not None:
+                self._pace()  # as the next read would
+            return
         self._chunks.append(data)
         self._buffered += len(data)
         waiter = self._waiter
@@ -248,6 +278,9 @@ class ConnIO(asyncio.Protocol):
     def eof_received(self) -> bool:
         self._eof = True
         self._wake()
+        on_end = self._on_end
+        if on_end is not None and self._on_data is not None:
+            on_end(None)
         # Keep a plain connection open for writing after the peer's half-close (TLS can't).
         return not self._over_ssl
 
@@ -272,6 +305,13 @@ class ConnIO(asyncio.Protocol):
             self._closed.set_result(None)
         if self._source is not None:
             self._source._pace()  # an origin held for us reads on: its exchange learns of it
+        resumed = self._on_resume
+        if resumed is not None:
+            self._on_resume = None
+            resumed()
+        on_end = self._on_end
+        if on_end is not None and self._on_data is not None:
+            on_end(exc)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -291,6 +331,10 @@ class ConnIO(asyncio.Protocol):
         source = self._source
         if source is not None:
             source._pace()
+        resumed = self._on_resume
+        if resumed is not None:
+            self._on_resume = None
+            resumed()
 
     # --- reading ------------------------------------------------------------------------
 
@@ -365,6 +409,24 @@ class ConnIO(asyncio.Protocol):
                 if self._exc is not None and isinstance(self._exc, OSError):
                     raise self._exc
                 return b""
+        return self._take(n)
+
+    def take_now(self, n: int = -1) -> bytes | None:
+        """``read`` without the wait: None when ``read`` would wait."""
+        if self._sink is not None:
+            self._pace()
+        if self._chunks:
+            return self._take(n)
+        if self._eof:
+            if self._exc is not None and isinstance(self._exc, OSError):
+                raise self._exc
+            return b""
+        if self.transport is not None and self.transport.is_closing():
+            raise ConnectionResetError("connection closed")
+        return None
+
+    def _take(self, n: int) -> bytes:
+        """What ``read`` returns when bytes are there (at most ``n`` when ``n`` > 0)."""
         chunks = self._chunks
         data = chunks.popleft()
         if chunks and len(data) < JOIN_BELOW:
@@ -403,15 +465,62 @@ class ConnIO(asyncio.Protocol):
     def _on_timer(self) -> None:
         self._timer = None
         waiter = self._waiter
-        if waiter is None or waiter.done() or not self._deadline:
-            return  # no read waits: the next one arms the timer again
+        if not self._deadline:
+            return
+        if (waiter is None or waiter.done()) and (
+            self._on_timeout is None or self._on_data is None
+        ):
+            return  # no read waits (nor a callback): the next one arms the timer again
         if self._held_at:
             return  # reading waits for our sink: armed again when it goes on (_released)
         if self.loop.time() >= self._deadline:
-            self._waiter = None
-            waiter.set_exception(TimeoutError())
+            if waiter is not None and not waiter.done():
+                self._waiter = None
+                waiter.set_exception(TimeoutError())
+            else:
+                self._deadline = 0.0
+                timed_out = self._on_timeout
+                assert timed_out is not None
+                timed_out()
         else:
             self._timer = self.loop.call_at(self._deadline, self._on_timer)
+
+    # --- callbacks (``push``) -------------------------------------------------------------
+
+    def push(
+        self,
+        on_data: Callable[[bytes], None] | None,
+        on_end: Callable[[BaseException | None], None] | None = None,
+        on_timeout: Callable[[], None] | None = None,
+    ) -> None:
+        """Hand what arrives to ``on_data`` from now on (see the module's rule); the end of
+        the stream to ``on_end`` (with the error the connection was lost with, or None), a
+        passed ``expect`` deadline to ``on_timeout``. ``push(None)``: back to reading. What
+        was received before is not handed on: take it first (``take_now``)."""
+        self._on_data = on_data
+        self._on_end = on_end
+        self._on_timeout = on_timeout
+        if on_data is None:
+            self._deadline = 0.0
+        elif self._sink is None:
+            self._own_pace()
+
+    def expect(self, deadline: float) -> None:
+        """While pushing: call ``on_timeout`` when nothing arrives by ``deadline`` (loop time;
+        0: no deadline). Moving it later costs a float store (the timer re-arms itself)."""
+        self._deadline = deadline
+        if deadline:
+            self._arm(deadline)
+
+    def on_resume(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` once, when the transport takes writes again or the connection
+        is lost (``drain``'s wait, as a callback); None: forget it."""
+        self._on_resume = callback
+
+    @property
+    def lost(self) -> bool:
+        """The connection is gone (``drain`` would raise)."""
+        return self._closed.done()
 
     # --- pacing -------------------------------------------------------------------------
 
@@ -529,7 +638,7 @@ class ConnIO(asyncio.Protocol):
             self._held_at = 0.0
             if self._deadline:
                 self._deadline += self.loop.time() - held_at
-                if self._waiter is not None:
+                if self._waiter is not None or self._on_timeout is not None:
                     self._arm(self._deadline)
 
     def _hold(self) -> None:

@@ -62,6 +62,9 @@ READ_SIZE = 256 * 1024
 STREAM_LIMIT = 1024 * 1024
 
 StreamPair = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+# Picks ``pooled_conn`` keeps for the general exchange at most (each is taken a loop turn
+# later; more means connections went away between the two).
+_KEPT_MAX = 1024
 # IP_BIND_ADDRESS_NO_PORT (linux/in.h): Python names it from 3.12 on.
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
@@ -367,6 +370,9 @@ class Dialer:
         self.tls = tls
         self.ssl = origin_tls_context(tls, protocol) if tls is not None else None
         self._idle: dict[tuple[int, bytes | None], deque[BackendConnection]] = {}
+        # Servers picked by ``pooled_conn`` that had no idle connection, by the id of the
+        # pick context: the exchange the request goes to next takes them (``pooled_stream``).
+        self._kept: dict[int, tuple[PickContext, Backend]] = {}
         # Passive health (health.py): told of every failed connect, and of the first success
         # after failures; None when nobody listens.
         self.observer: Callable[[Backend, bool], None] | None = None
@@ -520,13 +526,33 @@ class Dialer:
         ``open_stream`` as ``first``. HTTP/2 pools: (None, None), ``open_stream`` does it all."""
         if self.h2 is not None:
             return None, None
-        backend = self.pool.pick(ctx)
+        kept = self._kept.pop(id(ctx), None) if self._kept else None
+        backend = kept[1] if kept is not None and kept[0] is ctx else self.pool.pick(ctx)
         if backend is None:
             return None, None
         conn = self._take_idle(backend, identity)
         if conn is None:
             return backend, None
         return backend, H1Origin(self, conn, self.max_header_size)
+
+    def pooled_conn(
+        self, ctx: PickContext, identity: bytes | None = None
+    ) -> tuple[Backend | None, BackendConnection | None]:
+        """``pooled_stream`` for a caller that drives the connection itself (the plain
+        exchange, edge/fast_exchange.py; HTTP/1.1 pools only): the server the pool picks and
+        its idle connection. A server picked without one (or a tunnel server) is kept for
+        ``ctx``: the next ``pooled_stream(ctx)`` takes it instead of picking again, so a
+        request handed on to the general exchange is balanced once."""
+        backend = self.pool.pick(ctx)
+        if backend is None:
+            return None, None
+        conn = self._take_idle(backend, identity) if backend.tunnel is None else None
+        if conn is None:
+            kept = self._kept
+            if len(kept) >= _KEPT_MAX:  # picks nobody came for (a connection torn down)
+                kept.clear()
+            kept[id(ctx)] = (ctx, backend)
+        return backend, conn
 
     async def open_stream(
         self,

@@ -197,6 +197,8 @@ def test_a_sink_without_a_socket_changes_nothing() -> None:
         assert src._sink is None and not sink.unproven  # cannot be measured: never paced
         src.data_received(b"x" * (src.limit + 1))
         assert src._paused_reading  # its own limit still holds
+        for io in (src, sink):  # out of the process's list of live connections
+            io.connection_lost(None)
 
     asyncio.run(main())
 
