@@ -1051,7 +1051,7 @@ sys.exit(main(["run", "-c", sys.argv[1]]))
 
 def pipeline_reads_http1_parser() -> bool:
     """Whether revproxy chooses its HTTP/1.1 classes by global.http1_parser yet."""
-    for path in (REPO / "revproxy").glob("*.py"):
+    for path in (REPO / "revproxy").rglob("*.py"):
         text = path.read_text()
         if "server_class(" in text or "client_class(" in text:
             return True

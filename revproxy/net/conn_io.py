@@ -592,7 +592,8 @@ class ConnIO(asyncio.Protocol):
         self._source = None
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            self._lagging = self._write_paused or self._unsent() > 0
+            # What we hold corked goes out at the end of this loop turn: not the client's lag.
+            self._lagging = self._write_paused or self._unsent(corked=False) > 0
             transport.set_write_buffer_limits()
 
     # --- as a source ----------------------------------------------------------------------
@@ -721,13 +722,14 @@ class ConnIO(asyncio.Protocol):
             return
         self._lowat = lowat
 
-    def _unsent(self) -> int:
-        """As a sink: what our transport and the kernel have not sent yet (-1: unknown)."""
+    def _unsent(self, corked: bool = True) -> int:
+        """As a sink: what our transport and the kernel have not sent yet (-1: unknown);
+        ``corked``: with what we hold until the end of the loop turn."""
         transport = self.transport
         if transport is None or transport.is_closing() or self._lowat <= 0:
             return -1
         unsent = transport.get_write_buffer_size()
-        if self._corked:
+        if corked and self._corked:
             unsent += sum(map(len, self._corked))
         try:
             return unsent + _outq(self._fd)

@@ -167,6 +167,31 @@ def test_a_client_that_keeps_up_is_read_for_in_whole_reads(loop_name: str) -> No
 
 
 @pytest.mark.parametrize("loop_name", LOOPS)
+def test_bytes_held_to_the_end_of_the_turn_are_not_the_clients_lag(loop_name: str) -> None:
+    """A relay that ends with the response's last bytes corked (written at the end of the
+    loop turn) leaves a client that keeps up proven: its next response is not paced from
+    the head (that costs system calls on every small keep-alive request)."""
+
+    async def main() -> tuple[bool, bool]:
+        server, src, sink, client = await connect(1024 * 1024)
+        src.follow(sink)
+        first = sink.unproven  # lowat set now: measured
+        sink.write_soon(b"x" * 100)  # the whole small response, corked
+        src.follow(None)
+        after = sink.unproven
+        sink.flush()
+        client.close()
+        sink.close()
+        src.close()
+        server.close()
+        return first, after
+
+    first, after = run(loop_name, main)
+    assert not first
+    assert not after
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
 def test_a_slow_reader_that_goes_away_ends_the_relay(loop_name: str) -> None:
     async def main() -> BaseException | int:
         server, src, sink, client = await connect(4096)
