@@ -173,8 +173,8 @@ async def forward_challenge(address: str, token: str, host: str) -> ChallengeAns
                         )
                 if not data:
                     raise RevproxyError("closed before the end of the answer")
-    except (OSError, TimeoutError, RevproxyError) as exc:
-        reason = str(exc) or type(exc).__name__
+    except (OSError, TimeoutError, RevproxyError) as failure:
+        reason = str(failure) or type(failure).__name__
         log.warning(
             "acme forward to %s for token %s failed (is certbot --standalone running?): %s",
             address,

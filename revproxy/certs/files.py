@@ -121,8 +121,8 @@ def load_cert_pair(cert: Path, key: Path) -> LoadedCert:
         raise CertificateError(f"private key file {key} is encrypted") from None
     except ValueError as exc:
         raise CertificateError(f"private key file {key} is malformed: {exc}") from None
-    except UnsupportedAlgorithm as exc:
-        raise CertificateError(f"private key file {key} cannot be used: {exc}") from None
+    except UnsupportedAlgorithm as unsupported:
+        raise CertificateError(f"private key file {key} cannot be used: {unsupported}") from None
 
     if _spki(private_key.public_key()) != _spki(leaf.public_key()):
         raise CertificateError(
@@ -133,10 +133,10 @@ def load_cert_pair(cert: Path, key: Path) -> LoadedCert:
     # Final word to OpenSSL: exactly what the listener will do later.
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
-    except ssl.SSLError as exc:
-        raise CertificateError(f"OpenSSL refuses {cert} with {key}: {exc.reason or exc}") from None
-    except OSError as exc:  # replaced under our feet, e.g. by a renewal
-        raise CertificateError(f"{exc.filename or cert} cannot be read: {exc.strerror}") from None
+    except ssl.SSLError as bad:
+        raise CertificateError(f"OpenSSL refuses {cert} with {key}: {bad.reason or bad}") from None
+    except OSError as err:  # replaced under our feet, e.g. by a renewal
+        raise CertificateError(f"{err.filename or cert} cannot be read: {err.strerror}") from None
 
     return LoadedCert(
         cert_path=cert,
@@ -182,8 +182,8 @@ def scan_cert_dir(cert_dir: Path) -> tuple[list[LoadedCert], list[str]]:
             continue
         try:
             certs.append(load_cert_pair(chain, key))
-        except CertificateError as exc:
-            errors.append(f"{folder}: {exc}")
+        except CertificateError as cert_error:
+            errors.append(f"{folder}: {cert_error}")
     return certs, errors
 
 
@@ -267,6 +267,6 @@ def cert_pair_problem(cert: Path, key: Path) -> str:
         load_cert_pair(cert, key)
     except CertificateError as exc:
         return str(exc)
-    except OSError as exc:
-        return f"cannot read: {exc}"
+    except OSError as os_error:
+        return f"cannot read: {os_error}"
     return ""

@@ -106,9 +106,9 @@ def server_context(
     except ssl.SSLError as exc:
         where = cert_path if cert_path is not None else "PEM data"
         raise CertificateError(f"OpenSSL refuses {where}: {exc.reason or exc}") from None
-    except OSError as exc:
+    except OSError as os_error:
         raise CertificateError(
-            f"{exc.filename or cert_path} cannot be read: {exc.strerror}"
+            f"{os_error.filename or cert_path} cannot be read: {os_error.strerror}"
         ) from None
     return ctx
 

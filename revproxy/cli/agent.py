@@ -57,8 +57,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     creds = Credentials(config.credentials)
     try:
         asyncio.run(enrol(token, config.servers[0], creds))
-    except EnrolError as exc:
-        print(f"revproxy agent: enrolment failed: {exc}", file=sys.stderr)
+    except EnrolError as enrol_error:
+        print(f"revproxy agent: enrolment failed: {enrol_error}", file=sys.stderr)
         return EXIT_RUNTIME
     print(
         f"revproxy agent: enrolled as {config.name!r}; credentials in {creds.folder}",

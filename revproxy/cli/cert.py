@@ -181,8 +181,8 @@ def cmd_issue(args: argparse.Namespace) -> int:
     acme = config.acme
     try:
         find_certbot(acme.certbot)
-    except CertbotNotFound as exc:
-        _say(str(exc))
+    except CertbotNotFound as not_found:
+        _say(str(not_found))
         return EXIT_FAILED
     if not any(answers_acme(lst) for lst in config.listeners):
         _say(
@@ -192,8 +192,8 @@ def cmd_issue(args: argparse.Namespace) -> int:
     if acme.webroot is not None and not acme.forward:
         try:
             (acme.webroot / ".well-known" / "acme-challenge").mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            _say(f"[acme] webroot {acme.webroot} cannot be created: {exc.strerror or exc}")
+        except OSError as err:
+            _say(f"[acme] webroot {acme.webroot} cannot be created: {err.strerror or err}")
             return EXIT_FAILED
         for warning in probe_challenge_route(config, args.domains[0]):
             _say(f"warning: {warning}")
@@ -205,14 +205,14 @@ def cmd_issue(args: argparse.Namespace) -> int:
             staging=args.staging,
             server=args.server,
         )
-    except ValueError as exc:
-        _say(str(exc))
+    except ValueError as value_error:
+        _say(str(value_error))
         return EXIT_CONFIG
     _say(f"running {shlex.join(argv)}")
     try:
         result = run_certbot(argv, out=sys.stdout)
-    except CertbotNotFound as exc:
-        _say(str(exc))
+    except CertbotNotFound as not_found:
+        _say(str(not_found))
         return EXIT_FAILED
     if not result.ok:
         return _report_failure(result.returncode, result.lines, "certificate issuance")
@@ -243,8 +243,8 @@ def cmd_renew(args: argparse.Namespace) -> int:
         find_certbot(config.acme.certbot)
         _say(f"running {shlex.join(argv)}")
         result = run_certbot(argv, out=sys.stdout)
-    except CertbotNotFound as exc:
-        _say(str(exc))
+    except CertbotNotFound as not_found:
+        _say(str(not_found))
         return EXIT_FAILED
     if not result.ok:
         return _report_failure(result.returncode, result.lines, "renewal")
@@ -462,8 +462,8 @@ def _sighup(pid_file: Path) -> tuple[bool, str]:
         return False, f"pid file {pid_file} names pid {pid}, which is not a running revproxy"
     try:
         os.kill(pid, signal.SIGHUP)
-    except OSError as exc:
-        return False, f"cannot signal pid {pid}: {exc.strerror or exc}"
+    except OSError as os_error:
+        return False, f"cannot signal pid {pid}: {os_error.strerror or os_error}"
     return True, f"sent SIGHUP to revproxy (pid {pid} from {pid_file})"
 
 

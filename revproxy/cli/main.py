@@ -95,8 +95,8 @@ async def _serve(
     except ConfigError as exc:
         _print_problems(exc)
         return EXIT_CONFIG
-    except RuntimeError as exc:  # workers that would not start
-        print(f"revproxy: {exc}", file=sys.stderr)
+    except RuntimeError as runtime_error:  # workers that would not start
+        print(f"revproxy: {runtime_error}", file=sys.stderr)
         return EXIT_RUNTIME
     gen = instance.generation
     assert gen is not None
@@ -204,19 +204,19 @@ def cmd_reload(args: argparse.Namespace) -> int:
             return EXIT_RUNTIME
         try:
             pid = int(pid_file.read_text().strip())
-        except (OSError, ValueError) as exc:
-            print(f"revproxy: cannot read pid_file {pid_file}: {exc}", file=sys.stderr)
+        except (OSError, ValueError) as unreadable:
+            print(f"revproxy: cannot read pid_file {pid_file}: {unreadable}", file=sys.stderr)
             return EXIT_RUNTIME
     try:
         load_conf(conf)  # a signal cannot report errors: check here first
-    except ConfigError as exc:
-        _print_problems(exc)
+    except ConfigError as config_error:
+        _print_problems(config_error)
         print("revproxy: reload not sent; the running configuration is unchanged", file=sys.stderr)
         return EXIT_CONFIG
     try:
         os.kill(pid, signal.SIGHUP)
-    except OSError as exc:
-        print(f"revproxy: cannot signal pid {pid}: {exc.strerror or exc}", file=sys.stderr)
+    except OSError as err:
+        print(f"revproxy: cannot signal pid {pid}: {err.strerror or err}", file=sys.stderr)
         return EXIT_RUNTIME
     print(f"configuration OK; sent SIGHUP to pid {pid}")
     return EXIT_OK

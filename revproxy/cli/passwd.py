@@ -77,8 +77,8 @@ def cmd_passwd(args: argparse.Namespace) -> int:
     kept.append(line)
     try:
         _write(path, "\n".join(kept) + "\n")
-    except OSError as exc:
-        return _fail(f"{path}: {exc}")
+    except OSError as os_error:
+        return _fail(f"{path}: {os_error}")
     print(f"{'updated' if updated else 'added'} {user} in {path}", file=sys.stderr)
     return EXIT_OK
 

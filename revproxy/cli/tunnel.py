@@ -61,8 +61,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     except (ValueError, TunnelFormatError) as exc:
         print(f"revproxy: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except OSError as exc:
-        print(f"revproxy: cannot write the tunnel state in {ca.dir}: {exc}", file=sys.stderr)
+    except OSError as os_error:
+        print(f"revproxy: cannot write the tunnel state in {ca.dir}: {os_error}", file=sys.stderr)
         return EXIT_RUNTIME
     print(token.encode())
     print(

@@ -49,10 +49,10 @@ def _read_list(t: TableReader, key: str, path: Path) -> list[Network]:
             continue
         try:
             out.append(parse_network(line))
-        except ValueError as exc:
+        except ValueError as value_error:
             bad += 1
             if bad <= MAX_REPORTED:
-                t.problem(key, f"{path}:{number}: {exc}")
+                t.problem(key, f"{path}:{number}: {value_error}")
     if bad > MAX_REPORTED:
         t.problem(key, f"{path}: {bad - MAX_REPORTED} more bad lines")
     return out

@@ -126,8 +126,8 @@ def _exposes(t: TableReader) -> tuple[Expose, ...]:
             continue
         try:
             host, port = parse_server(target)
-        except ValueError as exc:
-            e.problem("target", str(exc))
+        except ValueError as value_error:
+            e.problem("target", str(value_error))
             continue
         out.append(Expose(name=name, host=host, port=port, mode=mode))
     return tuple(out)
@@ -157,8 +157,8 @@ def _forwards(t: TableReader) -> tuple[Forward, ...]:
         if listen:
             try:
                 host, port = parse_server(listen)
-            except ValueError as exc:
-                f.problem("listen", str(exc))
+            except ValueError as value_error:
+                f.problem("listen", str(value_error))
                 ok = False
             else:
                 if (host, port) in seen:
@@ -216,8 +216,8 @@ def load_agent_config(path: Path) -> AgentConfig:
         raise ConfigError([ConfigProblem(shown, "", f"cannot read: {exc}")]) from None
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([ConfigProblem(shown, "", f"TOML syntax error: {exc}")]) from None
+    except tomllib.TOMLDecodeError as toml_error:
+        raise ConfigError([ConfigProblem(shown, "", f"TOML syntax error: {toml_error}")]) from None
     ctx = ReadContext(path.resolve().parent)
     config = read_agent_config(data, shown, ctx)
     if ctx.problems:

@@ -310,8 +310,8 @@ def _check_ca(ca: Path) -> str:
     except ssl.SSLError as exc:  # before OSError, which it subclasses
         reason = str(exc.reason).lower().replace("_", " ") if exc.reason else str(exc)
         return f"{ca} holds no usable PEM certificate ({reason})"
-    except OSError as exc:
-        return f"cannot read {ca}: {exc.strerror or exc}"
+    except OSError as os_error:
+        return f"cannot read {ca}: {os_error.strerror or os_error}"
     return ""
 
 

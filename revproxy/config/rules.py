@@ -125,8 +125,8 @@ def _fields(m: TableReader, name: str, *, header: bool) -> tuple[FieldMatch, ...
             if item.startswith("~"):
                 try:
                     re.compile(item[1:])
-                except re.error as exc:
-                    m.problem_at(name, where, f'"{item}" is not a valid regular expression: {exc}')
+                except re.error as bad:
+                    m.problem_at(name, where, f'"{item}" is not a valid regular expression: {bad}')
                     continue
                 patterns.append(item[1:])
             else:

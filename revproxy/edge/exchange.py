@@ -644,17 +644,17 @@ class Exchange:
         except TimeoutError:
             # Before the OSError clause: TimeoutError is an OSError since Python 3.3.
             return await self._aborted(BackendTimeout("origin did not answer in time"))
-        except (ConnectionError, OSError) as exc:
+        except (ConnectionError, OSError) as conn_error:
             if stream.response_started:
-                raise ClientGone() from exc
+                raise ClientGone() from conn_error
             if ostream.bytes_read == 0 and (retry_ok or (refused_ok and ostream.refused)):
-                raise _StaleConnection() from exc
+                raise _StaleConnection() from conn_error
             return await self._local_error(BackendProtocolError("origin closed the connection"))
-        except RevproxyError as exc:
+        except RevproxyError as failure:
             stale = ostream.bytes_read == 0 and (retry_ok or (refused_ok and ostream.refused))
-            if isinstance(exc, BackendProtocolError) and stale:
-                raise _StaleConnection() from exc
-            return await self._aborted(exc)
+            if isinstance(failure, BackendProtocolError) and stale:
+                raise _StaleConnection() from failure
+            return await self._aborted(failure)
         finally:
             ostream.finish(complete)
 

@@ -471,8 +471,8 @@ class FastPath:
                     action = ex._listener_limits(lst.limits, req)
             if type(action) is PoolRuntime and self._forward(action, req, plan):
                 return
-        except Exception as exc:
-            action = _raise(exc)
+        except Exception as failure:
+            action = _raise(failure)
         self._hand(ACTION, (action, started))
 
     def _forward(self, pr: PoolRuntime, req: RequestReceived, plan: _Plan) -> bool:

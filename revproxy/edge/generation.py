@@ -403,8 +403,8 @@ def build_generation(
             problems.extend(cert_problems)
             try:
                 store = CertStore(certs, alpn=lst.tls.alpn, client_auth=client_auth_of(lst.tls))
-            except CertificateError as exc:
-                problems.append(ConfigProblem(lst.source, f"listener.{lst.name}.tls", str(exc)))
+            except CertificateError as err:
+                problems.append(ConfigProblem(lst.source, f"listener.{lst.name}.tls", str(err)))
                 continue
             server_tls = ServerTLS(
                 store, unknown_sni=lst.tls.unknown_sni, alpn=lst.tls.alpn, default_pem=default_pem
@@ -427,8 +427,8 @@ def build_generation(
             prev_service = prev_lrt.service if prev_lrt is not None else None
             try:
                 listeners[lst.name].service = builder(lst, config, prev_service, digest_key)
-            except ConfigError as exc:
-                problems.extend(exc.problems)
+            except ConfigError as config_error:
+                problems.extend(config_error.problems)
     if problems:
         raise ConfigError(problems)
     if access_log is None:

@@ -298,9 +298,9 @@ class Frontend:
                 try:
                     async with asyncio.timeout(RESOLVE_TIMEOUT):
                         infos = await loop.getaddrinfo(b.host, b.port, type=socket.SOCK_STREAM)
-                except (OSError, TimeoutError) as exc:
+                except (OSError, TimeoutError) as failure:
                     log.warning(
-                        "pool=%s backend=%s cannot resolve: %s", pr.config.name, b.label, exc
+                        "pool=%s backend=%s cannot resolve: %s", pr.config.name, b.label, failure
                     )
                     continue
                 addrs = tuple(dict.fromkeys((str(i[4][0]), int(i[4][1])) for i in infos))

@@ -182,9 +182,9 @@ class Instance:
             for p in exc.problems:
                 log.error("reload rejected: %s", p)
             return [str(p) for p in exc.problems]
-        except OSError as exc:
-            log.error("reload rejected: %s", exc)
-            return [str(exc)]
+        except OSError as os_error:
+            log.error("reload rejected: %s", os_error)
+            return [str(os_error)]
         try:
             await self._prepare_admin(config)
         except ConfigError as exc:

@@ -704,8 +704,8 @@ class Worker:
             new = self.frontend.bind_new(gen, self._take)
         except ConfigError as exc:
             return [str(p) for p in exc.problems]
-        except OSError as exc:
-            return [str(exc)]
+        except OSError as os_error:
+            return [str(os_error)]
         finally:
             for socks in self._received.values():
                 for s in socks:

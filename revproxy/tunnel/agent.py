@@ -136,8 +136,8 @@ class AgentConnection(H2Link):
                         if ev.stream_id:
                             self.activity[ev.stream_id] = time.monotonic()
                 self.flush()
-        except (ConnectionError, OSError, TimeoutError) as exc:
-            log.debug("server=%s connection ended: %s", self.server, exc)
+        except (ConnectionError, OSError, TimeoutError) as conn_error:
+            log.debug("server=%s connection ended: %s", self.server, conn_error)
         except Exception:
             log.exception("server=%s connection failed", self.server)
         finally:
@@ -234,8 +234,8 @@ class AgentConnection(H2Link):
             self.h2.send_response(sid, 200, [])
             self.flush()
             await relay_channel(ch, reader, writer)
-        except (ConnectionError, OSError, TimeoutError) as exc:
-            log.debug("stream %d ended: %s", sid, exc)
+        except (ConnectionError, OSError, TimeoutError) as conn_error:
+            log.debug("stream %d ended: %s", sid, conn_error)
         finally:
             self.activity.pop(sid, None)
             ch.close(H2_NO_ERROR)

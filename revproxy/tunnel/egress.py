@@ -170,10 +170,10 @@ async def serve_egress(
     sock = opened.sock
     try:
         dreader, dwriter = await asyncio.open_connection(sock=sock, limit=CHUNK)
-    except OSError as exc:
+    except OSError as os_error:
         sock.close()
         log.warning("tunnel=%s peer=%s egress=%s destination=%s lost: %s",
-                    name, peer, egress, shown, exc)  # fmt: skip
+                    name, peer, egress, shown, os_error)  # fmt: skip
         return
     log.info(
         "tunnel=%s peer=%s egress=%s destination=%s resolved=%s connected",
@@ -187,9 +187,9 @@ async def serve_egress(
             "tunnel=%s peer=%s egress=%s destination=%s closed: %d bytes out, %d bytes in",
             name, peer, egress, shown, up, down,
         )  # fmt: skip
-    except (ConnectionError, OSError) as exc:
+    except (ConnectionError, OSError) as conn_error:
         log.info("tunnel=%s peer=%s egress=%s destination=%s ended: %s",
-                 name, peer, egress, shown, exc)  # fmt: skip
+                 name, peer, egress, shown, conn_error)  # fmt: skip
     finally:
         dwriter.close()
         with contextlib.suppress(Exception):
@@ -266,18 +266,18 @@ class Forwarder:
                 async with asyncio.timeout(REPLY_TIMEOUT):
                     line = await preader.readline()
                 resolved = decode_egress_reply(line)
-            except (TunnelFormatError, TimeoutError, ValueError, ConnectionError, OSError) as exc:
+            except (TunnelFormatError, TimeoutError, ValueError, ConnectionError, OSError) as err:
                 agent_log.warning(
                     "forward %s -> %s via egress %s: %s",
-                    fwd.listen, fwd.destination, fwd.egress, exc,
+                    fwd.listen, fwd.destination, fwd.egress, err,
                 )  # fmt: skip
                 pwriter.close()
                 return
             agent_log.debug("forward %s -> %s (%s)", fwd.listen, fwd.destination, resolved)
             try:
                 await relay((reader, writer), (preader, pwriter), AGENT_IDLE, tls=1)
-            except (ConnectionError, OSError) as exc:
-                agent_log.debug("forward %s ended: %s", fwd.listen, exc)
+            except (ConnectionError, OSError) as conn_error:
+                agent_log.debug("forward %s ended: %s", fwd.listen, conn_error)
             finally:
                 pwriter.close()
         finally:

@@ -110,8 +110,8 @@ async def enrol(token: Token, server: tuple[str, int], creds: Credentials) -> No
         if not line:
             raise EnrolError("the proxy closed the connection without an answer")
         cert_pem, ca_pem = decode_enrol_reply(line)
-    except TunnelFormatError as exc:
-        raise EnrolError(str(exc)) from None
+    except TunnelFormatError as format_error:
+        raise EnrolError(str(format_error)) from None
     except (OSError, TimeoutError) as exc:
         raise EnrolError(f"enrolment with {host}:{port} failed: {exc}") from None
     finally:

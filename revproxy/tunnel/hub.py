@@ -307,8 +307,8 @@ class Hub:
         except (EnrolmentRefused, TunnelFormatError) as exc:
             log.warning("tunnel listener peer=%s enrolment refused: %s", peer, exc)
             writer.write(encode_enrol_reply(error=str(exc)))
-        except (TimeoutError, ValueError, ConnectionError, OSError) as exc:
-            log.info("tunnel listener peer=%s enrolment failed: %s", peer, exc)
+        except (TimeoutError, ValueError, ConnectionError, OSError) as failure:
+            log.info("tunnel listener peer=%s enrolment failed: %s", peer, failure)
             return
         else:
             log.info("tunnel=%s peer=%s enrolled", name, peer)

@@ -172,8 +172,8 @@ class AgentLink(CountedLink):
                 if self.write_backlog:
                     async with asyncio.timeout(BACKLOG_TIMEOUT):
                         await self.writer.drain()
-        except (ConnectionError, OSError, TimeoutError) as exc:
-            log.debug("tunnel=%s peer=%s connection ended: %s", self.name, self.peer, exc)
+        except (ConnectionError, OSError, TimeoutError) as conn_error:
+            log.debug("tunnel=%s peer=%s connection ended: %s", self.name, self.peer, conn_error)
         except asyncio.CancelledError:
             pass
         except Exception:

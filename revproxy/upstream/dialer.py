@@ -86,8 +86,8 @@ def origin_tls_context(tls: PoolTLS, protocol: str) -> ssl.SSLContext:
             ctx.load_cert_chain(tls.cert, tls.key)
         except ssl.SSLError as exc:
             raise ValueError(f"OpenSSL refuses {tls.cert} with {tls.key}: {exc.reason}") from None
-        except OSError as exc:
-            raise ValueError(f"{exc.filename or tls.cert} cannot be read: {exc.strerror}") from None
+        except OSError as err:
+            raise ValueError(f"{err.filename or tls.cert} cannot be read: {err.strerror}") from None
     return ctx
 
 
@@ -645,9 +645,9 @@ class Dialer:
                         with contextlib.suppress(OSError):
                             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                         return sock
-            except (OSError, TimeoutError) as exc:
-                _raise_if_local(exc)
-                last = exc
+            except (OSError, TimeoutError) as failure:
+                _raise_if_local(failure)
+                last = failure
         raise last or OSError("no address")
 
     async def connect_socket(

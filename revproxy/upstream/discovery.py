@@ -169,8 +169,8 @@ async def _system_addresses(name: str, timeout: float) -> tuple[str, ...]:
         if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
             return ()
         raise DiscoveryError(exc.strerror or str(exc)) from None
-    except (OSError, TimeoutError) as exc:
-        raise DiscoveryError(str(exc) or "timed out") from None
+    except (OSError, TimeoutError) as failure:
+        raise DiscoveryError(str(failure) or "timed out") from None
     return tuple(sorted({str(i[4][0]) for i in infos}, key=_address_order))
 
 

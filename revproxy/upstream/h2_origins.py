@@ -249,8 +249,8 @@ class H2Origin(H2Link):
                 if self.write_backlog:
                     async with asyncio.timeout(BACKLOG_TIMEOUT):
                         await self.writer.drain()
-        except (ConnectionError, OSError, TimeoutError) as exc:
-            log.debug("backend=%s HTTP/2 connection ended: %s", self.backend.label, exc)
+        except (ConnectionError, OSError, TimeoutError) as conn_error:
+            log.debug("backend=%s HTTP/2 connection ended: %s", self.backend.label, conn_error)
         finally:
             self.connection_lost()
             self.origins.forget(self)
@@ -344,10 +344,10 @@ class H2Origins:
             except LocalResourceError as exc:  # ours, not the server's: not counted
                 fut.set_exception(exc)
                 raise
-            except (OSError, TimeoutError, RevproxyError) as exc:
-                self.dialer.failed(backend, exc)
+            except (OSError, TimeoutError, RevproxyError) as failure:
+                self.dialer.failed(backend, failure)
                 tried.add(backend)
-                fut.set_exception(exc)
+                fut.set_exception(failure)
                 continue
             except BaseException:
                 fut.set_exception(_ConnectorGone())
