@@ -319,23 +319,37 @@ def request_policy(
     carrying that field goes to the origin and its response is never stored."""
     if method not in LOOKUP_METHODS:
         return RequestPolicy(bypass=Bypass.METHOD)
-    cc_values = field_values(headers, b"cache-control")
+    # One pass over the fields: which of the ones the decision reads are present.
+    cc_values: list[bytes] = []
+    pragma_values: list[bytes] = []
+    present: set[bytes] = set()
+    for name, value in headers:
+        if name in _REQUEST_FIELDS:
+            if name == b"cache-control":
+                cc_values.append(value)
+            elif name == b"pragma":
+                pragma_values.append(value)
+            else:
+                present.add(name)
+    if not cc_values and not pragma_values and not present:
+        # The usual request: nothing to read (one shared answer per method).
+        return _PLAIN_GET if method == b"GET" else _PLAIN_HEAD
     cc = parse_cache_control(cc_values)
     if cc.no_store:
         return RequestPolicy(bypass=Bypass.NO_STORE)
-    if not cookies and _has(headers, b"cookie"):
+    if not cookies and b"cookie" in present:
         return RequestPolicy(bypass=Bypass.COOKIE)
-    if not authorization and _has(headers, b"authorization"):
+    if not authorization and b"authorization" in present:
         return RequestPolicy(bypass=Bypass.AUTHORIZATION)
-    if _has(headers, b"range") or _has(headers, b"if-range"):
+    if b"range" in present or b"if-range" in present:
         return RequestPolicy(bypass=Bypass.RANGE)
-    if _has(headers, b"upgrade"):
+    if b"upgrade" in present:
         return RequestPolicy(bypass=Bypass.UPGRADE)
-    if _has(headers, b"if-match") or _has(headers, b"if-unmodified-since"):
+    if b"if-match" in present or b"if-unmodified-since" in present:
         return RequestPolicy(bypass=Bypass.PRECONDITION)
     # §5.4: "When the Cache-Control header field is also present and understood in a request,
     # Pragma is ignored."
-    pragmas = [e.lower() for v in field_values(headers, b"pragma") for e in split_elements(v)]
+    pragmas = [e.lower() for v in pragma_values for e in split_elements(v)]
     pragma_no_cache = not cc_values and b"no-cache" in pragmas
     return RequestPolicy(
         must_revalidate=cc.no_cache or cc.max_age == 0 or pragma_no_cache,
@@ -344,6 +358,25 @@ def request_policy(
         max_age=cc.max_age,
         min_fresh=cc.min_fresh,
     )
+
+
+# The request fields request_policy reads.
+_REQUEST_FIELDS = frozenset(
+    {
+        b"cache-control",
+        b"pragma",
+        b"cookie",
+        b"authorization",
+        b"range",
+        b"if-range",
+        b"upgrade",
+        b"if-match",
+        b"if-unmodified-since",
+    }
+)
+# A GET or HEAD with none of them (RequestPolicy is frozen: one instance serves every such one).
+_PLAIN_GET = RequestPolicy(store=True)
+_PLAIN_HEAD = RequestPolicy()
 
 
 def invalidates(method: bytes, status: int) -> bool:

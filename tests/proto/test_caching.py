@@ -907,3 +907,80 @@ def test_cache_key_separates_schemes_and_hosts() -> None:
         cache_key(b"https", b"a.example", b"/x?"),
     }
     assert len(keys) == 4
+
+
+# --- request_policy against the field-by-field reading it replaced ----------------------------
+
+
+def _reference_policy(
+    method: bytes, headers: list[tuple[bytes, bytes]], *, cookies: bool, authorization: bool
+) -> RequestPolicy:
+    """request_policy as first written: one scan of the fields per question."""
+
+    def has(name: bytes) -> bool:
+        return any(n == name for n, _ in headers)
+
+    if method not in (b"GET", b"HEAD"):
+        return RequestPolicy(bypass=Bypass.METHOD)
+    cc_values = [v for n, v in headers if n == b"cache-control"]
+    cc = parse_cache_control(cc_values)
+    if cc.no_store:
+        return RequestPolicy(bypass=Bypass.NO_STORE)
+    if not cookies and has(b"cookie"):
+        return RequestPolicy(bypass=Bypass.COOKIE)
+    if not authorization and has(b"authorization"):
+        return RequestPolicy(bypass=Bypass.AUTHORIZATION)
+    if has(b"range") or has(b"if-range"):
+        return RequestPolicy(bypass=Bypass.RANGE)
+    if has(b"upgrade"):
+        return RequestPolicy(bypass=Bypass.UPGRADE)
+    if has(b"if-match") or has(b"if-unmodified-since"):
+        return RequestPolicy(bypass=Bypass.PRECONDITION)
+    pragmas = [e.lower() for n, v in headers if n == b"pragma" for e in split_elements(v)]
+    return RequestPolicy(
+        must_revalidate=cc.no_cache
+        or cc.max_age == 0
+        or (not cc_values and b"no-cache" in pragmas),
+        only_if_cached=cc.only_if_cached,
+        store=method == b"GET",
+        max_age=cc.max_age,
+        min_fresh=cc.min_fresh,
+    )
+
+
+_FIELD = st.sampled_from(
+    [
+        (b"cache-control", b"no-store"),
+        (b"cache-control", b"no-cache"),
+        (b"cache-control", b"max-age=0"),
+        (b"cache-control", b"max-age=30, min-fresh=5"),
+        (b"cache-control", b"only-if-cached"),
+        (b"pragma", b"no-cache"),
+        (b"pragma", b"x"),
+        (b"cookie", b"a=1"),
+        (b"authorization", b"Basic eDp5"),
+        (b"range", b"bytes=0-1"),
+        (b"if-range", b'"e"'),
+        (b"upgrade", b"websocket"),
+        (b"if-match", b'"e"'),
+        (b"if-unmodified-since", b"Sun, 22 Nov 2026 02:00:00 GMT"),
+        (b"if-none-match", b'"e"'),
+        (b"accept", b"*/*"),
+        (b"host", b"example.com"),
+    ]
+)
+
+
+@settings(max_examples=400)
+@given(
+    method=st.sampled_from([b"GET", b"HEAD", b"POST"]),
+    headers=st.lists(_FIELD, max_size=6),
+    cookies=st.booleans(),
+    authorization=st.booleans(),
+)
+def test_request_policy_equals_the_field_by_field_reading(
+    method: bytes, headers: list[tuple[bytes, bytes]], cookies: bool, authorization: bool
+) -> None:
+    got = request_policy(method, headers, cookies=cookies, authorization=authorization)
+    want = _reference_policy(method, headers, cookies=cookies, authorization=authorization)
+    assert got == want
