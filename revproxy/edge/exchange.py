@@ -813,13 +813,13 @@ class Exchange:
             cache.note_bypass()
             rec.cache = "bypass"
             return await self._proxy(pr)
-        host = req.authority.decode("latin-1").lower()
         key = cache_key(self.scheme.encode(), req.authority, self.target)
         found = cache.lookup(key, req.headers, policy)
         entry = found.entry
         if entry is not None and found.kind is LookupKind.FRESH:
             rec.cache = "hit"
             return await self._serve_entry(entry, found.age)
+        host = req.authority.decode("latin-1").lower()
         if entry is not None and found.kind is LookupKind.STALE_WHILE_REVALIDATE:
             rec.cache = "stale"
             self._revalidate_later(pr, rule, cache, key, host, entry)
