@@ -9,6 +9,13 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests run beside real peers on a two-core machine: a draw or an example that meets a
+# collection pause or a busy neighbour is not a slow strategy or a slow function. Examples are
+# bounded by max_examples, the whole run by pytest-timeout.
+settings.register_profile("revproxy", suppress_health_check=[HealthCheck.too_slow], deadline=None)
+settings.load_profile("revproxy")
 
 
 def pytest_configure(config: pytest.Config) -> None:
