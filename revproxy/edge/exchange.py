@@ -229,26 +229,38 @@ class Exchange:
     async def run(self, req: RequestReceived) -> bool:
         """Serve ``req``; True when the client connection may carry another request."""
         started = time.monotonic()
-        rec = self._begin(req)
+        self._begin(req)
         try:
-            try:
-                authority = req.authority
-                # An HTTP/1.0 request may come without Host; any other needs a valid one.
-                if not valid_authority(authority) and (authority or req.http_version != b"1.0"):
-                    raise ClientProtocolError("invalid Host")
-                reject = self.gen.config.global_.path_escaped_slashes == "reject"
-                self.target = normalize_target(req.method, req.target, reject_escaped=reject)
-            except ClientProtocolError as exc:
-                action: _Action = self._local_error(exc)
-            else:
-                lst = self.listener
-                acl = lst.access
-                if acl is not None and not self._permits(acl, req):
-                    action = self._refuse(DENY)
-                elif lst.limits is None:
-                    action = self._route(req, normalise_host(req.authority))
-                else:
-                    action = self._listener_limits(lst.limits, req)
+            action = self.decide(req, self.gen.config.global_.path_escaped_slashes == "reject")
+        except Exception as exc:
+            action = _raise(exc)
+        return await self.act(action, started)
+
+    def decide(self, req: RequestReceived, reject: bool) -> _Action:
+        """What ``req`` gets, without waiting: a pool to proxy to, or the answer to await
+        (a local error, a refusal, a route's local answer). ``reject``: escaped slashes in
+        the path are refused (global.path_escaped_slashes). Sets ``target``."""
+        try:
+            authority = req.authority
+            # An HTTP/1.0 request may come without Host; any other needs a valid one.
+            if not valid_authority(authority) and (authority or req.http_version != b"1.0"):
+                raise ClientProtocolError("invalid Host")
+            self.target = normalize_target(req.method, req.target, reject_escaped=reject)
+        except ClientProtocolError as exc:
+            return self._local_error(exc)
+        lst = self.listener
+        acl = lst.access
+        if acl is not None and not self._permits(acl, req):
+            return self._refuse(DENY)
+        if lst.limits is None:
+            return self._route(req, normalise_host(req.authority))
+        return self._listener_limits(lst.limits, req)
+
+    async def act(self, action: _Action, started: float) -> bool:
+        """Carry out what ``decide`` answered, then write the record (``started``: when the
+        request began)."""
+        rec = self.rec
+        try:
             if isinstance(action, PoolRuntime):
                 return await self._proxy(action)
             return await action
@@ -1343,3 +1355,9 @@ def _error_body(status: int) -> bytes:
 def error_body(status: int) -> bytes:
     """The body of a locally generated error page: "404 Not Found"."""
     return _error_body(status)
+
+
+async def _raise(exc: BaseException) -> bool:
+    """An error met while deciding, raised where the answer is awaited (so the record is
+    written as for any failed exchange)."""
+    raise exc

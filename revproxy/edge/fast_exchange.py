@@ -48,6 +48,7 @@ from revproxy.edge.exchange import (
     _IDEMPOTENT,
     STATUS_CLIENT_GONE,
     _overridden,
+    _raise,
     _whole_body,
 )
 from revproxy.edge.generation import Generation, ListenerRuntime, PoolRuntime
@@ -59,7 +60,6 @@ from revproxy.errors import (
     RequestTimeout,
     RevproxyError,
 )
-from revproxy.policy.access import DENY
 from revproxy.proto.events import (
     ConnectionClosed,
     DataReceived,
@@ -72,11 +72,9 @@ from revproxy.proto.events import (
 )
 from revproxy.proto.forwarding import ClientIdentity, interim_headers, request_headers
 from revproxy.proto.forwarding import response_headers as origin_response_headers
-from revproxy.proto.host import normalise_host, valid_authority
 from revproxy.proto.http1.api import H1ClientAPI
 from revproxy.proto.http1.fast import H1Server as FastServer
 from revproxy.proto.http1.head import START_CHECKED, impossible_request_start
-from revproxy.proto.target import normalize_target
 from revproxy.upstream.backend import Backend
 from revproxy.upstream.dialer import READ_SIZE, BackendConnection
 
@@ -285,18 +283,7 @@ class FastPath:
         self, action: PoolRuntime | Coroutine[Any, Any, bool], started: float
     ) -> bool:
         """A routed request handed on (``ACTION``): the rest of ``Exchange.run``."""
-        ex = self.ex
-        rec = ex.rec
-        try:
-            if isinstance(action, PoolRuntime):
-                return await ex._proxy(action)
-            return await action
-        except BaseException:
-            if rec.status == 0:
-                rec.status = STATUS_CLIENT_GONE
-            raise
-        finally:
-            ex._finish(started)
+        return await self.ex.act(action, started)
 
     async def aborted(self, exc: BaseException) -> bool:
         """The plain exchange failed after the request went out (``ABORTED``): what
@@ -453,22 +440,7 @@ class FastPath:
         ex._begin(req)
         action: PoolRuntime | Coroutine[Any, Any, bool]
         try:
-            try:
-                authority = req.authority
-                if not valid_authority(authority) and (authority or req.http_version != b"1.0"):
-                    raise ClientProtocolError("invalid Host")
-                ex.target = normalize_target(req.method, req.target, reject_escaped=plan.reject)
-            except ClientProtocolError as exc:
-                action = ex._local_error(exc)
-            else:
-                lst = ex.listener
-                acl = lst.access
-                if acl is not None and not ex._permits(acl, req):
-                    action = ex._refuse(DENY)
-                elif lst.limits is None:
-                    action = ex._route(req, normalise_host(authority))
-                else:
-                    action = ex._listener_limits(lst.limits, req)
+            action = ex.decide(req, plan.reject)
             if type(action) is PoolRuntime and self._forward(action, req, plan):
                 return
         except Exception as failure:
@@ -807,8 +779,3 @@ class FastPath:
         self.deadline = self.loop.time() + self.keepalive
         self.start = b""
         self._next()
-
-
-async def _raise(exc: BaseException) -> bool:
-    """An error met in a callback, raised where the connection loop awaits."""
-    raise exc
