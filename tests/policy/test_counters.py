@@ -348,9 +348,9 @@ def _hammer(fd: int, slot: int, rate: Rate, start: float, attempts: int, out: Co
     out.close()
 
 
-def test_two_processes_hammering_one_key_allow_the_ceiling_once() -> None:
+def _hammer_once(rate: Rate) -> list[int]:
+    """Two processes hit one key of a fresh region at once; what each was allowed."""
     fd = create_region(2, rate_cells=64, concurrent_cells=64)
-    rate = Rate(2000, 1e6, burst=200)  # one window for the whole test
     ctx = multiprocessing.get_context("fork")
     start = time.monotonic() + 0.5
     pipes = [ctx.Pipe(duplex=False) for _ in range(2)]
@@ -369,6 +369,18 @@ def test_two_processes_hammering_one_key_allow_the_ceiling_once() -> None:
                 p.kill()
         os.close(fd)
     assert all(p.exitcode == 0 for p in procs)
+    return counts
+
+
+def test_two_processes_hammering_one_key_allow_the_ceiling_once() -> None:
+    rate = Rate(2000, 1e6, burst=200)  # one window for the whole test
+    # On a loaded machine one process may be scheduled only after the other used the whole
+    # ceiling: then the run tested one process, and it is run again (three times at most).
+    for _ in range(3):
+        counts = _hammer_once(rate)
+        assert abs(sum(counts) - rate.ceiling) <= rate.ceiling // 10
+        if min(counts) > 0:
+            break
     assert min(counts) > 0  # both took part
     assert abs(sum(counts) - rate.ceiling) <= rate.ceiling // 10
 
