@@ -68,6 +68,45 @@ def test_tunnel_without_listener() -> None:
     assert any("agents need a listener to dial in" in p for p in problems(text))
 
 
+
+# --- ``[[listener]] tunnel = true``: agents on the sites' TLS listener, told apart by ALPN ------
+
+_SITES_TLS = 'bind = [":8080"]\ntls = { cert_dir = "/etc/revproxy/certs" }\ntunnel = true'
+
+
+def test_shared_port_is_off_by_default() -> None:
+    config = load_config_text([("conf/10.toml", BASE)])
+    assert config.listener("web").tunnel is False
+
+
+def test_shared_port_on_a_tls_http_listener() -> None:
+    config = load_config_text([("conf/10.toml", BASE.replace('bind = [":8080"]', _SITES_TLS))])
+    assert config.listener("web").tunnel is True
+
+
+def test_shared_port_is_a_listener_agents_dial() -> None:
+    text = BASE.replace('[[listener]]\nname = "tunnel"\nbind = [":8443"]\nmode = "tunnel"\n', "")
+    config = load_config_text([("conf/10.toml", text.replace('bind = [":8080"]', _SITES_TLS))])
+    assert config.listener("web").tunnel is True
+    assert all(lst.mode != "tunnel" for lst in config.listeners)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        # No tls: nothing to read ALPN from.
+        (('bind = [":8080"]', 'bind = [":8080"]\ntunnel = true'),
+         "listener[0].tunnel: only on a mode = \"http\" listener with tls"),
+        # A tcp listener relays bytes untouched.
+        (('bind = [":8080"]', 'bind = [":8080"]\nmode = "tcp"\npool = "web"\ntunnel = true'),
+         "listener[0].tunnel: only on a mode = \"http\" listener with tls"),
+        (('bind = [":8080"]', 'bind = [":8080"]\ntunnel = "yes"'), "listener[0].tunnel"),
+    ],
+)  # fmt: skip
+def test_shared_port_problems(change: tuple[str, str], expected: str) -> None:
+    found = problems(BASE.replace(*change))
+    assert any(expected in p for p in found), found
+
 AGENT = """
 server = "edge.example.com:8443"
 name = "home"
