@@ -592,7 +592,6 @@ class Exchange:
                 return await self._forward(ostream, pr, headers, websocket, retry=not fresh)
             except _StaleConnection:
                 fresh = True  # the origin closed a pooled connection; nothing was lost
-                continue
             finally:
                 backend.release()
                 self.rec.upstream_ms = (time.monotonic() - t0) * 1000

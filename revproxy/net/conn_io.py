@@ -63,10 +63,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
+_ioctl: Callable[..., Any] | None
 try:
-    from fcntl import ioctl as _ioctl
+    import fcntl
+
+    _ioctl = fcntl.ioctl
 except ImportError:  # not on this platform: rooms are not measured (``_can_measure``)
-    _ioctl = None  # type: ignore[assignment]
+    _ioctl = None
 
 # Unread bytes above which the transport stops reading, by default (``global.buffer_size``);
 # reading resumes once the reader has taken all but a quarter of the limit.
@@ -987,6 +990,7 @@ _unsent = array.array("i", [0])
 
 def _outq(fd: int) -> int:
     """Bytes the kernel holds for socket ``fd`` and has not sent yet."""
+    assert _ioctl is not None  # callers check _can_measure first
     _ioctl(fd, SIOCOUTQNSD, _unsent, True)
     return _unsent[0]
 

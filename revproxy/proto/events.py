@@ -52,7 +52,7 @@ class _Event:
 
 
 class RequestReceived(_Event):
-    __slots__ = _names = (
+    _names: ClassVar[tuple[str, ...]] = (
         "stream_id",
         "method",
         "target",
@@ -62,6 +62,7 @@ class RequestReceived(_Event):
         "ended",
         "protocol",
     )
+    __slots__ = _names
     stream_id: Final[int]
     method: Final[bytes]
     target: Final[bytes]  # origin-form ("/path?query"), or "*" / authority-form (OPTIONS, CONNECT)
@@ -95,7 +96,8 @@ class RequestReceived(_Event):
 
 
 class InformationalReceived(_Event):
-    __slots__ = _names = ("stream_id", "status", "headers")
+    _names: ClassVar[tuple[str, ...]] = ("stream_id", "status", "headers")
+    __slots__ = _names
     stream_id: Final[int]
     status: Final[int]
     headers: Final[Headers]
@@ -107,7 +109,15 @@ class InformationalReceived(_Event):
 
 
 class ResponseReceived(_Event):
-    __slots__ = _names = ("stream_id", "status", "headers", "reason", "http_version", "ended")
+    _names: ClassVar[tuple[str, ...]] = (
+        "stream_id",
+        "status",
+        "headers",
+        "reason",
+        "http_version",
+        "ended",
+    )
+    __slots__ = _names
     stream_id: Final[int]
     status: Final[int]
     headers: Final[Headers]
@@ -134,7 +144,8 @@ class ResponseReceived(_Event):
 
 
 class DataReceived(_Event):
-    __slots__ = _names = ("stream_id", "data")
+    _names: ClassVar[tuple[str, ...]] = ("stream_id", "data")
+    __slots__ = _names
     stream_id: Final[int]
     data: Final[bytes]
 
@@ -144,7 +155,8 @@ class DataReceived(_Event):
 
 
 class MessageEnded(_Event):
-    __slots__ = _names = ("stream_id", "trailers")
+    _names: ClassVar[tuple[str, ...]] = ("stream_id", "trailers")
+    __slots__ = _names
     stream_id: Final[int]
     trailers: Final[Headers]
 
@@ -156,7 +168,8 @@ class MessageEnded(_Event):
 class ConnectionClosed(_Event):
     """The peer closed its side cleanly between messages."""
 
-    __slots__ = _names = ("stream_id",)
+    _names: ClassVar[tuple[str, ...]] = ("stream_id",)
+    __slots__ = _names
     stream_id: Final[int]
 
     def __init__(self, *, stream_id: int = 0) -> None:
@@ -171,7 +184,8 @@ class StreamReset(_Event):
     it because the peer broke the protocol on it (a malformed request, a content-length that
     its DATA does not add up to)."""
 
-    __slots__ = _names = ("stream_id", "error_code", "remote", "reason")
+    _names: ClassVar[tuple[str, ...]] = ("stream_id", "error_code", "remote", "reason")
+    __slots__ = _names
     stream_id: Final[int]
     error_code: Final[int]
     remote: Final[bool]
@@ -190,7 +204,8 @@ class WindowUpdated(_Event):
     """The peer opened a flow-control window: a stream's, or the connection's (stream 0,
     which also stands for a change of its initial window size)."""
 
-    __slots__ = _names = ("stream_id",)
+    _names: ClassVar[tuple[str, ...]] = ("stream_id",)
+    __slots__ = _names
     stream_id: Final[int]
 
     def __init__(self, *, stream_id: int) -> None:
@@ -201,7 +216,8 @@ class GoAwayReceived(_Event):
     """The peer sent GOAWAY: streams above ``last_stream_id`` were not processed (safe to
     retry elsewhere); no new stream may be opened on this connection."""
 
-    __slots__ = _names = ("stream_id", "last_stream_id", "error_code")
+    _names: ClassVar[tuple[str, ...]] = ("stream_id", "last_stream_id", "error_code")
+    __slots__ = _names
     stream_id: Final[int]
     last_stream_id: Final[int]
     error_code: Final[int]
@@ -215,7 +231,8 @@ class GoAwayReceived(_Event):
 class PingAcknowledged(_Event):
     """The peer answered one of our PINGs."""
 
-    __slots__ = _names = ("stream_id", "data")
+    _names: ClassVar[tuple[str, ...]] = ("stream_id", "data")
+    __slots__ = _names
     stream_id: Final[int]
     data: Final[bytes]
 

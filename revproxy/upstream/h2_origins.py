@@ -321,9 +321,9 @@ class H2Origins:
                 raise BackendUnreachable(f"pool {pool.name}: every server failed")
             key = (id(backend), identity)
             if not fresh:
-                for origin in self.conns.get(key, ()):
-                    if origin.has_room():
-                        return origin.reserve()
+                for held in self.conns.get(key, ()):
+                    if held.has_room():
+                        return held.reserve()
                 pending = self._connecting.get(key)
                 if pending is not None:
                     try:
@@ -339,6 +339,7 @@ class H2Origins:
             fut: asyncio.Future[H2Origin] = asyncio.get_running_loop().create_future()
             fut.add_done_callback(_retrieve_origin)
             self._connecting[key] = fut
+            origin = None
             try:
                 origin = await self._connect(backend, key, identity)
             except LocalResourceError as exc:  # ours, not the server's: not counted
@@ -348,13 +349,14 @@ class H2Origins:
                 self.dialer.failed(backend, failure)
                 tried.add(backend)
                 fut.set_exception(failure)
-                continue
             except BaseException:
                 fut.set_exception(_ConnectorGone())
                 raise
             finally:
                 if self._connecting.get(key) is fut:
                     del self._connecting[key]
+            if origin is None:
+                continue  # that server failed: the next one
             self.dialer.connected(backend)
             fut.set_result(origin)
             return origin.reserve()
