@@ -112,12 +112,14 @@ class Family:
             if self.kind != "histogram":
                 lines.append(f"{self.name}{_labels(pairs)} {_number(value)}")
                 continue
+            # Bucket counts are whole numbers, however a row was summed (rows are lists of
+            # floats by type: the last cell is the sum of the observations).
             running = 0
             for bound, count in zip(self.buckets, value, strict=False):
-                running += count
+                running += int(count)
                 le = [*pairs, ("le", _number(bound))]
                 lines.append(f"{self.name}_bucket{_labels(le)} {running}")
-            running += value[len(self.buckets)]
+            running += int(value[len(self.buckets)])
             lines.append(f"{self.name}_bucket{_labels([*pairs, ('le', '+Inf')])} {running}")
             lines.append(f"{self.name}_sum{_labels(pairs)} {_number(value[-1])}")
             lines.append(f"{self.name}_count{_labels(pairs)} {running}")
