@@ -12,7 +12,8 @@ On loopback only, every loop bounded in time and count:
   its inverse, CPU-µs per request.
 - Memory per idle CONNECT tunnel: RSS of revproxy before and after opening N idle tunnels.
 
-Prints a Markdown table (paste it into docs/benchmarks.md by hand).
+Prints the figures and writes them, with the goals met or not, to their section of
+docs/benchmarks.md (``--no-write``: print only).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests" / "e2e")]
 
+from bench_sections import provenance, write_section  # noqa: E402
 from egress_peers import squid  # noqa: E402
 from harness import LOOPBACK, Proxy, _descendants, free_port  # noqa: E402
 from l4_peers import nginx  # noqa: E402
@@ -154,9 +156,17 @@ def idle_tunnel_kib(proxy: Proxy, proxy_port: int, dest_port: int, count: int) -
     return (after - before) / count
 
 
+def ratio(a: float, b: float) -> float:
+    return a / b if b else 0.0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, short runs")
+    parser.add_argument(
+        "--no-write", dest="write", action="store_false",
+        help="print only (by default the figures also go to docs/benchmarks.md)",
+    )  # fmt: skip
     args = parser.parse_args()
     size = (256 if args.quick else 1024) * BLOCK
     rounds = 2 if args.quick else 3
@@ -230,12 +240,41 @@ connect_ports = ["1025-65535"]
         source.kill()
         source.wait(timeout=5)
         shutil.rmtree(directory, ignore_errors=True)
-    print("| scenario | result |\n|---|---|")
-    for name, value in rows:
-        print(f"| {name} | {value:,.1f} |")
-    print(f"\nHTTP forward, revproxy / Squid: {rps / squid_rps:.2f}x req/s, "
-          f"{per_cpu / squid_per_cpu if squid_per_cpu else 0:.2f}x req per CPU-second")  # fmt: skip
-    print(f"\n(cores: {os.cpu_count()}; wrk pinned to CPU 1; {'quick' if args.quick else 'full'})")
+    table = "| scenario | result |\n|---|---|\n" + "".join(
+        f"| {name} | {value:,.1f} |\n" for name, value in rows
+    )
+    figures = dict(rows)
+    connect = figures["CONNECT bulk, revproxy forward (MB/s)"]
+    l4 = figures["L4 TCP bulk, revproxy mode tcp (MB/s)"]
+    squid_bulk = figures["CONNECT bulk, Squid 5.7 1 worker (MB/s)"]
+    per_core = per_cpu / squid_per_cpu if squid_per_cpu else 0.0
+    kib = rows[-1][1]
+    goals = [
+        ("CONNECT bulk MB/s vs our L4 TCP path", ratio(connect, l4), ">= 0.95x",
+         ratio(connect, l4) >= 0.95),
+        ("CONNECT bulk MB/s vs Squid", ratio(connect, squid_bulk), ">= 1.0x",
+         ratio(connect, squid_bulk) >= 1.0),
+        ("HTTP forward small, req per CPU-second vs Squid", per_core, ">= 2x",
+         per_core >= 2.0),
+        ("HTTP forward small, req/s vs Squid", ratio(rps, squid_rps), "(not a goal)", None),
+    ]  # fmt: skip
+    verdicts = "| goal | measured | target | met |\n|---|---:|---|---|\n" + "".join(
+        f"| {name} | {value:.2f}x | {target} | {'-' if ok is None else 'yes' if ok else 'no'} |\n"
+        for name, value, target, ok in goals
+    )
+    verdicts += f"| memory per idle CONNECT tunnel | {kib:.1f} KiB | <= 10 KiB | " + (
+        "yes |\n" if kib <= 10 else "no |\n"
+    )
+    print(table)
+    print(verdicts)
+    if args.write:
+        write_section(
+            "egress",
+            "Egress: CONNECT, HTTP forward and idle tunnels against Squid (scripts/bench egress)",
+            f"{provenance(args.quick)}; wrk pinned to CPU 1, Squid 5.7 with one worker, "
+            f"the same revproxy process serving the forward and the L4 listener.\n\n"
+            f"{verdicts}\n{table}",
+        )
     return 0
 
 

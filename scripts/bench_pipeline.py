@@ -181,9 +181,12 @@ async def run(
     else:
         text = CONFIG + (RULES_ROUTE if rules else "")
         if cache:
-            text = text.replace(
-                'pool = "origin"\n', 'pool = "origin"\ncache = { ttl_max = "60s" }\n', 1
-            ) + "[cache]\nsize = \"64m\"\n"
+            text = (
+                text.replace(
+                    'pool = "origin"\n', 'pool = "origin"\ncache = { ttl_max = "60s" }\n', 1
+                )
+                + '[cache]\nsize = "64m"\n'
+            )
             answer = cached_response()
         config = load_config_text([("10-bench.toml", text)])
     request = POLICY_REQUEST if policy else REQUEST

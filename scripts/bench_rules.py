@@ -12,7 +12,8 @@ On loopback only, every load loop bounded in time (wrk -d) and count:
 - **Plain routes pay nothing**: ``scripts/bench_pipeline.py`` in process, CPU-µs per proxied
   request with and without a second route carrying every rule (``--rules``).
 
-Prints a Markdown table (paste it into docs/benchmarks.md by hand, or let the lead do it).
+Prints a Markdown table and writes it to its section of docs/benchmarks.md (``--no-write``:
+print only).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests" / "e2e"), str(REPO / "scripts")]
 
 from bench_egress import _cpu_seconds  # noqa: E402
+from bench_sections import provenance, write_section  # noqa: E402
 from harness import LOOPBACK, Proxy, _descendants, free_port  # noqa: E402
 from l4_peers import nginx  # noqa: E402
 
@@ -65,6 +67,10 @@ def pipeline(rules: bool, requests: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short runs")
+    parser.add_argument(
+        "--no-write", dest="write", action="store_false",
+        help="print only (by default the figures also go to docs/benchmarks.md)",
+    )  # fmt: skip
     args = parser.parse_args()
     seconds = 3 if args.quick else 10
     if shutil.which("wrk") is None:
@@ -139,9 +145,17 @@ keepalive = 256
         ("plain request, in process (bench_pipeline): CPU-µs without / with a route of rules",
          f"{without:.1f} / {with_rules:.1f} ({(with_rules / without - 1) * 100:+.1f} %)")
     )  # fmt: skip
-    print("| scenario | result |\n|---|---|")
-    for name, value in rows:
-        print(f"| {name} | {value} |")
+    table = "| scenario | result |\n|---|---|\n" + "".join(
+        f"| {name} | {value} |\n" for name, value in rows
+    )
+    print(table)
+    if args.write:
+        write_section(
+            "rules",
+            "HTTP rules: cache hits, compression, plain requests (scripts/bench rules)",
+            f"{provenance(args.quick)}; wrk -t1 -c50 over loopback against one revproxy "
+            "process (nginx origin); the last row runs in process.\n\n" + table,
+        )
     return 0
 
 

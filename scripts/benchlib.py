@@ -53,6 +53,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench_sections import carry_over
+
 REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
 PROXY_CPUS = "0"
@@ -1458,8 +1460,10 @@ def main(argv: list[str] | None = None) -> int:
     bench.run_l4()
     report = Report(bench, started, (load_start, os.getloadavg()[0]))
     text = report.render()
-    Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(opts.out).write_text(text)
+    out = Path(opts.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # The side benchmarks' sections (egress, tunnel, HTTP rules) stay: bench_sections.py.
+    out.write_text(carry_over(out.read_text() if out.exists() else "", text))
     if opts.json:
         Path(opts.json).write_text(
             json.dumps(
