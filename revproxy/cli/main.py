@@ -2,25 +2,28 @@
 
 Rule of this room: user-facing. A bad config prints every problem (file, key, reason) and
 exits non-zero; nothing here prints a stack trace for a mistake the user can fix.
+
+``run`` and ``worker`` hold SIGHUP, SIGUSR1, SIGTERM and SIGINT from their first line
+(runtime/early_signals.py): this module imports only what that needs at the top, and the rest
+where it is used, so that a signal that comes while revproxy starts finds it ready.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import os
 import signal
 import sys
-import tomllib
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from revproxy import __version__
-from revproxy.cli.conf import default_conf_dir, load_text
-from revproxy.cli.conf import load as load_conf
-from revproxy.config.model import Config
-from revproxy.config.summary import summary
-from revproxy.errors import ConfigError
+from revproxy.runtime.early_signals import EARLY
+
+if TYPE_CHECKING:
+    from revproxy.config.model import Config
+    from revproxy.errors import ConfigError
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
@@ -34,6 +37,8 @@ def _print_problems(exc: ConfigError) -> None:
 
 
 def _setup_logging(level: str, who: str = "") -> None:
+    import logging
+
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s",
@@ -42,6 +47,10 @@ def _setup_logging(level: str, who: str = "") -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from revproxy.cli.conf import load as load_conf
+    from revproxy.config.summary import summary
+    from revproxy.errors import ConfigError
+
     try:
         config = load_conf(Path(args.conf))
     except ConfigError as exc:
@@ -54,6 +63,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def _run_loop(coro_main: object) -> int:
     """Run with uvloop when present (Linux), else the default asyncio loop."""
+    import asyncio
+
     from revproxy.runtime.allocator import tune_allocator
     from revproxy.runtime.fd_limit import raise_nofile_limit
 
@@ -75,9 +86,16 @@ def _run_loop(coro_main: object) -> int:
 async def _serve(
     load_files: object, banner: str | None, demo_origin: bool, conf_dir: Path | None = None
 ) -> int:
+    import asyncio
+    import logging
+
     from revproxy.cli.demo import start_demo_origin
+    from revproxy.errors import ConfigError
     from revproxy.runtime.supervisor import Instance
 
+    if EARLY.stopping:  # SIGTERM or SIGINT already: nothing is bound, nothing to wait for
+        logging.getLogger("revproxy").info("stopped while starting")
+        return EXIT_OK
     origin = None
     if demo_origin:
         origin, port = await start_demo_origin()
@@ -90,6 +108,8 @@ async def _serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # a stop during start is a stop, not a kill
         loop.add_signal_handler(sig, instance.request_stop)
+    if EARLY.stopping:  # came since the check above: the instance stops once started
+        instance.request_stop()
     try:
         await instance.start()
     except ConfigError as exc:
@@ -118,6 +138,9 @@ async def _serve(
 def cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level)
     os.environ["REVPROXY_LOG_LEVEL"] = args.log_level  # workers log at the same level
+    from revproxy.cli.conf import load as load_conf
+    from revproxy.cli.conf import load_text
+
     if args.demo:
         from revproxy.cli.demo import DEMO_HTTP_PORT, DEMO_HTTPS_PORT, demo_config
 
@@ -153,6 +176,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _peek_settings(conf: Path) -> tuple[Path | None, Path | None]:
     """``[admin] socket`` and ``[global] pid_file`` straight from the TOML files, so that a
     running instance can be found even when the configuration on disk no longer loads."""
+    import tomllib
+
     socket_path = pid_file = None
     for f in sorted(conf.glob("*.toml")):
         try:
@@ -174,14 +199,57 @@ def _admin_socket(args: argparse.Namespace) -> Path | None:
 
 
 def _ask(path: Path, line: str) -> tuple[bool, str]:
+    import asyncio
+
     from revproxy.runtime.admin import send_command
 
     return asyncio.run(send_command(path, line))
 
 
+def handles_signal(pid: int, sig: int) -> bool | None:
+    """Whether process ``pid`` catches or ignores ``sig`` (SigCgt / SigIgn in
+    /proc/PID/status): a process that does neither dies of SIGHUP. None when that cannot be
+    read (no /proc, or no such process)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    masks = {}
+    for line in status.splitlines():
+        name, _, value = line.partition(":")
+        if name in ("SigCgt", "SigIgn"):
+            masks[name] = int(value.strip(), 16)
+    if len(masks) != 2:
+        return None
+    bit = 1 << (sig - 1)
+    return bool((masks["SigCgt"] | masks["SigIgn"]) & bit)
+
+
+# How long ``revproxy reload`` waits for a process that does not catch SIGHUP yet (one still
+# starting: its interpreter has not run revproxy's first line) before giving up.
+SIGNAL_READY_TIMEOUT = 5.0
+
+
+def _wait_until_handled(pid: int, sig: int, timeout: float) -> bool:
+    """Wait (bounded) until ``pid`` catches or ignores ``sig``; True when it does or when that
+    cannot be told."""
+    deadline = time.monotonic() + timeout
+    while True:
+        handled = handles_signal(pid, sig)
+        if handled is None or handled:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
     """Reload a running instance: through its admin socket (which reports the result), else
-    by SIGHUP to ``--pid`` or the ``pid_file`` after checking the configuration here."""
+    by SIGHUP to ``--pid`` or the ``pid_file`` after checking the configuration here (and,
+    where /proc tells, once the process catches SIGHUP: one still starting would die of it)."""
+    from revproxy.cli.conf import load as load_conf
+    from revproxy.errors import ConfigError
+
     conf = Path(args.conf)
     path = _admin_socket(args)
     if path is not None:
@@ -213,6 +281,13 @@ def cmd_reload(args: argparse.Namespace) -> int:
         _print_problems(config_error)
         print("revproxy: reload not sent; the running configuration is unchanged", file=sys.stderr)
         return EXIT_CONFIG
+    if not _wait_until_handled(pid, signal.SIGHUP, SIGNAL_READY_TIMEOUT):
+        print(
+            f"revproxy: pid {pid} does not handle SIGHUP (not revproxy, or not started after "
+            f"{SIGNAL_READY_TIMEOUT:g} s): reload not sent, since the signal would end it",
+            file=sys.stderr,
+        )
+        return EXIT_RUNTIME
     try:
         os.kill(pid, signal.SIGHUP)
     except OSError as err:
@@ -258,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="revproxy", description=__doc__.splitlines()[0] if __doc__ else None
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    from revproxy.cli.conf import default_conf_dir
 
     def conf_arg(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -326,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else argv
+    if words[:1] in (["run"], ["worker"]) and not EARLY.installed:
+        EARLY.install()  # before anything heavy is imported (runtime/early_signals.py)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

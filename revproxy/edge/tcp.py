@@ -25,7 +25,8 @@ connection costs what its system calls cost, plus little Python). Servers named 
 address are connected with a non-blocking ``connect`` on the spot; a pool with a server behind
 a name, a tunnel or a ``source`` address is dialled by the dialer's coroutine instead, and the
 session carries on from its result. The order of events, the failover, the passive-health
-accounting and the log line are the same either way.
+accounting and the log line are the same either way. A tunnel server's connection is a
+``TunnelFlow``, not a socket: the tunnel relays the client's socket to its stream itself.
 
 Access-log ``status`` for a connection (method ``TCP`` or ``TLS-PASSTHROUGH``): 0 when both
 directions ended normally; otherwise the marker the failure implies —
@@ -86,6 +87,7 @@ from revproxy.proto import proxy_protocol as pp
 from revproxy.proto.host import host_matches
 from revproxy.upstream.backend import Backend, PickContext
 from revproxy.upstream.dialer import Dialer
+from revproxy.upstream.tunnel_paths import Relay, TunnelFlow
 
 log = logging.getLogger("revproxy.tcp")
 
@@ -405,6 +407,7 @@ class TcpSession:
         "csock",
         "ctx",
         "dialled",
+        "flow",
         "gen",
         "identity",
         "info",
@@ -445,13 +448,14 @@ class TcpSession:
         self.identity: bytes | None = None
         self.backend: Backend | None = None
         self.bsock: socket.socket | None = None
+        self.flow: TunnelFlow | None = None  # a tunnel server's, instead of bsock
         self.unsent = b""  # the rest of the PROXY header, when one send did not take it all
         self._state = _IDLE
         self._tried: set[Backend] | None = None
         self._target = 0  # index of the address of ``backend`` being connected
         self._last: BaseException | None = None  # the last failure on ``backend``
         self._timer: asyncio.TimerHandle | None = None
-        self._relay: SocketRelay | None = None
+        self._relay: Relay | None = None
         self._task: asyncio.Task[None] | None = None
         self._fut: asyncio.Future[None] | None = None
 
@@ -706,7 +710,7 @@ class TcpSession:
 
     # --- relaying --------------------------------------------------------------------------
 
-    def _relay_to(self, bsock: socket.socket, *, observed: bool) -> None:
+    def _relay_to(self, bsock: socket.socket | TunnelFlow, *, observed: bool) -> None:
         backend, pr, rec = self.backend, self.pr, self.rec
         assert backend is not None and pr is not None
         if not observed:
@@ -714,11 +718,16 @@ class TcpSession:
         rec.upstream_ms = (time.monotonic() - self.dialled) * 1000
         rec.backend = backend.label
         backend.acquire()
-        self.bsock = bsock
         self._state = _RELAYING
-        relay = self._relay = SocketRelay(
-            self.csock, bsock, idle_timeout=pr.config.timeouts.tunnel, loop=self.loop, io=self.io
-        )
+        idle = pr.config.timeouts.tunnel
+        relay: Relay
+        if isinstance(bsock, socket.socket):
+            self.bsock = bsock
+            relay = SocketRelay(self.csock, bsock, idle_timeout=idle, loop=self.loop, io=self.io)
+        else:
+            self.flow = bsock
+            relay = bsock.relay(self.csock, idle_timeout=idle)
+        self._relay = relay
         # Most clients speak first, and their first bytes are in by now: read them at once
         # rather than after another trip through the event loop.
         relay.start(self._relayed, read_a=True)
@@ -766,6 +775,9 @@ class TcpSession:
             if self.bsock is not None:
                 self.bsock.close()
                 self.bsock = None
+            if self.flow is not None:
+                self.flow.close()
+                self.flow = None
             rec.duration_ms = (time.monotonic() - self.started) * 1000
             self.gen.access_log.record(rec)
             self.gen.metrics.connection(rec)
@@ -827,8 +839,10 @@ async def _serve_tls(
         gen.metrics.connection(rec)
 
 
-async def _relay_tls(client: ConnIO, bsock: socket.socket, idle: float) -> RelayResult:
-    """The client's TLS stream and the server's socket, joined both ways."""
+async def _relay_tls(client: ConnIO, bsock: socket.socket | TunnelFlow, idle: float) -> RelayResult:
+    """The client's TLS stream and the server's socket (or tunnel stream), joined both ways."""
+    if not isinstance(bsock, socket.socket):
+        return await relay_streams((client, client), bsock.streams(), idle_timeout=idle)
     reader, writer = await asyncio.open_connection(sock=bsock, limit=COPY_BUFFER)
     try:
         return await relay_streams((client, client), (reader, writer), idle_timeout=idle)

@@ -28,6 +28,13 @@ arrives at once, a kept connection found closed, a timeout), goes on in the conn
 coroutine, which holds the code for all of them; it hands the connection back to the plain
 path once that exchange is over. Both judge, answer, log and count alike: the plain path only
 skips the waits that cannot happen.
+
+A reload reaches a kept-alive client connection at its next request: the plain path leaves a
+request of a retired service (egress/service.py) to the coroutine, which judges it — and every
+later one — by the listener's current service: its destinations, ports, deny, users and the
+listener's allow/deny (a client no longer allowed, or a listener gone, is answered 403 and the
+connection closes). A destination connection opened under other rules is not used again. What
+is in flight (a response, a tunnel) ends on the rules it began with.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from revproxy.errors import BackendError, ClientProtocolError, RevproxyError
 from revproxy.net.conn_io import ConnIO
 from revproxy.net.relay import RelayEnd, SocketRelay
 from revproxy.ops.accesslog import AccessRecord
+from revproxy.policy.access import DENY
 from revproxy.policy.auth import AUTH
 from revproxy.proto.events import (
     ConnectionClosed,
@@ -79,6 +87,13 @@ READ_SIZE = 256 * 1024
 CORK_JOIN = 64 * 1024
 # The longest a closing client connection is waited for (seconds).
 CLOSE_WAIT = 1.0
+# Refusal of a request whose listener a reload removed (or changed to another mode).
+LISTENER_GONE = "listener-gone"
+# What a client whose connection a reload refused is told.
+_FOLLOW_REFUSALS = {
+    LISTENER_GONE: "listener no longer configured (reloaded)",
+    DENY: "client not allowed (reloaded)",
+}
 # Access-log status of a tunnel that ended (as edge/tcp.py's table for L4 connections).
 _END_STATUS = {
     RelayEnd.CLOSED: 200,
@@ -186,6 +201,7 @@ async def serve_forward(svc: EgressService, csock: socket.socket, conn: ClientCo
         pass
     finally:
         await client.close()
+    svc = client.svc  # the service that allowed the tunnel (the current one, after a reload)
     del client  # a tunnel holds nothing of the HTTP connection it came from
     if tunnel is not None:
         await tunnel.run(svc, conn)
@@ -279,7 +295,7 @@ class _ForwardConnection:
         origin = self.origin
         self.origin = None
         if origin is not None:
-            self.svc.origins.give(origin)
+            self.svc.keep(origin)
         if not self.tunnelled:
             await self.io.aclose(CLOSE_WAIT)
 
@@ -473,8 +489,8 @@ class _ForwardConnection:
         reqs = self.reqs
         dest = reqs.dest
         io = self.io
-        if dest is None or dest.tunnel or io.unproven or io.write_paused:
-            return False
+        if dest is None or dest.tunnel or io.unproven or io.write_paused or svc.retired:
+            return False  # (retired: a reload came; the coroutine judges by the new rules)
         user = svc.known_user(req.headers)
         if user is None:
             return False  # 407, or a password to check: the coroutine's
@@ -718,11 +734,48 @@ class _ForwardConnection:
         self._finish(rec, started)
         return ended and server.keep_alive
 
+    # --- reloads --------------------------------------------------------------------------
+
+    def _follow(self) -> str:
+        """A reload retired the service this connection was served by: the request just read,
+        and the next ones, are judged by the listener's current service. The refusal reason
+        when there is none to go to (the listener is gone) or the listener's allow/deny no
+        longer lets this client in; "" when the connection goes on."""
+        old = self.svc
+        svc = old.latest()
+        if svc is None:
+            return LISTENER_GONE
+        access = svc.access
+        if access is not None and not access.permits(self.conn.client[0]):
+            return DENY
+        self.svc = svc
+        conn = self.conn
+        if svc.access_log is not None:
+            conn.access_log = svc.access_log
+        g = svc.global_
+        # Heads from now on: the new size limit, and the new generation's memory of plain
+        # exchanges — none when its parsers are not this connection's.
+        same_parsers = svc.h1_server is old.h1_server and svc.h1_client is old.h1_client
+        self.reqs.follow(g.max_header_size, svc.plain if same_parsers else None)
+        tick = max(min(g.header_timeout, g.keepalive_timeout, svc.idle_timeout), 0.001)
+        if tick < self._tick and self._timer is not None:
+            self._timer.cancel()  # re-armed by the next wait, at the shorter step
+            self._timer = None
+        self._tick = tick
+        origin = self.origin
+        if origin is not None and svc.origins is not old.origins:
+            # Opened under other rules (its addresses judged by another deny, from another
+            # source): not used again.
+            self.origin = None
+            origin.close()
+        return ""
+
     # --- one request ----------------------------------------------------------------------
 
     async def _exchange(self, req: RequestReceived) -> bool | _Tunnel:
         """Judge one request, answer or relay it; whether the client connection goes on, or
         the tunnel it becomes."""
+        refusal = self._follow() if self.svc.retired else ""
         svc = self.svc
         reqs = self.reqs
         dest = reqs.dest
@@ -732,6 +785,16 @@ class _ForwardConnection:
         rec.path = (reqs.target if dest.tunnel else dest.path).decode("latin-1")
         rec.host = dest.host
         rec.destination = dest.shown
+        if refusal:
+            # A reload took this client's way: answered, and the connection ends.
+            svc.refused(rec, refusal)
+            rec.status = 403
+            text = _FOLLOW_REFUSALS[refusal]
+            out = _local_answer(reqs.parser, 403, text, close=True)
+            rec.bytes_out += len(out)
+            self.io.write_soon(out)
+            self._finish(rec, started)
+            return False
 
         # Who: Proxy-Authorization (RFC 9110 §11.7.2), 407 and Proxy-Authenticate otherwise.
         if svc.authenticator is not None:

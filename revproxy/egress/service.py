@@ -2,10 +2,16 @@
 
 Rule of this room: built with the generation (``build_service``, plugged in by the runtime),
 immutable but for the caches it carries over a reload (verified passwords, Digest nonce counts,
-kept when the listener's ``auth`` and users did not change). Every request or tunnel, allowed
-or refused, writes one access-log line — user, client, destination, resolved address,
-decision, bytes each way, duration — and is counted in ``revproxy_egress_total``; a refusal
-also writes one log line saying why.
+kept when the listener's ``auth`` and users did not change; the way out and the kept
+destination connections, kept when the ``[egress.NAME]`` section did not change). Every
+request or tunnel, allowed or refused, writes one access-log line — user, client,
+destination, resolved address, decision, bytes each way, duration — and is counted in
+``revproxy_egress_total``; a refusal also writes one log line saying why.
+
+A reload retires the service (``retire``, by the runtime as it swaps generations): it then
+names the listener's service in the new generation, or none when the listener is gone. A
+connection accepted under it keeps it for what is in flight (a tunnel, a response), and
+judges each new request by ``latest()`` (egress/forward.py).
 """
 
 from __future__ import annotations
@@ -21,11 +27,12 @@ from dataclasses import dataclass
 from revproxy.config.model import Config, Global, Listener
 from revproxy.egress.dial import Outbound
 from revproxy.egress.forward import serve_forward
-from revproxy.egress.origins import OriginPool
+from revproxy.egress.origins import Origin, OriginPool
 from revproxy.egress.socks import serve_socks5
 from revproxy.errors import ConfigError, ConfigProblem
 from revproxy.ops.accesslog import AccessLog, AccessRecord
 from revproxy.ops.metrics import RequestMetrics
+from revproxy.policy.access import AccessList
 from revproxy.policy.auth import Authenticator
 from revproxy.proto import httpauth
 from revproxy.proto.forward_proxy import PlainExchanges
@@ -72,6 +79,7 @@ class EgressService:
         global_: Global,
         outbound: Outbound,
         authenticator: Authenticator | None,
+        origins: OriginPool | None = None,
     ) -> None:
         self.listener = listener
         self.name = listener.name
@@ -82,12 +90,59 @@ class EgressService:
         self.idle_timeout = outbound.egress.timeouts.idle
         self.h1_server: type[H1ServerAPI] = server_class(global_.http1_parser)
         self.h1_client: type[H1ClientAPI] = client_class(global_.http1_parser)
-        # Kept connections to destinations (HTTP forward), shared by this listener's clients.
-        self.origins = OriginPool(self.idle_timeout)
+        # Kept connections to destinations (HTTP forward), shared by this listener's clients
+        # (and handed on by a reload that keeps the egress section: ``build_service``).
+        self.origins = origins if origins is not None else OriginPool(self.idle_timeout)
         # Plain exchanges the parsers read whole (proto/forward_proxy.py), by their bytes.
         self.plain = PlainExchanges(self.new_h1_server, self.new_h1_client)
         # (host, port, tunnel) → the policy's verdict: a memo of a pure function, bounded.
         self._verdicts: dict[tuple[str, int, bool], str] = {}
+        # Set by the runtime as the generation goes in (``installed``): the listener's
+        # allow/deny as the edge applies it, and the generation's access log. A connection
+        # that follows a reload to this service is judged and logged by them.
+        self.access: AccessList | None = None
+        self.access_log: AccessLog | None = None
+        # Set by the runtime when a reload retires this service (``retire``).
+        self.retired = False
+        self.successor: EgressService | None = None
+
+    # --- reloads -------------------------------------------------------------------------
+
+    def installed(self, access: AccessList | None, access_log: AccessLog) -> None:
+        """The generation this service belongs to is the current one."""
+        self.access = access
+        self.access_log = access_log
+
+    def retire(self, successor: EgressService | None) -> None:
+        """A reload replaced this service by ``successor`` (the listener's service in the new
+        generation), or by nothing (the listener is gone, or no longer of this mode). Idle
+        destination connections it kept close, unless ``successor`` took them over."""
+        self.retired = True
+        self.successor = successor
+        if successor is None or successor.origins is not self.origins:
+            self.origins.clear()
+
+    def latest(self) -> EgressService | None:
+        """The service that judges a new request of a connection accepted under this one:
+        itself, or after reloads the listener's current service; None when the listener is
+        gone."""
+        svc = self
+        while svc.retired:
+            successor = svc.successor
+            if successor is None:
+                return None
+            svc = successor
+        return svc
+
+    def keep(self, origin: Origin) -> None:
+        """A destination connection a client connection leaves behind: kept for the
+        listener's other clients while the rules it was opened under hold (this service, or
+        one that took its connections over), closed otherwise."""
+        latest = self.latest()
+        if latest is None or latest.origins is not self.origins:
+            origin.close()
+        else:
+            self.origins.give(origin)
 
     def new_h1_server(self) -> H1ServerAPI:
         return self.h1_server(max_header_size=self.global_.max_header_size)
@@ -249,6 +304,12 @@ def build_service(
             authenticator = old
         else:
             authenticator = Authenticator(listener.auth, users, nonce_key)
+    if isinstance(previous, EgressService) and previous.outbound.egress == egress:
+        # The same section: the same way out (its turn of sources goes on) and the same kept
+        # destination connections (their addresses were judged by these very rules).
+        return EgressService(
+            listener, config.global_, previous.outbound, authenticator, previous.origins
+        )
     return EgressService(listener, config.global_, Outbound(egress), authenticator)
 
 

@@ -529,6 +529,12 @@ class ForwardRequests:
         self._plain.consider_request(buf, target, version, origin_head, dest, events, self.parser)
         return events
 
+    def follow(self, max_header_size: int, plain: PlainExchanges | None) -> None:
+        """From the next head on, heads are read up to ``max_header_size`` and remembered in
+        ``plain`` (None: not remembered): a reload gave the connection new settings."""
+        self._max = max_header_size
+        self._plain = plain
+
     def catch_up(self) -> None:
         """The parser reads the request it skipped (it ends where it would have)."""
         skipped = self.skipped

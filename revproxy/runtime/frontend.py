@@ -29,6 +29,7 @@ from revproxy.edge.generation import (
 from revproxy.edge.listener import Acceptor, BoundListener
 from revproxy.egress.dial import Outbound, Refused
 from revproxy.egress.service import SERVICES as EGRESS_SERVICES
+from revproxy.egress.service import EgressService
 from revproxy.errors import ConfigError, ConfigProblem
 from revproxy.net.conn_io import cut_slowest, live_connections, set_buffer_size
 from revproxy.ops.log_limit import RateLimitedLog
@@ -80,7 +81,9 @@ class Frontend:
         self._lookup = Lookup()
         self._budget: asyncio.Task[None] | None = None
         # The agent connections this process accepted (tunnel/hub.py); ``hub.worker`` says
-        # which serving process this is (workers.py sets it).
+        # which serving process this is (workers.py sets it). A serving process checks the
+        # tunnel servers through them (``hub.checks``) and reports each check with
+        # ``hub.report`` (the master's monitor, or a worker's channel to it).
         self.hub = Hub(lambda: self.generation.config if self.generation is not None else None)
         # Forwarded connections of agents (``[[forward]]``) leave through the egress rules.
         self.hub.egress_dial = TunnelEgress(lambda: self.hub.current())
@@ -186,10 +189,13 @@ class Frontend:
             bl = self.bound.pop(addr)
             await bl.close()
             log.info("listener=%s closed %s", bl.name, addr)
+        _link_egress(old, gen)
         if old is not None:
             old.successor = gen
             old.close()
         self.hub.enforce()  # a tunnel no longer configured loses its agents
+        if self.accept:  # a master that only holds sockets for its workers has no agents
+            self.hub.follow((pr.config, pr.pool.backends) for pr in gen.pools.values())
 
     # --- name resolution
 
@@ -365,6 +371,7 @@ class Frontend:
         """Stop accepting, let connections finish for up to ``timeout``, close everything."""
         self.stop_accepting()
         self.hub.close()  # agents reconnect to another instance at once
+        await self.hub.wait_closed()
         pending = set(self.acceptor.connections)
         if pending:
             log.info("stopping: waiting for %d connection(s)", len(pending))
@@ -418,6 +425,25 @@ class TunnelEgress:
         if isinstance(result, Refused):
             return EgressOpened(None, result.resolved, result.reason, result.detail, idle)
         return EgressOpened(result.sock, result.resolved, idle=idle)
+
+
+def _link_egress(old: Generation | None, gen: Generation) -> None:
+    """The forward and socks5 services of ``gen`` learn their listener's allow/deny (as the
+    edge applies it) and the access log; those of ``old`` are retired toward ``gen``'s service
+    of the same listener and mode (none: the listener is gone), so that a kept-alive forward
+    connection judges its next request by the new rules (egress/forward.py)."""
+    for lrt in gen.listeners.values():
+        if isinstance(lrt.service, EgressService):
+            lrt.service.installed(lrt.access, gen.access_log)
+    if old is None:
+        return
+    for name, lrt in old.listeners.items():
+        service = lrt.service
+        if not isinstance(service, EgressService):
+            continue
+        now = gen.listeners.get(name)
+        successor = now.service if now is not None and now.config.mode == lrt.config.mode else None
+        service.retire(successor if isinstance(successor, EgressService) else None)
 
 
 def _same_log(a: Config, b: Config) -> bool:

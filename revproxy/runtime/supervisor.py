@@ -14,6 +14,9 @@ generations in place in every serving process: nothing is re-forked.
 
 Reloads come from SIGHUP, the admin socket (``revproxy reload`` / ``revproxy ctl reload``) and,
 with ``watch = true``, from changes to ``*.toml`` in the configuration directory (debounced).
+A SIGHUP, SIGUSR1 or SIGTERM that came while starting (held from the first line of ``run``:
+``early_signals.py``) is acted on once the handlers are in: a SIGHUP reloads then, unless it
+came before the configuration was read.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from revproxy.ops.metrics import InstanceMetrics
 from revproxy.runtime.admin import AdminServer
 from revproxy.runtime.certwatch import CertWatcher
 from revproxy.runtime.control import Collected
+from revproxy.runtime.early_signals import EARLY
 from revproxy.runtime.frontend import Frontend
 from revproxy.runtime.sdnotify import Notifier
 from revproxy.runtime.servers import RuntimeServers
@@ -82,6 +86,9 @@ class Instance:
         # DNS discovery runs here, once for the instance; workers are sent what it finds.
         self.frontend.discovers = True
         self.frontend.on_members = self._members_changed
+        # Tunnel servers are checked where the agent connections are (this process, or each
+        # worker): every check is reported to the monitor here.
+        self.frontend.hub.report = self.monitor.report
         self.servers = RuntimeServers(
             lambda: self.generation, self.frontend.set_members, self.reload, conf_dir
         )
@@ -111,6 +118,7 @@ class Instance:
 
     async def start(self) -> None:
         """Load, build and bind; raises ConfigError (or OSError for a bind) before serving."""
+        EARLY.config_read()  # a SIGHUP before this asked for what is read now
         config = self._load()
         count = worker_count(config.global_.workers)
         if count > 1:
@@ -132,6 +140,7 @@ class Instance:
                 default_pem=self._default_pem,
                 states=self.state_rows,
                 on_passive=self.monitor.observe_key,
+                on_check=self.monitor.report,
                 on_restart=lambda: self.metrics.worker_restarts.inc(()),
                 members=lambda: _members(self.generation),
             )
@@ -420,14 +429,37 @@ class Instance:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, on_hup or (lambda: self._spawn(self.reload())))
+        hup = on_hup or (lambda: self._spawn(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, hup)
         loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
+        self._take_early_signals(hup)
         try:
             await self._stop.wait()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
                 loop.remove_signal_handler(sig)
+            # Stopping: a reload or a reopen has nothing left to do, and must not end the
+            # process before its connections finish (their default action would).
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
             await self.shutdown()
+
+    def _take_early_signals(self, hup: Callable[[], None]) -> None:
+        """What came while starting (``early_signals.py``), now that the handlers are in."""
+        early = EARLY.take()
+        if early.stop:
+            self.request_stop()
+            return
+        if early.reopen:
+            self.reopen_logs()
+        if early.reload:
+            log.info("SIGHUP received while starting, after the configuration was read: reloading")
+            hup()
+        elif early.covered:
+            log.info(
+                "SIGHUP received while starting, before the configuration was read: "
+                "the configuration loaded is the newest, nothing to reload"
+            )
 
     async def shutdown(self) -> None:
         gen = self.generation

@@ -23,8 +23,9 @@ The channel carries one JSON object per line. Master → worker: ``init``, ``rel
 ``states``, ``members`` (a pool's run-time servers), ``stats``, ``tunnels`` (the agent
 connections the worker holds: ``revproxy ctl show tunnels``), ``cache`` (``ctl show cache``,
 ``ctl cache purge``: each worker has its own), ``reload_certs``, ``workers``,
-``counters``. Worker → master: ``ready``, ``passive``, and replies carrying the ``id`` of the
-request they answer.
+``counters``. Worker → master: ``ready``, ``passive``, ``check`` (a check of a tunnel server
+through the worker's agent connections: ``health.CheckReport``), and replies carrying the
+``id`` of the request they answer.
 """
 
 from __future__ import annotations
@@ -56,9 +57,10 @@ from revproxy.runtime.channel import (
     unflatten,
     unpack_config,
 )
+from revproxy.runtime.early_signals import EARLY
 from revproxy.runtime.frontend import Frontend
 from revproxy.upstream.backend import BackendState
-from revproxy.upstream.health import TICK, Key, slow_start_factor
+from revproxy.upstream.health import TICK, CheckReport, Key, slow_start_factor
 from revproxy.upstream.pool import Address, Member, Pool
 
 log = logging.getLogger("revproxy.workers")
@@ -144,12 +146,14 @@ class WorkerPool:
         on_passive: Callable[[Key, bool], None],
         on_restart: Callable[[], None],
         members: Callable[[], dict[str, Message]] | None = None,
+        on_check: Callable[[CheckReport], None] | None = None,
     ) -> None:
         self.default_pem = default_pem
         self.states = states
         # Every pool's run-time servers as the master has them (``pool_members``).
         self.members = members or dict
         self.on_passive = on_passive
+        self.on_check = on_check
         self.on_restart = on_restart
         self.handles: dict[int, WorkerHandle] = {}
         self.count = 0
@@ -281,6 +285,14 @@ class WorkerPool:
             elif op == "passive":
                 pool, host, port = msg["key"]
                 self.on_passive((str(pool), str(host), int(port)), bool(msg["ok"]))
+            elif op == "check":
+                if self.on_check is not None:
+                    try:
+                        report = CheckReport.of(msg)
+                    except (KeyError, TypeError, ValueError) as exc:
+                        log.warning("worker %d: malformed check report: %r", handle.slot, exc)
+                    else:
+                        self.on_check(report)
             elif "id" in msg:
                 fut = handle.pending.pop(int(msg["id"]), None)
                 if fut is not None and not fut.done():
@@ -536,6 +548,8 @@ class Worker:
             finally:
                 os.close(region)
         self.frontend = self._frontend_cls((cert, key), accept=True, counters=self.counters)
+        # Checks of tunnel servers through this worker's agent connections go to the master.
+        self.frontend.hub.report = lambda report: self.channel.post(report.message())
         self._received = unflatten(msg["listeners"], fds)
         self._apply_states(msg["states"])
         self.members = msg.get("members") or {}
@@ -556,6 +570,11 @@ class Worker:
         loop.add_signal_handler(signal.SIGHUP, lambda: None)  # reloads come from the master
         # The master passes on SIGUSR1 / ctl reopen-logs: each process has its own file.
         loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
+        early = EARLY.take()  # held since the worker's first line (early_signals.py)
+        if early.stop:
+            self._stop.set()
+        elif early.reopen:
+            self._reopen_logs()
         self.channel.post({"op": "ready", "pid": os.getpid()})
         log.debug("worker %d (pid %d) serving generation %d", self.slot, os.getpid(), gen.number)
         tasks = [

@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
 import secrets
+import socket
 import ssl
 import time
 from dataclasses import dataclass, field
 
 from revproxy.config.agent import AgentConfig
 from revproxy.errors import H2_NO_ERROR, RevproxyError
-from revproxy.net.h2_channel import READ_SIZE, H2Link, close_writer
+from revproxy.net.h2_channel import H2Link, close_writer
 from revproxy.proto.events import GoAwayReceived, PingAcknowledged, RequestReceived
+from revproxy.proto.h2.frames import PREFACE
 from revproxy.proto.h2.server import H2Server
 from revproxy.proto.tunnel import (
     EGRESS_ALPN,
@@ -46,7 +49,8 @@ from revproxy.tunnel.ca import SERVER_NAME
 from revproxy.tunnel.egress import Forwarder
 from revproxy.tunnel.enrol import Credentials
 from revproxy.tunnel.link import FRAME_SIZE
-from revproxy.tunnel.stream import TunnelChannel, open_channel, relay_channel
+from revproxy.tunnel.stream import ChannelRelay, TunnelChannel, open_channel
+from revproxy.tunnel.wire import LinkProtocol, LinkWriter
 
 log = logging.getLogger("revproxy.agent")
 
@@ -87,8 +91,8 @@ class AgentConnection(H2Link):
         agent: Agent,
         shares: _Shares,
         server: str,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        wire: LinkProtocol,
+        writer: LinkWriter,
     ) -> None:
         cfg = agent.config
         proto = H2Server(
@@ -98,7 +102,9 @@ class AgentConnection(H2Link):
             max_resets_per_second=10000,
             max_control_frames_per_second=100000,
         )
-        super().__init__(proto, reader, writer)
+        # H2Link keeps a reader for the links that read one; this one's reads are the wire's.
+        super().__init__(proto, asyncio.StreamReader(), writer)
+        self.wire = wire
         self.h2: H2Server = proto
         self.agent = agent
         self.shares = shares
@@ -111,36 +117,21 @@ class AgentConnection(H2Link):
         self.activity: dict[int, float] = {}
 
     async def run(self) -> None:
+        """Every read is handled as it arrives (``_received``, called by the wire); this waits
+        for the end of the connection."""
         self.flush()
         pinger = asyncio.get_running_loop().create_task(self._ping())
-        loop = asyncio.get_running_loop()
         try:
-            while not self.closed:
-                data = await self.reader.read(READ_SIZE)
-                if not data:
-                    break
-                self.liveness.heard(time.monotonic())
-                try:
-                    events = self.proto.receive_data(data, loop.time())
-                except RevproxyError as exc:
-                    log.warning("server=%s HTTP/2 error: %s", self.server, exc)
-                    self.flush_now()
-                    break
-                for ev in events:
-                    if isinstance(ev, RequestReceived):
-                        self._request(ev)
-                    elif isinstance(ev, GoAwayReceived):
-                        self.agent.note(f"server={self.server} the proxy is closing a connection")
-                    elif not isinstance(ev, PingAcknowledged):
-                        self.dispatch(ev)
-                        if ev.stream_id:
-                            self.activity[ev.stream_id] = time.monotonic()
-                self.flush()
-        except (ConnectionError, OSError, TimeoutError) as conn_error:
-            log.debug("server=%s connection ended: %s", self.server, conn_error)
-        except Exception:
-            log.exception("server=%s connection failed", self.server)
+            self.wire.attach(self._received)
+            failure = await self.wire.finished
+            if isinstance(failure, RevproxyError):
+                log.warning("server=%s HTTP/2 error: %s", self.server, failure)
+            elif isinstance(failure, (ConnectionError, OSError, TimeoutError)):
+                log.debug("server=%s connection ended: %s", self.server, failure)
+            elif failure is not None:
+                log.error("server=%s connection failed", self.server, exc_info=failure)
         finally:
+            self.wire.stop()
             pinger.cancel()
             self.connection_lost()
             for task in list(self.tasks):
@@ -148,6 +139,26 @@ class AgentConnection(H2Link):
             if self.role is not None and self.role is not Role.SURPLUS:
                 self.shares.give_back(self.worker, self.role, self.slot)
             await close_writer(self.writer)
+
+    def _received(self, data: bytes) -> None:
+        """Whole frames from the proxy (a RevproxyError ends the connection, its GOAWAY
+        written first)."""
+        self.liveness.heard(time.monotonic())
+        try:
+            events = self.proto.receive_data(data, asyncio.get_running_loop().time())
+        except RevproxyError:
+            self.flush_now()
+            raise
+        for ev in events:
+            if isinstance(ev, RequestReceived):
+                self._request(ev)
+            elif isinstance(ev, GoAwayReceived):
+                self.agent.note(f"server={self.server} the proxy is closing a connection")
+            elif not isinstance(ev, PingAcknowledged):
+                self.dispatch(ev)
+                if ev.stream_id:
+                    self.activity[ev.stream_id] = time.monotonic()
+        self.flush()
 
     async def _ping(self) -> None:
         live = self.liveness
@@ -224,16 +235,21 @@ class AgentConnection(H2Link):
                 return
             try:
                 async with asyncio.timeout(TARGET_TIMEOUT):
-                    reader, writer = await asyncio.open_connection(expose.host, expose.port)
+                    sock = await _connect(expose.host, expose.port)
             except (OSError, TimeoutError) as exc:
                 log.warning("expose=%s cannot reach %s:%d: %s", expose.name, expose.host,
-                            expose.port, exc)  # fmt: skip
+                            expose.port, _reason(exc))  # fmt: skip
                 self.h2.send_response(sid, 502, [], end=True)
                 self.flush()
                 return
-            self.h2.send_response(sid, 200, [])
-            self.flush()
-            await relay_channel(ch, reader, writer)
+            try:
+                self.h2.send_response(sid, 200, [])
+                self.flush()
+                result = await ChannelRelay(sock, ch, idle_timeout=None).run()
+                if result.error:
+                    log.debug("stream %d ended: %s: %s", sid, result.end.value, result.error)
+            finally:
+                sock.close()
         except (ConnectionError, OSError, TimeoutError) as conn_error:
             log.debug("stream %d ended: %s", sid, conn_error)
         finally:
@@ -314,11 +330,13 @@ class Agent:
         while not self.stopping:
             if len(self._keepers[server]) > self._wanted(server):
                 return  # fewer workers than before: one keeper less
+            loop = asyncio.get_running_loop()
+            wire = LinkProtocol(preamble=len(PREFACE), max_frame=FRAME_SIZE)
             try:
                 async with asyncio.timeout(CONNECT_TIMEOUT):
-                    reader, writer = await asyncio.open_connection(
-                        host.strip("[]"), int(port), ssl=self._ctx, server_hostname=SERVER_NAME,
-                        limit=1024 * 1024,
+                    transport, _ = await loop.create_connection(
+                        functools.partial(_same, wire), host.strip("[]"), int(port),
+                        ssl=self._ctx, server_hostname=SERVER_NAME,
                     )  # fmt: skip
             except (OSError, TimeoutError) as exc:
                 delay = backoff(attempt, self._rng.random())
@@ -328,7 +346,8 @@ class Agent:
                 )
                 await asyncio.sleep(delay)
                 continue
-            conn = AgentConnection(self, shares, server, reader, writer)
+            writer = LinkWriter(transport, wire, loop)
+            conn = AgentConnection(self, shares, server, wire, writer)
             self.connections.add(conn)
             started = time.monotonic()
             try:
@@ -360,6 +379,32 @@ class Agent:
             for task in list(keepers):
                 task.cancel()
         log.info("agent stopped")
+
+
+def _same(wire: LinkProtocol) -> LinkProtocol:
+    """The protocol factory of a connection whose protocol exists already."""
+    return wire
+
+
+async def _connect(host: str, port: int) -> socket.socket:
+    """A connected non-blocking socket to an expose's target (each of its addresses in turn)."""
+    loop = asyncio.get_running_loop()
+    last: OSError | None = None
+    for family, kind, proto, _, addr in await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, addr)
+        except BaseException as exc:
+            sock.close()
+            if not isinstance(exc, OSError):
+                raise
+            last = exc
+            continue
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    raise last or OSError(f"{host}: no address")
 
 
 def _reason(exc: BaseException) -> str:

@@ -3,8 +3,10 @@
 
 Rule of this room: a tunnel server (``{ tunnel = "home/web" }``) is an ordinary backend; this
 hub is the one writer of its ``linked`` flag — true exactly while a live connection of an agent
-enrolled as "home" that exposes "web" is held by this process — and the way the dialers reach
-it (``upstream/tunnel_paths.py``). Agent connections belong to the process that accepted them:
+enrolled as "home" that exposes "web" is held by this process and, when its pool has
+``health``, the checks this process makes through the tunnel pass (``checks``, a
+``TunnelMonitor``: its results go to the master through ``report``) — and the way the dialers
+reach it (``upstream/tunnel_paths.py``). Agent connections belong to the process that accepted them:
 with several workers, the agent keeps its ``connections`` to each (the hello names the worker a
 connection reached, and the agent dials again until each worker has its share). Several agents
 of one name are balanced inside the one server (fewest streams in flight first), so killing
@@ -27,10 +29,10 @@ import socket
 import ssl
 import time
 import weakref
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
 
 from revproxy.config.model import Config, Listener, Tunnel
+from revproxy.config.model import Pool as PoolConfig
 from revproxy.errors import ConfigError, ConfigProblem
 from revproxy.net.conn_io import ConnIO
 from revproxy.ops.accesslog import AccessLog
@@ -46,9 +48,11 @@ from revproxy.proto.tunnel import (
 )
 from revproxy.tunnel.ca import EnrolmentRefused, TunnelCA, serial_of
 from revproxy.tunnel.egress import EgressDial, serve_egress
-from revproxy.tunnel.link import AgentLink
-from revproxy.tunnel.stream import StreamTransport, relay_channel
+from revproxy.tunnel.link import FRAME_SIZE, AgentLink
+from revproxy.tunnel.stream import ChannelFlow, StreamTransport
+from revproxy.tunnel.wire import LinkProtocol, LinkWriter
 from revproxy.upstream.backend import Backend
+from revproxy.upstream.health import CheckReport, CheckResult, Health, Target, TunnelMonitor
 
 log = logging.getLogger("revproxy.tunnel")
 
@@ -69,9 +73,13 @@ class Hub:
         self.worker = (0, 1)
         self.links: dict[str, list[AgentLink]] = {}
         self._watched: dict[str, weakref.WeakSet[Backend]] = {}
+        # Tunnel servers whose active checks fail in this process (``checks``).
+        self._failing: weakref.WeakSet[Backend] = weakref.WeakSet()
+        self.checks = TunnelMonitor(tunnels=self, on_check=self._checked_once)
+        # Where each check's result goes (the master's monitor, or a worker's channel to it).
+        self.report: Callable[[CheckReport], None] | None = None
         self.ca: TunnelCA | None = None
         self._revocation: asyncio.Task[None] | None = None
-        self._pumps: set[asyncio.Task[Any]] = set()
         # How a forwarded connection leaves through an [egress.NAME] (the runtime's: tunnel/
         # cannot import egress/); None: this process has none, every forward is refused.
         self.egress_dial: EgressDial | None = None
@@ -81,7 +89,33 @@ class Hub:
     def watch(self, backend: Backend) -> None:
         assert backend.tunnel is not None
         self._watched.setdefault(backend.tunnel, weakref.WeakSet()).add(backend)
-        backend.linked = self._live(backend.tunnel)
+        backend.linked = self._live(backend.tunnel) and backend not in self._failing
+
+    def held(self, backend: Backend) -> bool:
+        return backend.tunnel is not None and self._live(backend.tunnel)
+
+    def checked(self, backend: Backend, passing: bool) -> None:
+        if passing:
+            self._failing.discard(backend)
+        else:
+            self._failing.add(backend)
+        if backend.tunnel is not None:
+            backend.linked = passing and self._live(backend.tunnel)
+
+    def follow(self, pools: Iterable[tuple[PoolConfig, Iterable[Backend]]]) -> None:
+        """The checks follow a new generation's pools (a pool whose ``health`` changed starts
+        its checks again; removed ones stop)."""
+        self.checks.process = self.worker
+        self.checks.adopt(pools)
+
+    def _checked_once(self, t: Target, result: CheckResult) -> None:
+        if self.report is not None:
+            passing = t.record.health is Health.UP
+            self.report(
+                CheckReport(
+                    t.key, self.worker[0], result.ok, result.detail, result.duration, passing
+                )
+            )
 
     def _live(self, path: str) -> bool:
         name, _, expose = path.partition("/")
@@ -95,7 +129,7 @@ class Hub:
             if path.partition("/")[0] == name:
                 live = self._live(path)
                 for b in list(backends):
-                    b.linked = live
+                    b.linked = live and b not in self._failing
 
     def _candidates(self, path: str, role: Role) -> list[AgentLink]:
         name, _, expose = path.partition("/")
@@ -123,7 +157,10 @@ class Hub:
             return io
         raise last
 
-    async def open_socket(self, backend: Backend, timeout: float) -> socket.socket:
+    async def open_flow(self, backend: Backend, timeout: float) -> ChannelFlow:
+        """A stream for one L4 connection: on a spare connection of its own when one is
+        ready (closed when the flow is over: the agent opens a new spare in its place), else
+        on a shared one. The L4 path relays the client's socket to it directly."""
         path = backend.tunnel
         assert path is not None
         expose = path.partition("/")[2]
@@ -141,25 +178,9 @@ class Hub:
                     link.shut()  # the agent opens a new spare in its place
                 last = exc
                 continue
-            ours, theirs = socket.socketpair()
-            ours.setblocking(False)
-            theirs.setblocking(False)
-            task = asyncio.get_running_loop().create_task(self._pump(link, ch, theirs, spare))
-            self._pumps.add(task)
-            task.add_done_callback(self._pumps.discard)
-            return ours
+            extra = {"peername": (link.peer, 0), "tunnel": path}
+            return ChannelFlow(ch, extra, spare=spare, on_spare_done=link.retire)
         raise last
-
-    async def _pump(self, link: AgentLink, ch: Any, sock: socket.socket, spare: bool) -> None:
-        try:
-            reader, writer = await asyncio.open_connection(sock=sock, limit=STREAM_LIMIT)
-            await relay_channel(ch, reader, writer)
-        except (ConnectionError, OSError, TimeoutError) as exc:
-            log.debug("tunnel=%s relay ended: %s", link.name, exc)
-        finally:
-            sock.close()
-            if spare:
-                link.shut()  # the agent opens a new spare in its place
 
     # --- registration
 
@@ -255,7 +276,9 @@ class Hub:
         return rows
 
     def close(self) -> None:
-        """Stopping: every agent connection ends now (agents reconnect elsewhere)."""
+        """Stopping: the checks stop, every agent connection ends now (agents reconnect
+        elsewhere)."""
+        self.checks.close()
         if self._revocation is not None:
             self._revocation.cancel()
             self._revocation = None
@@ -263,12 +286,17 @@ class Hub:
             for link in list(held):
                 link.shut()
 
+    async def wait_closed(self) -> None:
+        """After ``close``: wait for the check loops to be over."""
+        await self.checks.wait_closed()
+
     # --- accepting (the tunnel listener)
 
     async def accept(self, csock: socket.socket, ca: TunnelCA, ctx: ssl.SSLContext) -> None:
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=STREAM_LIMIT)
-        protocol = asyncio.StreamReaderProtocol(reader)
+        # What the connection is (the ALPN) is known after the handshake: an agent's link
+        # reads through the protocol itself, enrolment and egress through a StreamReader.
+        protocol = LinkProtocol(max_frame=FRAME_SIZE)
         peer = _peer(csock)
         try:
             transport, _ = await loop.connect_accepted_socket(
@@ -277,17 +305,20 @@ class Hub:
         except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
             log.info("tunnel listener peer=%s TLS handshake failed: %s", peer, exc)
             return
-        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         sslobj = transport.get_extra_info("ssl_object")
         alpn = sslobj.selected_alpn_protocol() if sslobj is not None else None
+        link_writer = LinkWriter(transport, protocol, loop)
+        writer: asyncio.StreamWriter = link_writer
         try:
             if alpn == ENROLL_ALPN:
+                reader, writer = protocol.as_streams(STREAM_LIMIT)
                 await self._enrol(reader, writer, ca, peer)
             elif alpn == TUNNEL_ALPN:
                 der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
-                await self._serve_agent(reader, writer, ca, peer, der)
+                await self._serve_agent(protocol, link_writer, ca, peer, der)
             elif alpn == EGRESS_ALPN:
                 der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+                reader, writer = protocol.as_streams(STREAM_LIMIT)
                 await self._serve_egress(reader, writer, ca, peer, der)
             else:
                 log.info("tunnel listener peer=%s closed: ALPN %r is not a tunnel's", peer, alpn)
@@ -354,8 +385,8 @@ class Hub:
 
     async def _serve_agent(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        wire: LinkProtocol,
+        writer: LinkWriter,
         ca: TunnelCA,
         peer: str,
         der: bytes | None,
@@ -365,7 +396,7 @@ class Hub:
             return
         serial, name, settings = known
         link = AgentLink(
-            reader,
+            wire,
             writer,
             name=name,
             serial=serial,

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 
 from revproxy.errors import RevproxyError
-from revproxy.net.h2_channel import READ_SIZE, close_writer
+from revproxy.net.h2_channel import CLOSE_TIMEOUT, close_writer
 from revproxy.proto.events import GoAwayReceived, PingAcknowledged, ResponseReceived
 from revproxy.proto.h2.client import H2Client
 from revproxy.proto.tunnel import (
@@ -33,6 +33,7 @@ from revproxy.proto.tunnel import (
     worker_header,
 )
 from revproxy.tunnel.stream import CountedLink, TunnelChannel, open_channel
+from revproxy.tunnel.wire import LinkProtocol, LinkWriter
 
 log = logging.getLogger("revproxy.tunnel")
 
@@ -48,8 +49,8 @@ class AgentLink(CountedLink):
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        wire: LinkProtocol,
+        writer: LinkWriter,
         *,
         name: str,
         serial: str,
@@ -65,7 +66,7 @@ class AgentLink(CountedLink):
             max_frame_size=FRAME_SIZE,
             max_header_list_size=16384,
         )
-        super().__init__(proto, reader, writer)
+        super().__init__(proto, wire, writer)
         self.h2: H2Client = proto
         self.name = name
         self.serial = serial
@@ -148,40 +149,46 @@ class AgentLink(CountedLink):
         return ch
 
     async def _read(self) -> None:
-        loop = asyncio.get_running_loop()
+        """Every read is handled as it arrives (``_received``, called by the wire); this task
+        waits for the end and ends the link."""
         try:
-            while not self.closed:
-                data = await self.reader.read(READ_SIZE)
-                if not data:
-                    break
-                self.liveness.heard(time.monotonic())
-                try:
-                    events = self.proto.receive_data(data, loop.time())
-                except RevproxyError as exc:
-                    log.warning("tunnel=%s peer=%s HTTP/2 error: %s", self.name, self.peer, exc)
-                    self.flush_now()
-                    break
-                for ev in events:
-                    if isinstance(ev, GoAwayReceived):
-                        self.draining = True  # the agent stops: no new stream here
-                        if self.on_change is not None:
-                            self.on_change()
-                    elif not isinstance(ev, PingAcknowledged):
-                        self.dispatch(ev)
-                self.flush()
-                if self.write_backlog:
-                    async with asyncio.timeout(BACKLOG_TIMEOUT):
-                        await self.writer.drain()
-        except (ConnectionError, OSError, TimeoutError) as conn_error:
-            log.debug("tunnel=%s peer=%s connection ended: %s", self.name, self.peer, conn_error)
+            self.wire.attach(self._received)
+            failure = await self.wire.finished
+            if isinstance(failure, RevproxyError):
+                log.warning("tunnel=%s peer=%s HTTP/2 error: %s", self.name, self.peer, failure)
+            elif isinstance(failure, (ConnectionError, OSError, TimeoutError)):
+                log.debug("tunnel=%s peer=%s connection ended: %s", self.name, self.peer, failure)
+            elif failure is not None:
+                log.error(
+                    "tunnel=%s peer=%s connection failed", self.name, self.peer, exc_info=failure
+                )
         except asyncio.CancelledError:
             pass
-        except Exception:
-            log.exception("tunnel=%s peer=%s connection failed", self.name, self.peer)
         finally:
+            self.wire.stop()
             self.connection_lost()
             self._ended()
             await close_writer(self.writer)
+
+    def _received(self, data: bytes) -> None:
+        """Whole frames from the agent (a RevproxyError ends the connection, its GOAWAY
+        written first)."""
+        self.liveness.heard(time.monotonic())
+        try:
+            events = self.proto.receive_data(data, asyncio.get_running_loop().time())
+        except RevproxyError:
+            self.flush_now()
+            raise
+        for ev in events:
+            if isinstance(ev, GoAwayReceived):
+                self.draining = True  # the agent stops: no new stream here
+                if self.on_change is not None:
+                    self.on_change()
+            elif not isinstance(ev, PingAcknowledged):
+                self.dispatch(ev)
+        self.flush()
+        if self.write_backlog:
+            self.wire.hold_until_drained(BACKLOG_TIMEOUT)
 
     async def _ping(self) -> None:
         live = self.liveness
@@ -209,6 +216,18 @@ class AgentLink(CountedLink):
         callback, self.on_close = self.on_close, None
         if callback is not None:
             callback(self)
+
+    def retire(self) -> None:
+        """Close once what is queued has gone (a spare connection whose one flow is over: the
+        flow's last bytes must not be dropped); ``shut`` after ``CLOSE_TIMEOUT`` at most."""
+        if self.closed:
+            return
+        self.draining = True
+        with contextlib.suppress(Exception):
+            self.proto.goaway()
+            self.flush_now()
+            self.writer.close()  # the transport writes what it holds, then closes
+        asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.shut)
 
     def shut(self) -> None:
         """Close now (revoked, dead, replaced, or stopping): streams learn it at once."""

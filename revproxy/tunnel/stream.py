@@ -8,26 +8,49 @@ sender and no other stream. Two shapes of the same thing:
 - ``StreamTransport``: the stream as an ``asyncio.Transport``, so the proxy's dialer
   (``upstream/dialer.py``) keeps its own connection object (``ConnIO``) on it — HTTP/1.1
   keep-alive, h2c, WebSocket take-over and PROXY headers work unchanged over a tunnel.
-- ``relay_channel``: the stream joined to a pair of asyncio streams (the agent's connection to
-  its target; the proxy's end of a socket pair for TCP listeners).
+- ``ChannelRelay``: the stream joined to a raw non-blocking socket, both ways — the agent's
+  connection to its target, and on the proxy the client of a ``mode = "tcp"`` listener
+  (``ChannelFlow``, the ``upstream.tunnel_paths.TunnelFlow`` the dialer hands the L4 path).
+  Bytes go from one to the other with no socket pair or stream buffer between: a read of the
+  socket goes into a buffer of the relay's own and from there into the stream's frames; a
+  DATA payload goes to the socket as it came. Half-close, resets and the idle timeout are
+  ``net/relay.py``'s rules.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from revproxy.errors import H2_CANCEL, H2_NO_ERROR
+from revproxy.net.conn_io import ConnIO
 from revproxy.net.h2_channel import H2Channel, H2Link
+from revproxy.net.relay import IDLE_TICKS, RelayEnd, RelayResult, fd_poller
 from revproxy.proto.events import DataReceived, MessageEnded
 from revproxy.proto.h2.engine import H2Endpoint
+from revproxy.tunnel.wire import LinkProtocol, LinkWriter
 
-__all__ = ["READ_SIZE", "CountedLink", "StreamTransport", "TunnelChannel", "relay_channel"]
+__all__ = [
+    "READ_SIZE",
+    "ChannelFlow",
+    "ChannelRelay",
+    "CountedLink",
+    "StreamTransport",
+    "TunnelChannel",
+]
 
-# Bytes read from a local socket at a time before they go out as DATA.
+# Bytes read from a local socket at a time before they go out as DATA (a bulk flow's reads;
+# a relay's first reads, and those after it was quiet, are of FIRST_READ).
 READ_SIZE = 256 * 1024
+FIRST_READ = 16 * 1024
+# Reads one direction of a ChannelRelay makes in a row, when none had to wait, before it lets
+# the other tasks of the event loop run (the agent connection's reader, its pinger).
+MAX_ROUNDS = 4
 # A stream whose peer keeps its window shut this long is given up.
 STALL_TIMEOUT = 300.0
 # Write buffer limits of a StreamTransport (bytes queued for the stream, not yet sent).
@@ -36,14 +59,14 @@ LOW_WATER = 64 * 1024
 
 
 class CountedLink(H2Link):
-    """An agent connection that keeps the bytes its streams carried, both ways (``revproxy ctl
-    show tunnels``): the streams that ended are added up as they close, the open ones are
-    read live."""
+    """An agent connection, read by its ``LinkProtocol`` (``wire.py``), that keeps the bytes
+    its streams carried, both ways (``revproxy ctl show tunnels``): the streams that ended are
+    added up as they close, the open ones are read live."""
 
-    def __init__(
-        self, proto: H2Endpoint, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        super().__init__(proto, reader, writer)
+    def __init__(self, proto: H2Endpoint, wire: LinkProtocol, writer: LinkWriter) -> None:
+        # H2Link keeps a reader for the links that read one; this one's reads are the wire's.
+        super().__init__(proto, asyncio.StreamReader(), writer)
+        self.wire = wire
         self.ended_in = 0
         self.ended_out = 0
 
@@ -61,7 +84,30 @@ class CountedLink(H2Link):
 class TunnelChannel(H2Channel):
     """One stream of an agent connection."""
 
-    __slots__ = ()
+    __slots__ = ("_broken",)
+
+    def __init__(self, link: H2Link, stream_id: int, stall_timeout: float) -> None:
+        super().__init__(link, stream_id, stall_timeout)
+        self._broken: asyncio.Future[None] | None = None
+
+    def broken_future(self) -> asyncio.Future[None]:
+        """Done once the peer reset the stream or the connection is lost."""
+        if self._broken is None:
+            self._broken = asyncio.get_running_loop().create_future()
+            if self.broken:
+                self._broken.set_result(None)
+        return self._broken
+
+    def wake(self) -> None:
+        super().wake()
+        fut = self._broken
+        if fut is not None and self.broken and not fut.done():
+            fut.set_result(None)
+
+    @property
+    def ended_by_peer(self) -> bool:
+        """The peer ended the stream whole (RST_STREAM NO_ERROR): no failure of its bytes."""
+        return self.reset_code == H2_NO_ERROR and not self.link.closed
 
     def close(self, code: int) -> None:
         link = self.link
@@ -89,11 +135,17 @@ class StreamTransport(asyncio.Transport):
     """A tunnel stream as a transport (the proxy side of a stream to an expose)."""
 
     def __init__(
-        self, channel: TunnelChannel, protocol: asyncio.BaseProtocol, extra: dict[str, Any]
+        self,
+        channel: TunnelChannel,
+        protocol: asyncio.BaseProtocol,
+        extra: dict[str, Any],
+        *,
+        on_lost: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(extra)
         self._ch = channel
         self._protocol = protocol
+        self._on_lost = on_lost  # told once the stream is done (its spare connection is free)
         self._out: deque[bytes] = deque()
         self._queued = 0
         self._high, self._low = HIGH_WATER, LOW_WATER
@@ -223,6 +275,9 @@ class StreamTransport(asyncio.Transport):
         if self._closing or self._lost:
             return
         self._closing = True
+        if self._tasks[1].done():  # END_STREAM went already (write_eof): nothing is left
+            self._finish(None)
+            return
         self._has_out.set()
 
     def abort(self) -> None:
@@ -242,6 +297,9 @@ class StreamTransport(asyncio.Transport):
                 task.cancel()
         loop = asyncio.get_running_loop()
         loop.call_soon(self._protocol.connection_lost, exc)
+        on_lost, self._on_lost = self._on_lost, None
+        if on_lost is not None:
+            on_lost()
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol
@@ -250,58 +308,320 @@ class StreamTransport(asyncio.Transport):
         return self._protocol
 
 
-async def relay_channel(
-    ch: TunnelChannel,
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    idle_timeout: float | None = None,
-) -> tuple[int, int]:
-    """Join ``ch`` and a local connection until both directions end (or either fails):
-    (bytes from the stream to the local side, bytes the other way)."""
-    counts = [0, 0]
+class _Failed(Exception):
+    """One side of a relay failed: "a" the socket, "b" the stream."""
 
-    async def inward() -> None:
+    def __init__(self, side: str, error: BaseException) -> None:
+        super().__init__(side, error)
+        self.side = side
+        self.error = error
+
+
+class ChannelRelay:
+    """A connected non-blocking socket (side a) and a tunnel stream (side b), joined both ways
+    until both directions end, one side fails, or nothing moved for ``idle_timeout``.
+
+    Each direction is a task: socket → stream reads into the relay's buffer (the stream's
+    frames take a copy) and sends as the windows allow; stream → socket writes each DATA
+    payload as it came, and asks for the next one (acknowledging this one) only once the
+    socket took it, so a slow socket holds back its own stream and no other. The end of
+    one direction is passed on (END_STREAM, ``shutdown(SHUT_WR)``) while the other goes on; a
+    failure of either side ends both: the stream is reset (CANCEL), and the socket too
+    (``SO_LINGER`` 0) when the stream failed or its connection was lost, so a cut stream
+    never looks like an end. A stream the peer ended whole (RST_STREAM NO_ERROR: its side's
+    idle timeout, a response complete) ends the socket cleanly once what it sent is written;
+    the idle timeout here ends the stream that way too. The socket stays the caller's to
+    close; the stream is closed here. ``start(on_end)`` runs it and calls ``on_end(result)``
+    once (the L4 session's way), ``run()`` awaits the result; ``stop()`` ends it early
+    without one.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        ch: TunnelChannel,
+        *,
+        idle_timeout: float | None,
+        on_done: Callable[[], None] | None = None,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.io = fd_poller(self.loop)
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.ch = ch
+        self.idle_timeout = idle_timeout
+        self.a_to_b = 0  # bytes from the socket into the stream
+        self.b_to_a = 0  # bytes from the stream to the socket
+        self.active = False  # something moved since the idle check last looked
+        self._on_done = on_done  # told once when the relay is over (ChannelFlow frees a spare)
+        self._on_end: Callable[[RelayResult], None] | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._tasks: tuple[asyncio.Task[None], ...] = ()
+        self._idle: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._last = 0.0
+        self._over = False
+
+    # --- running
+
+    def start(self, on_end: Callable[[RelayResult], None], *, read_a: bool = False) -> None:
+        """Relay; ``on_end(result)`` is called once when it is over. (The socket is read at
+        once either way: ``read_a`` is for ``SocketRelay``'s shape.)"""
+        self._on_end = on_end
+        self._runner = self.loop.create_task(self._report())
+
+    async def _report(self) -> None:
+        result = await self.run()
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            on_end(result)
+
+    async def run(self) -> RelayResult:
+        """Relay until it is over; cancelling it stops both directions (the socket is reset
+        unless the peer had ended the stream whole: the stream's connection was lost)."""
+        outward = self.loop.create_task(self._outward())
+        inward = self.loop.create_task(self._inward())
+        self._tasks = (outward, inward)
+        waits: set[asyncio.Future[None]] = {outward, inward}
+        broken: asyncio.Future[None] | None = self.ch.broken_future()
+        if self.idle_timeout is not None and self.idle_timeout > 0:
+            self._idle = self.loop.create_future()
+            self._last = self.loop.time()
+            self._tick()
+        end, error = RelayEnd.CLOSED, ""
+        over = False
+        try:
+            while waits:
+                watched = set(waits)
+                if self._idle is not None:
+                    watched.add(self._idle)
+                if broken is not None:
+                    watched.add(broken)
+                done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+                if self._idle is not None and self._idle in done:
+                    end = RelayEnd.IDLE
+                    break
+                if broken is not None and broken in done:
+                    broken = None
+                    if not self.ch.ended_by_peer:
+                        end, error = RelayEnd.B_FAILED, str(self.ch.gone())
+                        break
+                    # Ended whole: what it sent still goes to the socket (then its end);
+                    # nothing more can go to it.
+                    outward.cancel()
+                waits -= done
+                failed = [e for t in done if not t.cancelled() and (e := t.exception())]
+                if failed:
+                    exc = failed[0]
+                    if not isinstance(exc, _Failed):
+                        raise exc
+                    end = RelayEnd.A_FAILED if exc.side == "a" else RelayEnd.B_FAILED
+                    error = str(exc.error) or type(exc.error).__name__
+                    break
+            over = True
+        finally:
+            if not over:  # cancelled (the stream's connection is gone), or a fault of ours
+                end = RelayEnd.CLOSED if self.ch.ended_by_peer else RelayEnd.B_FAILED
+            self._wind_up(end)
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        return RelayResult(self.a_to_b, self.b_to_a, end, error)
+
+    def stop(self) -> None:
+        """End now (idempotent); ``on_end`` is not called after this. The stream is reset,
+        the socket left as it is for the caller to close."""
+        self._on_end = None
+        self._wind_up(RelayEnd.A_FAILED)
+        if self._runner is not None and self._runner is not asyncio.current_task():
+            self._runner.cancel()
+
+    def _wind_up(self, end: RelayEnd) -> None:
+        """Both directions stop, the descriptor leaves the poller (the caller may close the
+        socket right after), the stream is closed: at once, not when the tasks next run."""
+        if self._over:
+            return
+        self._over = True
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.io.set_reader(self.fd, None)
+        self.io.set_writer(self.fd, None)
+        # Ended, or idle (the other side ends its connection as cleanly as this one): NO_ERROR.
+        clean = end in (RelayEnd.CLOSED, RelayEnd.IDLE)
+        self.ch.close(H2_NO_ERROR if clean else H2_CANCEL)
+        if end is RelayEnd.B_FAILED:
+            _reset_on_close(self.sock)  # a cut stream must not look like an end to the client
+        on_done, self._on_done = self._on_done, None
+        if on_done is not None:
+            on_done()
+
+    def _tick(self) -> None:
+        assert self.idle_timeout is not None
+        now = self.loop.time()
+        if self.active:
+            self.active = False
+            self._last = now
+        elif now - self._last >= self.idle_timeout:
+            self._timer = None
+            if self._idle is not None and not self._idle.done():
+                self._idle.set_result(None)
+            return
+        self._timer = self.loop.call_later(max(self.idle_timeout / IDLE_TICKS, 0.01), self._tick)
+
+    # --- readiness of the socket (the loop's poller: one epoll_ctl to watch, one to stop)
+
+    async def _ready(self, writing: bool) -> None:
+        fut: asyncio.Future[None] = self.loop.create_future()
+        watch = self.io.set_writer if writing else self.io.set_reader
+
+        def ready() -> None:
+            watch(self.fd, None)
+            if not fut.done():
+                fut.set_result(None)
+
+        watch(self.fd, ready)
+        try:
+            await fut
+        finally:
+            if not fut.done():
+                watch(self.fd, None)
+
+    # --- the two directions
+
+    async def _outward(self) -> None:
+        """Socket → stream. Reads start small; one that fills its buffer means bulk, and
+        the buffer grows to ``READ_SIZE``. A flow that goes quiet lets its buffer go while
+        it waits (an idle connection holds none)."""
+        sock, ch = self.sock, self.ch
+        buf: bytearray | None = None
+        last = 0
+        rounds = 0
         while True:
-            ev = await ch.next_event()
+            if buf is None:
+                buf = bytearray(FIRST_READ)
+            try:
+                n = sock.recv_into(buf)
+            except (BlockingIOError, InterruptedError):
+                if last < FIRST_READ:
+                    buf = None
+                rounds = 0
+                await self._ready(writing=False)
+                continue
+            except OSError as read_error:
+                raise _Failed("a", read_error) from None
+            try:
+                if not n:
+                    await ch.send_end(None)
+                    return
+                # The frames take a copy: the buffer is free again once this returns.
+                await ch.send_data(memoryview(buf)[:n])
+            except (ConnectionError, OSError, TimeoutError) as exc:
+                if ch.ended_by_peer:
+                    return  # it takes no more: not a failure
+                raise _Failed("b", exc) from None
+            self.a_to_b += n
+            self.active = True
+            last = n
+            if n == len(buf) < READ_SIZE:
+                buf = bytearray(READ_SIZE)
+            rounds += 1
+            if rounds >= MAX_ROUNDS:
+                rounds = 0
+                await asyncio.sleep(0)
+
+    async def _inward(self) -> None:
+        """Stream → socket."""
+        sock, ch = self.sock, self.ch
+        while True:
+            try:
+                ev = await ch.next_event()  # acknowledges the payload the socket took before
+            except (ConnectionError, OSError, TimeoutError) as exc:
+                if ch.ended_by_peer:  # all it sent was written: its end is the socket's end
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_WR)
+                    return
+                raise _Failed("b", exc) from None
             if isinstance(ev, DataReceived):
-                if ev.data:
-                    writer.write(ev.data)
-                    counts[0] += len(ev.data)
-                    await writer.drain()
+                data = ev.data
+                if data:
+                    await self._send(sock, data)
+                    self.b_to_a += len(data)
+                    self.active = True
             elif isinstance(ev, MessageEnded):
                 ch.acknowledge()
-                if writer.can_write_eof():
-                    writer.write_eof()
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_WR)
                 return
 
-    async def outward() -> None:
-        while True:
-            async with asyncio.timeout(idle_timeout):
-                data = await reader.read(READ_SIZE)
-            if not data:
-                await ch.send_end(None)
-                return
-            counts[1] += len(data)
-            await ch.send_data(data)
+    async def _send(self, sock: socket.socket, data: bytes) -> None:
+        sent = 0
+        view: memoryview | None = None
+        while sent < len(data):
+            try:
+                sent += sock.send(data if view is None else view[sent:])
+            except (BlockingIOError, InterruptedError):
+                await self._ready(writing=True)
+            except OSError as exc:
+                raise _Failed("a", exc) from None
+            if view is None and sent < len(data):
+                view = memoryview(data)
 
-    tasks = [asyncio.ensure_future(inward()), asyncio.ensure_future(outward())]
-    try:
-        pending: set[asyncio.Future[None]] = set(tasks)
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            if any(t.exception() is not None for t in done if not t.cancelled()):
-                break
-    finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(BaseException):
-                await t
-        ch.close(
-            H2_NO_ERROR
-            if all(t.done() and not t.cancelled() and t.exception() is None for t in tasks)
-            else H2_CANCEL
-        )
-        with contextlib.suppress(Exception):
-            writer.close()
-    return counts[0], counts[1]
+
+def _reset_on_close(sock: socket.socket) -> None:
+    """Make ``close()`` send RST instead of FIN."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+class ChannelFlow:
+    """One stream to an expose that carries one L4 connection (``TunnelFlow``): on a spare
+    agent connection taken for it, or on a shared one; a spare is closed once the flow is
+    over (the agent opens a new one in its place)."""
+
+    def __init__(
+        self,
+        ch: TunnelChannel,
+        extra: dict[str, Any],
+        *,
+        spare: bool,
+        on_spare_done: Callable[[], None],
+    ) -> None:
+        self.ch = ch
+        self.extra = extra  # what the stream's transport says of itself (peer, tunnel path)
+        self.spare = spare
+        self._on_spare_done = on_spare_done
+        self._transport: StreamTransport | None = None
+        self._closed = False
+
+    async def send(self, data: bytes) -> None:
+        """Bytes toward the target before the relay starts (the PROXY header)."""
+        await self.ch.send_data(data)
+
+    def relay(self, sock: socket.socket, *, idle_timeout: float) -> ChannelRelay:
+        """The relay between ``sock`` (the client's) and the stream."""
+        return ChannelRelay(sock, self.ch, idle_timeout=idle_timeout, on_done=self.close)
+
+    def streams(self) -> tuple[ConnIO, ConnIO]:
+        """The stream as a reader and writer (a client that is itself a stream: TLS)."""
+        io = ConnIO(asyncio.get_running_loop())
+        self._transport = StreamTransport(self.ch, io, self.extra, on_lost=self._done)
+        return io, io
+
+    def close(self) -> None:
+        """Done with the flow: what a writer queued still goes (then the stream ends); the
+        stream is reset if it is still open otherwise."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._transport is not None:
+            self._transport.close()  # _done follows once it has gone
+            return
+        self.ch.close(H2_CANCEL)
+        self._done()
+
+    def _done(self) -> None:
+        if self.spare:
+            self.spare = False
+            self._on_spare_done()

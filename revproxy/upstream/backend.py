@@ -3,7 +3,8 @@ balancing policy may key on (``PickContext``).
 
 Rule of this room: ``Backend.state`` is written by health checks (``health.py``) and the
 operator (the admin endpoint) and by nothing else; a tunnel server's ``linked`` by the tunnel
-hub of the process (whether an agent connection exposing it is live here). Every attribute
+hub of the process (whether an agent connection exposing it is live here and its checks
+through the tunnel, if any, pass here). Every attribute
 that feeds ``available`` or ``effective_weight`` except ``active`` counts its writes of a new
 value in one change counter (``changes``), which each pool compares with the count it built
 its candidates from (``pool.py``); so health and the admin keep writing plain attributes, and
@@ -107,7 +108,8 @@ class Backend:
     weight_factor: _Watched[float] = _Watched(1.0)
     weight_scale: _Watched[int] = _Watched(1)
     # A tunnel server (``{ tunnel = "home/web" }``): its path, and whether this process holds
-    # a live agent connection exposing it (written by the tunnel hub only; ``TunnelPaths``).
+    # a live agent connection exposing it whose checks (if any) pass here (written by the
+    # tunnel hub only; ``TunnelPaths``).
     tunnel: str | None = None
     linked: _Watched[bool] = _Watched(True)
     # A server the pool gained at run time (``pool.Member``): what found it — the configured

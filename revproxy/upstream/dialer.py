@@ -52,7 +52,7 @@ from revproxy.proto.http1.exact import H1Client
 from revproxy.upstream.backend import Backend, PickContext
 from revproxy.upstream.h2_origins import H2Origins
 from revproxy.upstream.pool import Pool
-from revproxy.upstream.tunnel_paths import TunnelPaths
+from revproxy.upstream.tunnel_paths import TunnelFlow, TunnelPaths
 
 log = logging.getLogger("revproxy.dial")
 
@@ -612,13 +612,13 @@ class Dialer:
 
     # --- raw sockets (L4 tunnels, TLS passthrough) --------------------------------------------
 
-    async def _open_socket(self, backend: Backend) -> socket.socket:
+    async def _open_socket(self, backend: Backend) -> socket.socket | TunnelFlow:
         """A connected non-blocking socket to ``backend`` (each resolved address in turn; a
-        tunnel server: a socket whose bytes its agent relays)."""
+        tunnel server: a stream to its expose, which the tunnel relays itself)."""
         if backend.tunnel is not None:
             if self.tunnels is None:
                 raise ConnectionRefusedError("no tunnel hub in this process")
-            return await self.tunnels.open_socket(backend, self.connect_timeout)
+            return await self.tunnels.open_flow(backend, self.connect_timeout)
         loop = asyncio.get_running_loop()
         targets = backend.addresses or ((backend.host, backend.port),)
         last: Exception | None = None
@@ -656,12 +656,13 @@ class Dialer:
         *,
         identity: bytes | None = None,
         exclude: set[Backend] | None = None,
-    ) -> tuple[Backend, socket.socket]:
-        """A raw connected socket to an available server, trying the next one on failure.
+    ) -> tuple[Backend, socket.socket | TunnelFlow]:
+        """A raw connected socket to an available server, trying the next one on failure (a
+        tunnel server: its ``TunnelFlow``, which relays the client's socket itself).
 
         Same retry and passive-failure accounting as ``connect``; the connection is never
         pooled. ``identity`` (a PROXY header) is sent before anything else. The caller owns
-        the socket and counts it on the backend (``acquire``/``release``).
+        the socket (or flow) and counts it on the backend (``acquire``/``release``).
         """
         tried: set[Backend] = set(exclude or ())
         attempts = 0
@@ -678,7 +679,10 @@ class Dialer:
                 if identity:
                     try:
                         async with asyncio.timeout(self.connect_timeout):
-                            await loop.sock_sendall(sock, identity)
+                            if isinstance(sock, socket.socket):
+                                await loop.sock_sendall(sock, identity)
+                            else:
+                                await sock.send(identity)
                     except BaseException:
                         sock.close()
                         raise

@@ -12,10 +12,18 @@ What balancing sees, ``Backend.state``, is the admin state if set, else UP or DO
 A new backend starts UP but unconfirmed (as in HAProxy): its first failed check takes it down.
 A backend that comes back up ramps its weight over ``slow_start`` (``weight_factor``).
 
+Tunnel servers (``{ tunnel = "home/web" }``) are checked where their agent connections are:
+each serving process that holds some runs a ``TunnelMonitor``, which checks them through those
+connections with the same ``check_once`` and the same table, and writes its verdict with the
+hub's ``TunnelPaths.checked`` (a server is used only while it is linked and passes); the
+master, which may hold none, hears of every check (``CheckReport``) and moves its own record by
+the ``TUNNEL_UP``/``TUNNEL_DOWN`` rows: up while the checks pass in any process checking it.
+
 The first half of this file is pure (time is passed in). The second half is the I/O shell:
 ``check_once`` (an HTTP GET or a TCP connect, over TLS when the pool uses TLS, with a PROXY
-LOCAL header first when the pool sends PROXY headers) and ``HealthMonitor``, which runs one
-jittered check loop per backend, once per instance (in the master), and reports every change.
+LOCAL header first when the pool sends PROXY headers, from the pool's ``source`` when it has
+one) and ``HealthMonitor``, which runs one jittered check loop per backend, once per instance
+(in the master), and reports every change.
 """
 
 from __future__ import annotations
@@ -27,10 +35,12 @@ import logging
 import os
 import random
 import re
+import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from revproxy.config.model import Health as HealthConfig
 from revproxy.config.model import Pool as PoolConfig
@@ -41,6 +51,8 @@ from revproxy.proto.events import ResponseReceived
 from revproxy.proto.http1.exact import H1Client
 from revproxy.proto.proxy_protocol import build_local_v2, build_v1
 from revproxy.upstream.backend import Backend, BackendState
+from revproxy.upstream.dialer import SourceAddressError, SourceAddresses
+from revproxy.upstream.tunnel_paths import TunnelPaths
 
 log = logging.getLogger("revproxy.health")
 
@@ -59,6 +71,10 @@ class Event(enum.Enum):
     CONNECT_OK = "connect ok"  # passive: a connection succeeded after failures
     CONNECT_FAIL = "connect failed"  # passive: a connection attempt failed or timed out
     COOLDOWN_OVER = "cooldown over"
+    # A tunnel server, in the master: the processes checking it through their agent
+    # connections report it passing in one of them at least (UP), or failing in all (DOWN).
+    TUNNEL_UP = "checks through the tunnel pass"
+    TUNNEL_DOWN = "checks through the tunnel fail"
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,11 +130,15 @@ TABLE: dict[tuple[Health, Event], Rule] = {
         bump="passive", limit="failures", to=C, why="{n} failed connection(s) in a row"
     ),
     (U, E.COOLDOWN_OVER): _IGNORE,
+    (U, E.TUNNEL_UP): _IGNORE,
+    (U, E.TUNNEL_DOWN): Rule(to=D, why="the checks through the tunnel fail, last: {detail}"),
     (D, E.CHECK_OK): Rule(bump="passes", limit="rise", to=U, why="{n} good check(s) in a row"),
     (D, E.CHECK_FAIL): Rule(clear="passes"),
     (D, E.CONNECT_OK): _IGNORE,  # a connection opened just before it went down
     (D, E.CONNECT_FAIL): _IGNORE,
     (D, E.COOLDOWN_OVER): _IGNORE,
+    (D, E.TUNNEL_UP): Rule(to=U, why="the checks through the tunnel pass"),
+    (D, E.TUNNEL_DOWN): _IGNORE,
     (C, E.CHECK_OK): Rule(bump="passes"),  # counts toward coming back when the rest is over
     (C, E.CHECK_FAIL): Rule(clear="passes"),
     (C, E.CONNECT_OK): _IGNORE,
@@ -130,6 +150,8 @@ TABLE: dict[tuple[Health, Event], Rule] = {
         otherwise=D,
         why="cooldown over ({n} good check(s) since)",
     ),
+    (C, E.TUNNEL_UP): Rule(bump="passes"),  # as a good check: counts toward the rest's end
+    (C, E.TUNNEL_DOWN): Rule(clear="passes"),
 }
 
 ADMIN_STATES = (BackendState.DRAIN, BackendState.MAINT)
@@ -304,12 +326,21 @@ def _host_header(backend: Backend, pool: PoolConfig, health: HealthConfig) -> st
         return health.host
     if pool.tls is not None and pool.tls.sni:
         return pool.tls.sni
+    if backend.tunnel is not None:
+        return _expose(backend)  # the proxy does not know the target's address; its name
     name = backend.server_name
     host = f"[{name}]" if ":" in name else name
     return f"{host}:{backend.port}"
 
 
+def _expose(backend: Backend) -> str:
+    """A tunnel server's expose name ("web" of "home/web")."""
+    return (backend.tunnel or "").partition("/")[2]
+
+
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SourceAddressError):
+        return str(exc)  # which source, toward which address
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, ssl.SSLError):
@@ -320,22 +351,48 @@ def _describe(exc: BaseException) -> str:
 
 
 async def check_once(
-    backend: Backend, pool: PoolConfig, tls: ssl.SSLContext | None = None
+    backend: Backend,
+    pool: PoolConfig,
+    tls: ssl.SSLContext | None = None,
+    *,
+    tunnels: TunnelPaths | None = None,
+    source: SourceAddresses | None = None,
 ) -> tuple[bool, str]:
-    """One active check of ``backend``: (passed, detail). Never raises for the origin's faults."""
+    """One active check of ``backend``: (passed, detail). Never raises for the origin's faults.
+
+    A tunnel server is checked through a stream that ``tunnels`` (the hub of this process)
+    opens to its expose: the agent connects to the target, and the same bytes go over it.
+    With ``source`` (the pool's), the check leaves from the next of its addresses, as the
+    pool's connections do; a failure then says from which."""
     health = pool.health
     assert health is not None
-    host, port = (backend.addresses or ((backend.host, backend.port),))[0]
     writer: asyncio.StreamWriter | None = None
+    bound: list[str] = []  # the source address the check left from
     try:
         async with asyncio.timeout(health.timeout):
-            reader, writer = await asyncio.open_connection(host, port, limit=CHECK_MAX_HEAD * 2)
+            if backend.tunnel is not None:
+                if tunnels is None:
+                    raise ConnectionRefusedError("no agent connection in this process")
+                io = await tunnels.open_conn(backend, health.timeout)
+                reader, writer = io.as_streams(CHECK_MAX_HEAD * 2)
+            else:
+                host, port = (backend.addresses or ((backend.host, backend.port),))[0]
+                if source:
+                    sock = await _connect_from(source, host, port, bound)
+                    reader, writer = await asyncio.open_connection(
+                        sock=sock, limit=CHECK_MAX_HEAD * 2
+                    )
+                else:
+                    reader, writer = await asyncio.open_connection(
+                        host, port, limit=CHECK_MAX_HEAD * 2
+                    )
             if pool.send_proxy == "v2":
                 writer.write(build_local_v2())
             elif pool.send_proxy == "v1":
                 writer.write(build_v1(None, None))
             if tls is not None:
-                sni = (pool.tls.sni if pool.tls else None) or health.host or backend.server_name
+                named = _expose(backend) if backend.tunnel is not None else backend.server_name
+                sni = (pool.tls.sni if pool.tls else None) or health.host or named
                 await writer.start_tls(tls, server_hostname=sni)
             if health.tcp:
                 return True, "connected"
@@ -360,7 +417,10 @@ async def check_once(
     except Exception as exc:  # every failure of the origin is a failed check
         if is_local_shortage(exc):  # ... but not our own want of descriptors or memory
             raise LocalResourceError(f"out of resources checking {backend.label}: {exc}") from exc
-        return False, _describe(exc)
+        detail = _describe(exc)
+        if bound and not isinstance(exc, SourceAddressError):
+            detail += f" (from {bound[-1]})"
+        return False, detail
     finally:
         if writer is not None:
             writer.close()
@@ -369,9 +429,44 @@ async def check_once(
                     await writer.wait_closed()
 
 
+async def _connect_from(
+    source: SourceAddresses, host: str, port: int, bound: list[str]
+) -> socket.socket:
+    """A socket connected to ``host``:``port`` from the next ``source`` address of the family
+    of each of its addresses in turn (upstream/dialer.py's rule for the pool's connections);
+    each source tried is appended to ``bound``. The caller bounds the wait."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    last: OSError | None = None
+    for family, _, _, _, sockaddr in infos:
+        address, target_port = str(sockaddr[0]), int(sockaddr[1])
+        shown = f"[{address}]:{target_port}" if ":" in address else f"{address}:{target_port}"
+        if not source.has(family):
+            last = last or source.missing(family, shown)
+            continue
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            bound.append(source.bind(sock, family, shown))
+            await loop.sock_connect(sock, (address, target_port))
+        except BaseException as exc:
+            sock.close()
+            if not isinstance(exc, OSError):
+                raise
+            last = exc
+            continue
+        return sock
+    raise last or OSError(f"{host} has no address")
+
+
 # --- the monitor (I/O) --------------------------------------------------------------------
 
 Key = tuple[str, str, int]  # pool name, host, port: what makes a backend "the same" on reload
+
+# A process's report on a tunnel server counts for the master this many check intervals (plus
+# a timeout) after it came: a worker that stopped checking it (no agent connection left, gone)
+# no longer keeps it up or down.
+REPORT_LIFETIME = 3
 
 
 @dataclass(eq=False)
@@ -384,10 +479,52 @@ class Target:
     pool: PoolConfig
     task: asyncio.Task[None] | None = None
     tls: ssl.SSLContext | None = None
+    # The pool's ``source``: checks leave from its addresses, in turn, as connections do.
+    source: SourceAddresses | None = None
+    # A tunnel server, in the master: by serving process, whether its checks pass there and
+    # when that process said so (``HealthMonitor.report``).
+    reports: dict[int, tuple[bool, float]] = field(default_factory=dict)
 
     @property
     def thresholds(self) -> Thresholds:
         return Thresholds.of(self.pool)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckReport:
+    """One check of a tunnel server by a process that holds agent connections, as the master
+    hears of it (directly, or over a worker's channel as ``message()``)."""
+
+    key: Key
+    source: int  # the serving process: the worker's slot (0 for a single process)
+    ok: bool
+    detail: str
+    duration: float
+    passing: bool  # the server's state by that process's checks, this one included
+
+    def message(self) -> dict[str, Any]:
+        return {
+            "op": "check",
+            "key": list(self.key),
+            "source": self.source,
+            "ok": self.ok,
+            "detail": self.detail,
+            "duration": self.duration,
+            "passing": self.passing,
+        }
+
+    @classmethod
+    def of(cls, msg: Mapping[str, Any]) -> CheckReport:
+        """The report a ``message()`` carries (KeyError, TypeError, ValueError if malformed)."""
+        pool, host, port = msg["key"]
+        return cls(
+            (str(pool), str(host), int(port)),
+            int(msg["source"]),
+            bool(msg["ok"]),
+            str(msg["detail"]),
+            float(msg["duration"]),
+            bool(msg["passing"]),
+        )
 
 
 ChangeHook = Callable[[Target, Change], None]
@@ -403,7 +540,11 @@ class HealthMonitor:
     clock: Callable[[], float] = time.monotonic
     targets: dict[Key, Target] = field(default_factory=dict)
     shortage_log: RateLimitedLog = field(default_factory=RateLimitedLog)
+    # Told of every check's result (a tunnel process reports them to the master).
+    on_check: Callable[[Target, CheckResult], None] | None = None
     _ticker: asyncio.Task[None] | None = None
+    # Loops cancelled and not over yet (``wait_closed``).
+    _stopped: set[asyncio.Task[None]] = field(default_factory=set)
 
     # --- following the configuration
 
@@ -445,18 +586,33 @@ class HealthMonitor:
     def _forget(self, keys: Iterable[Key]) -> None:
         for key in keys:
             t = self.targets.pop(key)
-            if t.task is not None:
-                t.task.cancel()
+            self._cancel(t)
+
+    def _cancel(self, t: Target) -> None:
+        if t.task is not None:
+            self._stop(t.task)
+            t.task = None
+
+    def _stop(self, task: asyncio.Task[None]) -> None:
+        task.cancel()
+        if not task.done():
+            self._stopped.add(task)
+            task.add_done_callback(self._stopped.discard)
 
     def _restart(self, t: Target) -> None:
-        if t.task is not None:
-            t.task.cancel()
-            t.task = None
-        # A tunnel server is checked by its agent connections' pings in the process holding
-        # them (tunnel/link.py), not from here: the master may hold none of them.
-        if t.pool.health is not None and t.backend.tunnel is None:
+        self._cancel(t)
+        t.reports.clear()
+        # A tunnel server is checked through its agent connections by each process holding
+        # some (``TunnelMonitor``), not from here: the master may hold none of them.
+        if self._checks(t):
             t.tls = client_context(t.pool)
+            addresses = t.pool.source_addresses
+            t.source = SourceAddresses(addresses) if addresses else None
             t.task = asyncio.get_running_loop().create_task(self._check_loop(t))
+
+    def _checks(self, t: Target) -> bool:
+        """Whether this monitor runs active checks of ``t``."""
+        return t.pool.health is not None and t.backend.tunnel is None
 
     def _write(self, t: Target, now: float) -> None:
         t.backend.state = t.record.state
@@ -496,6 +652,27 @@ class HealthMonitor:
             return
         self.feed(t, Event.CONNECT_OK if ok else Event.CONNECT_FAIL)
 
+    def report(self, rep: CheckReport) -> None:
+        """A process holding agent connections checked a tunnel server through them: the
+        check is shown and counted here, and the server is up while its checks pass in one
+        process at least of those that reported lately (``REPORT_LIFETIME``)."""
+        t = self.targets.get(rep.key)
+        health = t.pool.health if t is not None else None
+        if t is None or health is None or t.backend.tunnel is None:
+            return  # a report on a server a reload just removed, or no longer checked
+        now = self.clock()
+        t.record.last_check = CheckResult(rep.ok, rep.detail, rep.duration, now)
+        self._count(t, rep.ok, rep.duration)
+        t.reports[rep.source] = (rep.passing, now)
+        lifetime = REPORT_LIFETIME * health.interval + health.timeout
+        passing = any(p for p, at in t.reports.values() if now - at <= lifetime)
+        self.feed(t, Event.TUNNEL_UP if passing else Event.TUNNEL_DOWN, rep.detail)
+
+    def _count(self, t: Target, ok: bool, duration: float) -> None:
+        if self.metrics is not None:
+            self.metrics.checks.inc((t.pool.name, t.backend.label, "ok" if ok else "fail"))
+            self.metrics.check_duration.observe((t.pool.name,), duration)
+
     def set_admin(self, t: Target, admin: BackendState | None) -> Change | None:
         change = set_admin(t.record, admin, self.clock())
         self._apply(t, change)
@@ -521,12 +698,15 @@ class HealthMonitor:
 
     def close(self) -> None:
         if self._ticker is not None:
-            self._ticker.cancel()
+            self._stop(self._ticker)
             self._ticker = None
         for t in self.targets.values():
-            if t.task is not None:
-                t.task.cancel()
-                t.task = None
+            self._cancel(t)
+
+    async def wait_closed(self) -> None:
+        """Wait for the check loops stopped so far (``close``, reloads) to be over."""
+        if self._stopped:
+            await asyncio.gather(*self._stopped, return_exceptions=True)
 
     def tick(self) -> None:
         """End cooldowns that are over; move slow-start weights along."""
@@ -554,17 +734,19 @@ class HealthMonitor:
                 return
             started = time.monotonic()
             try:
-                ok, detail = await check_once(t.backend, t.pool, t.tls)
+                result = await self._check(t)
             except LocalResourceError as exc:
                 # Says nothing of the server: no result is recorded, the state stays.
                 self.shortage_log.warn(log, "pool=%s check skipped: %s", t.pool.name, exc)
                 await asyncio.sleep(health.interval)
                 continue
+            if result is None:  # nothing to check it through now: the state stays
+                await asyncio.sleep(health.interval * self.rng.uniform(1 - JITTER, 1 + JITTER))
+                continue
+            ok, detail = result
             duration = time.monotonic() - started
             t.record.last_check = CheckResult(ok, detail, duration, self.clock())
-            if self.metrics is not None:
-                self.metrics.checks.inc((t.pool.name, t.backend.label, "ok" if ok else "fail"))
-                self.metrics.check_duration.observe((t.pool.name,), duration)
+            self._count(t, ok, duration)
             if not ok:
                 # News while it is up; while it is down, every interval would say the same.
                 log.log(
@@ -575,9 +757,77 @@ class HealthMonitor:
                     detail,
                 )
             self.feed(t, Event.CHECK_OK if ok else Event.CHECK_FAIL, detail)
+            if self.on_check is not None:
+                self.on_check(t, t.record.last_check)
             await asyncio.sleep(health.interval * self.rng.uniform(1 - JITTER, 1 + JITTER))
+
+    async def _check(self, t: Target) -> tuple[bool, str] | None:
+        """One check of ``t``: (passed, detail), or None when it cannot be made now."""
+        return await check_once(t.backend, t.pool, t.tls, source=t.source)
+
+
+@dataclass(eq=False)
+class TunnelMonitor(HealthMonitor):
+    """The active checks of tunnel servers in a process that holds agent connections.
+
+    It watches the tunnel servers of the pools with ``health`` only, checks each through the
+    agent connections of this process (``tunnels``, the hub) while one exposes it — no
+    connection, no check, and the state stays — and writes the verdict with
+    ``tunnels.checked`` instead of ``Backend.state`` (the master's, which it broadcasts to the
+    workers). ``on_check`` carries each result to the master (``CheckReport``); passive
+    health and the operator's states stay the master's.
+    """
+
+    tunnels: TunnelPaths | None = None
+    # Which serving process this is, for the log: (index, count).
+    process: tuple[int, int] = (0, 1)
+
+    def adopt(self, pools: Iterable[tuple[PoolConfig, Iterable[Backend]]]) -> None:
+        super().adopt(
+            (pool, [b for b in backends if b.tunnel is not None])
+            for pool, backends in pools
+            if pool.health is not None
+        )
+
+    def _forget(self, keys: Iterable[Key]) -> None:
+        keys = list(keys)
+        for key in keys:
+            t = self.targets[key]
+            if self.tunnels is not None:
+                self.tunnels.checked(t.backend, True)  # no checks: used while linked
+        super()._forget(keys)
+
+    def _checks(self, t: Target) -> bool:
+        return t.pool.health is not None and self.tunnels is not None
+
+    def _write(self, t: Target, now: float) -> None:
+        if self.tunnels is not None:
+            self.tunnels.checked(t.backend, t.record.health is Health.UP)
+
+    def _apply(self, t: Target, change: Change | None) -> None:
+        self._write(t, self.clock())
+        if change is None:
+            return
+        index, count = self.process
+        log.info(
+            "pool=%s backend=%s through the tunnel (process %d/%d): %s -> %s: %s",
+            t.pool.name,
+            t.backend.label,
+            index,
+            count,
+            change.before.value,
+            change.after.value,
+            change.reason,
+        )
+        if self.on_change is not None:
+            self.on_change(t, change)
+
+    async def _check(self, t: Target) -> tuple[bool, str] | None:
+        if self.tunnels is None or not self.tunnels.held(t.backend):
+            return None
+        return await check_once(t.backend, t.pool, t.tls, tunnels=self.tunnels)
 
 
 def _check_settings(pool: PoolConfig) -> tuple[object, ...]:
     """What a check loop depends on: when it changes on reload, the loop restarts."""
-    return (pool.health, pool.tls, pool.send_proxy)
+    return (pool.health, pool.tls, pool.send_proxy, pool.source_addresses)

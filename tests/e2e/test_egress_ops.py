@@ -1,9 +1,11 @@
 """Egress in operation, end to end: a reload (``revproxy reload`` and SIGHUP) while CONNECT and
 SOCKS5 tunnels carry data and a forward connection is kept alive — the rules changed (the
-destination removed): the tunnels finish whole, new connections get the new rules; egress
-listeners served by several workers (``workers = 2`` and ``"auto"``) with their /metrics
-counters summed over the workers; and the admin's egress rows (``ctl show info``, /stats):
-tunnels open, bytes each way, decisions. Destinations are harness origins on 127.0.0.1."""
+destination removed): the tunnels finish whole, new connections and the kept connection's next
+request get the new rules; a kept connection across reloads that remove and add destinations,
+remove a user, change the listener's allow list or remove the listener; egress listeners served
+by several workers (``workers = 2`` and ``"auto"``) with their /metrics counters summed over
+the workers; and the admin's egress rows (``ctl show info``, /stats): tunnels open, bytes each
+way, decisions. Destinations are harness origins on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import bcrypt
 import pytest
 from egress_peers import PASSWORD, USER, json_lines, users_files, users_tables
 from harness import (
@@ -65,12 +68,23 @@ class Ports:
         return [self.fwd, self.socks, self.admin]
 
 
-def config(d: Path, ports: Ports, dest: int | None, *, workers: int | str = 1) -> str:
+def config(
+    d: Path,
+    ports: Ports,
+    dest: int | list[int] | None,
+    *,
+    workers: int | str = 1,
+    fwd: str = "fwd",
+    allow: str = "",
+) -> str:
     """forward + socks5 listeners (Basic users) on one egress section that allows the origin
-    at ``dest`` (None: nothing)."""
+    at ``dest`` (or each of a list; None: nothing). ``fwd``: the forward listener's name;
+    ``allow``: its allow list (TOML), if any."""
     basic, digest = users_files(d)
-    destinations = f'["127.0.0.1:{dest}"]' if dest is not None else "[]"
+    dests = [] if dest is None else [dest] if isinstance(dest, int) else dest
+    destinations = "[" + ", ".join(f'"127.0.0.1:{port}"' for port in dests) + "]"
     workers_value = f'"{workers}"' if isinstance(workers, str) else str(workers)
+    allow_line = f"allow = {allow}" if allow else ""
     return f"""
 [global]
 access_log_format = "json"
@@ -83,11 +97,12 @@ socket = {toml_path(d / "admin.sock")}
 bind = "{LOOPBACK}:{ports.admin}"
 {users_tables(basic, digest)}
 [[listener]]
-name = "fwd"
+name = "{fwd}"
 bind = ["{LOOPBACK}:{ports.fwd}"]
 mode = "forward"
 egress = "ops"
 auth = {{ users = "apps", scheme = "basic" }}
+{allow_line}
 
 [[listener]]
 name = "socks"
@@ -266,9 +281,7 @@ def test_reload_with_tunnels_in_flight(
             downloads = [BigDownload(conn_sock), BigDownload(socks_sock)]
             for dl in downloads:
                 dl.read(BEFORE_RELOAD)  # the tunnels carry data; the rest is on its way
-            before = len(origin.seen)
             assert forward_get(kept, origin.port, "/ka1") == (200, b"hello GET /ka1\n")
-            kept_conn = origin.seen[before].conn
 
             # The destination is removed from the rules.
             (proxy.conf / "10-test.toml").write_text(config(tmp_path, ports, None, workers=workers))
@@ -293,11 +306,10 @@ def test_reload_with_tunnels_in_flight(
             for dl in downloads:
                 assert dl.finish() == generated_sha256(BIG)
             # The kept-alive forward connection went through the reload: its next request is
-            # answered on the connection it was accepted on (its generation's rules, as a
-            # tunnel's), and so is its destination connection.
+            # judged by the new rules (as Squid after ``squid -k reconfigure``).
             before = len(origin.seen)
-            assert forward_get(kept, origin.port, "/ka2") == (200, b"hello GET /ka2\n")
-            assert origin.seen[before].conn == kept_conn
+            assert forward_get(kept, origin.port, "/ka2")[0] == 403
+            assert len(origin.seen) == before
 
         assert wait_until(lambda: len(_records(proxy, "CONNECT")) >= 2, TIMEOUT)
         assert wait_until(lambda: len(_records(proxy, "SOCKS5")) >= 2, TIMEOUT)
@@ -309,8 +321,168 @@ def test_reload_with_tunnels_in_flight(
             assert refused["refused"] == "destination", refused
         rows = egress_rows(proxy)
         assert rows["fwd"]["tunnels"] == rows["socks"]["tunnels"] == "0"
-        assert rows["fwd"]["denied"] == "2" and rows["socks"]["denied"] == "1", rows
+        assert rows["fwd"]["denied"] == "3" and rows["socks"]["denied"] == "1", rows
         assert int(rows["socks"]["bytes_out"]) >= BIG
+
+
+# --- a kept connection follows the reloads ----------------------------------------------------
+
+
+def exchange(sock: socket.socket, request: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+    """One request on an open forward connection: (status, headers, body)."""
+    sock.sendall(request)
+    status, headers, body, rest = split_response(read_response(sock))
+    assert rest == b""
+    return status, headers, body
+
+
+def get_request(dest: int, path: str, auth: str = AUTH) -> bytes:
+    url = f"http://{LOOPBACK}:{dest}{path}"
+    return f"GET {url} HTTP/1.1\r\nHost: {LOOPBACK}:{dest}\r\n{auth}\r\n\r\n".encode()
+
+
+def basic_auth(user: str, password: str) -> str:
+    return "Proxy-Authorization: Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def reload_to(proxy: Proxy, text: str, number: int) -> None:
+    """Write ``text`` as the configuration, ``revproxy reload``, wait for generation ``number``."""
+    (proxy.conf / "10-test.toml").write_text(text)
+    res = run_cli("reload", "-c", str(proxy.conf))
+    assert res.returncode == 0, res.stderr
+    assert wait_until(lambda: generation(proxy) == number, TIMEOUT), proxy.stderr()
+
+
+def listener_records(proxy: Proxy, count: int, listener: str = "fwd") -> list[dict[str, object]]:
+    """The access-log records of ``listener``, once there are ``count`` of them."""
+
+    def records() -> list[dict[str, object]]:
+        return [r for r in json_lines(proxy.stdout()) if r.get("listener") == listener]
+
+    assert wait_until(lambda: len(records()) >= count, TIMEOUT), proxy.stdout()
+    return records()
+
+
+def closed_by_proxy(sock: socket.socket) -> bool:
+    sock.settimeout(TIMEOUT)
+    return sock.recv(1) == b""
+
+
+def test_kept_connection_follows_destinations_across_reloads(
+    tmp_path: Path, origin: Origin
+) -> None:
+    ports = _ports()
+    with Origin("dest-b") as other, Proxy(tmp_path, config(tmp_path, ports, origin.port),
+                                           ports=ports.all) as proxy:  # fmt: skip
+        a, b = origin.port, other.port
+        with socket.create_connection((LOOPBACK, ports.fwd), timeout=TIMEOUT) as kept:
+            # The same request three times: the third is a remembered one (the plain path's
+            # memory of exchanges), answered without either parser.
+            for _ in range(3):
+                assert exchange(kept, get_request(a, "/same"))[::2] == (200, b"hello GET /same\n")
+            first_conn = origin.seen[-1].conn
+            assert exchange(kept, get_request(b, "/b1"))[0] == 403
+
+            # Only B allowed now: the same connection's next requests follow.
+            reload_to(proxy, config(tmp_path, ports, b), 2)
+            seen_a = len(origin.seen)
+            assert exchange(kept, get_request(a, "/same"))[0] == 403  # the remembered one too
+            assert exchange(kept, get_request(b, "/b2"))[::2] == (200, b"dest-b GET /b2\n")
+            status, _ = connect_on(kept, a)
+            assert status == 403
+            assert len(origin.seen) == seen_a  # nothing reached A after the reload
+
+            # A and B: A again, on a new destination connection (the one kept under the first
+            # rules was closed when they changed); then a CONNECT to B.
+            reload_to(proxy, config(tmp_path, ports, [a, b]), 3)
+            assert exchange(kept, get_request(a, "/same"))[::2] == (200, b"hello GET /same\n")
+            assert origin.seen[-1].conn != first_conn
+            status, _ = connect_on(kept, b)
+            assert status == 200
+            kept.sendall(b"GET /in HTTP/1.1\r\nHost: dest-b\r\nConnection: close\r\n\r\n")
+            data = b""
+            while piece := kept.recv(65536):
+                data += piece
+            assert data.endswith(b"dest-b GET /in\n")
+
+        records = listener_records(proxy, 9)
+        decisions = [(r["method"], r.get("refused") or r["status"]) for r in records]
+        assert decisions == [
+            ("GET", 200), ("GET", 200), ("GET", 200), ("GET", "destination"),
+            ("GET", "destination"), ("GET", 200), ("CONNECT", "destination"),
+            ("GET", 200), ("CONNECT", 200),
+        ], decisions  # fmt: skip
+
+
+def connect_on(sock: socket.socket, dest: int) -> tuple[int, bytes]:
+    """A CONNECT on an open forward connection: (status, the body of a refusal)."""
+    target = f"{LOOPBACK}:{dest}"
+    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{AUTH}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        piece = sock.recv(1)
+        assert piece, head
+        head += piece
+    status = int(head.split(b" ", 2)[1])
+    if status == 200:
+        return status, b""
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])  # type: ignore[index]
+    return status, _recv_exact(sock, length)
+
+
+def test_kept_connection_follows_users_across_reload(tmp_path: Path, origin: Origin) -> None:
+    ports = _ports()
+    text = config(tmp_path, ports, origin.port)
+    basic = tmp_path / "apps.htpasswd"
+
+    def users(*names: str) -> None:
+        hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(5)).decode()
+        basic.write_text("".join(f"{name}:{hashed}\n" for name in names))
+
+    users(USER, "ops")
+    with Proxy(tmp_path, text, ports=ports.all) as proxy:
+        with socket.create_connection((LOOPBACK, ports.fwd), timeout=TIMEOUT) as kept:
+            for _ in range(3):  # the user's password is known (checked once) after the first
+                assert exchange(kept, get_request(origin.port, "/u"))[0] == 200
+            kept_conn = origin.seen[-1].conn
+
+            users("ops")  # USER removed; the egress section is the same
+            reload_to(proxy, text, 2)
+            status, headers, _ = exchange(kept, get_request(origin.port, "/u"))
+            assert status == 407
+            challenge = dict(headers)["proxy-authenticate"]
+            assert challenge.startswith('Basic realm="restricted"'), challenge
+            # The other user goes on, on the destination connection kept (same rules).
+            ops = basic_auth("ops", PASSWORD)
+            assert exchange(kept, get_request(origin.port, "/o", ops))[0] == 200
+            assert origin.seen[-1].conn == kept_conn
+        records = listener_records(proxy, 5)
+        assert [r.get("refused") or r["status"] for r in records] == [200, 200, 200, "auth", 200]
+
+
+@pytest.mark.parametrize("change", ["allow", "listener"])
+def test_kept_connection_refused_when_its_listener_changes(
+    tmp_path: Path, origin: Origin, change: str
+) -> None:
+    ports = _ports()
+    with Proxy(tmp_path, config(tmp_path, ports, origin.port), ports=ports.all) as proxy:
+        with socket.create_connection((LOOPBACK, ports.fwd), timeout=TIMEOUT) as kept:
+            assert exchange(kept, get_request(origin.port, "/l"))[0] == 200
+            if change == "allow":  # the client (127.0.0.1) is no longer allowed in
+                text = config(tmp_path, ports, origin.port, allow='["10.0.0.0/8"]')
+                reason, said = "deny", b"client not allowed (reloaded)\n"
+            else:  # the forward listener is gone (another name, another port)
+                moved = Ports(free_port(), ports.socks, ports.admin)
+                text = config(tmp_path, moved, origin.port, fwd="fwd2")
+                reason, said = "listener-gone", b"listener no longer configured (reloaded)\n"
+            reload_to(proxy, text, 2)
+            status, headers, body = exchange(kept, get_request(origin.port, "/l"))
+            assert (status, body) == (403, said)
+            assert ("connection", "close") in headers
+            assert closed_by_proxy(kept)
+        records = listener_records(proxy, 2)
+        assert [r.get("refused") or r["status"] for r in records] == [200, reason]
+        assert f"decision={reason}" in proxy.stderr()
 
 
 # --- workers ------------------------------------------------------------------------------------

@@ -45,8 +45,12 @@ def setup(tmp_path: Path, origin: Origin, workers: int = 1) -> tuple[Proxy, Agen
         tunnel_port,
     )
     agent = Agent(tmp_path / "agent", tunnel_port, {"web": (origin.port, "http")})
-    res = agent.enroll(enroll_token(proxy.conf))
-    assert res.returncode == 0, res.stderr
+    try:
+        res = agent.enroll(enroll_token(proxy.conf))
+        assert res.returncode == 0, res.stderr
+    except BaseException:
+        proxy.stop()  # the test's own cleanup is not reached
+        raise
     return proxy, agent, http_port, tunnel_port
 
 
