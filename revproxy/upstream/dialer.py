@@ -540,13 +540,13 @@ class Dialer:
     ) -> tuple[Backend | None, BackendConnection | None]:
         """``pooled_stream`` for a caller that drives the connection itself (the plain
         exchange, edge/fast_exchange.py; HTTP/1.1 pools only): the server the pool picks and
-        its idle connection. A server picked without one (or a tunnel server) is kept for
-        ``ctx``: the next ``pooled_stream(ctx)`` takes it instead of picking again, so a
-        request handed on to the general exchange is balanced once."""
+        its idle connection (a tunnel server's: a kept-alive stream). A server picked without
+        one is kept for ``ctx``: the next ``pooled_stream(ctx)`` takes it instead of picking
+        again, so a request handed on to the general exchange is balanced once."""
         backend = self.pool.pick(ctx)
         if backend is None:
             return None, None
-        conn = self._take_idle(backend, identity) if backend.tunnel is None else None
+        conn = self._take_idle(backend, identity)
         if conn is None:
             kept = self._kept
             if len(kept) >= _KEPT_MAX:  # picks nobody came for (a connection torn down)
