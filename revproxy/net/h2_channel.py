@@ -343,6 +343,23 @@ class H2Channel:
             self._unacked = len(ev.data)
         return ev
 
+    def send_now(self, data: bytes) -> int:
+        """As much of ``data`` as the windows take at once, with no wait: the bytes taken (0
+        when the stream is broken, or when the socket is behind or has a block of DATA queued
+        already — ``send_data`` then waits, as a caller that got less than all must)."""
+        link = self.link
+        if self.broken or link.unflushed + len(data) >= COALESCE_LIMIT or link.drain_needed:
+            return 0
+        try:
+            taken = link.proto.send_data(self.stream_id, data, False)
+        except StreamClosed:
+            return 0
+        if taken:
+            link.flush()
+            link.unflushed += taken
+            self.bytes_out += taken
+        return taken
+
     async def send_data(self, data: bytes | memoryview, end: bool = False) -> None:
         """Send ``data`` as the windows allow, waiting for them to open (RFC 9113 §5.2)."""
         link = self.link

@@ -156,6 +156,9 @@ class StreamTransport(asyncio.Transport):
         self._reading = asyncio.Event()
         self._reading.set()
         self._has_out = asyncio.Event()
+        # Whether the writer task waits for bytes with none queued: ``write`` may then send
+        # itself (nothing can be ahead of its bytes).
+        self._writer_idle = False
         loop = asyncio.get_running_loop()
         self._tasks = (loop.create_task(self._read()), loop.create_task(self._write()))
         protocol.connection_made(self)
@@ -210,7 +213,15 @@ class StreamTransport(asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closing or self._eof_wanted or not data:
             return
-        self._out.append(bytes(data))
+        data = bytes(data)
+        if not self._out and self._writer_idle:
+            # Nothing queued before it: what the windows take goes now, from this call; the
+            # writer task wakes only for what has to wait (a window, a socket behind).
+            taken = self._ch.send_now(data)
+            if taken == len(data):
+                return
+            data = data[taken:]
+        self._out.append(data)
         self._queued += len(data)
         self._has_out.set()
         if not self._write_paused and self._queued > self._high:
@@ -239,7 +250,11 @@ class StreamTransport(asyncio.Transport):
                         self._finish(None)
                     return
                 self._has_out.clear()
-                await self._has_out.wait()
+                self._writer_idle = True
+                try:
+                    await self._has_out.wait()
+                finally:
+                    self._writer_idle = False
         except (ConnectionError, OSError, TimeoutError) as exc:
             self._lose(exc)
         except asyncio.CancelledError:
