@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from revproxy.errors import H2_CANCEL
@@ -191,6 +192,7 @@ class H2Channel:
         "bytes_out",
         "inbox",
         "link",
+        "listener",
         "reset_code",
         "stall_timeout",
         "stream_id",
@@ -212,6 +214,9 @@ class H2Channel:
         # gives the stream up when its window stays shut for ``stall_timeout``.
         self._source: ConnIO | None = None
         self._stall: asyncio.TimerHandle | None = None
+        # A reader that takes events from callbacks (``take_event``) instead of awaiting
+        # ``next_event``: called when an event arrives and when the stream breaks.
+        self.listener: Callable[[], None] | None = None
 
     # --- what the link calls
 
@@ -219,6 +224,10 @@ class H2Channel:
         self.inbox.append(ev)
         if type(ev) is DataReceived:
             self.bytes_in += len(ev.data)
+        listener = self.listener
+        if listener is not None:
+            listener()
+            return
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -239,6 +248,8 @@ class H2Channel:
         source = self._source
         if source is not None:
             source.room_changed()  # it reads on: the exchange learns the stream is gone
+        if self.listener is not None:
+            self.listener()
 
     @staticmethod
     def _wake(fut: asyncio.Future[None] | None) -> None:
@@ -325,6 +336,18 @@ class H2Channel:
             self.link.proto.acknowledge(self.stream_id, self._unacked)
             self._unacked = 0
             self.link.flush()
+
+    def take_event(self) -> Event | None:
+        """``next_event`` without a wait: None when nothing is in the inbox (``listener`` is
+        called when something comes, or the stream breaks: ``broken``)."""
+        self.acknowledge()
+        inbox = self.inbox
+        if not inbox:
+            return None
+        ev = inbox.popleft()
+        if type(ev) is DataReceived:
+            self._unacked = len(ev.data)
+        return ev
 
     async def next_event(self) -> Event:
         """The next received event; the chunk taken before is acknowledged first."""

@@ -153,38 +153,51 @@ class StreamTransport(asyncio.Transport):
         self._eof_wanted = False
         self._closing = False
         self._lost = False
-        self._reading = asyncio.Event()
-        self._reading.set()
+        # Received events are handed on from the link's callback (``_pump_in``), no task:
+        # while reading is on, until the stream's end (``_in_done``).
+        self._reading = True
+        self._in_done = False
         self._has_out = asyncio.Event()
         # Whether the writer task waits for bytes with none queued: ``write`` may then send
         # itself (nothing can be ahead of its bytes).
         self._writer_idle = False
-        loop = asyncio.get_running_loop()
-        self._tasks = (loop.create_task(self._read()), loop.create_task(self._write()))
+        self._loop = loop = asyncio.get_running_loop()
+        self._tasks = (loop.create_task(self._write()),)
         protocol.connection_made(self)
+        channel.listener = self._pump_in
+        loop.call_soon(self._pump_in)  # what came before this transport did
 
     # --- reading
 
-    async def _read(self) -> None:
+    def _pump_in(self) -> None:
+        """Hand the protocol what the stream received while reading is on: each DATA payload
+        (its bytes given back to the peer's window when the next event is taken), then
+        ``eof_received`` at the stream's end; a broken stream loses the connection."""
+        if self._in_done or self._lost:
+            return
         ch = self._ch
         try:
-            while True:
-                if not self._reading.is_set():
-                    await self._reading.wait()
-                ev = await ch.next_event()
-                if isinstance(ev, DataReceived):
+            while self._reading:
+                ev = ch.take_event()
+                if ev is None:
+                    if ch.broken:
+                        raise ch.gone()
+                    return
+                if type(ev) is DataReceived:
                     if ev.data:
                         self._deliver(ev.data)
-                elif isinstance(ev, MessageEnded):
+                elif type(ev) is MessageEnded:
                     ch.acknowledge()
+                    self._in_done = True
+                    ch.listener = None
                     keep = self._protocol.eof_received()  # type: ignore[attr-defined]
                     if not keep:
                         self.close()
                     return
-        except (ConnectionError, OSError, TimeoutError) as exc:
+        except Exception as exc:
+            self._in_done = True
+            ch.listener = None
             self._lose(exc)
-        except asyncio.CancelledError:
-            pass
 
     def _deliver(self, data: bytes) -> None:
         protocol = self._protocol
@@ -200,13 +213,15 @@ class StreamTransport(asyncio.Transport):
             protocol.data_received(data)  # type: ignore[attr-defined]
 
     def pause_reading(self) -> None:
-        self._reading.clear()
+        self._reading = False
 
     def resume_reading(self) -> None:
-        self._reading.set()
+        if not self._reading:
+            self._reading = True
+            self._loop.call_soon(self._pump_in)  # as a transport resumes: not from this call
 
     def is_reading(self) -> bool:
-        return self._reading.is_set()
+        return self._reading
 
     # --- writing
 
@@ -290,7 +305,7 @@ class StreamTransport(asyncio.Transport):
         if self._closing or self._lost:
             return
         self._closing = True
-        if self._tasks[1].done():  # END_STREAM went already (write_eof): nothing is left
+        if self._tasks[0].done():  # END_STREAM went already (write_eof): nothing is left
             self._finish(None)
             return
         self._has_out.set()
@@ -306,6 +321,7 @@ class StreamTransport(asyncio.Transport):
             return
         self._lost = True
         self._closing = True
+        self._ch.listener = None
         self._ch.close(H2_NO_ERROR if exc is None else H2_CANCEL)
         for task in self._tasks:
             if task is not asyncio.current_task():
