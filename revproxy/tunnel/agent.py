@@ -49,7 +49,7 @@ from revproxy.tunnel.ca import SERVER_NAME
 from revproxy.tunnel.egress import Forwarder
 from revproxy.tunnel.enrol import Credentials
 from revproxy.tunnel.link import FRAME_SIZE
-from revproxy.tunnel.stream import ChannelRelay, TunnelChannel, open_channel
+from revproxy.tunnel.stream import ChannelRelay, TunnelChannel, frames_in, open_channel
 from revproxy.tunnel.wire import LinkProtocol, LinkWriter
 
 log = logging.getLogger("revproxy.agent")
@@ -143,13 +143,7 @@ class AgentConnection(H2Link):
     def _received(self, data: bytes) -> None:
         """Whole frames from the proxy (a RevproxyError ends the connection, its GOAWAY
         written first)."""
-        self.liveness.heard(time.monotonic())
-        try:
-            events = self.proto.receive_data(data, asyncio.get_running_loop().time())
-        except RevproxyError:
-            self.flush_now()
-            raise
-        for ev in events:
+        for ev in frames_in(self, self.liveness, data):
             if isinstance(ev, RequestReceived):
                 self._request(ev)
             elif isinstance(ev, GoAwayReceived):

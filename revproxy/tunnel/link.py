@@ -32,7 +32,7 @@ from revproxy.proto.tunnel import (
     path_of_expose,
     worker_header,
 )
-from revproxy.tunnel.stream import CountedLink, TunnelChannel, open_channel
+from revproxy.tunnel.stream import CountedLink, TunnelChannel, frames_in, open_channel
 from revproxy.tunnel.wire import LinkProtocol, LinkWriter
 
 log = logging.getLogger("revproxy.tunnel")
@@ -173,13 +173,7 @@ class AgentLink(CountedLink):
     def _received(self, data: bytes) -> None:
         """Whole frames from the agent (a RevproxyError ends the connection, its GOAWAY
         written first)."""
-        self.liveness.heard(time.monotonic())
-        try:
-            events = self.proto.receive_data(data, asyncio.get_running_loop().time())
-        except RevproxyError:
-            self.flush_now()
-            raise
-        for ev in events:
+        for ev in frames_in(self, self.liveness, data):
             if isinstance(ev, GoAwayReceived):
                 self.draining = True  # the agent stops: no new stream here
                 if self.on_change is not None:

@@ -23,16 +23,18 @@ import asyncio
 import contextlib
 import socket
 import struct
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from revproxy.errors import H2_CANCEL, H2_NO_ERROR
+from revproxy.errors import H2_CANCEL, H2_NO_ERROR, RevproxyError
 from revproxy.net.conn_io import ConnIO
 from revproxy.net.h2_channel import H2Channel, H2Link
 from revproxy.net.relay import IDLE_TICKS, RelayEnd, RelayResult, fd_poller
-from revproxy.proto.events import DataReceived, MessageEnded
+from revproxy.proto.events import DataReceived, Event, MessageEnded
 from revproxy.proto.h2.engine import H2Endpoint
+from revproxy.proto.tunnel import Liveness
 from revproxy.tunnel.wire import LinkProtocol, LinkWriter
 
 __all__ = [
@@ -56,6 +58,17 @@ STALL_TIMEOUT = 300.0
 # Write buffer limits of a StreamTransport (bytes queued for the stream, not yet sent).
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
+
+
+def frames_in(link: H2Link, liveness: Liveness, data: bytes) -> list[Event]:
+    """The events of whole frames received on an agent connection (either end), the peer
+    heard from; a RevproxyError ends the connection, with its GOAWAY written first."""
+    liveness.heard(time.monotonic())
+    try:
+        return link.proto.receive_data(data, asyncio.get_running_loop().time())
+    except RevproxyError:
+        link.flush_now()
+        raise
 
 
 class CountedLink(H2Link):
