@@ -439,7 +439,7 @@ class Dialer:
                     assert transport is not None
                 elif self.source:
                     async with asyncio.timeout(self.connect_timeout):
-                        sock = await self._connect_from_source(loop, host, port)
+                        sock = await connect_from_source(self.source, host, port)
                         factory = functools.partial(_same, io)
                         try:
                             transport, _ = await loop.create_connection(factory, sock=sock)
@@ -474,31 +474,6 @@ class Dialer:
                 io.set_transport(tls)
             return io
         raise last or OSError("no address")
-
-    async def _connect_from_source(
-        self, loop: asyncio.AbstractEventLoop, host: str, port: int
-    ) -> socket.socket:
-        """A socket bound to the next ``source`` address of the family of each address of
-        ``host`` in turn, connected (non-blocking); the caller bounds the wait."""
-        last: OSError | None = None
-        for family, addr in await _socket_addresses(loop, host, port):
-            if not self.source.has(family):
-                last = last or self.source.missing(family, _shown(addr))
-                continue
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            try:
-                sock.setblocking(False)
-                self.source.bind(sock, family, _shown(addr))
-                await loop.sock_connect(sock, addr)
-            except BaseException as exc:
-                sock.close()
-                if not isinstance(exc, OSError):
-                    raise
-                _raise_if_local(exc)
-                last = exc
-                continue
-            return sock
-        raise last or OSError(f"{host}: no address")
 
     async def _tunnel_conn(self, backend: Backend) -> ConnIO:
         if self.tunnels is None:
@@ -728,6 +703,37 @@ def _ip_family(host: str) -> int | None:
     except ValueError:
         return None
     return socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+
+
+async def connect_from_source(
+    source: SourceAddresses, host: str, port: int, *, bound: list[str] | None = None
+) -> socket.socket:
+    """A socket bound to the next ``source`` address of the family of each address of
+    ``host`` in turn, connected (non-blocking): the rule of a pool's connections, and of its
+    health checks. Each source bound is appended to ``bound``; a connect that failed for want
+    of our own resources raises LocalResourceError at once. The caller bounds the wait."""
+    loop = asyncio.get_running_loop()
+    last: OSError | None = None
+    for family, addr in await _socket_addresses(loop, host, port):
+        if not source.has(family):
+            last = last or source.missing(family, _shown(addr))
+            continue
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            chosen = source.bind(sock, family, _shown(addr))
+            if bound is not None:
+                bound.append(chosen)
+            await loop.sock_connect(sock, addr)
+        except BaseException as exc:
+            sock.close()
+            if not isinstance(exc, OSError):
+                raise
+            _raise_if_local(exc)
+            last = exc
+            continue
+        return sock
+    raise last or OSError(f"{host}: no address")
 
 
 async def _socket_addresses(

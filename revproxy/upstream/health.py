@@ -35,7 +35,6 @@ import logging
 import os
 import random
 import re
-import socket
 import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -51,7 +50,7 @@ from revproxy.proto.events import ResponseReceived
 from revproxy.proto.http1.exact import H1Client
 from revproxy.proto.proxy_protocol import build_local_v2, build_v1
 from revproxy.upstream.backend import Backend, BackendState
-from revproxy.upstream.dialer import SourceAddressError, SourceAddresses
+from revproxy.upstream.dialer import SourceAddressError, SourceAddresses, connect_from_source
 from revproxy.upstream.tunnel_paths import TunnelPaths
 
 log = logging.getLogger("revproxy.health")
@@ -378,7 +377,7 @@ async def check_once(
             else:
                 host, port = (backend.addresses or ((backend.host, backend.port),))[0]
                 if source:
-                    sock = await _connect_from(source, host, port, bound)
+                    sock = await connect_from_source(source, host, port, bound=bound)
                     reader, writer = await asyncio.open_connection(
                         sock=sock, limit=CHECK_MAX_HEAD * 2
                     )
@@ -414,6 +413,8 @@ async def check_once(
                         return False, f"status {ev.status} (expected {health.expect})"
                 if not data:
                     return False, "closed without a response"
+    except LocalResourceError:
+        raise  # ours, not the server's (connect_from_source): no result
     except Exception as exc:  # every failure of the origin is a failed check
         if is_local_shortage(exc):  # ... but not our own want of descriptors or memory
             raise LocalResourceError(f"out of resources checking {backend.label}: {exc}") from exc
@@ -427,36 +428,6 @@ async def check_once(
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):
                     await writer.wait_closed()
-
-
-async def _connect_from(
-    source: SourceAddresses, host: str, port: int, bound: list[str]
-) -> socket.socket:
-    """A socket connected to ``host``:``port`` from the next ``source`` address of the family
-    of each of its addresses in turn (upstream/dialer.py's rule for the pool's connections);
-    each source tried is appended to ``bound``. The caller bounds the wait."""
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    last: OSError | None = None
-    for family, _, _, _, sockaddr in infos:
-        address, target_port = str(sockaddr[0]), int(sockaddr[1])
-        shown = f"[{address}]:{target_port}" if ":" in address else f"{address}:{target_port}"
-        if not source.has(family):
-            last = last or source.missing(family, shown)
-            continue
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setblocking(False)
-            bound.append(source.bind(sock, family, shown))
-            await loop.sock_connect(sock, (address, target_port))
-        except BaseException as exc:
-            sock.close()
-            if not isinstance(exc, OSError):
-                raise
-            last = exc
-            continue
-        return sock
-    raise last or OSError(f"{host} has no address")
 
 
 # --- the monitor (I/O) --------------------------------------------------------------------
