@@ -152,21 +152,22 @@ def _request(site: Site, path: str, extra: bytes = b"") -> bytes:
 
 
 def _read_response(sock: socket.socket) -> bytes:
-    """One response with a Content-Length (or none: to the end), head and body."""
+    """One response with a Content-Length (or none: to the end), head and body, and not a
+    byte more: a pipelined response after it stays in the socket for the next call."""
     buf = b""
-    while b"\r\n\r\n" not in buf:
-        chunk = sock.recv(65536)
+    while not buf.endswith(b"\r\n\r\n"):
+        chunk = sock.recv(1)  # the head byte by byte: it is short
         if not chunk:
             return buf
         buf += chunk
-    head, _, body = buf.partition(b"\r\n\r\n")
+    head, body = buf[:-4], b""
     length = -1
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
             length = int(value.strip())
     while length < 0 or len(body) < length:
-        chunk = sock.recv(65536)
+        chunk = sock.recv(65536 if length < 0 else length - len(body))
         if not chunk:
             break
         body += chunk
