@@ -4,7 +4,8 @@
 
 Against OpenSSH's ``ssh -R`` on the same machine in the same run: bulk TCP MB/s through a
 ``mode = "tcp"`` expose and through an ``ssh -R`` forward (goal: >= 1.0x ssh); small HTTP
-requests (wrk, 16 connections) through the tunnel and to the same origin directly (goal:
+requests (wrk, 16 connections) through the tunnel and to the same origin directly, in interleaved
+rounds whose ratios give the median, with the CPU each process spent per request (goal:
 >= 0.7x); the proxy's memory per idle agent connection (goal: <= 100 KiB). Everything runs on
 loopback; the proxy, the agent, sshd and the origins are real processes.
 """
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,6 +32,7 @@ from bench_sections import provenance, write_section  # noqa: E402
 from harness import LOOPBACK, Proxy, free_port, wait_until  # noqa: E402
 from tunnel_peers import Agent, Sshd, enroll_token, proxy_config  # noqa: E402
 
+TICKS = os.sysconf("SC_CLK_TCK")
 REPLY = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok"
 
 
@@ -90,29 +94,48 @@ def push(port: int, size: int) -> float:
     return sent / (time.monotonic() - started) / 1e6
 
 
-def wrk(port: int, duration: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def wrk(port: int, duration: int, pids: dict[str, int]) -> tuple[float, dict[str, float]]:
+    """req/s of wrk against ``port``, and the CPU-µs per request of each process in ``pids``
+    (the origin is this process's thread: ``origin``)."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    mine = time.process_time()
     out = subprocess.run(
         ["wrk", "-t1", "-c16", f"-d{duration}s", f"http://{LOOPBACK}:{port}/"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
+    used = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+    used["origin"] = time.process_time() - mine
     found = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    assert found and "Non-2xx" not in out, out
-    return float(found.group(1))
+    count = re.search(r"(\d+) requests in", out)
+    assert found and count and "Non-2xx" not in out, out
+    n = max(1, int(count.group(1)))
+    return float(found.group(1)), {name: cpu / n * 1e6 for name, cpu in used.items()}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--size", type=int, default=1000, help="MB per bulk transfer")
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
-    parser.add_argument("--quick", action="store_true", help="--size 200 --duration 2")
+    parser.add_argument(
+        "--quick", action="store_true", help="--size 200 --duration 2, 3 rounds (7 otherwise)"
+    )
     parser.add_argument(
         "--no-write", dest="write", action="store_false",
         help="print only (by default the figures also go to docs/benchmarks.md)",
     )  # fmt: skip
     args = parser.parse_args()
-    size, duration = args.size * 1000 * 1000, args.duration
+    size, duration, rounds = args.size * 1000 * 1000, args.duration, 7
     if args.quick:
-        size, duration = 200 * 1000 * 1000, 2
+        size, duration, rounds = 200 * 1000 * 1000, 2, 3
     base = Path(tempfile.mkdtemp(prefix="revproxy-bench-tunnel-"))
     sink, origin = start_sink(), start_origin()
     http_port, tunnel_port, tcp_port, direct_port = (free_port() for _ in range(4))
@@ -174,7 +197,21 @@ servers = ["{LOOPBACK}:{origin}"]
 
         assert wait_until(forwarding, 10), "ssh -R did not come up"
         ssh_mbs = max(push(rport, size) for _ in range(2))
-        tunnel_rps, direct_rps = wrk(http_port, duration), wrk(direct_port, duration)
+        # Interleaved rounds (tunnel and direct in turn, each first every other round): a
+        # slow moment of the machine falls on both alike; the ratio is the median of the
+        # rounds' own ratios.
+        assert agent.proc is not None
+        pids = {"proxy": proxy.pid, "agent": agent.proc.pid}
+        tunnel_runs: list[float] = []
+        direct_runs: list[float] = []
+        cpu: dict[str, dict[str, list[float]]] = {"tunnel": {}, "direct": {}}
+        for rnd in range(rounds):
+            order = [("tunnel", http_port), ("direct", direct_port)]
+            for way, port in order if rnd % 2 == 0 else order[::-1]:
+                rps, per_request = wrk(port, duration, pids)
+                (tunnel_runs if way == "tunnel" else direct_runs).append(rps)
+                for name, us in per_request.items():
+                    cpu[way].setdefault(name, []).append(us)
     finally:
         if ssh is not None:
             ssh.terminate()
@@ -183,12 +220,15 @@ servers = ["{LOOPBACK}:{origin}"]
         for a in agents:
             a.stop()
         proxy.stop()
-    bulk_ratio, http_ratio = tunnel_mbs / ssh_mbs, tunnel_rps / direct_rps
+    bulk_ratio = tunnel_mbs / ssh_mbs
+    http_ratio = statistics.median(t / d for t, d in zip(tunnel_runs, direct_runs, strict=True))
+    tunnel_rps, direct_rps = statistics.median(tunnel_runs), statistics.median(direct_runs)
     rows = [
         (f"bulk TCP, {size // 1000000} MB through a `mode = \"tcp\"` expose vs `ssh -R`",
          f"{tunnel_mbs:,.0f} MB/s", f"{ssh_mbs:,.0f} MB/s", f"{bulk_ratio:.2f}x", ">= 1.0x",
          bulk_ratio >= 1.0),
-        ("small HTTP requests (wrk -c16) through the tunnel vs the same origin direct",
+        (f"small HTTP requests (wrk -c16) through the tunnel vs the same origin direct "
+         f"(median of {rounds} interleaved rounds' ratios)",
          f"{tunnel_rps:,.0f} req/s", f"{direct_rps:,.0f} req/s", f"{http_ratio:.2f}x",
          ">= 0.7x", http_ratio >= 0.7),
         ("memory per idle agent connection on the proxy (50 connections)",
@@ -199,6 +239,17 @@ servers = ["{LOOPBACK}:{origin}"]
         + "".join(
             f"| {name} | {ours} | {ref} | {r} | {goal} | {'yes' if ok else 'no'} |\n"
             for name, ours, ref, r, goal, ok in rows
+        )
+    )
+    table += (
+        "\nCPU-µs per small request (medians of the rounds; the origin is a Python asyncio "
+        "server in the benchmark's own process):\n\n"
+        "| path | proxy | agent | origin |\n|---|---:|---:|---:|\n"
+        + "".join(
+            f"| {way} | {statistics.median(cpu[way]['proxy']):.1f} | "
+            + (f"{statistics.median(cpu[way]['agent']):.1f}" if way == "tunnel" else "-")
+            + f" | {statistics.median(cpu[way]['origin']):.1f} |\n"
+            for way in ("tunnel", "direct")
         )
     )
     print(table)

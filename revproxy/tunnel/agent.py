@@ -49,7 +49,13 @@ from revproxy.tunnel.ca import SERVER_NAME
 from revproxy.tunnel.egress import Forwarder
 from revproxy.tunnel.enrol import Credentials
 from revproxy.tunnel.link import FRAME_SIZE
-from revproxy.tunnel.stream import ChannelRelay, TunnelChannel, frames_in, open_channel
+from revproxy.tunnel.stream import (
+    ChannelRelay,
+    TransportRelay,
+    TunnelChannel,
+    frames_in,
+    open_channel,
+)
 from revproxy.tunnel.wire import LinkProtocol, LinkWriter
 
 log = logging.getLogger("revproxy.agent")
@@ -239,7 +245,10 @@ class AgentConnection(H2Link):
             try:
                 self.h2.send_response(sid, 200, [])
                 self.flush()
-                result = await ChannelRelay(sock, ch, idle_timeout=None).run()
+                if expose.mode == "tcp":
+                    result = await ChannelRelay(sock, ch, idle_timeout=None).run()
+                else:  # small exchanges: relayed from callbacks (the socket is the relay's)
+                    result = await TransportRelay(ch, {"tunnel": target}).run(sock)
                 if result.error:
                     log.debug("stream %d ended: %s: %s", sid, result.end.value, result.error)
             finally:

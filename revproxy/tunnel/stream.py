@@ -43,6 +43,7 @@ __all__ = [
     "ChannelRelay",
     "CountedLink",
     "StreamTransport",
+    "TransportRelay",
     "TunnelChannel",
 ]
 
@@ -325,6 +326,10 @@ class StreamTransport(asyncio.Transport):
 
     def abort(self) -> None:
         self._finish(None)
+
+    def reset(self, exc: BaseException) -> None:
+        """End the stream as failed (RST_STREAM CANCEL): the other end of a relay failed."""
+        self._lose(exc)
 
     def _lose(self, exc: BaseException | None) -> None:
         self._finish(exc if isinstance(exc, Exception) else None)
@@ -611,6 +616,149 @@ class ChannelRelay:
                 raise _Failed("a", exc) from None
             if view is None and sent < len(data):
                 view = memoryview(data)
+
+
+class _Side(asyncio.Protocol):
+    """One side of a ``TransportRelay``: what it receives goes to the other side's transport."""
+
+    def __init__(self, relay: TransportRelay, name: str) -> None:
+        self.relay = relay
+        self.name = name  # "a" the socket, "b" the stream
+        self.other: asyncio.Transport | None = None  # set once both transports exist
+        self.held: list[bytes] = []  # received before the other side existed
+        self.transport: asyncio.BaseTransport | None = None
+
+    def data_received(self, data: bytes) -> None:
+        relay = self.relay
+        relay.active = True
+        if self.name == "a":
+            relay.a_to_b += len(data)
+        else:
+            relay.b_to_a += len(data)
+        other = self.other
+        if other is None:
+            self.held.append(data)
+        elif not other.is_closing():
+            other.write(data)
+
+    def eof_received(self) -> bool:
+        self.relay.ended(self.name)
+        return True  # half-close: the other direction goes on
+
+    def pause_writing(self) -> None:
+        peer = self.relay.side("b" if self.name == "a" else "a")
+        if peer.transport is not None:
+            peer.transport.pause_reading()  # type: ignore[attr-defined]  # hold back the side that feeds this one
+
+    def resume_writing(self) -> None:
+        peer = self.relay.side("b" if self.name == "a" else "a")
+        if peer.transport is not None:
+            peer.transport.resume_reading()  # type: ignore[attr-defined]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.relay.lost(self.name, exc)
+
+
+class TransportRelay:
+    """A connected socket (side a: the agent's connection to an HTTP target) and a tunnel
+    stream (side b) joined from callbacks: the socket is the loop's own transport, the stream
+    a ``StreamTransport``; what one side receives is written to the other, and a side whose
+    writes back up pauses the reading of the side that feeds it. No task per direction and no
+    re-arming of the socket's readiness per response, which is what a small exchange through
+    the tunnel costs most on the agent (``ChannelRelay`` keeps long TCP flows: its reads go
+    straight into a buffer of its own).
+
+    The same rules as ``ChannelRelay``: an end of one direction is passed on (END_STREAM,
+    ``shutdown(SHUT_WR)``) while the other goes on; the socket's failure resets the stream
+    (CANCEL); the stream's failure resets the socket (RST), while a stream the peer ended whole
+    (RST_STREAM NO_ERROR) ends the socket cleanly once what it sent is written. The socket is
+    the relay's once ``run`` starts (its transport closes it)."""
+
+    def __init__(self, ch: TunnelChannel, extra: dict[str, Any]) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.ch = ch
+        self.extra = extra
+        self.a = _Side(self, "a")
+        self.b = _Side(self, "b")
+        self.a_to_b = 0
+        self.b_to_a = 0
+        self.active = False
+        self._ended: set[str] = set()
+        self._lost: set[str] = set()
+        self._end = RelayEnd.CLOSED
+        self._error = ""
+        self._over: asyncio.Future[None] = self.loop.create_future()
+
+    def side(self, name: str) -> _Side:
+        return self.a if name == "a" else self.b
+
+    async def run(self, sock: socket.socket) -> RelayResult:
+        try:
+            sock_tr, _ = await self.loop.create_connection(lambda: self.a, sock=sock)
+        except BaseException:
+            sock.close()
+            self.ch.close(H2_CANCEL)
+            raise
+        stream_tr = StreamTransport(self.ch, self.b, self.extra)
+        self.a.other, self.b.other = stream_tr, sock_tr
+        for data in self.a.held:  # read before the stream's transport was made
+            stream_tr.write(data)
+        self.a.held.clear()
+        if "a" in self._ended:
+            stream_tr.write_eof()
+        try:
+            await self._over
+        except asyncio.CancelledError:
+            # The agent connection is going: the stream goes with it, the socket is reset.
+            self._fail("b", ConnectionResetError("tunnel connection lost"))
+            raise
+        return RelayResult(self.a_to_b, self.b_to_a, self._end, self._error)
+
+    def ended(self, name: str) -> None:
+        """Side ``name`` ended its direction: the other side's transport is told (FIN or
+        END_STREAM once what is queued went); both ended, both close."""
+        self._ended.add(name)
+        other = self.side(name).other
+        if other is not None and not other.is_closing():
+            other.write_eof()
+        if len(self._ended) == 2:
+            for s in (self.a, self.b):
+                if s.transport is not None:
+                    s.transport.close()
+
+    def lost(self, name: str, exc: Exception | None) -> None:
+        self._lost.add(name)
+        if name == "b" and exc is not None and self.ch.ended_by_peer:
+            exc = None  # ended whole: what it sent is written, then the socket's end
+        if exc is not None:
+            self._fail(name, exc)
+        else:
+            other = self.side(name).other
+            if other is not None and not other.is_closing():
+                other.close()  # what is queued still goes
+        if len(self._lost) == 2 and not self._over.done():
+            self._over.set_result(None)
+
+    def _fail(self, name: str, exc: BaseException) -> None:
+        if self._end is RelayEnd.CLOSED:
+            self._end = RelayEnd.A_FAILED if name == "a" else RelayEnd.B_FAILED
+            self._error = str(exc) or type(exc).__name__
+        sock_tr, stream_tr = self.b.other, self.a.other
+        if stream_tr is not None and isinstance(stream_tr, StreamTransport):
+            stream_tr.reset(exc)
+        if sock_tr is not None and not sock_tr.is_closing():
+            sock = sock_tr.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock_tr.abort()
+        for s in "ab":
+            self._lost.add(s)
+        if not self._over.done():
+            self._over.set_result(None)
 
 
 def _reset_on_close(sock: socket.socket) -> None:
