@@ -240,21 +240,9 @@ class WholeOrigin:
         self._thread.join(timeout=5)
 
 
-@pytest.mark.parametrize(
-    "keepalive",
-    [
-        True,
-        pytest.param(
-            False,
-            marks=pytest.mark.xfail(
-                reason="a request on a tunnel stream opened for it whose agent dies before any "
-                "response byte is not retried: the exchange retries reused connections and "
-                "refused streams only (docs/tunnel.md, Not yet)",
-                strict=False,
-            ),
-        ),
-    ],
-)
+# Without keep-alive every request opens a tunnel stream of its own: one the dying agent got
+# no answer byte for is retried as a reused keep-alive connection would be (dialer.py).
+@pytest.mark.parametrize("keepalive", [True, False])
 def test_sigkill_one_of_two_agents_no_failure(tmp_path: Path, keepalive: bool) -> None:
     with WholeOrigin() as origin:
         sigkill_one_of_two(tmp_path, origin.port, keepalive)
