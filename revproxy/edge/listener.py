@@ -49,6 +49,7 @@ from revproxy.edge.client_side import ConnInfo
 from revproxy.edge.generation import Generation, ListenerRuntime, Signal
 from revproxy.edge.h1_connection import HttpConnection
 from revproxy.edge.h2_connection import Http2Connection
+from revproxy.edge.handshake import accept_tls
 from revproxy.edge.tcp import (
     TcpSession,
     match_passthrough,
@@ -745,13 +746,14 @@ class Acceptor:
                 return
         conn = ConnIO(loop)
         ctx = lrt.tls.context if lrt.tls is not None else None
+        tls_config = lrt.config.tls
         try:
-            transport, _ = await loop.connect_accepted_socket(
-                lambda: conn,
-                csock,
-                ssl=ctx,
-                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if ctx else None,
-            )
+            if ctx is not None and tls_config is not None:
+                transport = await accept_tls(
+                    csock, lambda: conn, ctx, tls_config, TLS_HANDSHAKE_TIMEOUT
+                )
+            else:
+                transport, _ = await loop.connect_accepted_socket(lambda: conn, csock)
         except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
             log.debug(
                 "listener=%s client=%s TLS handshake failed: %s",

@@ -202,12 +202,6 @@ def received_alerts(output: str) -> list[str]:
     return [line for line in output.splitlines() if line.startswith("<<<") and "Alert" in line]
 
 
-@pytest.mark.xfail(
-    reason="the handshake is aborted by closing the socket: the alert OpenSSL wrote is never "
-    "flushed (asyncio/uvloop force-close the transport on a failed handshake), so clients see "
-    "'unexpected eof' instead of unrecognized_name / protocol_version (listener.py)",
-    strict=True,
-)
 @pytest.mark.parametrize(
     ("args", "port_name", "alert"),
     [
