@@ -4,6 +4,10 @@ live folder, generating the neutral default certificate and self-signed demo cer
 Rule of this room: a certificate is loaded whole or refused whole, with a reason that names
 the file. Nothing here serves a handshake: ``store.py`` builds contexts, ``edge/tls.py`` picks
 one per connection.
+
+cryptography is imported inside the functions that use it, never at the top: the serving
+process imports this module (for `LoadedCert`) but reads certificate pairs through a child
+process (``probe.py``), so that it never loads cryptography's own OpenSSL (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -18,15 +22,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from typing import TYPE_CHECKING
 
 from revproxy.errors import CertificateError
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 # certbot's layout: <cert_dir>/<name>/fullchain.pem + privkey.pem (symlinks into archive/).
 CERTBOT_CHAIN = "fullchain.pem"
@@ -73,6 +75,9 @@ def _pem_labels(data: bytes) -> list[str]:
 
 
 def _names_of(cert: x509.Certificate) -> tuple[str, ...]:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         found = san.get_values_for_type(x509.DNSName)
@@ -83,6 +88,8 @@ def _names_of(cert: x509.Certificate) -> tuple[str, ...]:
 
 
 def _spki(key: PublicKeyTypes) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -90,6 +97,10 @@ def _spki(key: PublicKeyTypes) -> bytes:
 
 def load_cert_pair(cert: Path, key: Path) -> LoadedCert:
     """Read a PEM certificate chain and its private key; raise `CertificateError` if unusable."""
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
     cert_data = _read(cert, "certificate")
     key_data = _read(key, "private key")
 
@@ -191,6 +202,11 @@ def scan_cert_dir(cert_dir: Path) -> tuple[list[LoadedCert], list[str]]:
 
 
 def _self_signed(subject: x509.Name, san: list[x509.GeneralName], days: int) -> tuple[bytes, bytes]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(UTC)
     builder = (
@@ -214,6 +230,9 @@ def _self_signed(subject: x509.Name, san: list[x509.GeneralName], days: int) -> 
 
 def generate_default_cert() -> tuple[bytes, bytes]:
     """A throwaway self-signed certificate that names no host: ``(cert_pem, key_pem)``."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, DEFAULT_CERT_COMMON_NAME)])
     return _self_signed(subject, [], days=365)
 
@@ -235,6 +254,9 @@ def generate_self_signed(
     names: Sequence[str], cert_path: Path, key_path: Path, *, days: int = 365
 ) -> LoadedCert:
     """Write a self-signed certificate for `names` (DNS names or IP literals) and load it."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     san: list[x509.GeneralName] = []
     for raw in names:
         name = raw.strip().rstrip(".").lower()

@@ -26,9 +26,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.x509.oid import NameOID
-
 from revproxy.certs.certbot import (
     CertbotNotFound,
     certbot_error,
@@ -329,6 +326,10 @@ class CertRow:
 
 def issuer_label(cert_path: Path) -> str:
     """The issuer's common name and organisation, read with cryptography."""
+    # Imported here: ``revproxy run`` builds this command's parser too, and must not load it.
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     try:
         leaf = x509.load_pem_x509_certificates(cert_path.read_bytes())[0]
     except (OSError, ValueError):

@@ -3,7 +3,8 @@
 Rule of this room: one way to load. ``revproxy check``, ``run``, ``reload`` and ``cert`` read
 the same files with the same checks, so a configuration ``check`` accepts is one ``run``
 starts with; certificate pairs are read here (``certs.files``), since ``revproxy.config``
-imports no part above it.
+imports no part above it. The serving process (``serving=True``) has the same functions read
+them in a child process (``certs.probe``): it never loads cryptography.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from revproxy.certs.files import cert_pair_problem
+from revproxy.certs.probe import load_checked
 from revproxy.config.load import load_config, load_config_text
 from revproxy.config.model import Config
 
@@ -24,11 +26,15 @@ def default_conf_dir() -> Path:
     return Path("/etc/revproxy")
 
 
-def load(conf_dir: Path) -> Config:
+def load(conf_dir: Path, *, serving: bool = False) -> Config:
     """``conf_dir/*.toml`` → Config, certificate pairs read too; raises ConfigError."""
+    if serving:
+        return load_checked(lambda check: load_config(conf_dir, check_cert_pair=check))
     return load_config(conf_dir, check_cert_pair=cert_pair_problem)
 
 
-def load_text(files: Sequence[tuple[str, str]]) -> Config:
+def load_text(files: Sequence[tuple[str, str]], *, serving: bool = False) -> Config:
     """(file name, TOML text) pairs → Config, as ``load`` reads a folder."""
+    if serving:
+        return load_checked(lambda check: load_config_text(files, check_cert_pair=check))
     return load_config_text(files, check_cert_pair=cert_pair_problem)

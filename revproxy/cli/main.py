@@ -90,7 +90,7 @@ async def _serve(
     import logging
 
     from revproxy.cli.demo import start_demo_origin
-    from revproxy.errors import ConfigError
+    from revproxy.errors import CertificateError, ConfigError
     from revproxy.runtime.supervisor import Instance
 
     if EARLY.stopping:  # SIGTERM or SIGINT already: nothing is bound, nothing to wait for
@@ -104,7 +104,11 @@ async def _serve(
     else:
         loader = load_files
     assert callable(loader)
-    instance = Instance(loader, conf_dir=conf_dir)
+    try:
+        instance = Instance(loader, conf_dir=conf_dir)
+    except CertificateError as no_default:  # its child process could not run
+        print(f"revproxy: {no_default}", file=sys.stderr)
+        return EXIT_RUNTIME
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # a stop during start is a stop, not a kill
         loop.add_signal_handler(sig, instance.request_stop)
@@ -150,7 +154,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             files = demo_config(state, port)
 
             def load() -> Config:
-                return load_text(files)
+                return load_text(files, serving=True)
 
             return load
 
@@ -165,7 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     conf = Path(args.conf)
 
     def load() -> Config:
-        return load_conf(conf)
+        return load_conf(conf, serving=True)  # certificates read by a child process
 
     return _run_loop(_serve(load, None, demo_origin=False, conf_dir=conf))
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from revproxy.certs.files import LoadedCert, load_cert_pair, scan_cert_dir
+from revproxy.certs.files import LoadedCert
+from revproxy.certs.probe import read_certs
 from revproxy.certs.store import CertStore, client_auth_of
 from revproxy.config.listener import answers_acme
 from revproxy.config.model import Config, Listener, Route
@@ -310,21 +311,41 @@ def passthrough_table(lst: Listener, routes: Sequence[Route]) -> tuple[tuple[str
     return (*exact, *wild)
 
 
+def _cert_sources(listeners: Iterable[Listener]) -> tuple[list[tuple[Path, Path]], list[Path]]:
+    """The certificate pairs and cert_dirs of the TLS listeners among ``listeners``."""
+    pairs: list[tuple[Path, Path]] = []
+    cert_dirs: list[Path] = []
+    for lst in listeners:
+        if lst.tls is not None:
+            pairs.extend((pair.cert, pair.key) for pair in lst.tls.certs)
+            if lst.tls.cert_dir is not None:
+                cert_dirs.append(Path(lst.tls.cert_dir))
+    return pairs, cert_dirs
+
+
 def listener_certs(lst: Listener) -> tuple[list[LoadedCert], list[ConfigProblem]]:
     """Every certificate a TLS listener serves, and what is wrong with the rest."""
     certs: list[LoadedCert] = []
     problems: list[ConfigProblem] = []
     if lst.tls is None:
         return certs, problems
+    # Read by a child process (certs/probe.py): this process does not load cryptography.
+    reading = read_certs(*_cert_sources([lst]))
     for i, pair in enumerate(lst.tls.certs):
         try:
-            certs.append(load_cert_pair(pair.cert, pair.key))
+            certs.append(reading.pair(pair.cert, pair.key))
         except CertificateError as exc:
             problems.append(
                 ConfigProblem(lst.source, f"listener.{lst.name}.tls.certs[{i}]", str(exc))
             )
     if lst.tls.cert_dir is not None:
-        found, errors = scan_cert_dir(Path(lst.tls.cert_dir))
+        try:
+            found, errors = reading.cert_dir(Path(lst.tls.cert_dir))
+        except CertificateError as unread:  # the child failed: not a folder's fault
+            problems.append(
+                ConfigProblem(lst.source, f"listener.{lst.name}.tls.cert_dir", str(unread))
+            )
+            return certs, problems
         certs.extend(found)
         # A broken folder in cert_dir is logged, not fatal: certbot may be mid-issuance.
         for e in errors:
@@ -395,6 +416,9 @@ def build_generation(
 
     listeners: dict[str, ListenerRuntime] = {}
     digest_key = nonce_key(default_pem[1])
+    # Every listener's certificates read at once (one child process, none when the config
+    # check just read the same files); listener_certs below finds them read.
+    read_certs(*_cert_sources(config.listeners))
     for lst in config.listeners:
         routes = [r for r in config.routes if not r.listeners or lst.name in r.listeners]
         server_tls = None

@@ -59,9 +59,6 @@ import struct
 import time
 from collections.abc import Callable
 
-from cryptography import x509
-from cryptography.x509.oid import NameOID
-
 from revproxy.edge.generation import Generation, ListenerRuntime, PoolRuntime
 from revproxy.edge.h1_connection import ConnInfo, proxy_header_for
 from revproxy.edge.tls import client_subject, server_name_of
@@ -308,6 +305,10 @@ def _sub_tlv(sub_type: int, value: bytes) -> bytes:
 
 
 def _common_name(der: bytes) -> str:
+    # Imported here: only a client certificate (a listener with client_ca) gets this far.
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     try:
         names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(
             NameOID.COMMON_NAME

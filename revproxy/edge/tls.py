@@ -24,15 +24,13 @@ from __future__ import annotations
 import _ssl
 import ctypes
 import functools
+import hashlib
+import hmac
 import logging
 import ssl
 import sys
 from collections.abc import Sequence
 from typing import Literal
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from revproxy.certs.store import CertStore, normalize_server_name, server_context
 from revproxy.proto.events import Headers
@@ -53,15 +51,24 @@ _SSL_CTRL_GET_TLSEXT_TICKET_KEYS = 58
 _SSL_CTRL_SET_TLSEXT_TICKET_KEYS = 59
 
 
+def hkdf_sha256(secret: bytes, *, length: int, info: bytes, salt: bytes = b"") -> bytes:
+    """RFC 5869 HKDF with SHA-256 (extract, then expand), from the standard library: the
+    serving process does not load cryptography (and its own OpenSSL) for these few lines."""
+    size = hashlib.sha256().digest_size
+    if not 0 < length <= 255 * size:
+        raise ValueError(f"HKDF-SHA256 makes 1 to {255 * size} bytes, not {length}")
+    prk = hmac.digest(salt or bytes(size), secret, "sha256")  # no salt: HashLen zeros
+    okm = b""
+    block = b""
+    for counter in range(1, -(-length // size) + 1):
+        block = hmac.digest(prk, block + info + bytes([counter]), "sha256")
+        okm += block
+    return okm[:length]
+
+
 def ticket_keys_from(secret: bytes) -> bytes:
     """Session ticket keys derived from `secret` (HKDF-SHA256, a label of their own)."""
-    hkdf = HKDF(
-        algorithm=hashes.SHA256(),
-        length=TICKET_KEYS_SIZE,
-        salt=None,
-        info=b"revproxy tls session ticket keys v1",
-    )
-    return hkdf.derive(secret)
+    return hkdf_sha256(secret, length=TICKET_KEYS_SIZE, info=b"revproxy tls session ticket keys v1")
 
 
 @functools.cache
@@ -129,6 +136,10 @@ def client_subject(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str:
     der = ssl_object.getpeercert(binary_form=True)
     if not der:
         return ""
+    # Imported here: only listeners that ask for client certificates load cryptography, on
+    # their first one (getpeercert()'s dict does not give RFC 4514 text).
+    from cryptography import x509
+
     try:
         return x509.load_der_x509_certificate(der).subject.rfc4514_string()
     except ValueError:

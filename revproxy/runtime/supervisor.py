@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from revproxy.certs.files import generate_default_cert
+from revproxy.certs.probe import generate_default_cert  # made by a child process
 from revproxy.config.model import Bind, Config
 from revproxy.edge.generation import Generation, PoolRuntime
 from revproxy.edge.listener import bind_socket
@@ -183,7 +183,9 @@ class Instance:
 
     async def _reload(self) -> list[str]:
         try:
-            config = self._load()
+            # In a thread: certificate files that changed are read by a child process
+            # (certs/probe.py, ~0.1 s), which must not hold up the connections being served.
+            config = await asyncio.to_thread(self._load)
             gen = self.frontend.build(config)
             await self.frontend.resolve(gen)
             new = self.frontend.bind_new(gen, _bind)

@@ -26,13 +26,15 @@ import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from typing import TYPE_CHECKING
 
 from revproxy.proto.tunnel import EGRESS_ALPN, ENROLL_ALPN, TUNNEL_ALPN, Token, check_name
+
+# cryptography is imported by the functions that use it: a proxy imports this module for
+# every tunnel listener (and the agent for SERVER_NAME), and loads cryptography's own OpenSSL
+# only to make the CA, sign, or read an agent's certificate (docs/performance.md).
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 __all__ = ["DEFAULT_TOKEN_TTL", "EnrolmentRefused", "TunnelCA", "make_csr", "serial_of"]
 
@@ -49,10 +51,14 @@ class EnrolmentRefused(Exception):
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     return ec.generate_private_key(ec.SECP256R1())
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -74,6 +80,10 @@ def _write(path: Path, data: bytes, mode: int = 0o600) -> None:
 
 def make_csr(name: str) -> tuple[bytes, bytes]:
     """(key PEM, CSR PEM) for an agent enrolled as ``name``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
     key = _key()
     csr = (
         x509.CertificateSigningRequestBuilder()
@@ -85,6 +95,9 @@ def make_csr(name: str) -> tuple[bytes, bytes]:
 
 def serial_of(der: bytes) -> tuple[str, str]:
     """(serial in hex, common name) of a DER certificate."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     cert = x509.load_der_x509_certificate(der)
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     name = str(names[0].value) if names else ""
@@ -116,6 +129,10 @@ class TunnelCA:
         (self.dir / "tokens").mkdir(mode=0o700, exist_ok=True)
         with self._locked():
             if not self.ca_pem.exists():
+                from cryptography import x509
+                from cryptography.hazmat.primitives import hashes, serialization
+                from cryptography.x509.oid import NameOID
+
                 key = _key()
                 name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "revproxy tunnel CA")])
                 now = datetime.datetime.now(datetime.UTC)
@@ -147,6 +164,9 @@ class TunnelCA:
                 _write(self.dir / "ca.key", _key_pem(key))
                 _write(self.ca_pem, cert.public_bytes(serialization.Encoding.PEM), 0o644)
             if not self.server_pem.exists():
+                from cryptography import x509
+                from cryptography.hazmat.primitives import serialization
+
                 key = _key()
                 der = self._sign(SERVER_NAME, key.public_key(), server=True)
                 _write(self.dir / "server.key", _key_pem(key))
@@ -163,6 +183,10 @@ class TunnelCA:
             os.close(fd)
 
     def _sign(self, name: str, public_key: object, *, server: bool = False) -> bytes:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
         ca_key = serialization.load_pem_private_key((self.dir / "ca.key").read_bytes(), None)
         ca_cert = x509.load_pem_x509_certificate(self.ca_pem.read_bytes())
         now = datetime.datetime.now(datetime.UTC)
@@ -187,6 +211,9 @@ class TunnelCA:
 
     def pin(self) -> str:
         """SHA-256 (hex) of the listener's certificate, which tokens carry."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
         cert = x509.load_pem_x509_certificate(self.server_pem.read_bytes())
         return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
@@ -214,6 +241,9 @@ class TunnelCA:
 
     def enrol(self, name: str, secret: str, csr_pem: str) -> tuple[str, str]:
         """Use up the token and sign the agent's request: (certificate PEM, CA PEM)."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
         digest = hashlib.sha256(secret.encode()).hexdigest()
         path = self.dir / "tokens" / f"{digest}.json"
         taken = path.with_name(f".{digest}.{os.getpid()}.{secrets.token_hex(4)}.used")
