@@ -61,6 +61,7 @@ from collections.abc import Callable
 
 from revproxy.edge.generation import Generation, ListenerRuntime, PoolRuntime
 from revproxy.edge.h1_connection import ConnInfo, proxy_header_for
+from revproxy.edge.handshake import accept_tls
 from revproxy.edge.tls import client_subject, server_name_of
 from revproxy.errors import (
     BackendError,
@@ -200,9 +201,11 @@ async def serve_tcp(
     started = time.monotonic()
     loop = asyncio.get_running_loop()
     conn = ConnIO(loop)
+    tls_config = lrt.config.tls
+    assert tls_config is not None  # lrt.tls is made from it
     try:
-        transport, _ = await loop.connect_accepted_socket(
-            lambda: conn, csock, ssl=lrt.tls.context, ssl_handshake_timeout=handshake_timeout
+        transport = await accept_tls(
+            csock, lambda: conn, lrt.tls.context, tls_config, handshake_timeout
         )
     except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
         log.info(

@@ -258,6 +258,29 @@ def test_deny_closes_before_the_handshake(tmp_path: Path, pki: dict[str, Path]) 
     assert origin.connections == 0
 
 
+def test_refused_version_is_told(tmp_path: Path, pki: dict[str, Path]) -> None:
+    """A TLS 1.1 client of a tcp listener with tls gets the protocol_version alert (written by
+    the listener: the event loop closes a failed handshake's socket unflushed), and the
+    refusal is logged as a failed handshake; nothing is dialled."""
+    port = free_port()
+    with TcpOrigin(lambda sock, _n: None, "never") as origin:
+        cfg = tcp_tls_config(port, f"{LOOPBACK}:{origin.port}", pki)
+        with Proxy(tmp_path / "p", cfg, ports=[port]) as proxy:
+            res = subprocess.run(
+                ["openssl", "s_client", "-connect", f"{LOOPBACK}:{port}", "-msg",
+                 "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0", "-servername", "db.test"],
+                input="", capture_output=True, text=True, timeout=20,
+            )  # fmt: skip
+            received = [
+                line for line in (res.stdout + res.stderr).splitlines() if line.startswith("<<<")
+            ]
+            assert any("Alert" in line and "protocol_version" in line for line in received), (
+                received
+            )
+            proxy.wait_access(lambda line: line.startswith("TCP 400 "))
+    assert origin.connections == 0
+
+
 # --- a pool presenting a client certificate to origins -------------------------------------
 
 
