@@ -212,8 +212,11 @@ class WorkerPool:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         env.pop("NOTIFY_SOCKET", None)  # only the master talks to systemd
         try:
+            # -P: the working directory is not on the worker's path (a folder named revproxy
+            # there would be imported instead of this package); the package root is first.
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
+                "-P",
                 "-m",
                 "revproxy",
                 "worker",

@@ -395,7 +395,9 @@ class Proxy:
         *,
         ports: Sequence[int] = (),
         extra_args: Sequence[str] = (),
+        python_flags: Sequence[str] = (),
     ) -> None:
+        self.python_flags = tuple(python_flags)  # before -m: the interpreter's own (-P, -X...)
         self.dir = directory
         self.conf = directory / "conf"
         self.conf.mkdir(parents=True, exist_ok=True)
@@ -413,8 +415,9 @@ class Proxy:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            argv = [sys.executable, *self.python_flags, "-m", "revproxy", "run", "-c"]
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "revproxy", "run", "-c", str(self.conf), *self.extra_args],
+                [*argv, str(self.conf), *self.extra_args],
                 stdout=out,
                 stderr=err,
                 stdin=subprocess.DEVNULL,

@@ -210,3 +210,21 @@ def test_sd_notify_ready_reloading_stopping(
     finally:
         proxy.stop()
         notify.close()
+
+
+def test_workers_ignore_a_revproxy_folder_in_the_working_directory(
+    tmp_path: Path, origin: Origin
+) -> None:
+    """Workers are started with -P: a folder named revproxy in the service's working directory
+    (a checkout, say) is not imported instead of the installed package."""
+    port = free_port()
+    shadow = tmp_path / "revproxy"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text('raise SystemExit("the working directory was imported")\n')
+    # The master as the installed `revproxy` command runs: the working directory not on its path.
+    with Proxy(
+        tmp_path, config(tmp_path, port, [origin], workers=2), ports=[port], python_flags=["-P"]
+    ) as proxy:
+        assert wait_until(lambda: len(worker_pids(proxy)) == 2, 10), proxy.stderr()
+        assert curl_http(f"http://{LOOPBACK}:{port}/x").status == 200
+        assert "working directory was imported" not in proxy.stderr()
