@@ -26,17 +26,24 @@ import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from revproxy.proto.tunnel import EGRESS_ALPN, ENROLL_ALPN, TUNNEL_ALPN, Token, check_name
 
 # cryptography is imported by the functions that use it: a proxy imports this module for
 # every tunnel listener (and the agent for SERVER_NAME), and loads cryptography's own OpenSSL
-# only to make the CA, sign, or read an agent's certificate (docs/performance.md).
+# only to make the CA, sign, or enrol (an agent that connects is named from getpeercert()).
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec
 
-__all__ = ["DEFAULT_TOKEN_TTL", "EnrolmentRefused", "TunnelCA", "make_csr", "serial_of"]
+__all__ = [
+    "DEFAULT_TOKEN_TTL",
+    "EnrolmentRefused",
+    "TunnelCA",
+    "make_csr",
+    "peer_identity",
+    "serial_of",
+]
 
 # An enrolment token is good for this long by default.
 DEFAULT_TOKEN_TTL = 3600.0
@@ -102,6 +109,18 @@ def serial_of(der: bytes) -> tuple[str, str]:
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     name = str(names[0].value) if names else ""
     return format(cert.serial_number, "x"), name
+
+
+def peer_identity(cert: dict[str, Any]) -> tuple[str, str]:
+    """``serial_of`` for a verified peer's certificate as ``getpeercert()`` gives it: the
+    serving process names an agent without loading cryptography. The serial is OpenSSL's hex
+    (upper case, zero-padded to whole bytes), made the same text as ``serial_of``'s."""
+    serial = format(int(str(cert.get("serialNumber", "0")), 16), "x")
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return serial, str(value)
+    return serial, ""
 
 
 class TunnelCA:

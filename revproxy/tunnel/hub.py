@@ -30,6 +30,7 @@ import ssl
 import time
 import weakref
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from revproxy.config.model import Config, Listener, Tunnel
 from revproxy.config.model import Pool as PoolConfig
@@ -46,7 +47,7 @@ from revproxy.proto.tunnel import (
     decode_enrol_request,
     encode_enrol_reply,
 )
-from revproxy.tunnel.ca import EnrolmentRefused, TunnelCA, serial_of
+from revproxy.tunnel.ca import EnrolmentRefused, TunnelCA, peer_identity
 from revproxy.tunnel.egress import EgressDial, serve_egress
 from revproxy.tunnel.link import FRAME_SIZE, AgentLink
 from revproxy.tunnel.stream import ChannelFlow, StreamTransport
@@ -314,12 +315,12 @@ class Hub:
                 reader, writer = protocol.as_streams(STREAM_LIMIT)
                 await self._enrol(reader, writer, ca, peer)
             elif alpn == TUNNEL_ALPN:
-                der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
-                await self._serve_agent(protocol, link_writer, ca, peer, der)
+                cert = sslobj.getpeercert() if sslobj is not None else None
+                await self._serve_agent(protocol, link_writer, ca, peer, cert)
             elif alpn == EGRESS_ALPN:
-                der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+                cert = sslobj.getpeercert() if sslobj is not None else None
                 reader, writer = protocol.as_streams(STREAM_LIMIT)
-                await self._serve_egress(reader, writer, ca, peer, der)
+                await self._serve_egress(reader, writer, ca, peer, cert)
             else:
                 log.info("tunnel listener peer=%s closed: ALPN %r is not a tunnel's", peer, alpn)
         finally:
@@ -349,14 +350,15 @@ class Hub:
                 await writer.drain()
 
     def _identify(
-        self, ca: TunnelCA, peer: str, der: bytes | None
+        self, ca: TunnelCA, peer: str, cert: dict[str, Any] | None
     ) -> tuple[str, str, Tunnel] | None:
-        """(serial, tunnel name, its section) of an enrolled, unrevoked, configured agent;
-        None (logged) for anyone else."""
-        if not der:
+        """(serial, tunnel name, its section) of an enrolled, unrevoked, configured agent
+        (``cert``: its certificate as verified, ``getpeercert()``); None (logged) for anyone
+        else."""
+        if not cert:
             log.warning("tunnel listener peer=%s closed: no client certificate", peer)
             return None
-        serial, name = serial_of(der)
+        serial, name = peer_identity(cert)
         if serial in ca.revoked():
             log.warning("tunnel=%s peer=%s refused: certificate revoked", name, peer)
             return None
@@ -372,10 +374,10 @@ class Hub:
         writer: asyncio.StreamWriter,
         ca: TunnelCA,
         peer: str,
-        der: bytes | None,
+        cert: dict[str, Any] | None,
     ) -> None:
         """A forwarded connection of an agent (``[[forward]]``: tunnel/egress.py)."""
-        known = self._identify(ca, peer, der)
+        known = self._identify(ca, peer, cert)
         if known is None:
             return
         _, name, settings = known
@@ -389,9 +391,9 @@ class Hub:
         writer: LinkWriter,
         ca: TunnelCA,
         peer: str,
-        der: bytes | None,
+        cert: dict[str, Any] | None,
     ) -> None:
-        known = self._identify(ca, peer, der)
+        known = self._identify(ca, peer, cert)
         if known is None:
             return
         serial, name, settings = known

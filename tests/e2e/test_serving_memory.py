@@ -117,7 +117,11 @@ servers = ["{origin.address}"]
             # Renewed under the same names: a reload serves the new one.
             generate_self_signed(["site.test"], cert, key)
             os.kill(proxy.pid, signal.SIGHUP)
-            assert wait_until(lambda: served_der(port, "site.test") == pem_der(cert), 20)
+            # Every process reloads on its own: new connections land on either worker.
+            renewed = pem_der(cert)
+            assert wait_until(
+                lambda: all(served_der(port, "site.test") == renewed for _ in range(8)), 20
+            )
             get(port, "site.test", cert)
 
             pids = serving_pids(proxy)
@@ -156,3 +160,32 @@ servers = ["{origin.address}"]
             get(port, "site.test", cert, "--cert", str(client_cert), "--key", str(client_key))
             assert origin.requests()[-1].header("x-client") == "CN=alice,O=Example"
             assert loads_cryptography(proxy.pid)
+
+
+def test_tunnel_agents_are_named_without_cryptography(tmp_path: Path) -> None:
+    """An agent that connects is named from its verified certificate as the ssl module reads
+    it (``tunnel.ca.peer_identity``): the proxy serves through it without the binding. (The
+    proxy that signs an enrolment — rare, once per agent — loads it to sign; the test
+    restarts it after that.)"""
+    from tunnel_peers import Agent, enroll_token, proxy_config, start_proxy
+
+    http_port, tunnel_port = free_port(), free_port()
+    with Origin("home-origin") as origin:
+        proxy = start_proxy(
+            tmp_path / "proxy",
+            proxy_config(tmp_path / "state", http_port, tunnel_port),
+            http_port,
+            tunnel_port,
+        )
+        agent = Agent(tmp_path / "agent", tunnel_port, {"web": (origin.port, "http")})
+        try:
+            assert agent.enroll(enroll_token(proxy.conf)).returncode == 0
+            proxy.stop()
+            proxy.start()
+            agent.start(wait_connections=2)
+            url = f"http://{LOOPBACK}:{http_port}/"
+            assert wait_until(lambda: curl("-fsS", url).returncode == 0, 5)
+            assert not loads_cryptography(proxy.pid)
+        finally:
+            agent.stop()
+            proxy.stop()

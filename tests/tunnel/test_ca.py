@@ -55,3 +55,25 @@ def ssl_der() -> object:
     from cryptography.hazmat.primitives.serialization import Encoding
 
     return Encoding.DER
+
+
+def test_peer_identity_names_as_serial_of(tmp_path: Path) -> None:
+    """The hub names a connecting agent from ``getpeercert()``'s dict (no cryptography in the
+    serving process): the same serial text and tunnel name as ``serial_of`` of its DER."""
+    import _ssl
+
+    from revproxy.tunnel.ca import peer_identity
+
+    ca = TunnelCA(tmp_path)
+    for _ in range(8):  # serials of every length: OpenSSL pads its hex to whole bytes
+        token = ca.issue_token("home")
+        _, csr = make_csr("home")
+        cert_pem, _ = ca.enrol("home", token.secret, csr.decode())
+        path = tmp_path / "agent.pem"
+        path.write_text(cert_pem)
+        # _test_decode_cert is what getpeercert() returns for a verified peer, from a file.
+        as_dict = _ssl._test_decode_cert(str(path))  # type: ignore[attr-defined]
+        der = ssl.PEM_cert_to_DER_cert(cert_pem)
+        assert peer_identity(as_dict) == serial_of(der)
+        assert peer_identity(as_dict)[1] == "home"
+    assert peer_identity({"serialNumber": "00FF", "subject": ()}) == ("ff", "")
