@@ -323,6 +323,13 @@ def _cert_sources(listeners: Iterable[Listener]) -> tuple[list[tuple[Path, Path]
     return pairs, cert_dirs
 
 
+def read_listener_certs(config: Config) -> None:
+    """Read every TLS listener's certificates now (one child process for what changed), so
+    that ``build_generation`` finds them read: for a caller that can do it off the event loop
+    (a worker's reload, in a thread)."""
+    read_certs(*_cert_sources(config.listeners))
+
+
 def listener_certs(lst: Listener) -> tuple[list[LoadedCert], list[ConfigProblem]]:
     """Every certificate a TLS listener serves, and what is wrong with the rest."""
     certs: list[LoadedCert] = []

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from revproxy.config.model import Bind, Config
-from revproxy.edge.generation import Generation
+from revproxy.edge.generation import Generation, read_listener_certs
 from revproxy.errors import ConfigError
 from revproxy.policy.counters import MIN_SLOTS, SharedCounters, create_region, region_slots
 from revproxy.runtime.cache_ctl import cache_op
@@ -721,6 +721,9 @@ class Worker:
         assert self.frontend is not None
         try:
             config = unpack_config(msg["config"])
+            # Certificate files that changed are read by a child process (~0.1 s): in a
+            # thread, so this worker's connections are not held up meanwhile.
+            await asyncio.to_thread(read_listener_certs, config)
             gen = self.frontend.build(config, number=int(msg["number"]))
             await self.frontend.resolve(gen)
             new = self.frontend.bind_new(gen, self._take)
