@@ -296,6 +296,9 @@ def _ask_child(request: dict[str, Any]) -> dict[str, Any]:
             timeout=PROBE_TIMEOUT,
             env=env,
             check=False,
+            # A process group of its own: a SIGHUP or SIGUSR1 sent to the service's whole
+            # group (a reload, a log reopen) must not end the reading half-way.
+            process_group=0,
         )
     except subprocess.TimeoutExpired:
         raise _ChildFailed(f"{_child_name()} gave no answer in {PROBE_TIMEOUT:g} s") from None

@@ -118,6 +118,14 @@ def members_from(msg: Message) -> tuple[dict[str, tuple[Member, ...]], frozenset
     return found, frozenset((str(h), int(p)) for h, p in msg["removed"])
 
 
+# Starts of one worker in a row that a SIGHUP or SIGUSR1 may end before it catches them.
+START_ATTEMPTS = 5
+
+
+class _KilledAtStart(RuntimeError):
+    """A worker ended by a reload's or reopen's signal before it could catch it."""
+
+
 @dataclass(eq=False)
 class WorkerHandle:
     slot: int
@@ -205,7 +213,18 @@ class WorkerPool:
         self.listeners = dict(listeners)
 
     async def _spawn(self, slot: int) -> WorkerHandle:
-        """One worker, initialised with the current config and sockets (hold the lock)."""
+        """One worker, initialised with the current config and sockets (hold the lock). A
+        worker that a SIGHUP or SIGUSR1 ended before its first line could catch it (a reload
+        or a log reopen sent to the whole process group while it started: the interpreter's
+        own start is not covered, runtime/early_signals.py) is started again at once."""
+        for _ in range(START_ATTEMPTS - 1):
+            try:
+                return await self._spawn_once(slot)
+            except _KilledAtStart:
+                continue
+        return await self._spawn_once(slot)
+
+    async def _spawn_once(self, slot: int) -> WorkerHandle:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = dict(os.environ)
         package_root = str(Path(__file__).resolve().parents[2])
@@ -266,7 +285,11 @@ class WorkerPool:
             if handle.reader is not None:
                 handle.reader.cancel()
             await handle.channel.close()
-            raise RuntimeError(f"worker {slot} {why or describe_exit(rc) + ' at start'}")
+            message = f"worker {slot} {why or describe_exit(rc) + ' at start'}"
+            if rc in (-signal.SIGHUP, -signal.SIGUSR1) and not why:
+                log.info("%s: starting it again", message)
+                raise _KilledAtStart(message)
+            raise RuntimeError(message)
         log.info("worker %d (pid %d) ready", slot, proc.pid)
         return handle
 
