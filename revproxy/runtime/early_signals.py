@@ -10,7 +10,8 @@ reload reloads — unless every SIGHUP came before the configuration was read
 
 Only the time before the interpreter runs revproxy's first line is not covered (a few tens of
 milliseconds after exec); ``revproxy reload --pid`` waits until the process catches SIGHUP
-before it sends one (cli/main.py).
+before it sends one (cli/main.py), and the master starts again a worker that a SIGHUP or
+SIGUSR1 ended in that window (runtime/workers.py).
 
 This module imports nothing of revproxy and only ``signal`` and ``typing`` of the standard
 library, so that it can be armed before anything heavy is imported.
