@@ -245,14 +245,21 @@ class AgentConnection(H2Link):
             try:
                 self.h2.send_response(sid, 200, [])
                 self.flush()
-                if expose.mode == "tcp":
-                    result = await ChannelRelay(sock, ch, idle_timeout=None).run()
-                else:  # small exchanges: relayed from callbacks (the socket is the relay's)
-                    result = await TransportRelay(ch, {"tunnel": target}).run(sock)
-                if result.error:
-                    log.debug("stream %d ended: %s: %s", sid, result.end.value, result.error)
-            finally:
+            except BaseException:
                 sock.close()
+                raise
+            if expose.mode == "tcp":
+                try:
+                    result = await ChannelRelay(sock, ch, idle_timeout=None).run()
+                finally:
+                    sock.close()
+            else:
+                # Small exchanges, relayed from callbacks. The socket is the relay's transport's
+                # from here on, closed by it: closing it here too could close a descriptor the
+                # transport has not let go of yet (or one reused since).
+                result = await TransportRelay(ch, {"tunnel": target}).run(sock)
+            if result.error:
+                log.debug("stream %d ended: %s: %s", sid, result.end.value, result.error)
         except (ConnectionError, OSError, TimeoutError) as conn_error:
             log.debug("stream %d ended: %s", sid, conn_error)
         finally:
