@@ -904,13 +904,13 @@ class Bench:
 
     def profile(self) -> None:
         """py-spy under the HTTP small keep-alive load, for every revproxy target."""
-        if shutil.which("py-spy") is None:
+        if _py_spy() is None:
             subprocess.run(
                 [sys.executable, "-m", "pip", "install", "-q", "py-spy"],
                 capture_output=True,
                 timeout=300,
             )
-        if shutil.which("py-spy") is None:
+        if _py_spy() is None:
             self.notes.append("py-spy could not be installed: no profile")
             return
         seconds = max(3.0, self.opts.duration)
@@ -974,13 +974,24 @@ class RssSampler:
         )
 
 
+def _py_spy() -> str | None:
+    """py-spy on PATH, or installed beside this interpreter (a virtual environment's bin/,
+    which a benchmark run as ``.venv/bin/python`` does not have on PATH)."""
+    found = shutil.which("py-spy")
+    if found is None:
+        beside = Path(sys.executable).parent / "py-spy"
+        found = str(beside) if beside.exists() else None
+    return found
+
+
 def _profiled(
     pid: int, raw: Path, seconds: float, load: Callable[[], object]
 ) -> list[tuple[str, float, float]] | None:
     """py-spy on ``pid`` while ``load`` runs: its top functions, None without a profile."""
     spy = subprocess.Popen(
         [
-            *("py-spy", "record", "--pid", str(pid), "--duration", str(round(seconds))),
+            _py_spy() or "py-spy",
+            *("record", "--pid", str(pid), "--duration", str(round(seconds))),
             *("--rate", "250", "--format", "raw", "--nonblocking", "--output", str(raw)),
         ],
         stdout=subprocess.DEVNULL,
