@@ -594,32 +594,15 @@ class Dialer:
             if self.tunnels is None:
                 raise ConnectionRefusedError("no tunnel hub in this process")
             return await self.tunnels.open_flow(backend, self.connect_timeout)
-        loop = asyncio.get_running_loop()
         targets = backend.addresses or ((backend.host, backend.port),)
         last: Exception | None = None
         for host, port in targets:
             try:
                 async with asyncio.timeout(self.connect_timeout):
-                    for family, addr in await _socket_addresses(loop, host, port):
-                        if self.source and not self.source.has(family):
-                            last = last or self.source.missing(family, _shown(addr))
-                            continue
-                        sock = socket.socket(family, socket.SOCK_STREAM)
-                        try:
-                            sock.setblocking(False)
-                            if self.source:
-                                self.source.bind(sock, family, _shown(addr))
-                            await loop.sock_connect(sock, addr)
-                        except BaseException as exc:
-                            sock.close()
-                            if not isinstance(exc, OSError):
-                                raise
-                            _raise_if_local(exc)
-                            last = exc
-                            continue
-                        with contextlib.suppress(OSError):
-                            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                        return sock
+                    sock = await connect_from_source(self.source, host, port)
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                return sock
             except (OSError, TimeoutError) as failure:
                 _raise_if_local(failure)
                 last = failure
@@ -709,21 +692,23 @@ async def connect_from_source(
     source: SourceAddresses, host: str, port: int, *, bound: list[str] | None = None
 ) -> socket.socket:
     """A socket bound to the next ``source`` address of the family of each address of
-    ``host`` in turn, connected (non-blocking): the rule of a pool's connections, and of its
-    health checks. Each source bound is appended to ``bound``; a connect that failed for want
-    of our own resources raises LocalResourceError at once. The caller bounds the wait."""
+    ``host`` in turn (not bound when ``source`` is empty), connected (non-blocking): the rule
+    of a pool's connections, raw ones and its health checks. Each source bound is appended to
+    ``bound``; a connect that failed for want of our own resources raises LocalResourceError
+    at once. The caller bounds the wait."""
     loop = asyncio.get_running_loop()
     last: OSError | None = None
     for family, addr in await _socket_addresses(loop, host, port):
-        if not source.has(family):
+        if source and not source.has(family):
             last = last or source.missing(family, _shown(addr))
             continue
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)
-            chosen = source.bind(sock, family, _shown(addr))
-            if bound is not None:
-                bound.append(chosen)
+            if source:
+                chosen = source.bind(sock, family, _shown(addr))
+                if bound is not None:
+                    bound.append(chosen)
             await loop.sock_connect(sock, addr)
         except BaseException as exc:
             sock.close()
