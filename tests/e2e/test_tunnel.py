@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.client
 import threading
 import time
 import urllib.request
@@ -23,11 +24,16 @@ pytestmark = [pytest.mark.e2e]
 
 
 def get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    """(status, body); status 0 when the response was cut (a request in flight when its
+    tunnel connection was revoked or its agent killed: a response under way is cut, as with
+    any origin that dies mid-response)."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+    except (http.client.HTTPException, ConnectionError):
+        return 0, b""
 
 
 @pytest.fixture
