@@ -630,7 +630,6 @@ class _Side(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         relay = self.relay
-        relay.active = True
         if self.name == "a":
             relay.a_to_b += len(data)
         else:
@@ -685,7 +684,6 @@ class TransportRelay:
         self.b = _Side(self, "b")
         self.a_to_b = 0
         self.b_to_a = 0
-        self.active = False
         self._ended: set[str] = set()
         self._lost: set[str] = set()
         self._end = RelayEnd.CLOSED
