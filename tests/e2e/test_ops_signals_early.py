@@ -225,7 +225,15 @@ def test_signals_to_the_whole_group_while_workers_start(tmp_path: Path, origin: 
         assert wait_until(lambda: "reload done" in proxy.stderr(), TIMEOUT), proxy.stderr()
         assert serves(port)
         err = proxy.stderr()
-        assert "killed by signal" not in err and "Traceback" not in err, err
+        # A worker that a signal ended before its interpreter ran its first line is started
+        # again at once (runtime/workers.py); no other death is allowed.
+        deaths = [
+            line
+            for line in err.splitlines()
+            if "killed by signal" in line
+            and not re.search(r"killed by signal SIG(HUP|USR1) at start: starting it again", line)
+        ]
+        assert not deaths and "Traceback" not in err, err
         metrics = proxy.ctl("show", "metrics")
         assert "revproxy_workers 2" in metrics, metrics
         assert not re.search(r"^revproxy_worker_restarts_total [1-9]", metrics, re.M), metrics
