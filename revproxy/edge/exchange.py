@@ -157,6 +157,24 @@ class _StaleConnection(Exception):
     HTTP/2 origin refused the stream unprocessed): the request may go again."""
 
 
+class Sent:
+    """A request an HTTP/2 plain stream (edge/h2_plain.py) sent to a pooled HTTP/1.1
+    connection and handed on to ``Exchange.attempts`` before its response could be answered
+    from callbacks: its origin stream (what the origin sent so far parsed into its events),
+    the server it holds (acquired), when the turn began (``t0``), when the response head is
+    due, and what reading the origin failed with (raised where the exchange reads it)."""
+
+    __slots__ = ("deadline", "failure", "ostream", "t0")
+
+    def __init__(
+        self, ostream: OriginStream, t0: float, deadline: float, failure: BaseException | None
+    ) -> None:
+        self.ostream = ostream
+        self.t0 = t0
+        self.deadline = deadline
+        self.failure = failure
+
+
 class _UploadFailed(Exception):
     """The request body could not be relayed; the cause says why."""
 
@@ -570,30 +588,52 @@ class Exchange:
         else:
             ctx = self.pick_context  # the same for every request of this client
         identity = proxy_header_for(pr.config.send_proxy, self.info)
+        return await self.attempts(pr, headers, websocket, ctx, identity, None)
+
+    async def attempts(
+        self,
+        pr: PoolRuntime,
+        headers: Headers,
+        websocket: bool,
+        ctx: PickContext,
+        identity: bytes | None,
+        sent: Sent | None,
+    ) -> bool:
+        """The turns of ``_proxy``: the request on a pooled connection (or a new one), and
+        once more on a new one when the origin had closed the pooled one. ``sent``: the
+        first turn's request already went (an HTTP/2 plain stream handed on before its
+        answer, edge/h2_plain.py): its stream, the server acquired, when it began."""
         fresh = False
         while True:
-            dialer = pr.dialer
-            first = None
-            ostream: OriginStream | None = None
-            if not fresh:
-                first, ostream = dialer.pooled_stream(ctx, identity)
+            if sent is not None:
+                ostream = sent.ostream
+                t0 = sent.t0
+            else:
+                dialer = pr.dialer
+                first = None
+                pooled: OriginStream | None = None
+                if not fresh:
+                    first, pooled = dialer.pooled_stream(ctx, identity)
+                try:
+                    if pooled is None:
+                        pooled = await dialer.open_stream(
+                            ctx, fresh=fresh, identity=identity, first=first
+                        )
+                except BackendError as exc:
+                    return await self._local_error(exc)
+                ostream = pooled
+                self.rec.backend = ostream.backend.label
+                ostream.backend.acquire()
+                t0 = time.monotonic()
             try:
-                if ostream is None:
-                    ostream = await dialer.open_stream(
-                        ctx, fresh=fresh, identity=identity, first=first
-                    )
-            except BackendError as exc:
-                return await self._local_error(exc)
-            backend = ostream.backend
-            self.rec.backend = backend.label
-            backend.acquire()
-            t0 = time.monotonic()
-            try:
-                return await self._forward(ostream, pr, headers, websocket, retry=not fresh)
+                return await self._forward(
+                    ostream, pr, headers, websocket, retry=not fresh, sent=sent
+                )
             except _StaleConnection:
                 fresh = True  # the origin closed a pooled connection; nothing was lost
             finally:
-                backend.release()
+                sent = None
+                ostream.backend.release()
                 self.rec.upstream_ms = (time.monotonic() - t0) * 1000
 
     async def _forward(
@@ -604,6 +644,7 @@ class Exchange:
         websocket: bool,
         *,
         retry: bool,
+        sent: Sent | None = None,
     ) -> bool:
         req = self.req
         stream = self.stream
@@ -617,21 +658,26 @@ class Exchange:
         retry_ok = retry and ostream.reused and req.method in _IDEMPOTENT and end is not None
         refused_ok = retry and end is not None
         try:
-            ostream.send_head(
-                req.method,
-                self.target,
-                self.origin_authority,
-                self.scheme.encode(),
-                headers,
-                end=end,
-                upgrade=websocket,
-            )
-            if end is None:
-                upload = asyncio.get_running_loop().create_task(
-                    self._upload(ostream, timeouts.idle, self.max_body)
+            if sent is None:
+                ostream.send_head(
+                    req.method,
+                    self.target,
+                    self.origin_authority,
+                    self.scheme.encode(),
+                    headers,
+                    end=end,
+                    upgrade=websocket,
                 )
+                if end is None:
+                    upload = asyncio.get_running_loop().create_task(
+                        self._upload(ostream, timeouts.idle, self.max_body)
+                    )
+            elif sent.failure is not None:
+                raise sent.failure  # what the origin's answer broke with, handled below
             try:
-                complete = await self._relay_response(ostream, pr, upload)
+                complete = await self._relay_response(
+                    ostream, pr, upload, None if sent is None else sent.deadline
+                )
             except BaseException:
                 if upload is not None and not upload.done():
                     upload.cancel()
@@ -670,9 +716,14 @@ class Exchange:
             ostream.finish(complete)
 
     async def _relay_response(
-        self, ostream: OriginStream, pr: PoolRuntime, upload: asyncio.Task[None] | None
+        self,
+        ostream: OriginStream,
+        pr: PoolRuntime,
+        upload: asyncio.Task[None] | None,
+        deadline: float | None = None,
     ) -> bool:
-        """Relay the origin's response; True when it ended cleanly."""
+        """Relay the origin's response; True when it ended cleanly. ``deadline``: when the
+        response head is due, if the wait for it began before (``Sent``)."""
         timeouts = self.timeouts
         wait = timeouts.response
         if self.deadline is not None:
@@ -686,7 +737,7 @@ class Exchange:
             ostream.follow(sink)
         resp: ResponseReceived | InformationalReceived | None = None
         if upload is None:
-            ostream.deadline = loop.time() + wait
+            ostream.deadline = loop.time() + wait if deadline is None else deadline
             ev = await ostream.next()  # the common case, awaited here: one coroutine less
             if type(ev) is ResponseReceived:
                 resp = ev

@@ -27,10 +27,14 @@ import asyncio
 import contextlib
 import itertools
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
+from revproxy.edge import h2_plain
 from revproxy.edge.client_side import ClientGone, ConnInfo, send_file_pieces
 from revproxy.edge.exchange import Exchange
 from revproxy.edge.generation import Generation, ListenerRuntime, Signal
+from revproxy.edge.h2_plain import PlainStream, Plan
 from revproxy.errors import (
     H2_CANCEL,
     H2_INTERNAL_ERROR,
@@ -58,6 +62,7 @@ from revproxy.proto.events import (
     RequestReceived,
     StreamReset,
 )
+from revproxy.proto.forwarding import ClientIdentity
 from revproxy.proto.h2.connection import StreamClosed
 from revproxy.proto.h2.server import H2Server
 
@@ -76,7 +81,16 @@ _pings = itertools.count(1)
 class H2ServerStream(H2Channel):
     """One request stream: the ``ClientStream`` of its exchange."""
 
-    __slots__ = ("_bytes_counted", "conn", "ended", "request", "request_ended", "started", "task")
+    __slots__ = (
+        "_bytes_counted",
+        "conn",
+        "ended",
+        "plain",
+        "request",
+        "request_ended",
+        "started",
+        "task",
+    )
     head_out = 0  # HEADERS frames are not counted in bytes_out (DATA only)
 
     def __init__(self, conn: Http2Connection, req: RequestReceived) -> None:
@@ -87,6 +101,7 @@ class H2ServerStream(H2Channel):
         self.ended = False  # our side ended
         self.request_ended = False  # the client's side ended
         self.task: asyncio.Task[None] | None = None
+        self.plain: PlainStream | None = None  # served from callbacks (h2_plain.py)
         self._bytes_counted = 0
 
     def deliver(self, ev: Event) -> None:
@@ -294,7 +309,13 @@ class Http2Connection(H2Link):
         self.max_streams = s.max_concurrent_streams
         self.streams: dict[int, H2ServerStream] = {}
         self.peer_done = False  # the client sent GOAWAY
-        self._loop = asyncio.get_running_loop()
+        self.loop = self._loop = asyncio.get_running_loop()
+        # Plain streams (h2_plain.py): what they read of the generation and listener, the
+        # streams of the frames just read that may be plain, the client's identity.
+        self._plan: Plan | None = None
+        self._plan_of: tuple[Generation, ListenerRuntime] | None = None
+        self._pending: list[H2ServerStream] = []
+        self.plain_client: ClientIdentity | None = None
 
     # --- connection loop ----------------------------------------------------------------
 
@@ -311,6 +332,9 @@ class Http2Connection(H2Link):
             finally:
                 # The streams end with their connection (as a TaskGroup's would, without its
                 # bookkeeping per task).
+                for s in [s for s in self.streams.values() if s.plain is not None]:
+                    assert s.plain is not None
+                    s.plain.cancel()
                 tasks = [s.task for s in self.streams.values() if s.task is not None]
                 for task in tasks:
                     task.cancel()
@@ -382,6 +406,8 @@ class Http2Connection(H2Link):
                     ping_sent = None
                 else:
                     self._handle(ev)
+            if self._pending:
+                self._start_pending()
             # What the client's frames made us queue (ACKs, refusals, resets): not reading
             # those while sending more frames must not make us queue without bound.
             replied = self.h2.queued - queued
@@ -403,6 +429,8 @@ class Http2Connection(H2Link):
                 stream.reset_received(ev.error_code)
                 if stream.task is not None:
                     stream.task.cancel()
+                elif stream.plain is not None:
+                    stream.plain.cancel()
         elif isinstance(ev, GoAwayReceived):
             self.peer_done = True
         else:
@@ -417,18 +445,43 @@ class Http2Connection(H2Link):
         stream = H2ServerStream(self, req)
         self.streams[req.stream_id] = stream
         self.channels[req.stream_id] = stream
+        if req.ended and h2_plain.ENABLED:
+            # Perhaps plain: decided once the frames of this read are all handled (its
+            # END_STREAM, a reset).
+            self._pending.append(stream)
+            return
         # The stream holds its task (and the connection its streams) until it is served.
         stream.task = self._loop.create_task(self._serve(stream))
 
-    async def _serve(self, stream: H2ServerStream) -> None:
-        # The stream paces the response's origin (H2Channel is a conn_io.Sink).
-        exchange = Exchange(
-            stream,
-            generation=self.gen,
-            listener=self.listener,
-            info=self.info,
-            sink=stream,
-        )
+    def _start_pending(self) -> None:
+        """Serve the streams opened by the frames just read: plain ones from callbacks
+        (h2_plain.py), the others by their tasks."""
+        pending = self._pending
+        self._pending = []
+        of = self._plan_of
+        if of is None or of[0] is not self.gen or of[1] is not self.listener:
+            self._plan_of = (self.gen, self.listener)
+            self._plan = h2_plain.Plan.of(self.gen, self.listener, self.info.tls)
+        plan = self._plan
+        for stream in pending:
+            if self.streams.get(stream.stream_id) is not stream:
+                continue
+            if stream.broken:
+                # Reset by the frames that opened it: nothing to serve (as a task cancelled
+                # before its first step), nothing recorded.
+                self.stream_done(stream, H2_CANCEL)
+                continue
+            if plan is None or not h2_plain.start(self, stream, plan):
+                stream.task = self._loop.create_task(self._serve(stream))
+
+    def start_task(self, stream: H2ServerStream, work: Coroutine[Any, Any, bool]) -> None:
+        """A stream the plain way handed on: ``work`` serves it in a task of its own."""
+        stream.plain = None
+        stream.task = self._loop.create_task(self._serve(stream, work))
+
+    async def _serve(
+        self, stream: H2ServerStream, work: Coroutine[Any, Any, bool] | None = None
+    ) -> None:
         # RST_STREAM code if our side did not end: a response that broke off is INTERNAL_ERROR
         # (gRPC: INTERNAL), a client that went away CANCEL.
         code = H2_INTERNAL_ERROR
@@ -436,15 +489,27 @@ class Http2Connection(H2Link):
         gate = self.listener.conn_gate
         counters = self.gen.counters
         held: bytes | None = None
-        if gate is not None and gate.streams_per_client is not None:
+        if work is None and gate is not None and gate.streams_per_client is not None:
             held = gate.key(self.info.client[0], stream=True)
             if not counters.acquire(held, gate.streams_per_client):
                 held = None
         try:
-            if held is None and gate is not None and gate.streams_per_client is not None:
-                await exchange.refuse(stream.request, STREAM_LIMIT)
+            if work is not None:
+                # Begun by h2_plain.py: the rest of the stream's exchange.
+                await work
             else:
-                await exchange.run(stream.request)
+                # The stream paces the response's origin (H2Channel is a conn_io.Sink).
+                exchange = Exchange(
+                    stream,
+                    generation=self.gen,
+                    listener=self.listener,
+                    info=self.info,
+                    sink=stream,
+                )
+                if held is None and gate is not None and gate.streams_per_client is not None:
+                    await exchange.refuse(stream.request, STREAM_LIMIT)
+                else:
+                    await exchange.run(stream.request)
         except ClientGone:
             code = H2_CANCEL
         except Exception:
@@ -452,13 +517,17 @@ class Http2Connection(H2Link):
         finally:
             if held is not None:
                 counters.release(held)
-            self.streams.pop(stream.stream_id, None)
-            stream.close(code)
-            if (self.h2.goaway_sent or self.peer_done) and not self.streams:
-                # Draining and done: ending the socket ends the read loop.
-                self.flush_now()
-                with contextlib.suppress(Exception):
-                    self.writer.close()
+            self.stream_done(stream, code)
+
+    def stream_done(self, stream: H2ServerStream, code: int) -> None:
+        """The stream is served (``code``: its RST_STREAM if our side did not end)."""
+        self.streams.pop(stream.stream_id, None)
+        stream.close(code)
+        if (self.h2.goaway_sent or self.peer_done) and not self.streams:
+            # Draining and done: ending the socket ends the read loop.
+            self.flush_now()
+            with contextlib.suppress(Exception):
+                self.writer.close()
 
     # --- winding down -------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ import pytest
 
 from revproxy.certs.files import generate_default_cert
 from revproxy.config.load import load_config_text
-from revproxy.edge import h1_connection, h2_connection
+from revproxy.edge import h1_connection, h2_connection, h2_plain
 from revproxy.edge.client_side import FILE_PIECE, ClientGone, ConnInfo, send_file_pieces
 from revproxy.edge.generation import build_generation
 from revproxy.edge.h1_connection import SENDFILE_MIN, HttpConnection
@@ -586,6 +586,7 @@ def test_http2_sends_the_file_in_pieces(
             stream.close(H2_NO_ERROR)
 
     monkeypatch.setattr(h2_connection.Http2Connection, "_serve", serve)
+    monkeypatch.setattr(h2_plain, "ENABLED", False)  # every stream to the ``_serve`` above
     result: dict[str, Any] = {}
 
     async def main() -> None:
