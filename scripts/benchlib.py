@@ -83,6 +83,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _pythonpath() -> str:
+    """The repository first, then the caller's own PYTHONPATH (a ``sitecustomize`` that
+    profiles each process, say)."""
+    return os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+
+
 def pinned(cpus: str | None, argv: list[str]) -> list[str]:
     return ["taskset", "-c", cpus, *argv] if cpus and shutil.which("taskset") else argv
 
@@ -634,7 +640,7 @@ class Bench:
 
     def start_all(self) -> None:
         w, py = self.work, sys.executable
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PYTHONPATH": _pythonpath()}
         origin, origin_tls = free_port(), free_port()
         (w / "origin.conf").write_text(origin_conf(w, origin, origin_tls))
         origin_service = self.start(
@@ -892,7 +898,7 @@ class Bench:
                 capture_output=True,
                 text=True,
                 timeout=900,
-                env={**os.environ, "PYTHONPATH": str(REPO)},
+                env={**os.environ, "PYTHONPATH": _pythonpath()},
             )
             self.l4 = (
                 json.loads(proc.stdout)
