@@ -543,13 +543,7 @@ class Exchange:
             headers = with_client_cert(
                 headers, ltls.client_cert_header.encode(), self.info.client_subject
             )
-        host_header = pr.config.host_header
-        if host_header:
-            # The origin's own name (pool host_header); the client's stays in X-Forwarded-Host.
-            self.origin_authority = host_header.encode()
-            headers = [(b"host", self.origin_authority), *(h for h in headers if h[0] != b"host")]
-        else:
-            self.origin_authority = req.authority
+        headers = self.with_origin_host(pr, headers)
         rules = self.rules
         if rules is not None:
             if rules.request_edits is not None:
@@ -589,6 +583,17 @@ class Exchange:
             ctx = self.pick_context  # the same for every request of this client
         identity = proxy_header_for(pr.config.send_proxy, self.info)
         return await self.attempts(pr, headers, websocket, ctx, identity, None)
+
+    def with_origin_host(self, pr: PoolRuntime, headers: Headers) -> Headers:
+        """``headers`` with the Host the origin is sent (``origin_authority``): the pool's
+        ``host_header`` (the origin's own name; the client's stays in X-Forwarded-Host), or
+        the client's."""
+        host_header = pr.config.host_header
+        if host_header:
+            self.origin_authority = host_header.encode()
+            return [(b"host", self.origin_authority), *(h for h in headers if h[0] != b"host")]
+        self.origin_authority = self.req.authority
+        return headers
 
     async def attempts(
         self,

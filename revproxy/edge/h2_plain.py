@@ -189,12 +189,7 @@ def _send(
         forwarded=plan.forwarded,
         underscores=plan.underscores,
     )
-    host_header = pr.config.host_header
-    if host_header:
-        ex.origin_authority = host_header.encode()
-        headers = [(b"host", ex.origin_authority), *(h for h in headers if h[0] != b"host")]
-    else:
-        ex.origin_authority = req.authority
+    headers = ex.with_origin_host(pr, headers)
     ex.ws_accept = None
     ex.rec.backend = backend.label
     backend.acquire()

@@ -28,35 +28,22 @@ import pytest
 from revproxy.config.load import load_config_text
 from revproxy.edge import h2_plain
 from revproxy.edge.client_side import ConnInfo
-from revproxy.edge.exchange import Exchange
 from revproxy.edge.generation import Generation, build_generation
 from revproxy.edge.h2_connection import Http2Connection
-from revproxy.ops.accesslog import AccessRecord
-from tests.edge.test_fast_exchange import RawOrigin, Script, always, counters, normalised, response
+from tests.edge.test_fast_exchange import (
+    CONFIG,
+    RawOrigin,
+    Recorder,
+    Script,
+    always,
+    counters,
+    counting_general,
+    normalised,
+    response,
+)
 
 QUIET = 0.3
 CLIENT_TIMEOUT = 15.0
-
-CONFIG = """
-[global]
-access_log = "off"
-
-[[listener]]
-name = "web"
-bind = "127.0.0.1:1"
-
-[[route]]
-host = ["local.test"]
-respond = {{ status = 200, body = "local" }}
-[[route]]
-host = ["app.test"]
-pool = "app"
-
-[pool.app]
-servers = ["127.0.0.1:{port}"]
-keepalive = 8
-{pool_extra}
-"""
 
 
 @dataclasses.dataclass
@@ -67,14 +54,6 @@ class Run:
     metrics: dict[str, Any]
     general: int  # streams that reached Exchange.run or Exchange._proxy
     handed: int  # plain streams handed on to the exchange after their request went
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.records: list[AccessRecord] = []
-
-    def record(self, rec: AccessRecord) -> None:
-        self.records.append(rec)
 
 
 class InProcessH2:
@@ -212,32 +191,19 @@ def h2_client(*steps: Any, window: int = 65535) -> Client:
 
 
 @contextlib.contextmanager
-def counting_general() -> Iterator[list[int]]:
-    """Counts the streams that reach the general exchange ([0]) and the plain streams handed
-    on after their request went ([1])."""
-    count = [0, 0]
-    run, proxy, hand = Exchange.run, Exchange._proxy, h2_plain.PlainStream._hand
+def counting_hands() -> Iterator[list[int]]:
+    """Counts the plain streams handed on to the exchange after their request went."""
+    count = [0]
+    hand = h2_plain.PlainStream._hand
 
     def counted_hand(self: h2_plain.PlainStream, failure: BaseException | None) -> None:
-        count[1] += 1
+        count[0] += 1
         hand(self, failure)
 
-    async def counted_run(self: Exchange, req: Any) -> bool:
-        count[0] += 1
-        return await run(self, req)
-
-    async def counted_proxy(self: Exchange, pr: Any) -> bool:
-        count[0] += 1
-        return await proxy(self, pr)
-
-    Exchange.run = counted_run  # type: ignore[method-assign]
-    Exchange._proxy = counted_proxy  # type: ignore[method-assign]
     h2_plain.PlainStream._hand = counted_hand  # type: ignore[method-assign]
     try:
         yield count
     finally:
-        Exchange.run = run  # type: ignore[method-assign]
-        Exchange._proxy = proxy  # type: ignore[method-assign]
         h2_plain.PlainStream._hand = hand  # type: ignore[method-assign]
 
 
@@ -251,10 +217,10 @@ async def play(script: Script, clients: list[Client], *, plain: bool, pool_extra
     h2_plain.ENABLED = plain
     answers = []
     try:
-        with counting_general() as general:
+        with counting_general() as general, counting_hands() as handed:
             # A first request opens the pooled connection (dialing is the exchange's).
             await h2_client(req("/warm"))(proxy.port)
-            general[0] = general[1] = 0
+            general[0] = handed[0] = 0
             for run in clients:
                 answers.append(await run(proxy.port))
                 await asyncio.sleep(0.05)  # the proxy records what it just did
@@ -274,7 +240,7 @@ async def play(script: Script, clients: list[Client], *, plain: bool, pool_extra
         records=records,
         metrics=metrics,
         general=general[0],
-        handed=general[1],
+        handed=handed[0],
     )
 
 
