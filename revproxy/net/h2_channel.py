@@ -83,6 +83,8 @@ class H2Link:
         # other, it is.
         self._low_water, self._high_water = writer.transport.get_write_buffer_limits()
         self._replies = 0  # bytes of replies written since the transport was last drained
+        # The event loop, asked once (Python 3.11's get_running_loop() is a getpid() call).
+        self._flush_loop: asyncio.AbstractEventLoop | None = None
 
     def flush(self) -> None:
         """Write whatever the endpoint queued — at the end of this turn of the event loop, so
@@ -90,7 +92,10 @@ class H2Link:
         system call) instead of one each. What is queued meanwhile is bounded by the windows."""
         if not self._flush_pending and not self.closed:
             self._flush_pending = True
-            asyncio.get_running_loop().call_soon(self.flush_now)
+            loop = self._flush_loop
+            if loop is None:
+                loop = self._flush_loop = asyncio.get_running_loop()
+            loop.call_soon(self.flush_now)
 
     def flush_now(self) -> None:
         """Write what the endpoint queued at once (before a close, say): the one place bytes go

@@ -64,9 +64,10 @@ LOW_WATER = 64 * 1024
 def frames_in(link: H2Link, liveness: Liveness, data: bytes) -> list[Event]:
     """The events of whole frames received on an agent connection (either end), the peer
     heard from; a RevproxyError ends the connection, with its GOAWAY written first."""
-    liveness.heard(time.monotonic())
+    now = time.monotonic()
+    liveness.heard(now)
     try:
-        return link.proto.receive_data(data, asyncio.get_running_loop().time())
+        return link.proto.receive_data(data, now)
     except RevproxyError:
         link.flush_now()
         raise
