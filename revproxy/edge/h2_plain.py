@@ -118,11 +118,8 @@ def start(conn: Http2Connection, stream: H2ServerStream, plan: Plan) -> bool:
     action: Any
     try:
         action = ex.decide(req, plan.reject)
-        if type(action) is PoolRuntime:
-            plain = _send(conn, stream, ex, action, plan, started)
-            if plain is not None:
-                stream.plain = plain
-                return True
+        if type(action) is PoolRuntime and _send(conn, stream, ex, action, plan, started):
+            return True
     except Exception as failure:
         action = _raise(failure)
     conn.start_task(stream, ex.act(action, started))
@@ -136,29 +133,29 @@ def _send(
     pr: PoolRuntime,
     plan: Plan,
     started: float,
-) -> PlainStream | None:
+) -> bool:
     """``Exchange._proxy`` up to the request sent, for a plain one on an idle connection;
-    None when it is not plain (nothing done)."""
+    False when it is not plain (nothing done)."""
     req = stream.request
     if ex.rules is not None or ex.auth_user is not None or req.protocol:
-        return None
+        return False
     ok = plan.pools.get(pr)
     if ok is None:
         c = pr.config
         ok = plan.pools[pr] = c.protocol == "http1" and c.balance != "uri" and not c.send_proxy
     if not ok:
-        return None
+        return False
     for name, value in req.headers:
         if name in _SPECIAL:
             if name == b"content-length":
                 if value != b"0":
-                    return None
+                    return False
             elif name == b"content-type":
                 if value[:16].lower() == b"application/grpc":
-                    return None  # grpc.is_grpc: a local gRPC error from the exchange
+                    return False  # grpc.is_grpc: a local gRPC error from the exchange
                 break  # grpc.is_grpc reads the first one only
             else:
-                return None  # upgrade, expect, transfer-encoding
+                return False  # upgrade, expect, transfer-encoding
     route = ex.route
     assert route is not None
     timeouts = plan.routes.get(id(route))
@@ -170,7 +167,7 @@ def _send(
     dialer = pr.dialer
     backend, oconn = dialer.pooled_conn(ex.pick_context)
     if oconn is None or backend is None:
-        return None  # the exchange dials (the server picked is kept for it)
+        return False  # the exchange dials (the server picked is kept for it)
     # From here on the request is ours (Exchange._proxy for a plain one).
     g = plan.gen.config.global_
     ex.timeouts = timeouts
@@ -194,7 +191,9 @@ def _send(
     ex.rec.backend = backend.label
     backend.acquire()
     ostream = H1Origin(dialer, oconn, dialer.max_header_size)
-    plain = PlainStream(conn, stream, ex, pr, ostream, backend, headers, started, plan.scheme)
+    plain = stream.plain = PlainStream(
+        conn, stream, ex, pr, ostream, backend, headers, started, plan.scheme
+    )
     try:
         # The end stays in the stream's inbox: the exchange takes it if the stream is
         # handed on (``_forward``'s retry rules read it), the answer does otherwise.
@@ -212,7 +211,7 @@ def _send(
         io.expect(plain.deadline)
     except Exception as exc:
         plain._hand(exc)
-    return plain
+    return True
 
 
 class PlainStream:
