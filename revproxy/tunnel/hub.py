@@ -84,6 +84,9 @@ class Hub:
         # How a forwarded connection leaves through an [egress.NAME] (the runtime's: tunnel/
         # cannot import egress/); None: this process has none, every forward is refused.
         self.egress_dial: EgressDial | None = None
+        # The forwarded connections being served: (certificate serial, tunnel, peer) each, so
+        # that a revocation or a tunnel removed from the config ends them too (``enforce``).
+        self._flows: dict[asyncio.StreamWriter, tuple[str, str, str]] = {}
 
     # --- backends (upstream/tunnel_paths.py)
 
@@ -216,6 +219,10 @@ class Hub:
             ",".join(sorted(link.exposes)) or "-",
         )
         self._relink(link.name)
+        self._watch()
+
+    def _watch(self) -> None:
+        """Revocations are looked at from the first connection of an agent on."""
         if self._revocation is None and self.ca is not None:
             self._revocation = asyncio.get_running_loop().create_task(self._watch_revocations())
 
@@ -246,6 +253,13 @@ class Hub:
                     why = "revoked" if link.serial in revoked else "no longer configured"
                     log.warning("tunnel=%s peer=%s %s: connection closed", name, link.peer, why)
                     link.shut()
+        for writer, (serial, name, peer) in list(self._flows.items()):
+            gone = config is None or config.tunnel(name) is None
+            if serial in revoked or gone:
+                why = "revoked" if serial in revoked else "no longer configured"
+                log.warning("tunnel=%s peer=%s %s: forwarded connection closed", name, peer, why)
+                del self._flows[writer]
+                writer.transport.abort()  # its relay ends; serve_egress logs the end
 
     def describe(self) -> list[dict[str, object]]:
         """What ``revproxy ctl show tunnels`` lists: one row per agent connection this process
@@ -380,10 +394,15 @@ class Hub:
         known = self._identify(ca, peer, cert)
         if known is None:
             return
-        _, name, settings = known
-        await serve_egress(
-            reader, writer, name=name, peer=peer, allowed=settings.egress, dial=self.egress_dial
-        )
+        serial, name, settings = known
+        self._flows[writer] = (serial, name, peer)
+        self._watch()
+        try:
+            await serve_egress(
+                reader, writer, name=name, peer=peer, allowed=settings.egress, dial=self.egress_dial
+            )
+        finally:
+            self._flows.pop(writer, None)
 
     async def _serve_agent(
         self,

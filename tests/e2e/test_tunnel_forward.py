@@ -3,11 +3,13 @@ origin host whose connections leave from the proxy through an ``[egress.NAME]`` 
 rules. A TCP echo server on 127.0.0.7 allowed by the egress is reached through the agent's
 port, bytes intact both ways; a destination not listed, one whose resolved address the egress
 denies, and an egress the tunnel may not use are refused, and the proxy logs each refusal.
+``revproxy tunnel revoke`` ends a forwarded connection already open, as it ends the agent's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import socket
 import threading
@@ -15,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import LOOPBACK, free_port, wait_until
+from harness import LOOPBACK, free_port, run_cli, wait_until
 from tunnel_peers import Agent, enroll_token, proxy_config, start_proxy
 
 pytestmark = [pytest.mark.e2e]
@@ -156,6 +158,47 @@ deny = []
         assert f"destination=localhost:{echo.port} refused=deny:" in log, log
         assert "egress=other" in log and "refused=tunnel-not-allowed" in log, log
         assert wait_until(lambda: agent.text().count("the proxy refused") >= 3, 5), agent.text()
+    finally:
+        agent.stop()
+        proxy.stop()
+
+
+def test_revoke_ends_a_forwarded_connection_already_open(tmp_path: Path, echo: Echo) -> None:
+    http_port, tunnel_port = free_port(), free_port()
+    extra = f"""
+egress = ["partners"]
+
+[egress.partners]
+destinations = ["{ECHO_HOST}"]
+connect_ports = ["1025-65535"]
+"""
+    cfg = proxy_config(tmp_path / "state", http_port, tunnel_port, pools=extra)
+    proxy = start_proxy(tmp_path / "proxy", cfg, http_port, tunnel_port)
+    port = free_port()
+    agent = Agent(tmp_path / "agent", tunnel_port, {"web": (free_port(), "http")}, spare=0)
+    with agent.conf.open("a") as f:
+        f.write(
+            f'[[forward]]\nlisten = "{LOOPBACK}:{port}"\negress = "partners"\n'
+            f'destination = "{ECHO_HOST}:{echo.port}"\n'
+        )
+    try:
+        assert agent.enroll(enroll_token(proxy.conf)).returncode == 0
+        agent.start(wait_connections=2)
+        assert wait_until(lambda: ": listening" in agent.text(), 5), agent.text()
+        with socket.create_connection((LOOPBACK, port), timeout=IO_TIMEOUT) as s:
+            s.sendall(b"before\n")
+            assert s.recv(100) == b"before\n"  # the flow is up, and stays open
+            res = run_cli("tunnel", "revoke", "home", "-c", str(proxy.conf))
+            assert res.returncode == 0, res.stderr
+            # Closed within the revocation check (a second) and the relays' ends: the
+            # client reads the end (or a reset), and nothing more goes through.
+            s.settimeout(5.0)
+            with contextlib.suppress(ConnectionResetError):
+                assert s.recv(100) == b""
+        assert wait_until(lambda: "revoked: forwarded connection closed" in proxy.stderr(), 5), (
+            proxy.stderr()
+        )
+        assert refused(port)  # a new one is refused: the certificate is revoked
     finally:
         agent.stop()
         proxy.stop()
