@@ -42,11 +42,12 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from revproxy.config.model import Timeouts
+from revproxy.config.model import Route, Timeouts
 from revproxy.edge.client_side import ClientGone
 from revproxy.edge.exchange import (
     _IDEMPOTENT,
     STATUS_CLIENT_GONE,
+    Exchange,
     _overridden,
     _raise,
     _whole_body,
@@ -124,22 +125,72 @@ _SPECIAL = frozenset(
 _HEAD, _BODY, _DONE = range(3)
 
 
-class _Plan:
-    """What a plain request reads of its generation and listener, looked up once."""
+class Plan:
+    """What a plain request reads of its generation and listener, looked up once (the plain
+    paths of HTTP/1.1, here, and of HTTP/2, h2_plain.py)."""
 
-    __slots__ = ("forwarded", "gen", "listener", "pools", "reject", "routes", "scheme", "trusted")
+    __slots__ = ("forwarded", "gen", "listener", "pools", "reject", "routes", "scheme", "trusted",
+                 "underscores")  # fmt: skip
 
     def __init__(self, gen: Generation, listener: ListenerRuntime, tls: bool) -> None:
         g = gen.config.global_
         self.gen = gen
         self.listener = listener
         self.reject = g.path_escaped_slashes == "reject"
+        self.underscores = g.underscores_in_headers == "keep"
         self.trusted = listener.config.trusted_proxies
         self.forwarded = listener.config.forwarded
         self.scheme = b"https" if tls else b"http"
         # Per pool: whether it can take a plain request; per route: its timeouts and body limit.
         self.pools: dict[PoolRuntime, bool] = {}
         self.routes: dict[int, tuple[Timeouts, int]] = {}
+
+    def takes(self, pr: PoolRuntime) -> bool:
+        """Whether ``pr`` can take a plain request: HTTP/1.1, no PROXY header, no balancing by
+        URI (the exchange picks by the rewritten target)."""
+        ok = self.pools.get(pr)
+        if ok is None:
+            c = pr.config
+            ok = self.pools[pr] = c.protocol == "http1" and c.balance != "uri" and not c.send_proxy
+        return ok
+
+    def limits(self, route: Route, pr: PoolRuntime) -> tuple[Timeouts, int]:
+        """The timeouts and body limit of a request of ``route`` to ``pr`` (``_proxy``'s)."""
+        limits = self.routes.get(id(route))
+        if limits is None:
+            timeouts = pr.config.timeouts
+            max_body = self.gen.config.global_.max_body_size
+            if route.max_body_size is not None:
+                max_body = route.max_body_size
+            if route.timeouts is not None:
+                timeouts = _overridden(timeouts, route.timeouts)
+            limits = self.routes[id(route)] = (timeouts, max_body)
+        return limits
+
+    def send_head(
+        self,
+        ex: Exchange,
+        pr: PoolRuntime,
+        client_id: ClientIdentity,
+        backend: Backend,
+        limits: tuple[Timeouts, int],
+    ) -> Headers:
+        """A plain request is taken on (``Exchange._proxy`` for it): the exchange's state
+        for it, the server acquired; the headers the origin is sent."""
+        ex.timeouts, ex.max_body = limits
+        ex.client_id = client_id
+        headers = request_headers(
+            ex.req.headers,
+            client_id,
+            trusted=self.trusted,
+            forwarded=self.forwarded,
+            underscores=self.underscores,
+        )
+        headers = ex.with_origin_host(pr, headers)
+        ex.ws_accept = None
+        ex.rec.backend = backend.label
+        backend.acquire()
+        return headers
 
 
 class FastPath:
@@ -188,9 +239,8 @@ class FastPath:
         self.source = hc.client
         self.loop = hc.conn.loop
         self.waiter: asyncio.Future[Handover] | None = None
-        self.plan: _Plan | None = None
+        self.plan: Plan | None = None
         self.plan_of: tuple[Generation, ListenerRuntime] | None = None
-        self.underscores = False
         # The wait for the next request: its idle timeout, deadline, the first bytes of a
         # head (h1_connection.py, ``_next_request``); the timeouts of the waits after it.
         self.idle = 0.0
@@ -235,7 +285,7 @@ class FastPath:
             self.plan = self._make_plan(hc.gen, hc.listener)
         return self.plan is not None
 
-    def _make_plan(self, gen: Generation, listener: ListenerRuntime) -> _Plan | None:
+    def _make_plan(self, gen: Generation, listener: ListenerRuntime) -> Plan | None:
         tls = listener.config.tls
         if (
             listener.rules is not None  # hsts, error pages
@@ -243,8 +293,7 @@ class FastPath:
             or type(self.hc.h1) is not FastServer
         ):
             return None
-        self.underscores = gen.config.global_.underscores_in_headers == "keep"
-        return _Plan(gen, listener, self.hc.info.tls)
+        return Plan(gen, listener, self.hc.info.tls)
 
     def serve(self, idle: float, head_timeout: float, keepalive: float) -> asyncio.Future[Handover]:
         """Serve plain requests from callbacks until one is not (or the connection ends);
@@ -447,17 +496,13 @@ class FastPath:
             action = _raise(failure)
         self._hand(ACTION, (action, started))
 
-    def _forward(self, pr: PoolRuntime, req: RequestReceived, plan: _Plan) -> bool:
+    def _forward(self, pr: PoolRuntime, req: RequestReceived, plan: Plan) -> bool:
         """Send a plain request to an idle connection of ``pr`` (``Exchange._proxy`` and
         ``_forward`` for it); False when it is not plain, nothing done."""
         ex = self.ex
         if ex.rules is not None or ex.auth_user is not None or req.http_version != b"1.1":
             return False
-        ok = plan.pools.get(pr)
-        if ok is None:
-            c = pr.config
-            ok = plan.pools[pr] = c.protocol == "http1" and c.balance != "uri" and not c.send_proxy
-        if not ok:
+        if not plan.takes(pr):
             return False
         expected = 0
         length = grpc_checked = False
@@ -476,15 +521,7 @@ class FastPath:
                     return False  # upgrade, expect, a chunked body
         route = ex.route
         assert route is not None
-        limits = plan.routes.get(id(route))
-        if limits is None:
-            timeouts = pr.config.timeouts
-            max_body = plan.gen.config.global_.max_body_size
-            if route.max_body_size is not None:
-                max_body = route.max_body_size
-            if route.timeouts is not None:
-                timeouts = _overridden(timeouts, route.timeouts)
-            limits = plan.routes[id(route)] = (timeouts, max_body)
+        limits = plan.limits(route, pr)
         timeouts, max_body = limits
         if expected > FAST_BODY_MAX or (max_body and expected > max_body):
             return False
@@ -516,19 +553,7 @@ class FastPath:
         if oconn is None or backend is None:
             return False  # the general exchange dials (the server picked is kept for it)
         # From here on the request is ours (Exchange._proxy for a plain one).
-        ex.timeouts = timeouts
-        ex.max_body = max_body
-        headers = request_headers(
-            req.headers,
-            client_id,
-            trusted=plan.trusted,
-            forwarded=plan.forwarded,
-            underscores=self.underscores,
-        )
-        headers = ex.with_origin_host(pr, headers)
-        ex.ws_accept = None
-        ex.rec.backend = backend.label
-        backend.acquire()
+        headers = plan.send_head(ex, pr, client_id, backend, limits)
         self.t0 = time.monotonic()
         self.pr = pr
         self.backend = backend

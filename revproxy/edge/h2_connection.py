@@ -33,8 +33,9 @@ from typing import Any
 from revproxy.edge import h2_plain
 from revproxy.edge.client_side import ClientGone, ConnInfo, send_file_pieces
 from revproxy.edge.exchange import Exchange
+from revproxy.edge.fast_exchange import Plan
 from revproxy.edge.generation import Generation, ListenerRuntime, Signal
-from revproxy.edge.h2_plain import PlainStream, Plan
+from revproxy.edge.h2_plain import PlainStream
 from revproxy.errors import (
     H2_CANCEL,
     H2_INTERNAL_ERROR,
@@ -461,7 +462,7 @@ class Http2Connection(H2Link):
         of = self._plan_of
         if of is None or of[0] is not self.gen or of[1] is not self.listener:
             self._plan_of = (self.gen, self.listener)
-            self._plan = h2_plain.Plan.of(self.gen, self.listener, self.info.tls)
+            self._plan = h2_plain.plan_of(self.gen, self.listener, self.info.tls)
         plan = self._plan
         for stream in pending:
             if self.streams.get(stream.stream_id) is not stream:

@@ -33,21 +33,20 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from revproxy.config.model import Timeouts
 from revproxy.edge.client_side import ClientGone
 from revproxy.edge.exchange import (
     STATUS_CLIENT_GONE,
     Exchange,
     Sent,
-    _overridden,
     _raise,
     _whole_body,
 )
+from revproxy.edge.fast_exchange import Plan
 from revproxy.edge.generation import Generation, ListenerRuntime, PoolRuntime
 from revproxy.errors import H2_CANCEL, H2_INTERNAL_ERROR
 from revproxy.net.h2_channel import COALESCE_LIMIT
 from revproxy.proto.events import MessageEnded, ResponseReceived
-from revproxy.proto.forwarding import ClientIdentity, request_headers
+from revproxy.proto.forwarding import ClientIdentity
 from revproxy.proto.forwarding import response_headers as origin_response_headers
 from revproxy.upstream.backend import Backend
 from revproxy.upstream.dialer import H1Origin
@@ -55,7 +54,7 @@ from revproxy.upstream.dialer import H1Origin
 if TYPE_CHECKING:
     from revproxy.edge.h2_connection import H2ServerStream, Http2Connection
 
-__all__ = ["ENABLED", "PlainStream", "Plan", "start"]
+__all__ = ["ENABLED", "PlainStream", "plan_of", "start"]
 
 # False serves every stream by its task (the differential tests compare the two ways with
 # it); nothing else sets it.
@@ -67,37 +66,17 @@ _SPECIAL = frozenset(
 )
 
 
-class Plan:
-    """What plain streams read of their connection's generation and listener, looked up
-    once (None: the listener's streams are never plain)."""
-
-    __slots__ = ("forwarded", "gen", "listener", "pools", "reject", "routes", "scheme", "trusted",
-                 "underscores")  # fmt: skip
-
-    def __init__(self, gen: Generation, listener: ListenerRuntime, tls: bool) -> None:
-        g = gen.config.global_
-        self.gen = gen
-        self.listener = listener
-        self.reject = g.path_escaped_slashes == "reject"
-        self.underscores = g.underscores_in_headers == "keep"
-        self.trusted = listener.config.trusted_proxies
-        self.forwarded = listener.config.forwarded
-        self.scheme = b"https" if tls else b"http"
-        # Per pool: whether it can take a plain request; per route: its timeouts.
-        self.pools: dict[PoolRuntime, bool] = {}
-        self.routes: dict[int, Timeouts] = {}
-
-    @staticmethod
-    def of(gen: Generation, listener: ListenerRuntime, tls: bool) -> Plan | None:
-        ltls = listener.config.tls
-        gate = listener.conn_gate
-        if (
-            listener.rules is not None  # hsts, error pages
-            or (ltls is not None and ltls.client_cert_header)
-            or (gate is not None and gate.streams_per_client is not None)
-        ):
-            return None
-        return Plan(gen, listener, tls)
+def plan_of(gen: Generation, listener: ListenerRuntime, tls: bool) -> Plan | None:
+    """What plain streams of the listener's connections read, or None: never plain."""
+    ltls = listener.config.tls
+    gate = listener.conn_gate
+    if (
+        listener.rules is not None  # hsts, error pages
+        or (ltls is not None and ltls.client_cert_header)
+        or (gate is not None and gate.streams_per_client is not None)
+    ):
+        return None
+    return Plan(gen, listener, tls)
 
 
 def start(conn: Http2Connection, stream: H2ServerStream, plan: Plan) -> bool:
@@ -139,11 +118,7 @@ def _send(
     req = stream.request
     if ex.rules is not None or ex.auth_user is not None or req.protocol:
         return False
-    ok = plan.pools.get(pr)
-    if ok is None:
-        c = pr.config
-        ok = plan.pools[pr] = c.protocol == "http1" and c.balance != "uri" and not c.send_proxy
-    if not ok:
+    if not plan.takes(pr):
         return False
     for name, value in req.headers:
         if name in _SPECIAL:
@@ -158,38 +133,19 @@ def _send(
                 return False  # upgrade, expect, transfer-encoding
     route = ex.route
     assert route is not None
-    timeouts = plan.routes.get(id(route))
-    if timeouts is None:
-        timeouts = pr.config.timeouts
-        if route.timeouts is not None:
-            timeouts = _overridden(timeouts, route.timeouts)
-        plan.routes[id(route)] = timeouts
+    limits = plan.limits(route, pr)
     dialer = pr.dialer
     backend, oconn = dialer.pooled_conn(ex.pick_context)
     if oconn is None or backend is None:
         return False  # the exchange dials (the server picked is kept for it)
     # From here on the request is ours (Exchange._proxy for a plain one).
-    g = plan.gen.config.global_
-    ex.timeouts = timeouts
-    ex.max_body = g.max_body_size if route.max_body_size is None else route.max_body_size
     info = conn.info
     client_id = conn.plain_client
     if client_id is None or client_id.host != req.authority:
         client_id = conn.plain_client = ClientIdentity(
             address=info.client[0], scheme=ex.scheme, host=req.authority, port=info.local_port
         )
-    ex.client_id = client_id
-    headers = request_headers(
-        req.headers,
-        client_id,
-        trusted=plan.trusted,
-        forwarded=plan.forwarded,
-        underscores=plan.underscores,
-    )
-    headers = ex.with_origin_host(pr, headers)
-    ex.ws_accept = None
-    ex.rec.backend = backend.label
-    backend.acquire()
+    headers = plan.send_head(ex, pr, client_id, backend, limits)
     ostream = H1Origin(dialer, oconn, dialer.max_header_size)
     plain = stream.plain = PlainStream(
         conn, stream, ex, pr, ostream, backend, headers, started, plan.scheme
@@ -205,7 +161,7 @@ def _send(
         )  # fmt: skip
         # The stream paces the response's origin from its head on (conn_io.py).
         ostream.follow(stream)
-        plain.deadline = conn.loop.time() + timeouts.response
+        plain.deadline = conn.loop.time() + ex.timeouts.response
         io = oconn.io
         io.push(plain._data, plain._end, plain._timeout)
         io.expect(plain.deadline)
