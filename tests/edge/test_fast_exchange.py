@@ -346,20 +346,23 @@ async def play(
         fast_exchange.ENABLED = True
         await proxy.stop()
         await origin.stop()
-    # Ports differ from run to run: the proxy's (X-Forwarded-Port), the origin's (backend).
-    port = b"%d" % proxy.port
+    seen, records, metrics = outcome(proxy.port, origin, proxy.recorder.records, gen)
+    return Run(origin=seen, client=answers, records=records, metrics=metrics, general=general[0])
+
+
+def outcome(
+    proxy_port: int, origin: RawOrigin, records: list[AccessRecord], gen: Generation
+) -> tuple[list[bytes], list[dict[str, Any]], dict[str, Any]]:
+    """What the origin received, the records and the metrics of a run, with what differs
+    from run to run taken out: ids, timings, the proxy's port (X-Forwarded-Port) and the
+    origin's (backend)."""
+    port = b"%d" % proxy_port
     backend = str(origin.port)
-    records = [normalised(r) for r in proxy.recorder.records]
-    for rec in records:
+    rows = [normalised(r) for r in records]
+    for rec in rows:
         rec["backend"] = rec["backend"].replace(backend, "ORIGIN")
     metrics = json.loads(json.dumps(counters(gen)).replace(backend, "ORIGIN"))
-    return Run(
-        origin=[bytes(b).replace(port, b"PORT") for b in origin.received],
-        client=answers,
-        records=records,
-        metrics=metrics,
-        general=general[0],
-    )
+    return [bytes(b).replace(port, b"PORT") for b in origin.received], rows, metrics
 
 
 def differential(

@@ -36,9 +36,8 @@ from tests.edge.test_fast_exchange import (
     Recorder,
     Script,
     always,
-    counters,
     counting_general,
-    normalised,
+    outcome,
     response,
 )
 
@@ -228,14 +227,9 @@ async def play(script: Script, clients: list[Client], *, plain: bool, pool_extra
         h2_plain.ENABLED = True
         await proxy.stop()
         await origin.stop()
-    port = b"%d" % proxy.port
-    backend = str(origin.port)
-    records = [normalised(r) for r in proxy.recorder.records]
-    for rec in records:
-        rec["backend"] = rec["backend"].replace(backend, "ORIGIN")
-    metrics = json.loads(json.dumps(counters(gen)).replace(backend, "ORIGIN"))
+    seen, records, metrics = outcome(proxy.port, origin, proxy.recorder.records, gen)
     return Run(
-        origin=[bytes(b).replace(port, b"PORT") for b in origin.received],
+        origin=seen,
         client=answers,
         records=records,
         metrics=metrics,
