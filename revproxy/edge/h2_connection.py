@@ -430,6 +430,9 @@ class Http2Connection(H2Link):
                 stream.reset_received(ev.error_code)
                 if stream.task is not None:
                     stream.task.cancel()
+                    # A task cancelled before its first step runs none of ``_serve``: the
+                    # stream is ended here then (a no-op when ``_serve`` ended it).
+                    stream.task.add_done_callback(lambda _: self._reaped(stream))
                 elif stream.plain is not None:
                     stream.plain.cancel()
         elif isinstance(ev, GoAwayReceived):
@@ -519,6 +522,10 @@ class Http2Connection(H2Link):
             if held is not None:
                 counters.release(held)
             self.stream_done(stream, code)
+
+    def _reaped(self, stream: H2ServerStream) -> None:
+        if self.streams.get(stream.stream_id) is stream:
+            self.stream_done(stream, H2_CANCEL)
 
     def stream_done(self, stream: H2ServerStream, code: int) -> None:
         """The stream is served (``code``: its RST_STREAM if our side did not end)."""

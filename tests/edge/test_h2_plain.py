@@ -64,6 +64,7 @@ class InProcessH2:
         gen.access_log = self.recorder  # type: ignore[assignment]
         self.server: asyncio.AbstractServer | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        self.conns: list[Http2Connection] = []
         self.port = 0
 
     async def start(self) -> InProcessH2:
@@ -80,6 +81,7 @@ class InProcessH2:
             conn = Http2Connection(
                 reader, writer, generation=self.gen, listener=self.gen.listeners["web"], info=info
             )
+            self.conns.append(conn)
             try:
                 await conn.run()
             finally:
@@ -456,3 +458,52 @@ def test_a_client_gone_while_the_origin_answers() -> None:
     _, quick = differential(script, [gone], plain=False)
     assert [r["status"] for r in quick.records][1:] == [499]
     assert quick.general == 0 and quick.handed == 0
+
+
+@pytest.mark.parametrize("plain", [True, False])
+def test_streams_reset_in_the_read_that_opened_them_are_not_served(plain: bool) -> None:
+    """HEADERS and RST_STREAM in one read (a rapid reset): the stream is not served — no
+    request reaches the origin, nothing is recorded — and leaves the connection's table (it
+    would count against max_concurrent_streams), with or without a body to come."""
+
+    async def main() -> None:
+        origin = await RawOrigin(always(response(200, b"ok"))).start()
+        config = load_config_text(
+            [("10-test.toml", CONFIG.format(port=origin.port, pool_extra=""))]
+        )
+        gen = build_generation(config, number=1, default_pem=(b"", b""))
+        proxy = await InProcessH2(gen).start()
+        h2_plain.ENABLED = plain
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+            conn.initiate_connection()
+            conn.send_headers(1, req("/reset-ended")[1], end_stream=True)
+            conn.reset_stream(1, 8)
+            conn.send_headers(3, req("/reset-body", method="POST")[1], end_stream=False)
+            conn.reset_stream(3, 8)
+            conn.send_headers(5, req("/served")[1], end_stream=True)
+            writer.write(conn.data_to_send())
+            ended = False
+            async with asyncio.timeout(CLIENT_TIMEOUT):
+                while not ended:
+                    data = await reader.read(65536)
+                    assert data
+                    for ev in conn.receive_data(data):
+                        ended = ended or (
+                            isinstance(ev, h2.events.StreamEnded) and ev.stream_id == 5
+                        )
+                    writer.write(conn.data_to_send())
+            await asyncio.sleep(0.1)
+            (served,) = proxy.conns
+            assert served.streams == {}
+            assert [r.path for r in proxy.recorder.records] == ["/served"]
+            seen = b"".join(bytes(b) for b in origin.received)
+            assert b"/served" in seen and b"/reset" not in seen
+            writer.close()
+        finally:
+            h2_plain.ENABLED = True
+            await proxy.stop()
+            await origin.stop()
+
+    asyncio.run(main())
