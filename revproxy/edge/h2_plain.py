@@ -120,15 +120,17 @@ def _send(
         return False
     if not plan.takes(pr):
         return False
+    typed = False
     for name, value in req.headers:
         if name in _SPECIAL:
             if name == b"content-length":
                 if value != b"0":
                     return False
             elif name == b"content-type":
-                if value[:16].lower() == b"application/grpc":
-                    return False  # grpc.is_grpc: a local gRPC error from the exchange
-                break  # grpc.is_grpc reads the first one only
+                if not typed:  # grpc.is_grpc reads the first one only
+                    if value[:16].lower() == b"application/grpc":
+                        return False  # a local gRPC error from the exchange
+                    typed = True
             else:
                 return False  # upgrade, expect, transfer-encoding
     route = ex.route
