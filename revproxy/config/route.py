@@ -171,9 +171,7 @@ def _check_rule_keys(t: TableReader, route: Route, action: str) -> None:
         if t.has(key) and key not in allowed:
             t.problem(key, f"not on a route with {action}: {_WHY_NOT.get(key, 'unused')}")
     prefix = route.strip_prefix
-    if prefix is not None and not (
-        route.path == prefix or route.path.startswith(prefix + "/")
-    ):
+    if prefix is not None and not (route.path == prefix or route.path.startswith(prefix + "/")):
         t.problem(
             "strip_prefix",
             f'"{prefix}" is not a prefix of the route\'s path "{route.path}" '
