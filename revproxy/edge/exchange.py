@@ -154,7 +154,13 @@ _Action = PoolRuntime | Coroutine[Any, Any, bool]
 
 class _StaleConnection(Exception):
     """A reused keep-alive connection turned out closed before any response byte (or an
-    HTTP/2 origin refused the stream unprocessed): the request may go again."""
+    HTTP/2 origin refused the stream unprocessed): the request may go again. ``end``: the
+    request's end, taken from the client stream by the turn that failed (the next turn sends
+    it again: without it the request would look as if its body were still to come)."""
+
+    def __init__(self, end: MessageEnded) -> None:
+        super().__init__()
+        self.end = end
 
 
 class Sent:
@@ -609,6 +615,7 @@ class Exchange:
         first turn's request already went (an HTTP/2 plain stream handed on before its
         answer, edge/h2_plain.py): its stream, the server acquired, when it began."""
         fresh = False
+        ended: MessageEnded | None = None  # a stale turn's request end, for the next
         while True:
             if sent is not None:
                 ostream = sent.ostream
@@ -632,10 +639,11 @@ class Exchange:
                 t0 = time.monotonic()
             try:
                 return await self._forward(
-                    ostream, pr, headers, websocket, retry=not fresh, sent=sent
+                    ostream, pr, headers, websocket, retry=not fresh, sent=sent, ended=ended
                 )
-            except _StaleConnection:
+            except _StaleConnection as stale:
                 fresh = True  # the origin closed a pooled connection; nothing was lost
+                ended = stale.end
             finally:
                 sent = None
                 ostream.backend.release()
@@ -650,11 +658,14 @@ class Exchange:
         *,
         retry: bool,
         sent: Sent | None = None,
+        ended: MessageEnded | None = None,
     ) -> bool:
+        """One turn of ``attempts``. ``ended``: the request's end, when an earlier turn took
+        it from the client stream (``_StaleConnection``)."""
         req = self.req
         stream = self.stream
         timeouts = self.timeouts
-        end = stream.body_end_ready()
+        end = ended if ended is not None else stream.body_end_ready()
         upload: asyncio.Task[None] | None = None
         complete = False
         # A pooled connection the origin had closed is retried on a fresh one (once), but only
@@ -710,12 +721,14 @@ class Exchange:
             if stream.response_started:
                 raise ClientGone() from conn_error
             if ostream.bytes_read == 0 and (retry_ok or (refused_ok and ostream.refused)):
-                raise _StaleConnection() from conn_error
+                assert end is not None
+                raise _StaleConnection(end) from conn_error
             return await self._local_error(BackendProtocolError("origin closed the connection"))
         except RevproxyError as failure:
             stale = ostream.bytes_read == 0 and (retry_ok or (refused_ok and ostream.refused))
             if isinstance(failure, BackendProtocolError) and stale:
-                raise _StaleConnection() from failure
+                assert end is not None
+                raise _StaleConnection(end) from failure
             return await self._aborted(failure)
         finally:
             ostream.finish(complete)

@@ -376,7 +376,6 @@ class FastPath:
         rec = ex.rec
         pr = self.pr
         assert pr is not None and self.end is not None
-        self.source.events.appendleft(self.end)  # for _forward's body_end_ready
         try:
             ostream = await pr.dialer.open_stream(ex.pick_context, fresh=True)
         except BackendError as exc:
@@ -386,7 +385,7 @@ class FastPath:
         backend.acquire()
         t0 = time.monotonic()
         try:
-            return await ex._forward(ostream, pr, self.headers, False, retry=False)
+            return await ex._forward(ostream, pr, self.headers, False, retry=False, ended=self.end)
         finally:
             backend.release()
             rec.upstream_ms = (time.monotonic() - t0) * 1000
