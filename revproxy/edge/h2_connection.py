@@ -2,7 +2,9 @@
 
 Rule of this room: one task reads the connection and turns frames into stream events; each
 request stream is served by its own task (an ``Exchange`` over an ``H2ServerStream``), which
-ends with the connection, so a slow stream or a slow origin never holds up another. Streams
+ends with the connection, so a slow stream or a slow origin never holds up another — or, when
+it is plain (h2_plain.py: no body, an idle pooled HTTP/1.1 connection, an answer whole in one
+read), from the origin's callbacks, and by a task from the first thing that is not. Streams
 are bounded twice: proto/http2.py enforces our SETTINGS_MAX_CONCURRENT_STREAMS, and a stream
 whose task is still winding down (reset by the client, say) still counts — more are refused
 with REFUSED_STREAM. That, with the rapid-reset limit of proto/http2.py, is the answer to
