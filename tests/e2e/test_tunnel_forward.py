@@ -68,6 +68,15 @@ def echo() -> Iterator[Echo]:
         yield e
 
 
+def add_forward(agent: Agent, port: int, egress: str, destination: str) -> None:
+    """A ``[[forward]]`` on the agent's loopback ``port``."""
+    with agent.conf.open("a") as f:
+        f.write(
+            f'[[forward]]\nlisten = "{LOOPBACK}:{port}"\negress = "{egress}"\n'
+            f'destination = "{destination}"\n'
+        )
+
+
 def round_trip(port: int, data: bytes) -> bytes:
     """Send ``data`` to the agent's local port and read as much back (a forwarded connection
     has no half-close: TLS carries none)."""
@@ -120,12 +129,8 @@ deny = []
         denied: ("partners", f"localhost:{echo.port}"),  # listed, resolves to a denied address
         other: ("other", f"{ECHO_HOST}:{echo.port}"),  # an egress [tunnel.home] does not name
     }
-    with agent.conf.open("a") as f:
-        for port, (egress, destination) in forwards.items():
-            f.write(
-                f'[[forward]]\nlisten = "{LOOPBACK}:{port}"\negress = "{egress}"\n'
-                f'destination = "{destination}"\n'
-            )
+    for port, (egress, destination) in forwards.items():
+        add_forward(agent, port, egress, destination)
     try:
         assert agent.enroll(enroll_token(proxy.conf)).returncode == 0
         agent.start(wait_connections=2)
@@ -176,11 +181,7 @@ connect_ports = ["1025-65535"]
     proxy = start_proxy(tmp_path / "proxy", cfg, http_port, tunnel_port)
     port = free_port()
     agent = Agent(tmp_path / "agent", tunnel_port, {"web": (free_port(), "http")}, spare=0)
-    with agent.conf.open("a") as f:
-        f.write(
-            f'[[forward]]\nlisten = "{LOOPBACK}:{port}"\negress = "partners"\n'
-            f'destination = "{ECHO_HOST}:{echo.port}"\n'
-        )
+    add_forward(agent, port, "partners", f"{ECHO_HOST}:{echo.port}")
     try:
         assert agent.enroll(enroll_token(proxy.conf)).returncode == 0
         agent.start(wait_connections=2)

@@ -380,13 +380,20 @@ def differential(
         return slow, quick
 
     slow, quick = asyncio.run(both())
+    same_both_ways(slow, quick, plain)
+    return slow, quick
+
+
+def same_both_ways(slow: Any, quick: Any, plain: bool) -> None:
+    """The two runs of a differential (HTTP/1.1 here, HTTP/2 in test_h2_plain.py) gave the
+    origin, the client, the log and the metrics the same; ``plain``: none of the quick run's
+    requests reached the general exchange."""
     assert quick.origin == slow.origin
     assert quick.client == slow.client
     assert quick.records == slow.records
     assert quick.metrics == slow.metrics
     if plain:
         assert quick.general == 0, "a plain request reached the general exchange"
-    return slow, quick
 
 
 def always(*steps: Any) -> Script:
