@@ -6,8 +6,11 @@ Against OpenSSH's ``ssh -R`` on the same machine in the same run: bulk TCP MB/s 
 ``mode = "tcp"`` expose and through an ``ssh -R`` forward (goal: >= 1.0x ssh); small HTTP
 requests (wrk, 16 connections) through the tunnel and to the same origin directly, in interleaved
 rounds whose ratios give the median, with the CPU each process spent per request (goal:
->= 0.7x); the proxy's memory per idle agent connection (goal: <= 100 KiB). Everything runs on
-loopback; the proxy, the agent, sshd and the origins are real processes.
+>= 0.7x); the same small requests, in the same rounds, through what an operator would do
+without the agent: clients at sshd's ``ssh -R`` forwarded port (the seed's ``ssh -g -R``),
+and revproxy in front of that forward; the proxy's memory per idle agent connection (goal:
+<= 100 KiB). Everything runs on loopback; the proxy, the agent, sshd, ssh and the origins are
+real processes.
 """
 
 from __future__ import annotations
@@ -103,6 +106,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid``, parents before children."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            found += [int(child), *descendants(int(child))]
+    return found
+
+
 def wrk(port: int, duration: int, pids: dict[str, int]) -> tuple[float, dict[str, float]]:
     """req/s of wrk against ``port``, and the CPU-µs per request of each process in ``pids``
     (the origin is this process's thread: ``origin``)."""
@@ -138,7 +150,9 @@ def main() -> int:
         size, duration, rounds = 200 * 1000 * 1000, 2, 3
     base = Path(tempfile.mkdtemp(prefix="revproxy-bench-tunnel-"))
     sink, origin = start_sink(), start_origin()
-    http_port, tunnel_port, tcp_port, direct_port = (free_port() for _ in range(4))
+    http_port, tunnel_port, tcp_port, direct_port, viassh_port = (free_port() for _ in range(5))
+    # ssh -R forwards, on sshd's side: the sink (bulk) and the origin (small requests).
+    ssh_sink, ssh_origin = free_port(), free_port()
     extra = f"""
 [[listener]]
 name = "bulk"
@@ -155,11 +169,20 @@ listeners = ["direct"]
 pool = "direct"
 [pool.direct]
 servers = ["{LOOPBACK}:{origin}"]
+[[listener]]
+name = "viassh"
+bind = ["{LOOPBACK}:{viassh_port}"]
+[[route]]
+listeners = ["viassh"]
+pool = "viassh"
+[pool.viassh]
+servers = ["{LOOPBACK}:{ssh_origin}"]
 """
     cfg = proxy_config(base / "state", http_port, tunnel_port, extra=extra)
     cfg = cfg.replace('[[route]]\npool = "web"', '[[route]]\nlisteners = ["web"]\npool = "web"')
     cfg = cfg.replace("[global]", '[global]\naccess_log = "off"')
-    proxy = Proxy(base / "proxy", cfg, ports=(http_port, tunnel_port, tcp_port, direct_port))
+    ports = (http_port, tunnel_port, tcp_port, direct_port, viassh_port)
+    proxy = Proxy(base / "proxy", cfg, ports=ports)
     proxy.start()
     agents: list[Agent] = []
     sshd: Sshd | None = None
@@ -180,36 +203,41 @@ servers = ["{LOOPBACK}:{origin}"]
         idle.stop()
         tunnel_mbs = max(push(tcp_port, size) for _ in range(2))
         sshd = Sshd(base / "sshd").start()
-        rport = free_port()
         ssh = subprocess.Popen(
             ["ssh", "-N", "-i", str(sshd.client_key), "-p", str(sshd.port),
              "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
              "-o", "LogLevel=ERROR", "-o", "ExitOnForwardFailure=yes",
-             "-R", f"{LOOPBACK}:{rport}:{LOOPBACK}:{sink}", f"root@{LOOPBACK}"],
+             "-R", f"{LOOPBACK}:{ssh_sink}:{LOOPBACK}:{sink}",
+             "-R", f"{LOOPBACK}:{ssh_origin}:{LOOPBACK}:{origin}", f"root@{LOOPBACK}"],
         )  # fmt: skip
 
         def forwarding() -> bool:
             try:
-                socket.create_connection((LOOPBACK, rport), timeout=1).close()
+                for port in (ssh_sink, ssh_origin):
+                    socket.create_connection((LOOPBACK, port), timeout=1).close()
             except OSError:
                 return False
             return True
 
         assert wait_until(forwarding, 10), "ssh -R did not come up"
-        ssh_mbs = max(push(rport, size) for _ in range(2))
-        # Interleaved rounds (tunnel and direct in turn, each first every other round): a
-        # slow moment of the machine falls on both alike; the ratio is the median of the
+        ssh_mbs = max(push(ssh_sink, size) for _ in range(2))
+        # Interleaved rounds (every way in turn, the order reversed every other round): a
+        # slow moment of the machine falls on all alike; each ratio is the median of the
         # rounds' own ratios.
         assert agent.proc is not None
-        pids = {"proxy": proxy.pid, "agent": agent.proc.pid}
-        tunnel_runs: list[float] = []
-        direct_runs: list[float] = []
-        cpu: dict[str, dict[str, list[float]]] = {"tunnel": {}, "direct": {}}
+        assert sshd.proc is not None
+        # sshd's process for the session is the last one it forked (privilege separation).
+        session = descendants(sshd.proc.pid)[-1]
+        pids = {"proxy": proxy.pid, "agent": agent.proc.pid, "ssh": ssh.pid, "sshd": session}
+        ways = {"tunnel": http_port, "direct": direct_port, "ssh": ssh_origin,
+                "viassh": viassh_port}  # fmt: skip
+        runs: dict[str, list[float]] = {way: [] for way in ways}
+        cpu: dict[str, dict[str, list[float]]] = {way: {} for way in ways}
         for rnd in range(rounds):
-            order = [("tunnel", http_port), ("direct", direct_port)]
+            order = list(ways.items())
             for way, port in order if rnd % 2 == 0 else order[::-1]:
-                rps, per_request = wrk(port, duration, pids)
-                (tunnel_runs if way == "tunnel" else direct_runs).append(rps)
+                per_second, per_request = wrk(port, duration, pids)
+                runs[way].append(per_second)
                 for name, us in per_request.items():
                     cpu[way].setdefault(name, []).append(us)
     finally:
@@ -221,35 +249,59 @@ servers = ["{LOOPBACK}:{origin}"]
             a.stop()
         proxy.stop()
     bulk_ratio = tunnel_mbs / ssh_mbs
-    http_ratio = statistics.median(t / d for t, d in zip(tunnel_runs, direct_runs, strict=True))
-    tunnel_rps, direct_rps = statistics.median(tunnel_runs), statistics.median(direct_runs)
+
+    def ratio(way: str, reference: str) -> float:
+        return statistics.median(
+            t / r for t, r in zip(runs[way], runs[reference], strict=True)
+        )  # fmt: skip
+
+    def rps(way: str) -> str:
+        return f"{statistics.median(runs[way]):,.0f} req/s"
+
+    http_ratio = ratio("tunnel", "direct")
     rows = [
         (f"bulk TCP, {size // 1000000} MB through a `mode = \"tcp\"` expose vs `ssh -R`",
          f"{tunnel_mbs:,.0f} MB/s", f"{ssh_mbs:,.0f} MB/s", f"{bulk_ratio:.2f}x", ">= 1.0x",
          bulk_ratio >= 1.0),
         (f"small HTTP requests (wrk -c16) through the tunnel vs the same origin direct "
          f"(median of {rounds} interleaved rounds' ratios)",
-         f"{tunnel_rps:,.0f} req/s", f"{direct_rps:,.0f} req/s", f"{http_ratio:.2f}x",
-         ">= 0.7x", http_ratio >= 0.7),
+         rps("tunnel"), rps("direct"), f"{http_ratio:.2f}x", ">= 0.7x", http_ratio >= 0.7),
+        ("the same requests through the tunnel vs clients at sshd's `ssh -R` forwarded port "
+         "(`ssh -g -R`, no proxy)",
+         rps("tunnel"), rps("ssh"), f"{ratio('tunnel', 'ssh'):.2f}x", "", None),
+        ("the same requests through revproxy in front of that `ssh -R` forward vs direct",
+         rps("viassh"), rps("direct"), f"{ratio('viassh', 'direct'):.2f}x", "", None),
         ("memory per idle agent connection on the proxy (50 connections)",
          f"{per_conn:.0f} KiB", "", "", "<= 100 KiB", per_conn <= 100),
     ]  # fmt: skip
+
+    def met(ok: bool | None) -> str:
+        return "" if ok is None else "yes" if ok else "no"
+
     table = (
         "| scenario | revproxy | reference | ratio | goal | met |\n|---|---:|---:|---:|---|---|\n"
         + "".join(
-            f"| {name} | {ours} | {ref} | {r} | {goal} | {'yes' if ok else 'no'} |\n"
+            f"| {name} | {ours} | {ref} | {r} | {goal} | {met(ok)} |\n"
             for name, ours, ref, r, goal, ok in rows
         )
     )
     table += (
         "\nCPU-µs per small request (medians of the rounds; the origin is a Python asyncio "
         "server in the benchmark's own process):\n\n"
-        "| path | proxy | agent | origin |\n|---|---:|---:|---:|\n"
+        "| path | proxy | agent | sshd | ssh | origin |\n|---|---:|---:|---:|---:|---:|\n"
         + "".join(
-            f"| {way} | {statistics.median(cpu[way]['proxy']):.1f} | "
-            + (f"{statistics.median(cpu[way]['agent']):.1f}" if way == "tunnel" else "-")
-            + f" | {statistics.median(cpu[way]['origin']):.1f} |\n"
-            for way in ("tunnel", "direct")
+            f"| {label} | "
+            + " | ".join(
+                f"{statistics.median(cpu[way][name]):.1f}" if name in used else "-"
+                for name in ("proxy", "agent", "sshd", "ssh", "origin")
+            )
+            + " |\n"
+            for way, label, used in (
+                ("tunnel", "through the tunnel", ("proxy", "agent", "origin")),
+                ("direct", "direct", ("proxy", "origin")),
+                ("ssh", "`ssh -R` alone", ("sshd", "ssh", "origin")),
+                ("viassh", "revproxy in front of `ssh -R`", ("proxy", "sshd", "ssh", "origin")),
+            )
         )
     )
     print(table)
