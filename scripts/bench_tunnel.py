@@ -258,6 +258,9 @@ servers = ["{LOOPBACK}:{ssh_origin}"]
     def rps(way: str) -> str:
         return f"{statistics.median(runs[way]):,.0f} req/s"
 
+    def proxy_us(way: str) -> float:
+        return statistics.median(cpu[way]["proxy"])
+
     http_ratio = ratio("tunnel", "direct")
     rows = [
         (f"bulk TCP, {size // 1000000} MB through a `mode = \"tcp\"` expose vs `ssh -R`",
@@ -271,6 +274,10 @@ servers = ["{LOOPBACK}:{ssh_origin}"]
          rps("tunnel"), rps("ssh"), f"{ratio('tunnel', 'ssh'):.2f}x", "", None),
         ("the same requests through revproxy in front of that `ssh -R` forward vs direct",
          rps("viassh"), rps("direct"), f"{ratio('viassh', 'direct'):.2f}x", "", None),
+        ("the proxy's own CPU per request, direct vs through the tunnel (derived: the bound "
+         "on the ratio when the agent and the origin have a host of their own)",
+         f"{proxy_us('tunnel'):.1f} µs", f"{proxy_us('direct'):.1f} µs",
+         f"{proxy_us('direct') / proxy_us('tunnel'):.2f}x", "", None),
         ("memory per idle agent connection on the proxy (50 connections)",
          f"{per_conn:.0f} KiB", "", "", "<= 100 KiB", per_conn <= 100),
     ]  # fmt: skip
