@@ -4,9 +4,10 @@
 
 Against OpenSSH's ``ssh -R`` on the same machine in the same run: bulk TCP MB/s through a
 ``mode = "tcp"`` expose and through an ``ssh -R`` forward (goal: >= 1.0x ssh); small HTTP
-requests (wrk, 16 connections) through the tunnel and to the same origin directly, in interleaved
-rounds whose ratios give the median, with the CPU each process spent per request (goal:
->= 0.7x); the same small requests, in the same rounds, through what an operator would do
+requests through the tunnel and to the same origin directly — the main benchmark's scenario
+(wrk -t1 -c50, pools keeping 256 idle connections), and again with 16 clients — in
+interleaved rounds whose ratios give the median, with the CPU each process spent per request
+(goal: >= 0.7x); the same small requests, in the same rounds, through what an operator would do
 without the agent: clients at sshd's ``ssh -R`` forwarded port (the seed's ``ssh -g -R``),
 and revproxy in front of that forward; the proxy's memory per idle agent connection (goal:
 <= 100 KiB). Everything runs on loopback; the proxy, the agent, sshd, ssh and the origins are
@@ -36,6 +37,8 @@ from harness import LOOPBACK, Proxy, free_port, wait_until  # noqa: E402
 from tunnel_peers import Agent, Sshd, enroll_token, proxy_config  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
+# Clients of the small-request runs: the main benchmark's (scripts/benchlib.py, wrk -c50).
+CLIENTS = 50
 REPLY = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok"
 
 
@@ -115,13 +118,15 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def wrk(port: int, duration: int, pids: dict[str, int]) -> tuple[float, dict[str, float]]:
-    """req/s of wrk against ``port``, and the CPU-µs per request of each process in ``pids``
-    (the origin is this process's thread: ``origin``)."""
+def wrk(
+    port: int, clients: int, duration: int, pids: dict[str, int]
+) -> tuple[float, dict[str, float]]:
+    """req/s of wrk with ``clients`` connections against ``port``, and the CPU-µs per request
+    of each process in ``pids`` (the origin is this process's thread: ``origin``)."""
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     mine = time.process_time()
     out = subprocess.run(
-        ["wrk", "-t1", "-c16", f"-d{duration}s", f"http://{LOOPBACK}:{port}/"],
+        ["wrk", "-t1", f"-c{clients}", f"-d{duration}s", f"http://{LOOPBACK}:{port}/"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     used = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
@@ -169,6 +174,7 @@ listeners = ["direct"]
 pool = "direct"
 [pool.direct]
 servers = ["{LOOPBACK}:{origin}"]
+keepalive = 256
 [[listener]]
 name = "viassh"
 bind = ["{LOOPBACK}:{viassh_port}"]
@@ -177,10 +183,12 @@ listeners = ["viassh"]
 pool = "viassh"
 [pool.viassh]
 servers = ["{LOOPBACK}:{ssh_origin}"]
+keepalive = 256
 """
     cfg = proxy_config(base / "state", http_port, tunnel_port, extra=extra)
     cfg = cfg.replace('[[route]]\npool = "web"', '[[route]]\nlisteners = ["web"]\npool = "web"')
     cfg = cfg.replace("[global]", '[global]\naccess_log = "off"')
+    cfg = cfg.replace("[pool.web]\n", "[pool.web]\nkeepalive = 256\n")
     ports = (http_port, tunnel_port, tcp_port, direct_port, viassh_port)
     proxy = Proxy(base / "proxy", cfg, ports=ports)
     proxy.start()
@@ -229,14 +237,18 @@ servers = ["{LOOPBACK}:{ssh_origin}"]
         # sshd's process for the session is the last one it forked (privilege separation).
         session = descendants(sshd.proc.pid)[-1]
         pids = {"proxy": proxy.pid, "agent": agent.proc.pid, "ssh": ssh.pid, "sshd": session}
-        ways = {"tunnel": http_port, "direct": direct_port, "ssh": ssh_origin,
-                "viassh": viassh_port}  # fmt: skip
+        # The main benchmark's small-request scenario (wrk -t1 -c50, pools keeping 256 idle
+        # connections), and tunnel and direct again with 16 clients (fewer requests in
+        # flight: each hand-off between the processes shows more).
+        ways = {"tunnel": (http_port, CLIENTS), "direct": (direct_port, CLIENTS),
+                "ssh": (ssh_origin, CLIENTS), "viassh": (viassh_port, CLIENTS),
+                "tunnel16": (http_port, 16), "direct16": (direct_port, 16)}  # fmt: skip
         runs: dict[str, list[float]] = {way: [] for way in ways}
         cpu: dict[str, dict[str, list[float]]] = {way: {} for way in ways}
         for rnd in range(rounds):
             order = list(ways.items())
-            for way, port in order if rnd % 2 == 0 else order[::-1]:
-                per_second, per_request = wrk(port, duration, pids)
+            for way, (port, clients) in order if rnd % 2 == 0 else order[::-1]:
+                per_second, per_request = wrk(port, clients, duration, pids)
                 runs[way].append(per_second)
                 for name, us in per_request.items():
                     cpu[way].setdefault(name, []).append(us)
@@ -266,9 +278,11 @@ servers = ["{LOOPBACK}:{ssh_origin}"]
         (f"bulk TCP, {size // 1000000} MB through a `mode = \"tcp\"` expose vs `ssh -R`",
          f"{tunnel_mbs:,.0f} MB/s", f"{ssh_mbs:,.0f} MB/s", f"{bulk_ratio:.2f}x", ">= 1.0x",
          bulk_ratio >= 1.0),
-        (f"small HTTP requests (wrk -c16) through the tunnel vs the same origin direct "
-         f"(median of {rounds} interleaved rounds' ratios)",
+        (f"small HTTP requests (wrk -t1 -c{CLIENTS}) through the tunnel vs the same origin "
+         f"direct (median of {rounds} interleaved rounds' ratios)",
          rps("tunnel"), rps("direct"), f"{http_ratio:.2f}x", ">= 0.7x", http_ratio >= 0.7),
+        ("the same with 16 clients",
+         rps("tunnel16"), rps("direct16"), f"{ratio('tunnel16', 'direct16'):.2f}x", "", None),
         ("the same requests through the tunnel vs clients at sshd's `ssh -R` forwarded port "
          "(`ssh -g -R`, no proxy)",
          rps("tunnel"), rps("ssh"), f"{ratio('tunnel', 'ssh'):.2f}x", "", None),
@@ -293,8 +307,8 @@ servers = ["{LOOPBACK}:{ssh_origin}"]
         )
     )
     table += (
-        "\nCPU-µs per small request (medians of the rounds; the origin is a Python asyncio "
-        "server in the benchmark's own process):\n\n"
+        f"\nCPU-µs per small request ({CLIENTS} clients unless said; medians of the rounds; "
+        "the origin is a Python asyncio server in the benchmark's own process):\n\n"
         "| path | proxy | agent | sshd | ssh | origin |\n|---|---:|---:|---:|---:|---:|\n"
         + "".join(
             f"| {label} | "
@@ -306,6 +320,8 @@ servers = ["{LOOPBACK}:{ssh_origin}"]
             for way, label, used in (
                 ("tunnel", "through the tunnel", ("proxy", "agent", "origin")),
                 ("direct", "direct", ("proxy", "origin")),
+                ("tunnel16", "through the tunnel, 16 clients", ("proxy", "agent", "origin")),
+                ("direct16", "direct, 16 clients", ("proxy", "origin")),
                 ("ssh", "`ssh -R` alone", ("sshd", "ssh", "origin")),
                 ("viassh", "revproxy in front of `ssh -R`", ("proxy", "sshd", "ssh", "origin")),
             )
