@@ -109,6 +109,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def site(name: str, port: int, server: int) -> str:
+    """A listener of its own whose requests all go to ``server`` (a pool keeping 256 idle
+    connections, as the main benchmark's)."""
+    return f"""
+[[listener]]
+name = "{name}"
+bind = ["{LOOPBACK}:{port}"]
+[[route]]
+listeners = ["{name}"]
+pool = "{name}"
+[pool.{name}]
+servers = ["{LOOPBACK}:{server}"]
+keepalive = 256
+"""
+
+
 def descendants(pid: int) -> list[int]:
     """The processes below ``pid``, parents before children."""
     found: list[int] = []
@@ -158,7 +174,8 @@ def main() -> int:
     http_port, tunnel_port, tcp_port, direct_port, viassh_port = (free_port() for _ in range(5))
     # ssh -R forwards, on sshd's side: the sink (bulk) and the origin (small requests).
     ssh_sink, ssh_origin = free_port(), free_port()
-    extra = f"""
+    extra = (
+        f"""
 [[listener]]
 name = "bulk"
 bind = ["{LOOPBACK}:{tcp_port}"]
@@ -166,25 +183,10 @@ mode = "tcp"
 pool = "bulk"
 [pool.bulk]
 servers = [{{ tunnel = "home/bulk" }}]
-[[listener]]
-name = "direct"
-bind = ["{LOOPBACK}:{direct_port}"]
-[[route]]
-listeners = ["direct"]
-pool = "direct"
-[pool.direct]
-servers = ["{LOOPBACK}:{origin}"]
-keepalive = 256
-[[listener]]
-name = "viassh"
-bind = ["{LOOPBACK}:{viassh_port}"]
-[[route]]
-listeners = ["viassh"]
-pool = "viassh"
-[pool.viassh]
-servers = ["{LOOPBACK}:{ssh_origin}"]
-keepalive = 256
 """
+        + site("direct", direct_port, origin)
+        + site("viassh", viassh_port, ssh_origin)
+    )
     cfg = proxy_config(base / "state", http_port, tunnel_port, extra=extra)
     cfg = cfg.replace('[[route]]\npool = "web"', '[[route]]\nlisteners = ["web"]\npool = "web"')
     cfg = cfg.replace("[global]", '[global]\naccess_log = "off"')
