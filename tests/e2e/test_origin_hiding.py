@@ -60,7 +60,8 @@ IDENTITY_STRINGS = (
     "Apache", "OpenSSL/3", "PHP/", "4.0.30319", "0.012345", "origin.internal", "varnish",
     "secret-7f3a",
 )  # fmt: skip
-# The pool's response timeout: /slow outlasts it.
+# The response timeout of the pools of origins that can be slow (leaky, named, v6): /slow
+# outlasts it, and each client gets its 504 in a second rather than waiting out its own bound.
 RESPONSE_TIMEOUT = "1s"
 
 
@@ -338,10 +339,12 @@ timeouts = {{ response = "{RESPONSE_TIMEOUT}" }}
 [pool.named]
 servers = ["{named.authority}"]
 hide_headers = ["x-internal-id"]
+timeouts = {{ response = "{RESPONSE_TIMEOUT}" }}
 
 [pool.v6]
 servers = ["{v6.authority}"]
 hide_headers = ["x-internal-id"]
+timeouts = {{ response = "{RESPONSE_TIMEOUT}" }}
 
 [pool.keep]
 servers = ["{a.authority}"]
