@@ -448,9 +448,23 @@ def postgres(log_path: Path | None = None, settings: tuple[str, ...] = ()) -> It
             raise AssertionError("PostgreSQL did not start:\n" + log_file.read_text()[-3000:])
         yield port
     finally:
-        # SIGINT is PostgreSQL's "fast shutdown"; runuser passes it on to postgres.
+        # SIGINT is PostgreSQL's "fast shutdown". runuser does not pass SIGINT on: sent to it,
+        # the stop waited out STOP_TIMEOUT, killed runuser and left the postmaster running
+        # (until it found its lock file gone). The postmaster, named by its pid file, gets it.
+        postmaster = _postmaster_pid(data) if as_root else None
+        if postmaster is not None and proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(postmaster, signal.SIGINT)
         _stop(proc, signal.SIGINT)
         shutil.rmtree(data_root, ignore_errors=True)
+
+
+def _postmaster_pid(data: Path) -> int | None:
+    """The running postmaster's pid (the first line of its ``postmaster.pid``), if any."""
+    try:
+        return int((data / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
 
 
 def psql(port: int, sql: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
