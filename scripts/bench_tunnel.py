@@ -334,7 +334,7 @@ servers = [{{ tunnel = "home/bulk" }}]
         write_section(
             "tunnel",
             "Reverse tunnel against ssh -R (scripts/bench tunnel)",
-            f"{provenance(args.quick)}; the proxy, the agent, sshd and the origins are real "
+            f"{provenance(args.quick)}; the proxy, the agent, sshd, ssh and the origins are real "
             "processes on loopback; each bulk figure is the better of two transfers.\n\n" + table,
         )
     return 0
