@@ -265,9 +265,8 @@ servers = [{{ tunnel = "home/bulk" }}]
     bulk_ratio = tunnel_mbs / ssh_mbs
 
     def ratio(way: str, reference: str) -> float:
-        return statistics.median(
-            t / r for t, r in zip(runs[way], runs[reference], strict=True)
-        )  # fmt: skip
+        pairs = zip(runs[way], runs[reference], strict=True)
+        return statistics.median(t / r for t, r in pairs)
 
     def rps(way: str) -> str:
         return f"{statistics.median(runs[way]):,.0f} req/s"
